@@ -1,0 +1,7 @@
+"""``python -m nenya``."""
+
+import sys
+
+from nenya.cli import main
+
+sys.exit(main())

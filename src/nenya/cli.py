@@ -1,0 +1,158 @@
+"""The ``nenya`` command: one sub-command per job."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import time
+
+from nenya import __version__
+from nenya._errors import NenyaError
+
+log = logging.getLogger("nenya")
+
+EPILOG = """examples:
+  nenya demo                                   make sample data, a model, and latents
+  nenya extract data/*_preproc.h5 --model supcon:models/last.pth --output latents/
+  nenya extract s3://bucket/x_preproc.h5 --opts opts.json --format parquet
+  nenya models                                 how to name a model
+"""
+
+
+def _add_extract(sub) -> None:
+    p = sub.add_parser(
+        "extract", help="latent vectors of Nenya preproc HDF5 files",
+        description="Encode every cutout of each preproc file (local or URL) and write one latents file per "
+                    "input (Nenya's _latents.h5 layout, or Parquet). Finished outputs are skipped, and an "
+                    "interrupted run resumes where it stopped when given the same command.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("inputs", nargs="+", help="preproc .h5 files, globs or URLs (s3://...)")
+    p.add_argument("--model", help="model spec: supcon:PATH, nenya:v5, or a checkpoint path "
+                                   "(default: the model of --opts, found as Nenya's prep() does)")
+    p.add_argument("--opts", help="Nenya opts JSON (model options for a checkpoint without them)")
+    p.add_argument("--output", "-o", help="output folder or URL (default: <s3_outdir>/<latents_folder> of --opts)")
+    p.add_argument("--format", choices=["h5", "parquet"], default="h5", help="output format")
+    p.add_argument("--partitions", default="train,valid", help="comma-separated partitions to extract, where present")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--workers", type=int, default=None, help="reader processes (default: 1 when there are 2+ cores)")
+    p.add_argument("--shard-size", type=int, default=4096, help="items per unit of commit and resume")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"])
+    p.add_argument("--clobber", "--overwrite", action="store_true", dest="clobber",
+                   help="redo files whose output exists, discarding unfinished work of another configuration")
+    p.add_argument("--debug", action="store_true", help="a few batches per partition only, into *_latents_debug.*")
+    p.add_argument("--max-skip-fraction", type=float, default=None, help="fail when more than this fraction is skipped")
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow arbitrary pickled objects in the checkpoint (only for files you trust: this can run code)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_extract)
+
+
+def cmd_extract(args) -> int:
+    from nenya.encoders import load_encoder
+    from nenya.extract import extract_preproc
+    from nenya.latents_extraction import _opt, latents_dir, prep
+    from nenya.pipeline.runner import RunOptions, default_workers
+
+    opt = _opt(args.opts) if args.opts else None
+    if args.model:
+        encoder = load_encoder(args.model, opt=opt, trust_checkpoint=args.trust_checkpoint)
+    elif opt is not None:
+        from nenya.encoders.supcon import SupConEncoder
+
+        model_file, _ = prep(opt)
+        encoder = SupConEncoder.from_checkpoint(model_file, opt, trust_checkpoint=args.trust_checkpoint)
+    else:
+        raise NenyaError("say which model to use: --model SPEC (see `nenya models`) or --opts opts.json")
+    output = args.output or (latents_dir(opt) if opt is not None else None)
+    if output is None:
+        raise NenyaError("say where to write: --output FOLDER (or give --opts with s3_outdir)")
+    options = RunOptions(batch_size=args.batch_size, shard_size=args.shard_size,
+                         num_workers=default_workers() if args.workers is None else args.workers,
+                         device=args.device, precision=args.precision, progress=not args.no_progress,
+                         max_skip_fraction=args.max_skip_fraction)
+    encoder.to(options.device, options.precision)
+    print(f"model {encoder.name} ({encoder.dim}-d) on {encoder.device}, {options.precision}", file=sys.stderr)
+    summary = extract_preproc(args.inputs, encoder, output, fmt=args.format,
+                              partitions=[p for p in args.partitions.split(",") if p], clobber=args.clobber,
+                              debug=args.debug, options=options)
+    if summary.shards == 0:
+        print(f"nothing to do: every output already exists in {output} (--clobber to redo)")
+        return 0
+    for out in summary.outputs:
+        print(out)
+    print(summary.line())
+    return 0
+
+
+def cmd_demo(args) -> int:
+    from nenya.demo_job import run_demo
+
+    run_demo(args.folder, n=args.n, model=args.model)
+    return 0
+
+
+def cmd_models(args) -> int:
+    from nenya.io import NAMED_MODELS, model_dir
+    from nenya.pipeline.registry import encoders
+
+    print("Model specs (nenya extract --model SPEC):")
+    for name in encoders.names():
+        print(f"  {name + ':':10s} {encoders.help(name)}")
+    print("  a bare checkpoint path (.pth, .pt, .safetensors) means supcon:PATH")
+    print(f"\nNamed Nenya models: {', '.join(NAMED_MODELS)}; weights are looked up under {model_dir()}")
+    print("  (set NENYA_MODEL_DIR to the folder holding <model_root>/<model_name>/last.pth)")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="nenya", description="nenya: latent vectors from large image collections (Nenya SST cutouts and more).",
+        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"nenya {__version__}")
+    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    _add_extract(sub)
+    d = sub.add_parser("demo", help="make sample SST data and a model, then extract latents",
+                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d.add_argument("folder", nargs="?", default="nenya-demo", help="where to put everything")
+    d.add_argument("--n", type=int, default=2000, help="number of synthetic cutouts")
+    d.add_argument("--model", default="resnet18", choices=["resnet18", "resnet34", "resnet50", "resnet101"])
+    d.set_defaults(func=cmd_demo)
+    m = sub.add_parser("models", help="list the kinds of model nenya can extract with")
+    m.set_defaults(func=cmd_models)
+    return parser
+
+
+def _sigterm(signum, frame):  # stop like Ctrl-C: after the current batch, committed shards kept
+    raise KeyboardInterrupt
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    logging.getLogger("nenya").setLevel(min(level, logging.INFO))
+    signal.signal(signal.SIGTERM, _sigterm)
+    t = time.perf_counter()
+    try:
+        return args.func(args)
+    except KeyboardInterrupt:
+        print(f"\ninterrupted after {time.perf_counter() - t:.0f} s; committed shards are kept: "
+              "rerun the same command to resume", file=sys.stderr)
+        return 130
+    except (NenyaError, FileNotFoundError, ValueError, KeyError) as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"nenya: error: {msg}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,29 @@
+"""Encoders: models wrapped with their preprocessing, named by specs such as ``supcon:last.pth``."""
+
+from __future__ import annotations
+
+import os
+
+from nenya.encoders.base import Encoder
+from nenya.params import Params
+from nenya.pipeline.registry import encoders, split_spec
+
+CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
+
+
+def load_encoder(spec: str, *, opt: Params | str | os.PathLike | None = None, trust_checkpoint: bool = False,
+                 remove_module: bool = True) -> Encoder:
+    """Build an encoder from a spec such as ``supcon:models/last.pth`` or ``nenya:v5``.
+
+    A bare checkpoint path (``.pth``, ``.pt``, ``.ckpt``, ``.safetensors``) means ``supcon:``.
+    An unknown prefix is an error listing the valid ones.
+    """
+    prefix, rest = split_spec(str(spec))
+    if not prefix:
+        if str(spec).endswith(CHECKPOINT_SUFFIXES):
+            prefix = "supcon"
+        else:
+            raise ValueError(f"cannot tell what model {spec!r} is; name it as <kind>:<name>, "
+                             f"with kind one of {', '.join(encoders.names())} (see `nenya models`)")
+    factory = encoders.get(prefix)
+    return factory(rest, opt, trust_checkpoint=trust_checkpoint, remove_module=remove_module)

@@ -1,0 +1,86 @@
+"""Nenya SupCon/SimCLR checkpoints as encoders (the L2-normalised projection-head output)."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+
+import torch
+
+from nenya._errors import CheckpointError
+from nenya.encoders.base import Encoder, Preprocess
+from nenya.encoders.weights import file_digest, load_checkpoint, strip_module
+from nenya.models.resnet_big import SupConResNet
+from nenya.params import Params, option_preprocess
+from nenya.pipeline import storage
+
+log = logging.getLogger(__name__)
+
+
+def build_model(opt: Params) -> SupConResNet:
+    """SupConResNet from options (``ssl_model``, ``feat_dim``, ``nchannels``, ``head``)."""
+    for key in ("ssl_model", "feat_dim"):
+        if getattr(opt, key, None) is None:
+            raise CheckpointError(f"the options lack {key!r}; give an opts JSON with ssl_model and feat_dim")
+    return SupConResNet(name=opt.ssl_model, head=getattr(opt, "head", None) or "mlp",
+                        feat_dim=int(opt.feat_dim), in_channel=int(getattr(opt, "nchannels", None) or 3))
+
+
+def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], *, remove_module: bool, source: str) -> None:
+    """Load a state dict strictly, explaining mismatches in terms of the options."""
+    if remove_module:
+        state = strip_module(state)
+    result = model.load_state_dict(state, strict=False)
+    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
+    if not missing and not unexpected:
+        return
+    hint = ""
+    if any(".module." in k or k.startswith("module.") for k in unexpected):
+        hint = " The names carry 'module.' (DataParallel): load with remove_module=True."
+    raise CheckpointError(
+        f"{source} does not fit the model built from the options: missing {missing[:3]}"
+        f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}."
+        f"{hint} Check ssl_model, feat_dim, nchannels and head in the opts."
+    )
+
+
+class SupConEncoder(Encoder):
+    """A SupConResNet checkpoint: demeaned cutouts repeated to ``nchannels`` -> unit-norm latents."""
+
+    def __init__(self, model: SupConResNet, opt: Params, *, fingerprint: str, name: str) -> None:
+        super().__init__(model, name=name, dim=int(opt.feat_dim),
+                         preprocess=Preprocess(in_channels=int(getattr(opt, "nchannels", None) or 3), demean=True),
+                         fingerprint=fingerprint)
+        self.opt = opt
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, opt: Params | str | None = None, *,
+                        remove_module: bool = True, trust_checkpoint: bool = False) -> SupConEncoder:
+        """Build from a ``last.pth``/``.safetensors``; options from ``opt`` or else from the file."""
+        ckpt = load_checkpoint(path, trust=trust_checkpoint)
+        if isinstance(opt, (str, os.PathLike)):
+            opt = option_preprocess(Params(opt))
+        opt = opt if opt is not None else ckpt.get("opt")
+        if opt is None:
+            raise CheckpointError(f"{path} carries no options; pass the opts JSON it was trained with (--opts)")
+        if isinstance(opt, dict):
+            opt = Params(**opt)
+        model = build_model(opt)
+        try:
+            load_state(model, ckpt["model"], remove_module=remove_module, source=str(path))
+        except RuntimeError as e:  # size mismatches
+            raise CheckpointError(f"{path} does not fit the model from the options: {str(e).splitlines()[-1].strip()}. "
+                                  "Check ssl_model, feat_dim and nchannels in the opts") from None
+        local = storage.fetch(str(path))
+        arch = f"{opt.ssl_model}|{opt.feat_dim}|{getattr(opt, 'nchannels', 3)}|{getattr(opt, 'head', 'mlp')}"
+        fp = hashlib.sha256(f"supcon|{arch}|{file_digest(local)}|rm={remove_module}".encode()).hexdigest()[:16]
+        return cls(model, opt, fingerprint=fp, name=f"supcon:{storage.basename(path)}")
+
+    @classmethod
+    def from_named(cls, name: str, opt: Params | str | None = None, **kwargs) -> SupConEncoder:
+        """A named model (``v4``, ``v5``, ``viirs_v1``) whose weights the user has provided."""
+        from nenya.io import load_opt, resolve_weights
+
+        named_opt, _ = load_opt(name)
+        return cls.from_checkpoint(resolve_weights(named_opt, name=name), opt or named_opt, **kwargs)

@@ -1,0 +1,1 @@
+"""The extraction core: items, registries, storage and the runner."""

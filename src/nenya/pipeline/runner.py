@@ -1,0 +1,234 @@
+"""The one extraction loop: plan -> skip done -> stream batches -> encode -> write -> commit.
+
+Sources are read in DataLoader workers (each opens its files lazily); the encoder runs in
+this process; a background thread hands vectors to the sink so writing overlaps compute.
+Every shard is committed by the sink as a whole, so an interrupted run resumes where it stopped.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+from tqdm.auto import tqdm
+
+from nenya._errors import NenyaError
+from nenya.encoders.base import Encoder
+from nenya.pipeline.items import Batch, Shard
+from nenya.sinks import Sink
+from nenya.sources import Source
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """How to run an extraction (not what: that is the source, encoder and sink).
+
+    Attributes:
+        batch_size: items per forward pass.
+        shard_size: items per unit of commit and resume (rounded up to whole batches).
+        num_workers: DataLoader worker processes reading the source (0 reads in this process).
+        device: ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+        precision: ``fp32`` (default, reproducible), ``bf16``, ``fp16`` or ``auto``.
+        progress: show a progress bar.
+        max_skip_fraction: stop with an error when more than this fraction of items is skipped.
+    """
+
+    batch_size: int = 128
+    shard_size: int = 4096
+    num_workers: int = 1
+    device: str = "auto"
+    precision: str = "fp32"
+    progress: bool = True
+    max_skip_fraction: float | None = None
+    description: str = "extract"
+
+
+@dataclass
+class RunSummary:
+    """What a run did, with per-stage timings in seconds."""
+
+    items: int = 0
+    skipped: int = 0
+    shards: int = 0
+    shards_already_done: int = 0
+    seconds: float = 0.0
+    timings: dict[str, float] = field(default_factory=dict)
+    outputs: list[str] = field(default_factory=list)
+
+    @property
+    def rate(self) -> float:
+        return self.items / self.seconds if self.seconds > 0 else 0.0
+
+    def line(self) -> str:
+        stages = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
+        resumed = f", {self.shards_already_done} shard(s) already done" if self.shards_already_done else ""
+        skipped = f", {self.skipped} skipped" if self.skipped else ""
+        return (f"{self.items} images in {self.seconds:.1f} s ({self.rate:.1f} images/s){skipped}{resumed}"
+                + (f" [{stages}]" if stages else ""))
+
+
+class _ShardStream(IterableDataset):
+    """Batches of the given shards; with workers, worker i reads shards i, i+W, ..."""
+
+    def __init__(self, source: Source, shards: list[Shard], batch_size: int) -> None:
+        self.source, self.shards, self.batch_size = source, shards, batch_size
+
+    def __iter__(self) -> Iterator[Batch]:
+        info = get_worker_info()
+        mine = self.shards if info is None else self.shards[info.id :: info.num_workers]
+        for shard in mine:
+            for batch in self.source.read(shard, self.batch_size):
+                batch.data = torch.from_numpy(np.ascontiguousarray(batch.data))
+                yield batch
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # readers must not compete with the encoder for cores
+
+
+class _Writer:
+    """A background thread feeding the sink; errors surface in the main thread."""
+
+    def __init__(self, sink: Sink, depth: int = 8) -> None:
+        self.sink = sink
+        self.q: queue.Queue = queue.Queue(maxsize=depth)
+        self.error: BaseException | None = None
+        self.busy = 0.0
+        self.thread = threading.Thread(target=self._loop, name="nenya-writer", daemon=True)
+        self.thread.start()
+
+    def _loop(self) -> None:
+        while True:
+            job = self.q.get()
+            if job is None:
+                return
+            if self.error is not None:
+                continue
+            t = time.perf_counter()
+            try:
+                batch, vectors = job
+                self.sink.write(batch, vectors)
+                if batch.last:
+                    self.sink.commit(batch.shard)
+            except BaseException as e:  # reported by put()/close()
+                self.error = e
+            self.busy += time.perf_counter() - t
+
+    def put(self, batch: Batch, vectors: np.ndarray) -> None:
+        if self.error is not None:
+            raise self.error
+        self.q.put((batch, vectors))
+
+    def close(self) -> None:
+        self.q.put(None)
+        self.thread.join()
+        if self.error is not None:
+            raise self.error
+
+
+def _check(batch: Batch, x: torch.Tensor) -> torch.Tensor:
+    """Flag items with NaN/Inf pixels as skipped and zero them so nothing non-finite is encoded."""
+    finite = torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
+    if bool(finite.all()):
+        return x
+    status = list(batch.status or ["ok"] * len(batch))
+    for i in torch.nonzero(~finite).flatten().tolist():
+        if status[i] == "ok":
+            status[i] = "skipped:non-finite values"
+    batch.status = status
+    return torch.where(finite.view(-1, *([1] * (x.dim() - 1))), x, torch.zeros((), dtype=x.dtype))
+
+
+def run(source: Source, encoder: Encoder, sink: Sink, options: RunOptions = RunOptions()) -> RunSummary:
+    """Extract vectors for everything ``source`` plans, into ``sink``; resumes committed shards.
+
+    The encoder must already sit on its device (``encoder.to(...)``). Returns a summary; the
+    sink's outputs are in ``summary.outputs``.
+    """
+    t_start = time.perf_counter()
+    shard_size = max(options.batch_size, -(-options.shard_size // options.batch_size) * options.batch_size)
+    plan = source.plan(shard_size)
+    fingerprint = f"{encoder.fingerprint}|{encoder.preprocess}|{encoder.precision}"
+    done = sink.start(plan, dim=encoder.dim, fingerprint=fingerprint)
+    todo = [s for s in plan.shards if (s.group, s.key) not in done]
+    summary = RunSummary(shards=len(plan.shards), shards_already_done=len(plan.shards) - len(todo))
+    if summary.shards_already_done:
+        log.info("resuming: %d of %d shards already committed", summary.shards_already_done, len(plan.shards))
+    cuda = encoder.device.type == "cuda"
+    workers = min(options.num_workers, len(todo)) if todo else 0
+    loader = DataLoader(
+        _ShardStream(source, todo, options.batch_size), batch_size=None, num_workers=workers,
+        pin_memory=cuda, worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=4 if workers else None, persistent_workers=False,
+    )
+    writer = _Writer(sink)
+    t_read = t_encode = 0.0
+    total = sum(len(s) for s in todo)
+    bar = tqdm(total=total, unit="img", desc=options.description, disable=not options.progress or total == 0,
+               dynamic_ncols=True, smoothing=0.1)
+    ok = False
+    try:
+        it = iter(loader)
+        while True:
+            t0 = time.perf_counter()
+            try:
+                batch = next(it)
+            except StopIteration:
+                break
+            t1 = time.perf_counter()
+            x = _check(batch, batch.data)
+            vectors = encoder.encode(x)
+            finite = torch.isfinite(vectors).all(dim=1)
+            if not bool(finite.all()):
+                status = list(batch.status or ["ok"] * len(batch))
+                for i in torch.nonzero(~finite).flatten().tolist():
+                    status[i] = "skipped:non-finite latent"
+                batch.status = status
+                vectors = torch.nan_to_num(vectors, nan=0.0, posinf=0.0, neginf=0.0)
+            out = vectors.cpu().numpy()
+            t2 = time.perf_counter()
+            batch.data = None  # the pixels are no longer needed: keep the writer queue light
+            writer.put(batch, out)
+            t_read += t1 - t0
+            t_encode += t2 - t1
+            summary.items += len(batch)
+            if batch.status is not None:
+                summary.skipped += sum(s != "ok" for s in batch.status)
+                if options.max_skip_fraction is not None and summary.items >= 100 and \
+                        summary.skipped > options.max_skip_fraction * summary.items:
+                    raise NenyaError(f"{summary.skipped} of {summary.items} items skipped so far, more than "
+                                     f"--max-skip-fraction {options.max_skip_fraction}; something is wrong with "
+                                     "the input (see the skip reasons in the log) or raise the limit")
+            bar.update(len(batch))
+        t3 = time.perf_counter()
+        writer.close()
+        summary.timings = {"read": t_read, "encode": t_encode, "write": writer.busy,
+                           "write_wait": time.perf_counter() - t3}
+        t4 = time.perf_counter()
+        summary.outputs = sink.finish()
+        summary.timings["finalize"] = time.perf_counter() - t4
+        ok = True
+    finally:
+        bar.close()
+        if not ok:
+            if writer.thread.is_alive():
+                writer.q.put(None)
+                writer.thread.join(timeout=60)
+            sink.abort()
+    summary.seconds = time.perf_counter() - t_start
+    return summary
+
+
+def default_workers() -> int:
+    """One reader process by default: HDF5 slabs are cheap; photos want more (--workers)."""
+    return 1 if (os.cpu_count() or 1) > 1 else 0

@@ -1,0 +1,63 @@
+"""Nenya ``_latents.h5`` files: ``valid``/``train`` (N, feat_dim) float32 in input row order."""
+
+from __future__ import annotations
+
+import h5py
+import numpy as np
+
+from nenya.pipeline.items import Group
+from nenya.sinks._parts import PartSink, vectors_of
+
+import nenya
+
+
+class NenyaLatentsSink(PartSink):
+    """One latents HDF5 per input file, Nenya's layout (§2 of the formats doc).
+
+    Each partition ``p`` becomes a dataset ``p`` of shape (N, dim), float32, filled part by part
+    (streamed: never the whole file in memory). ``p_metadata`` (fixed-length byte strings, column
+    names in its ``columns`` attribute) is carried over when the input has it; ``p_rows`` holds the
+    input rows when only some were selected; ``p_valid`` marks rows whose item was skipped (their
+    vector is zero, never NaN).
+    """
+
+    ext = ".h5"
+
+    def assemble(self, group: Group, path: str) -> None:
+        with h5py.File(path, "w") as f:
+            f.attrs["nenya_version"] = nenya.__version__
+            f.attrs["source"] = group.url
+            for p, n in group.partitions.items():
+                parts = self.parts(group, p)
+                dset = f.create_dataset(p, (n, self._dim), dtype="float32")
+                cols = group.metadata_columns.get(p) or []
+                widths = np.zeros(len(cols), dtype=int)
+                if cols:
+                    for part in parts:
+                        t = self.read_part(part)
+                        for j, c in enumerate(cols):
+                            lengths = np.char.str_len(np.char.encode(t.column(f"meta:{c}").to_numpy(zero_copy_only=False).astype(str), "utf-8"))
+                            widths[j] = max(widths[j], lengths.max(initial=1))
+                    meta = f.create_dataset(f"{p}_metadata", (n, len(cols)), dtype=f"S{max(1, int(widths.max()))}")
+                    meta.attrs["columns"] = [c.encode() for c in cols]
+                valid = np.ones(n, dtype=bool)
+                rows = np.empty(n, dtype=np.int64)
+                for part in parts:
+                    t = self.read_part(part)
+                    if t.num_rows == 0:
+                        continue
+                    pos = t.column("position").to_numpy()
+                    a, b = int(pos[0]), int(pos[-1]) + 1
+                    vecs = vectors_of(t)
+                    ok = np.asarray(t.column("status").to_pylist()) == "ok"
+                    vecs = np.where(ok[:, None], vecs, 0.0).astype(np.float32)
+                    dset[a:b] = vecs
+                    valid[a:b] = ok
+                    rows[a:b] = t.column("row").to_numpy()
+                    if cols:
+                        table = np.stack([t.column(f"meta:{c}").to_numpy(zero_copy_only=False).astype(str) for c in cols], axis=1)
+                        meta[a:b] = np.char.encode(table, "utf-8")
+                if not np.array_equal(rows, np.arange(n)):
+                    f.create_dataset(f"{p}_rows", data=rows)
+                if not valid.all():
+                    f.create_dataset(f"{p}_valid", data=valid)
