@@ -14,8 +14,7 @@ from torch.utils.data import DataLoader
 
 from conftest import read_partition, reference_latents, save_checkpoint
 from nenya._errors import InputError, WeightsNotFoundError
-from nenya.latents_extraction import (HDF5RGBDataset, build_loader, calc_latent, main, model_latents_extract,
-                                      prep)
+from nenya.latents_extraction import HDF5RGBDataset, build_loader, calc_latent, main, model_latents_extract, prep
 
 
 def test_model_latents_extract_equals_the_model(opt, checkpoint, preproc):

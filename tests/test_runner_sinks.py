@@ -17,7 +17,6 @@ from nenya.encoders.supcon import SupConEncoder
 from nenya.extract import extract_preproc
 from nenya.pipeline.runner import RunOptions, run
 from nenya.sinks.hdf5 import NenyaLatentsSink
-from nenya.sinks.parquet import ParquetSink
 from nenya.sources.hdf5 import HDF5PreprocSource, latents_name
 
 OPTS = RunOptions(batch_size=4, shard_size=8, num_workers=0, device="cpu", progress=False)

@@ -18,9 +18,9 @@ from torch.utils.data import DataLoader, Dataset
 
 from nenya._errors import WeightsNotFoundError
 from nenya.encoders.supcon import SupConEncoder
+from nenya.extract import DEBUG_BATCHES, extract_preproc
 from nenya.params import Params, option_preprocess
 from nenya.pipeline import storage
-from nenya.extract import DEBUG_BATCHES, extract_preproc
 from nenya.pipeline.runner import RunOptions, run
 from nenya.sinks.memory import ArraySink
 from nenya.sources._h5 import LazyH5, as_strings, check_images, metadata_columns, read_rows

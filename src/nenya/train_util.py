@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import torch
 
+from nenya.encoders.supcon import build_model
 from nenya.models.resnet_big import SupConResNet
 from nenya.params import Params, option_preprocess
-from nenya.encoders.supcon import build_model
 from nenya.train.losses import SupConLoss
 
 __all__ = ["set_model", "option_preprocess", "SupConLoss", "SupConResNet"]

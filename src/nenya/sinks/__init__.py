@@ -30,7 +30,3 @@ class Sink(ABC):
 
     def abort(self) -> None:
         """Drop uncommitted state (called on errors and interruption)."""
-
-    def existing(self, plan: Plan) -> list[str]:
-        """Group keys whose final output already exists (``main`` skips them unless clobber)."""
-        return []

@@ -71,10 +71,6 @@ class PartSink(Sink):
     def group_dir(self, group: Group) -> str:
         return os.path.join(self.work, group.output_name)
 
-    def existing(self, plan: Plan) -> list[str]:
-        names = set(storage.listdir_names(self.output))
-        return [g.key for g in plan.groups if g.output_name in names]
-
     # -- lifecycle ----------------------------------------------------------------------
     def start(self, plan: Plan, *, dim: int, fingerprint: str) -> set[tuple[str, str]]:
         self._plan, self._dim = plan, dim

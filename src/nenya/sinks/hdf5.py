@@ -5,10 +5,9 @@ from __future__ import annotations
 import h5py
 import numpy as np
 
+import nenya
 from nenya.pipeline.items import Group
 from nenya.sinks._parts import PartSink, vectors_of
-
-import nenya
 
 
 class NenyaLatentsSink(PartSink):
