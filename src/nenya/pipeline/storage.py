@@ -149,15 +149,23 @@ def publish(local_file: str | os.PathLike, dest: str | os.PathLike) -> None:
 
 def fetch(url: str, *, into: str | os.PathLike | None = None) -> str:
     """Return a local path for ``url``: itself when local, else a copy fetched into ``into``
-    (default: a folder in the cache keyed by the URL). The copy is written atomically."""
+    (default: the cache, keyed by the URL and the object's ETag/size/mtime, so a replaced remote
+    file is fetched again). The copy is written atomically."""
     if not is_remote(url):
         return local_path(url)
-    folder = Path(into) if into is not None else cache_dir() / "fetch" / hashlib.sha256(url.encode()).hexdigest()[:16]
+    fs, p = url_to_fs(url)
+    if into is None:
+        info = retry(lambda: fs.info(p), what=f"stat of {url}")
+        version = info.get("ETag") or info.get("etag") or info.get("md5") or ""
+        version = f"{version}|{info.get('size')}|{info.get('LastModified') or info.get('mtime') or info.get('created')}"
+        key = hashlib.sha256(f"{url}|{version}".encode()).hexdigest()[:16]
+        folder = cache_dir() / "fetch" / key
+    else:
+        folder = Path(into)
     folder.mkdir(parents=True, exist_ok=True)
     dest = folder / basename(url)
     if dest.exists():
         return str(dest)
-    fs, p = url_to_fs(url)
     with atomic_local(dest) as tmp:
         retry(lambda: fs.get_file(p, tmp), what=f"download of {url}")
     log.info("fetched %s -> %s", url, dest)
