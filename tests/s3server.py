@@ -17,6 +17,7 @@ route alone would reach the server.
 
 from __future__ import annotations
 
+import logging
 import os
 import uuid
 from dataclasses import dataclass, field
@@ -77,6 +78,7 @@ def server_env(endpoint: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def s3_server():
     """A moto S3 server on 127.0.0.1 (a free port), for the whole session. Yields its endpoint."""
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # no access log line per request
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()

@@ -269,13 +269,13 @@ def test_cli_extract_s3_to_parquet_subprocess(s3, job, isolated):
 def test_cli_killed_run_leaves_no_partial_object_and_resumes(s3, job, isolated):
     import pyarrow.parquet as pq
 
-    n_valid, n_train = 320, 64
+    n_valid, n_train, shard = 64, 32, 16
     data = write_preproc(isolated["tmp"] / "z_preproc.h5", n_valid=n_valid, n_train=n_train, seed=11)
     s3.client.upload_file(data, s3.bucket, "big/z_preproc.h5")
     final = "res/z_latents.parquet"
     cmd = [sys.executable, "-m", "nenya", "extract", s3.url("big/z_preproc.h5"), "--model", f"supcon:{job['ckpt']}",
-           "--output", s3.url("res"), "--format", "parquet", "--no-progress", "--shard-size", "32",
-           "--batch-size", "32"]
+           "--output", s3.url("res"), "--format", "parquet", "--no-progress", "--shard-size", str(shard),
+           "--batch-size", str(shard)]
     env = _cli_env(s3, isolated)
     work = isolated["cache"] / "work"
 
@@ -301,7 +301,7 @@ def test_cli_killed_run_leaves_no_partial_object_and_resumes(s3, job, isolated):
             proc.communicate()
     assert proc.returncode == -signal.SIGKILL
     done = sorted(p.name for p in work.rglob("*.done.json"))
-    assert 0 < len(done) < (n_valid + n_train) // 32, "the run was not killed midway"
+    assert 0 < len(done) < (n_valid + n_train) // shard, "the run was not killed midway"
     assert all(listing == [] for listing in listings)
     assert s3.keys("res/") == []  # no object, partial or temporary, under the output prefix
     assert s3.keys("big/") == ["big/z_preproc.h5"]
@@ -419,21 +419,33 @@ def test_storage_expands_and_lists_s3(s3, tmp_path):
     assert storage.join(s3.url("SSL/"), "latents/x", "f.h5") == s3.url("SSL/latents/x/f.h5")
 
 
+def test_storage_sees_changes_made_by_others(s3):
+    s3.client.put_object(Bucket=s3.bucket, Key="lat/x_latents.h5", Body=b"x")
+    assert storage.listdir_names(s3.url("lat")) == ["x_latents.h5"]
+    # another process (or the user, to force a redo) replaces the output
+    s3.client.delete_object(Bucket=s3.bucket, Key="lat/x_latents.h5")
+    s3.client.put_object(Bucket=s3.bucket, Key="lat/y_latents.h5", Body=b"x")
+    assert storage.listdir_names(s3.url("lat")) == ["y_latents.h5"]
+    assert not storage.exists(s3.url("lat/x_latents.h5"))
+    assert storage.exists(s3.url("lat/y_latents.h5"))
+    assert storage.expand([s3.url("lat/*_latents.h5")]) == [s3.url("lat/y_latents.h5")]
+
+
 def test_fetch_of_an_updated_remote_model_is_not_stale(s3, job, isolated):
     """Replacing <s3_outdir>/<model_folder>/last.pth must change the latents main() writes."""
-    from nenya.latents_extraction import main
+    from nenya.latents_extraction import main, prep
 
     up = _upload_job(s3, job, isolated["tmp"])
-    assert main(up["opts"], [up["input"]]) == [s3.url(up["out_key"])]
+    old_copy, _ = prep(up["opt"])  # what main() does first: the model is fetched into the cache
+    assert old_copy.startswith(str(isolated["cache"]))
     other = str(isolated["tmp"] / "other.pth")
     _make_checkpoint(up["opts"], other, seed=1)
     s3.client.upload_file(other, s3.bucket, up["model_key"])  # the model was retrained
-    assert main(up["opts"], [up["input"]], clobber=True) == [s3.url(up["out_key"])]
+    assert main(up["opts"], [up["input"]]) == [s3.url(up["out_key"])]
     ref_other = _reference(job["opt"], job["data"], other)
     local = _download(s3, up["out_key"], isolated["tmp"] / "new.h5")
     with h5py.File(local, "r") as f:
-        stale = np.allclose(f["valid"][:], job["ref"]["valid"], atol=ATOL)
-        if stale:
-            pytest.xfail("nenya.pipeline.storage.fetch serves the cached copy of a remote file that has "
-                         "changed (the cache is keyed by URL only), so main() used the old model")
+        assert not np.allclose(f["valid"][:], job["ref"]["valid"], atol=ATOL), "main() used the old, cached model"
         np.testing.assert_allclose(f["valid"][:], ref_other["valid"], atol=ATOL, rtol=0)
+        np.testing.assert_allclose(f["train"][:], ref_other["train"], atol=ATOL, rtol=0)
+    assert len(list((isolated["cache"] / "fetch").rglob("last.pth"))) == 2  # one cached copy per version

@@ -38,7 +38,11 @@ def local_path(path: str | os.PathLike) -> str:
 
 
 def url_to_fs(url: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
-    return fsspec.core.url_to_fs(str(url))
+    """The filesystem and path of a URL, with no stale listings: object stores change under us
+    (other jobs, users deleting outputs), and s3fs's listing cache never expires on its own."""
+    fs, path = fsspec.core.url_to_fs(str(url))
+    fs.invalidate_cache(path)
+    return fs, path
 
 
 def join(base: str | os.PathLike, *parts: str) -> str:
