@@ -1,0 +1,353 @@
+"""Peak memory of extracting N cutouts through nenya's full runner, with a tiny encoder.
+
+The encoder is a nenya ``Encoder`` around Conv2d(3, 8, 3, stride=4) + ReLU + AdaptiveAvgPool +
+Flatten + Linear(8, 16): compute is cheap, so memory (and time) reflect the pipeline: the
+HDF5 source, the DataLoader reader worker, the writer thread, shard parts and the final sink.
+
+For each N in ``--sizes`` a preproc file of N random float32 64x64 cutouts (plus a Nenya-style
+``valid_metadata`` string table unless ``--no-metadata``) is written in chunks under the temp
+folder, then extracted in a FRESH subprocess (``memory.py --child``). Reported per run:
+
+    main peak      ru_maxrss of the child's main process (getrusage RUSAGE_SELF, in the child)
+    worker peak    the largest ru_maxrss of its reaped DataLoader workers (RUSAGE_CHILDREN, in the child)
+    tree peak      the peak of the summed RSS of the child and all its descendants, polled with psutil
+                   every --poll seconds (forked workers share pages with the parent, so this sum
+                   over-counts shared pages: compare it between sizes, not with the main peak)
+
+and the differences to the smallest N. Targets (from the issue): 100,000 within 500 MB of 1,000,
+and 1,000,000 within 300 MB of 10,000 (``--sizes 10000,1000000``; needs ~17 GB free in the temp folder).
+
+    python bench/memory.py                          # --sizes 1000,100000, NenyaLatentsSink
+    python bench/memory.py --format h5,parquet
+    python bench/memory.py --sizes 10000,1000000 --tmpdir /big/scratch
+
+Prints a table and appends it, dated and with the machine, to bench/RESULTS.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import h5py
+import numpy as np
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "RESULTS.md"
+RESULTS_HEADER = "# nenya benchmark results (appended by bench/extract.py and bench/memory.py)\n"
+TARGETS_MB = {(1000, 100_000): 500, (10_000, 1_000_000): 300}
+BYTES_PER_ITEM = 64 * 64 * 4
+MB = 2**20
+
+
+# -- shared reporting helpers (duplicated in extract.py: the bench scripts stand alone) ------------
+def machine_line() -> str:
+    """CPU model, cores, memory, torch version and threads, in one line."""
+    import torch
+
+    import nenya
+
+    cpu, flags = "", set()
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if not cpu and line.startswith("model name"):
+                    cpu = line.split(":", 1)[1].strip()
+                elif not flags and line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    cpu = cpu or platform.processor() or platform.machine()
+    try:
+        usable = len(os.sched_getaffinity(0))
+    except AttributeError:
+        usable = os.cpu_count()
+    mem = ""
+    try:
+        with open("/proc/meminfo") as f:
+            kb = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
+        mem = f", {kb / 2**20:.0f} GiB RAM"
+    except (OSError, StopIteration, ValueError):
+        pass
+    isa = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"),
+                                   ("amx_bf16", "AMX-BF16")) if flag in flags]
+    return (f"{cpu} ({', '.join(isa) or 'ISA unknown'}), {os.cpu_count()} logical cores ({usable} usable){mem}; "
+            f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+            f"nenya {nenya.__version__}, device cpu")
+
+
+def append_results(path: Path, title: str, lines: list[str]) -> None:
+    """Append a dated section to RESULTS.md (created with a one-line header if absent)."""
+    new = not path.exists()
+    with open(path, "a") as f:
+        if new:
+            f.write(RESULTS_HEADER)
+        stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
+        f.write(f"\n## {title}, {stamp}\n\n")
+        f.write(f"Machine: {machine_line()}\n\n")
+        f.write(f"Command: `python {' '.join([os.path.relpath(sys.argv[0], HERE.parent)] + sys.argv[1:])}`\n\n")
+        f.write("\n".join(lines).rstrip() + "\n")
+
+
+def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
+    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
+
+    def fmt(r: list[str]) -> str:
+        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"
+
+    return [fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(r) for r in rows]
+
+
+# -- the input file, written in bounded memory -------------------------------------------------
+def write_input(path: str, n: int, *, metadata: bool, chunk: int = 4096, seed: int = 0) -> None:
+    """N random float32 (1, 64, 64) cutouts in ``valid`` (contiguous, like Nenya's files) and,
+    optionally, a ``valid_metadata`` byte-string table with a ``columns`` attribute; chunk by chunk."""
+    rng = np.random.default_rng(seed)
+    cols = ["lat", "lon", "datetime", "DT40", "pp_file", "pp_idx"]
+    with h5py.File(path, "w") as f:
+        dset = f.create_dataset("valid", (n, 1, 64, 64), dtype="float32")
+        meta = None
+        if metadata:
+            meta = f.create_dataset("valid_metadata", (n, len(cols)), dtype="S48")
+            meta.attrs["columns"] = [c.encode() for c in cols]
+        for a in range(0, n, chunk):
+            b = min(n, a + chunk)
+            dset[a:b] = rng.standard_normal((b - a, 1, 64, 64), dtype=np.float32)
+            if meta is not None:
+                m = b - a
+                days = rng.integers(0, 3650, m)
+                meta[a:b] = np.column_stack([
+                    np.round(rng.uniform(-60, 60, m), 4).astype(str),
+                    np.round(rng.uniform(-180, 180, m), 4).astype(str),
+                    (np.datetime64("2010-01-01") + days).astype(str),
+                    np.round(rng.uniform(0, 5, m), 4).astype(str),
+                    np.full(m, "MODIS_R2019_2010_95clear_128x128_preproc.h5"),
+                    np.arange(a, b).astype(str),
+                ]).astype("S48")
+
+
+# -- the child: one extraction in a fresh process ----------------------------------------------
+def child(args: argparse.Namespace) -> int:
+    import torch
+    from torch import nn
+
+    from nenya.encoders.base import Encoder, Preprocess
+    from nenya.pipeline.runner import RunOptions, run
+    from nenya.sources.hdf5 import HDF5PreprocSource
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.format == "baseline":  # imports only: what every run costs before it reads anything
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        print(json.dumps({"items": 0, "seconds": 0.0, "rate": 0.0, "timings": {}, "self_peak_mb": peak,
+                          "workers_peak_mb": 0.0}))
+        return 0
+    if args.format == "parquet":
+        from nenya.sinks.parquet import ParquetSink as SinkClass
+    else:
+        from nenya.sinks.hdf5 import NenyaLatentsSink as SinkClass
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(8, 16))
+    encoder = Encoder(model, name="tiny", dim=16, preprocess=Preprocess(in_channels=3, demean=True),
+                      fingerprint="bench-memory-tiny-seed0").to("cpu", "fp32")
+    source = HDF5PreprocSource([args.file], partitions=("valid",))
+    sink = SinkClass(args.out, overwrite=True)
+    opts = RunOptions(batch_size=args.batch_size, num_workers=args.workers, device="cpu", progress=False,
+                      **({"shard_size": args.shard_size} if args.shard_size else {}))
+    try:
+        summary = run(source, encoder, sink, opts)
+    finally:
+        source.close()
+    print(json.dumps({
+        "items": summary.items, "seconds": summary.seconds, "rate": summary.rate, "timings": summary.timings,
+        "outputs": summary.outputs,
+        "self_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+        "workers_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+    }))
+    return 0
+
+
+# -- the parent: spawn, poll, report -----------------------------------------------------------
+def measure(cmd: list[str], poll: float, pss: bool) -> tuple[dict, float, float, float]:
+    """Run ``cmd``; return its JSON result, wall seconds, peak summed tree RSS (MB) and peak summed
+    PSS (MB, 0 unless ``pss``)."""
+    import psutil
+
+    with tempfile.TemporaryFile("w+") as out:
+        t0 = time.perf_counter()
+        proc = psutil.Popen(cmd, stdout=out)
+        peak_rss = peak_pss = 0.0
+        while proc.poll() is None:
+            try:
+                procs = [proc] + proc.children(recursive=True)
+            except psutil.Error:
+                procs = [proc]
+            rss = pss_sum = 0
+            for p in procs:
+                try:
+                    if pss:
+                        info = p.memory_full_info()
+                        rss += info.rss
+                        pss_sum += info.pss
+                    else:
+                        rss += p.memory_info().rss
+                except psutil.Error:
+                    pass
+            peak_rss, peak_pss = max(peak_rss, rss / MB), max(peak_pss, pss_sum / MB)
+            time.sleep(poll)
+        wall = time.perf_counter() - t0
+        out.seek(0)
+        text = out.read()
+    if proc.returncode != 0:
+        raise SystemExit(f"child failed with exit code {proc.returncode}: {' '.join(cmd)}\n{text[-2000:]}")
+    lines = [line for line in text.splitlines() if line.startswith("{")]
+    if not lines:
+        raise SystemExit(f"child printed no result: {' '.join(cmd)}\n{text[-2000:]}")
+    return json.loads(lines[-1]), wall, peak_rss, peak_pss
+
+
+def check_output(result: dict, n: int, fmt: str) -> str:
+    """Shape/row count of the output without reading its data."""
+    outs = result.get("outputs") or []
+    if len(outs) != 1:
+        return f"FAIL: outputs {outs}"
+    if fmt == "parquet":
+        import pyarrow.parquet as pq
+
+        rows = pq.ParquetFile(outs[0]).metadata.num_rows
+        return "ok" if rows == n else f"FAIL: {rows} rows"
+    with h5py.File(outs[0], "r") as f:
+        shape = f["valid"].shape
+    return "ok" if shape == (n, 16) else f"FAIL: shape {shape}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--sizes", default="1000,100000", help="comma-separated N (default 1000,100000)")
+    ap.add_argument("--format", default="h5", help="h5 (NenyaLatentsSink), parquet (ParquetSink) or h5,parquet")
+    ap.add_argument("--batch-size", type=int, default=128, help="RunOptions.batch_size (default 128)")
+    ap.add_argument("--workers", type=int, default=1, help="RunOptions.num_workers (default 1)")
+    ap.add_argument("--shard-size", type=int, default=None, help="RunOptions.shard_size (default: nenya's)")
+    ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in the child")
+    ap.add_argument("--no-metadata", action="store_true", help="write the inputs without valid_metadata")
+    ap.add_argument("--poll", type=float, default=0.05, help="psutil polling interval in seconds (default 0.05)")
+    ap.add_argument("--pss", action="store_true", help="also poll PSS (shared pages split fairly; costlier polling)")
+    ap.add_argument("--tmpdir", default=None, help="where inputs and outputs go (default: system temp)")
+    ap.add_argument("--results", default=str(RESULTS), help="markdown file to append to (default bench/RESULTS.md)")
+    ap.add_argument("--no-save", action="store_true", help="print only; do not append to the results file")
+    # internal: the measured process
+    ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--file", help=argparse.SUPPRESS)
+    ap.add_argument("--out", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.child:
+        return child(args)
+
+    try:
+        sizes = sorted({int(s.replace("_", "")) for s in args.sizes.split(",") if s.strip()})
+    except ValueError:
+        ap.error(f"--sizes must be comma-separated integers, got {args.sizes!r}")
+    formats = [f.strip() for f in args.format.split(",") if f.strip()]
+    if not sizes or min(sizes) < 1 or not formats or set(formats) - {"h5", "parquet"}:
+        ap.error("--sizes must be positive integers and --format h5, parquet or h5,parquet")
+    try:
+        import psutil  # noqa: F401
+    except ImportError:
+        ap.error("memory.py needs psutil (pip install psutil)")
+
+    tmp = tempfile.mkdtemp(prefix="nenya-bench-memory-", dir=args.tmpdir)
+    need = max(sizes) * (BYTES_PER_ITEM + 300) * 1.1 + 2**30
+    free = shutil.disk_usage(tmp).free
+    if free < need:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise SystemExit(f"{tmp}: {free / 2**30:.1f} GiB free but the largest input and its outputs need about "
+                         f"{need / 2**30:.1f} GiB; pass --tmpdir on a bigger disk")
+    me = [sys.executable, os.path.abspath(__file__), "--child", "--batch-size", str(args.batch_size),
+          "--workers", str(args.workers)]
+    me += ["--threads", str(args.threads)] if args.threads else []
+    me += ["--shard-size", str(args.shard_size)] if args.shard_size else []
+
+    results = []
+    try:
+        base, _, base_tree, base_pss = measure(me + ["--format", "baseline"], args.poll, args.pss)
+        print(f"baseline (python + torch + nenya imported, nothing read): {base['self_peak_mb']:.0f} MB", flush=True)
+        for n in sizes:
+            path = os.path.join(tmp, f"mem{n}_preproc.h5")
+            t = time.perf_counter()
+            write_input(path, n, metadata=not args.no_metadata)
+            print(f"N={n}: wrote {os.path.getsize(path) / MB:.0f} MB input in {time.perf_counter() - t:.1f} s",
+                  flush=True)
+            for fmt in formats:
+                out = os.path.join(tmp, f"out-{n}-{fmt}")
+                res, wall, tree, pss = measure(me + ["--format", fmt, "--file", path, "--out", out],
+                                               args.poll, args.pss)
+                check = check_output(res, n, fmt)
+                results.append({"n": n, "format": fmt, "wall": wall, "tree": tree, "pss": pss, "check": check, **res})
+                print(f"  {fmt}: {res['seconds']:.1f} s, main peak {res['self_peak_mb']:.0f} MB, worker peak "
+                      f"{res['workers_peak_mb']:.0f} MB, tree peak {tree:.0f} MB, output {check}", flush=True)
+                shutil.rmtree(out, ignore_errors=True)
+            os.remove(path)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    # -- report ---------------------------------------------------------------------------------
+    header = ["sink", "N", "seconds", "images/s", "main peak MB", "worker peak MB", "tree peak MB"]
+    header += ["tree PSS MB"] if args.pss else []
+    header += ["Δ main vs smallest", "Δ tree vs smallest"] + (["Δ PSS vs smallest"] if args.pss else [])
+    header += ["target", "output"]
+    rows = []
+    verdicts = []
+    for r in results:
+        first = next(x for x in results if x["format"] == r["format"])
+        d_main = r["self_peak_mb"] - first["self_peak_mb"]
+        d_tree = r["tree"] - first["tree"]
+        target = TARGETS_MB.get((first["n"], r["n"]))
+        verdict = ""
+        if target is not None:
+            worst = max(d_main, d_tree)
+            verdict = f"≤{target} MB: {'PASS' if worst <= target else 'FAIL'}"
+            verdicts.append(worst <= target)
+        row = [r["format"], f"{r['n']:,}", f"{r['seconds']:.1f}", f"{r['rate']:.0f}", f"{r['self_peak_mb']:.0f}",
+               f"{r['workers_peak_mb']:.0f}", f"{r['tree']:.0f}"]
+        row += [f"{r['pss']:.0f}"] if args.pss else []
+        row += [f"{d_main:+.0f}", f"{d_tree:+.0f}"] + ([f"{r['pss'] - first['pss']:+.0f}"] if args.pss else [])
+        row += [verdict, r["check"]]
+        rows.append(row)
+    stage_lines = [f"- {r['format']} N={r['n']:,}: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["timings"].items())
+                   for r in results]
+    lines = [
+        f"Tiny encoder (Conv2d(3,8,3,s4)+ReLU+pool+Linear(8,16)) through nenya's runner; random float32 64x64 inputs"
+        f"{'' if args.no_metadata else ' with a 6-column valid_metadata table'}; batch {args.batch_size}, "
+        f"{args.workers} reader worker(s){f', shard {args.shard_size}' if args.shard_size else ''}. "
+        f"Each run in a fresh process; baseline after imports {base['self_peak_mb']:.0f} MB (tree {base_tree:.0f} MB). "
+        "main peak = child's ru_maxrss; worker peak = largest DataLoader worker ru_maxrss; tree peak = polled "
+        f"sum of RSS over the child and its workers (every {args.poll} s; pages shared after fork count in each process)"
+        + ("; tree PSS = the same sum of PSS (shared pages split between processes)." if args.pss else "."),
+        "",
+        *markdown_table(header, rows),
+        "",
+        "Stages (read = waiting for the reader, write = writer thread busy, finalize = assembling the output):",
+        *stage_lines,
+    ]
+    print()
+    print("\n".join(lines))
+    if not args.no_save:
+        append_results(Path(args.results), f"memory.py (sizes {','.join(map(str, sizes))}, {args.format})", lines)
+        print(f"\nappended to {args.results}")
+    failed = any(r["check"] != "ok" for r in results) or not all(verdicts)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
