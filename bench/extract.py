@@ -25,9 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import datetime
 import os
-import platform
 import shutil
 import statistics
 import sys
@@ -40,7 +38,6 @@ import h5py
 import numpy as np
 import torch
 
-import nenya
 from nenya.demo import write_preproc
 from nenya.encoders.supcon import SupConEncoder, build_model
 from nenya.params import Params
@@ -48,65 +45,14 @@ from nenya.pipeline.runner import RunOptions, run
 from nenya.sinks.hdf5 import NenyaLatentsSink
 from nenya.sources.hdf5 import HDF5PreprocSource, latents_name
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _report import append_results, markdown_table  # noqa: E402
+
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
-RESULTS_HEADER = "# nenya benchmark results (appended by bench/extract.py and bench/memory.py)\n"
 
 
 # -- shared reporting helpers (duplicated in memory.py: the bench scripts stand alone) -------------
-def machine_line() -> str:
-    """CPU model, cores, memory, torch version and threads, in one line."""
-    cpu, flags = "", set()
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if not cpu and line.startswith("model name"):
-                    cpu = line.split(":", 1)[1].strip()
-                elif not flags and line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    cpu = cpu or platform.processor() or platform.machine()
-    try:
-        usable = len(os.sched_getaffinity(0))
-    except AttributeError:
-        usable = os.cpu_count()
-    mem = ""
-    try:
-        with open("/proc/meminfo") as f:
-            kb = int(next(line for line in f if line.startswith("MemTotal")).split()[1])
-        mem = f", {kb / 2**20:.0f} GiB RAM"
-    except (OSError, StopIteration, ValueError):
-        pass
-    isa = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"),
-                                   ("amx_bf16", "AMX-BF16")) if flag in flags]
-    return (f"{cpu} ({', '.join(isa) or 'ISA unknown'}), {os.cpu_count()} logical cores ({usable} usable){mem}; "
-            f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"nenya {nenya.__version__}, device cpu")
-
-
-def append_results(path: Path, title: str, lines: list[str]) -> None:
-    """Append a dated section to RESULTS.md (created with a one-line header if absent)."""
-    new = not path.exists()
-    with open(path, "a") as f:
-        if new:
-            f.write(RESULTS_HEADER)
-        stamp = datetime.datetime.now().astimezone().strftime("%Y-%m-%d %H:%M %Z")
-        f.write(f"\n## {title}, {stamp}\n\n")
-        f.write(f"Machine: {machine_line()}\n\n")
-        f.write(f"Command: `python {' '.join([os.path.relpath(sys.argv[0], HERE.parent)] + sys.argv[1:])}`\n\n")
-        f.write("\n".join(lines).rstrip() + "\n")
-
-
-def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
-    widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
-
-    def fmt(r: list[str]) -> str:
-        return "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"
-
-    return [fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(r) for r in rows]
-
-
 # -- (c) the original Nenya loop -----------------------------------------------------------------
 class OriginalHDF5RGBDataset(torch.utils.data.Dataset):
     """As Nenya's ``HDF5RGBDataset``: the handle opened in __init__, one row read per item."""
