@@ -123,6 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.set_defaults(func=cmd_demo)
     m = sub.add_parser("models", help="list the kinds of model nenya can extract with")
     m.set_defaults(func=cmd_models)
+    from nenya import cli_explore, cli_train
+
+    cli_train.register(sub)
+    cli_explore.register(sub)
     return parser
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 
-from nenya.encoders.base import Encoder
+from nenya.encoders.base import Encoder, EncoderOptions
 from nenya.params import Params
 from nenya.pipeline.registry import encoders, split_spec
 
@@ -12,8 +12,11 @@ CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
 
 
 def load_encoder(spec: str, *, opt: Params | str | os.PathLike | None = None, trust_checkpoint: bool = False,
-                 remove_module: bool = True) -> Encoder:
-    """Build an encoder from a spec such as ``supcon:models/last.pth`` or ``nenya:v5``.
+                 remove_module: bool = True, options: EncoderOptions | None = None) -> Encoder:
+    """Build an encoder from a spec such as ``supcon:models/last.pth``, ``nenya:v5`` or ``timm:resnet50``.
+
+    ``options`` (weights, pretrained, layer, pool, preprocessing overrides) go to the
+    ``timm:``, ``torchvision:``, ``torchscript:`` and ``ae:`` encoders.
 
     A bare checkpoint path (``.pth``, ``.pt``, ``.ckpt``, ``.safetensors``) means ``supcon:``.
     An unknown prefix is an error listing the valid ones.
@@ -26,4 +29,10 @@ def load_encoder(spec: str, *, opt: Params | str | os.PathLike | None = None, tr
             raise ValueError(f"cannot tell what model {spec!r} is; name it as <kind>:<name>, "
                              f"with kind one of {', '.join(encoders.names())} (see `nenya models`)")
     factory = encoders.get(prefix)
-    return factory(rest, opt, trust_checkpoint=trust_checkpoint, remove_module=remove_module)
+    kwargs = {"trust_checkpoint": trust_checkpoint, "remove_module": remove_module}
+    if prefix in ("supcon", "nenya"):
+        if options is not None and options != EncoderOptions():
+            raise ValueError(f"{prefix}: models take no --weights/--layer/--pool/preprocessing options; "
+                             "their preprocessing is Nenya's (demean, repeat channels)")
+        return factory(rest, opt, **kwargs)
+    return factory(rest, opt, options=options or EncoderOptions(), **kwargs)

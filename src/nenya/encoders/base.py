@@ -38,18 +38,76 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 
 
 @dataclass(frozen=True)
+class ImageTransform:
+    """How a decoded photo becomes a fixed-size uint8 (3, H, W) array, on the CPU (in the readers).
+
+    Attributes:
+        size: final (height, width) of the model input.
+        resize: shorter side to resize to before cropping (an int), an exact (height, width), or
+            None for no resize (the image must then already have ``size``).
+        crop: center-crop to ``size`` after resizing (False: resize straight to ``size``).
+        interpolation: ``bilinear``, ``bicubic``, ``nearest`` or ``lanczos``.
+    """
+
+    size: tuple[int, int] = (224, 224)
+    resize: int | tuple[int, int] | None = 256
+    crop: bool = True
+    interpolation: str = "bilinear"
+
+
+@dataclass(frozen=True)
 class Preprocess:
-    """What the encoder does to a raw batch on the device, before the model."""
+    """What the encoder does to a raw batch on the device, before the model.
+
+    uint8 batches (photos) are scaled to [0, 1] first; then ``demean`` subtracts each image's
+    mean (Nenya cutouts); ``mean``/``std`` normalise per channel (ImageNet-style models); a
+    one-channel batch is repeated to ``in_channels``. ``image`` is the CPU-side resize/crop that
+    image sources apply before batching (None for sources of fixed-size arrays).
+    """
 
     in_channels: int = 3
     demean: bool = True
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    image: ImageTransform | None = None
+
+
+@dataclass(frozen=True)
+class EncoderOptions:
+    """Options of the ``timm:``/``torchvision:``/``torchscript:``/``ae:`` encoders (None: the model's default).
+
+    Attributes:
+        weights: a local or remote safetensors file or state dict (loaded safely).
+        pretrained: load the model hub's pretrained weights (needs a network connection).
+        layer: feature level of an inner layer (timm ``features_only`` index) instead of the pooled vector.
+        pool: ``avg``, ``max``, ``gem`` or ``none`` (one vector per spatial tile).
+        size: input size (one int: square) overriding the model's data config.
+        resize: shorter side to resize to before the center crop (overrides the data config).
+        crop: center-crop (True) or resize straight to ``size`` (False).
+        mean: per-channel mean; std: per-channel std; interpolation: resize filter.
+    """
+
+    weights: str | None = None
+    pretrained: bool = False
+    layer: int | None = None
+    pool: str | None = None
+    size: int | None = None
+    resize: int | None = None
+    crop: bool | None = None
+    mean: tuple[float, ...] | None = None
+    std: tuple[float, ...] | None = None
+    interpolation: str | None = None
 
 
 class Encoder:
     """A model plus its preprocessing. ``encode(batch)`` -> (B, dim) float32 on the device.
 
-    Subclasses set ``model``, ``dim``, ``name``, ``preprocess`` and ``fingerprint``.
+    Subclasses set ``model``, ``dim``, ``name``, ``preprocess`` and ``fingerprint``. A tile
+    encoder sets ``grid = (rows, cols)``; its ``encode`` returns (B, rows * cols, dim), tiles in
+    row-major order (tile t sits at x = t % cols, y = t // cols of the feature map).
     """
+
+    grid: tuple[int, int] | None = None
 
     def __init__(self, model: nn.Module, *, name: str, dim: int, preprocess: Preprocess, fingerprint: str) -> None:
         self.model = model.eval()
@@ -81,9 +139,17 @@ class Encoder:
             x = x[:, None]
         if x.dim() != 4:
             raise InputError(f"expected a batch (B, C, H, W), got shape {tuple(x.shape)}")
-        x = x.float()
-        if self.preprocess.demean:
+        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
+        pre = self.preprocess
+        if pre.demean:
             x = x - x.mean(dim=(1, 2, 3), keepdim=True)
+        if pre.mean is not None or pre.std is not None:
+            c = x.shape[1]
+            if c == 1 and pre.in_channels != 1:
+                x = x.expand(-1, pre.in_channels, -1, -1)
+            mean = torch.tensor(pre.mean if pre.mean is not None else (0.0,), device=x.device).view(1, -1, 1, 1)
+            std = torch.tensor(pre.std if pre.std is not None else (1.0,), device=x.device).view(1, -1, 1, 1)
+            x = (x - mean) / std
         c, want = x.shape[1], self.preprocess.in_channels
         if c != want:
             if c != 1:

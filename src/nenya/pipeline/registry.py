@@ -87,11 +87,28 @@ encoders.register("supcon", "nenya.encoders.supcon:SupConEncoder.from_checkpoint
                   help="a Nenya SupCon/SimCLR checkpoint: supcon:path/to/last.pth (options from the file or --opts)")
 encoders.register("nenya", "nenya.encoders.supcon:SupConEncoder.from_named",
                   help="a named Nenya model whose weights you provide: nenya:v4, nenya:v5, nenya:viirs_v1")
+encoders.register("timm", "nenya.encoders.timm:TimmEncoder.from_spec",
+                  help="any timm model: timm:efficientnet_b0 (pooled pre-logits vector; --layer K --pool none for tiles)",
+                  install_hint="pip install timm")
+encoders.register("torchvision", "nenya.encoders.torchvision:TorchvisionEncoder.from_spec",
+                  help="a torchvision classification model with its classifier removed: torchvision:resnet50 (2048-d)",
+                  install_hint="pip install torchvision")
+encoders.register("torchscript", "nenya.encoders.torchscript:TorchScriptEncoder.from_spec",
+                  help="a TorchScript file whose forward maps (B, C, H, W) to (B, dim): torchscript:model.pt")
+encoders.register("ae", "nenya.encoders.autoencoder:AutoencoderEncoder.from_spec",
+                  help="the encoder half of an autoencoder trained by `nenya train autoencoder`: ae:path/to/last.pth")
 
 sinks = Registry("sink")
 sinks.register("h5", "nenya.sinks.hdf5:NenyaLatentsSink", help="Nenya _latents.h5 files (one per input file)")
 sinks.register("parquet", "nenya.sinks.parquet:ParquetSink",
                help="Parquet: id, partition, row, metadata columns, vector (fixed-size list of float32)")
+sinks.register("npy", "nenya.sinks.npy:NpySink",
+               help=".npy vectors (N, dim) plus a Parquet file of ids and metadata in the same row order (for FAISS)")
 
 sources = Registry("source")
 sources.register("h5", "nenya.sources.hdf5:HDF5PreprocSource", help="Nenya preprocessed HDF5 files of cutouts")
+sources.register("images", "nenya.sources.images:ImageFolderSource",
+                 help="a folder of images (recursive; ids are relative paths): images:photos/")
+sources.register("table", "nenya.sources.table:PathTableSource",
+                 help="a CSV or Parquet table with a path column, an id column and metadata columns: table:images.csv")
+sources.register("arrays", "nenya.sources.arrays:ArraySource", help="in-memory arrays (Python API only)")
