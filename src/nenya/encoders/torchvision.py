@@ -1,0 +1,240 @@
+"""torchvision classification models as encoders: the classifier's last Linear replaced by Identity.
+
+``torchvision:resnet50`` gives the 2048-d average-pooled features; preprocessing comes from the
+model's default weights entry (resize, crop, mean, std, interpolation), which torchvision knows
+without downloading anything. Also home of :func:`import_torchvision`, which timm needs too.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+import threading
+from types import ModuleType
+
+import torch
+from torch import nn
+
+from nenya._errors import CheckpointError, NenyaError, WeightsNotFoundError
+from nenya.encoders._image import (
+    Defaults,
+    encoder_fingerprint,
+    image_preprocess,
+    load_weights,
+    probe,
+    seeded,
+)
+from nenya.encoders.base import Encoder, EncoderOptions, Preprocess
+
+log = logging.getLogger(__name__)
+
+#: Schemas of torchvision's compiled operators, defined from Python when its binary extension
+#: does not load against this torch build (torchvision's ``_meta_registrations`` needs them to
+#: exist). Only their *schemas*: the models never call them; detection ops fail when called.
+_TV_SCHEMAS = (
+    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
+    "roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width, "
+    "int sampling_ratio, bool aligned) -> Tensor",
+    "_roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width, "
+    "SymInt batch_size, SymInt channels, SymInt height, SymInt width, int sampling_ratio, bool aligned) -> Tensor",
+    "ps_roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width, "
+    "int sampling_ratio) -> (Tensor, Tensor)",
+    "_ps_roi_align_backward(Tensor grad, Tensor rois, Tensor channel_mapping, float spatial_scale, "
+    "SymInt pooled_height, SymInt pooled_width, int sampling_ratio, SymInt batch_size, SymInt channels, "
+    "SymInt height, SymInt width) -> Tensor",
+    "roi_pool(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width) "
+    "-> (Tensor, Tensor)",
+    "_roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, SymInt pooled_height, "
+    "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width) -> Tensor",
+    "ps_roi_pool(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width) "
+    "-> (Tensor, Tensor)",
+    "_ps_roi_pool_backward(Tensor grad, Tensor rois, Tensor channel_mapping, float spatial_scale, "
+    "SymInt pooled_height, SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, "
+    "SymInt width) -> Tensor",
+    "qroi_align(Tensor input, Tensor rois, float input_scale, int input_zero_point, float rois_scale, "
+    "int rois_zero_point, float spatial_scale, SymInt pooled_height, SymInt pooled_width, int sampling_ratio, "
+    "bool aligned) -> Tensor",
+    "deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, SymInt stride_h, "
+    "SymInt stride_w, SymInt pad_h, SymInt pad_w, SymInt dilation_h, SymInt dilation_w, SymInt groups, "
+    "SymInt offset_groups, bool use_mask) -> Tensor",
+    "_deform_conv2d_backward(Tensor grad, Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, "
+    "SymInt stride_h, SymInt stride_w, SymInt pad_h, SymInt pad_w, SymInt dilation_h, SymInt dilation_w, "
+    "SymInt groups, SymInt offset_groups, bool use_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
+    "box_iou_rotated(Tensor boxes1, Tensor boxes2) -> Tensor",
+)
+_MISSING_OP = "operator torchvision::"
+_lock = threading.Lock()
+#: The Library holding the schemas must stay alive for them to stay defined (module-level, set once).
+_SCHEMA_LIBRARY: list[torch.library.Library] = []
+
+
+def import_torchvision() -> ModuleType:
+    """Import torchvision, working around a compiled extension that does not match this torch.
+
+    torchvision wheels built for another torch (e.g. the CUDA wheel next to a CPU torch) fail
+    to import with ``RuntimeError: operator torchvision::nms does not exist``. On exactly that
+    failure, the half-imported modules are dropped, the operator schemas are defined from
+    Python, torchvision is imported again and one warning is logged: its models and transforms
+    work; its detection operators (nms, roi_align, deform_conv2d) raise when called.
+
+    Raises:
+        NenyaError: torchvision is not installed, or fails to import for another reason.
+    """
+    with _lock:
+        if "torchvision" in sys.modules and hasattr(sys.modules["torchvision"], "models"):
+            return sys.modules["torchvision"]
+        try:
+            return importlib.import_module("torchvision")
+        except ModuleNotFoundError as e:
+            if e.name and e.name.split(".")[0] == "torchvision":
+                raise NenyaError("torchvision is not installed; install it with: pip install torchvision") from None
+            raise
+        except RuntimeError as e:
+            if _MISSING_OP not in str(e) or _SCHEMA_LIBRARY:
+                raise NenyaError(f"torchvision fails to import ({e}); install the torchvision build that "
+                                 f"matches torch {torch.__version__}") from e
+        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
+            del sys.modules[name]
+        lib = torch.library.Library("torchvision", "DEF")  # noqa: TOR901 - kept alive below
+        for schema in _TV_SCHEMAS:
+            op = schema.split("(", 1)[0]
+            if not _op_exists(op):
+                lib.define(schema)
+        _SCHEMA_LIBRARY.append(lib)
+        try:
+            tv = importlib.import_module("torchvision")
+        except Exception as e:
+            raise NenyaError(f"torchvision fails to import even with its operator schemas defined ({e}); "
+                             f"install the torchvision build that matches torch {torch.__version__}") from e
+        log.warning("torchvision's compiled ops do not match this torch build; its models work, detection ops will not")
+        return tv
+
+
+def _op_exists(op: str) -> bool:
+    try:
+        getattr(torch.ops.torchvision, op)
+        return True
+    except (AttributeError, RuntimeError):
+        return False
+
+
+#: Attributes holding the classification head, in the order they are tried.
+_HEAD_ATTRS = ("fc", "classifier", "heads", "head")
+
+
+def remove_classifier(model: nn.Module, name: str) -> str:
+    """Replace the last ``nn.Linear`` of the model's head by ``nn.Identity`` and return its path.
+
+    The head is the first of ``fc``, ``classifier``, ``heads``, ``head`` the model has; within it
+    the last Linear is the one mapping features to class logits (``resnet50.fc``,
+    ``efficientnet_b0.classifier.1``, ``vit_b_16.heads.head``).
+
+    Raises:
+        NenyaError: the model has no Linear classifier (e.g. squeezenet's convolutional head).
+    """
+    for attr in _HEAD_ATTRS:
+        head = getattr(model, attr, None)
+        if not isinstance(head, nn.Module):
+            continue
+        if isinstance(head, nn.Linear):
+            setattr(model, attr, nn.Identity())
+            return attr
+        linears = [n for n, m in head.named_modules() if isinstance(m, nn.Linear)]
+        if linears:
+            path = linears[-1]
+            parent = head.get_submodule(path.rsplit(".", 1)[0]) if "." in path else head
+            setattr(parent, path.rsplit(".", 1)[-1], nn.Identity())
+            return f"{attr}.{path}"
+    raise NenyaError(f"torchvision:{name} has no Linear classifier in {'/'.join(_HEAD_ATTRS)} to remove; "
+                     f"use timm:{name} if timm has it, or a torchscript: export of the part you want")
+
+
+def _defaults(tv: ModuleType, name: str) -> tuple[Defaults, object | None]:
+    """Preprocessing of the model's DEFAULT weights entry (ImageNet defaults when it has none)."""
+    try:
+        weights = tv.models.get_model_weights(name).DEFAULT
+    except (ValueError, KeyError, AttributeError):
+        return Defaults(), None
+    t = weights.transforms()
+    crop = int(t.crop_size[0])
+    resize = int(t.resize_size[0])
+    interp = getattr(t.interpolation, "value", str(t.interpolation))
+    return Defaults(size=(crop, crop), resize=resize, crop=True, interpolation=str(interp),
+                    mean=tuple(float(m) for m in t.mean), std=tuple(float(s) for s in t.std)), weights
+
+
+class TorchvisionEncoder(Encoder):
+    """A torchvision classification model without its classifier (the pre-logits features)."""
+
+    @classmethod
+    def from_spec(cls, name: str, opt=None, *, options: EncoderOptions, trust_checkpoint: bool = False,
+                  remove_module: bool = True) -> TorchvisionEncoder:
+        """Build ``torchvision:<name>``.
+
+        Args:
+            name: a torchvision model name (``resnet50``, ``efficientnet_b0``, ``vit_b_16``, ...).
+            opt: not used (Nenya options are for ``supcon:`` models).
+            options: ``weights`` (a state dict or safetensors file), ``pretrained`` (the DEFAULT
+                weights, downloaded by torchvision), preprocessing overrides. ``layer`` and ``pool``
+                are not supported here: timm offers them for the same architectures.
+            trust_checkpoint: unpickle anything in ``weights`` (only for files you trust).
+            remove_module: strip DataParallel ``module.`` prefixes from ``weights``.
+
+        Raises:
+            NenyaError: an unknown model, or ``layer``/``pool`` given.
+            WeightsNotFoundError: pretrained weights cannot be downloaded.
+            CheckpointError: ``weights`` do not fit the model or cannot be loaded safely.
+        """
+        if opt is not None:
+            raise NenyaError("torchvision: models take no --opts (those are for supcon: checkpoints)")
+        if options.layer is not None or options.pool is not None:
+            raise NenyaError(f"torchvision:{name} takes no --layer/--pool (it gives the pre-logits vector); "
+                             f"use timm:{name} with --layer K --pool avg|max|gem|none for inner layers and tiles")
+        if options.weights and options.pretrained:
+            raise NenyaError("give either --weights FILE or --pretrained, not both")
+        tv = import_torchvision()
+        available = tv.models.list_models(module=tv.models)
+        if name not in available:
+            close = [m for m in available if name.lower() in m or m in name.lower()][:5]
+            raise NenyaError(f"unknown torchvision model {name!r}" + (f"; did you mean {', '.join(close)}?" if close
+                             else "; see torchvision.models.list_models()"))
+        defaults, weights_entry = _defaults(tv, name)
+        if options.pretrained:
+            if weights_entry is None:
+                raise WeightsNotFoundError(f"torchvision:{name} has no pretrained weights; use --weights FILE")
+            try:
+                model = tv.models.get_model(name, weights=weights_entry)
+            except Exception as e:
+                raise WeightsNotFoundError(
+                    f"could not fetch the pretrained weights of torchvision:{name} ({type(e).__name__}: "
+                    f"{str(e).splitlines()[0] if str(e) else ''}); check network access, or download "
+                    f"{getattr(weights_entry, 'url', 'them')} and pass --weights FILE") from None
+            tag = f"pretrained:{weights_entry}"
+        else:
+            with seeded(0):
+                model = tv.models.get_model(name, weights=None)
+            tag = "random-seed-0"
+        head = remove_classifier(model, name)
+        if options.weights:
+            tag = load_weights(model, options.weights, trust=trust_checkpoint, remove_module=remove_module,
+                               ignore_prefixes=(head,), what=f"torchvision:{name}")
+        model.eval()
+        pre = image_preprocess(defaults, options)
+        dim = _dim(model, pre, name)
+        fp = encoder_fingerprint("torchvision", name, None, None, pre, tag)
+        log.info("torchvision:%s: %d-d (classifier %s removed), input %s", name, dim, head, pre.image)
+        return cls(model, name=f"torchvision:{name}", dim=dim, preprocess=pre, fingerprint=fp)
+
+
+def _dim(model: nn.Module, pre: Preprocess, name: str) -> int:
+    try:
+        out = probe(model, pre)
+    except Exception as e:
+        raise NenyaError(f"torchvision:{name} does not run at input size {pre.image.size if pre.image else '?'} "
+                         f"({type(e).__name__}: {e}); choose a size it accepts with --size") from None
+    if out.dim() != 2:
+        raise CheckpointError(f"torchvision:{name} without its classifier gives shape {tuple(out.shape)}, not "
+                              f"(B, dim); use timm:{name}")
+    return int(out.shape[1])
