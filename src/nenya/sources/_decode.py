@@ -36,6 +36,7 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import warnings
 
 import numpy as np
@@ -139,11 +140,11 @@ def decode_image(data: bytes, *, transform: ImageTransform, max_pixels: int = DE
         try:
             im = Image.open(io.BytesIO(data))
         except Image.DecompressionBombError as e:
-            raise SkipItem(f"pixel limit: {_bomb_size(e)}") from None
+            raise SkipItem(f"pixel limit: {_bomb_size(e)} > {max_pixels}") from None
         except UnidentifiedImageError:
             raise SkipItem("not an image") from None
-        except (OSError, ValueError, SyntaxError) as e:  # malformed headers surface as any of these
-            raise SkipItem(f"decode error: {_short(e)}") from None
+        except (OSError, ValueError, SyntaxError, EOFError) as e:  # malformed headers surface as any of these
+            raise SkipItem("truncated" if _is_truncated(e) else f"decode error: {_short(e)}") from None
         w, h = im.size
         if w * h > max_pixels:
             raise SkipItem(f"pixel limit: {w}x{h} > {max_pixels}")
@@ -151,13 +152,8 @@ def decode_image(data: bytes, *, transform: ImageTransform, max_pixels: int = DE
             raise SkipItem("decode error: zero-sized image")
         try:
             im.load()
-        except OSError as e:
-            msg = str(e).lower()
-            if "truncated" in msg or "premature end" in msg or "broken data stream" in msg:
-                raise SkipItem("truncated") from None
-            raise SkipItem(f"decode error: {_short(e)}") from None
-        except (ValueError, SyntaxError, Image.DecompressionBombError, EOFError) as e:
-            raise SkipItem(f"decode error: {_short(e)}") from None
+        except (OSError, ValueError, SyntaxError, EOFError) as e:
+            raise SkipItem("truncated" if _is_truncated(e) else f"decode error: {_short(e)}") from None
     try:
         im = ImageOps.exif_transpose(im)
     except Exception as e:  # a corrupt EXIF block must not lose an otherwise good photo
@@ -236,8 +232,14 @@ def resize_crop(im: Image.Image, transform: ImageTransform) -> Image.Image:
 
 
 def _bomb_size(e: Exception) -> str:
-    # "Image size (N pixels) exceeds limit of M pixels, could be decompression bomb DOS attack."
-    return str(e).split(",")[0].strip() or "decompression bomb"
+    # Pillow: "Image size (N pixels) exceeds limit of M pixels, could be decompression bomb DOS attack."
+    m = re.search(r"\((\d+) pixels\)", str(e))
+    return f"{m.group(1)} pixels" if m else "decompression bomb"
+
+
+def _is_truncated(e: BaseException) -> bool:
+    msg = str(e).lower()
+    return isinstance(e, EOFError) or any(m in msg for m in ("truncated", "premature end", "broken data stream"))
 
 
 def _short(e: Exception) -> str:
