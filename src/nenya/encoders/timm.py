@@ -56,8 +56,10 @@ def _classifier_prefixes(model: nn.Module) -> tuple[str, ...]:
 def _check_name(timm: ModuleType, name: str) -> None:
     if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")) or timm.is_model(name):
         return
+    import difflib
+
     arch = name.split(".", 1)[0]
-    close = timm.list_models(f"*{arch}*")[:8]
+    close = timm.list_models(f"*{arch}*")[:8] or difflib.get_close_matches(arch, timm.list_models(), n=5)
     raise NenyaError(f"unknown timm model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else
                                                       "; list them with timm.list_models('*pattern*')"))
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import warnings
 
 import torch
 from torch import nn
@@ -60,7 +61,9 @@ class TorchScriptEncoder(Encoder):
         pool = check_pool(options.pool)
         local = storage.fetch(name)
         try:
-            model = torch.jit.load(local, map_location="cpu")
+            with warnings.catch_warnings():  # torch >= 2.10 deprecates TorchScript; its files still load
+                warnings.simplefilter("ignore", DeprecationWarning)
+                model = torch.jit.load(local, map_location="cpu")
         except FileNotFoundError:
             raise CheckpointError(f"TorchScript file not found: {name}") from None
         except (RuntimeError, ValueError) as e:
