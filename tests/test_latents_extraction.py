@@ -174,5 +174,7 @@ def test_non_finite_cutouts_are_skipped_not_written(opt, opts_file, checkpoint, 
     good = [i for i in range(37) if i not in (4, 7)]
     ref = reference_latents(model, read_partition(preproc, "valid")[good])
     np.testing.assert_allclose(lat[good], ref, atol=1e-5)
-    skipped = pd.read_csv(out + ".skipped.csv")
-    assert skipped.to_dict("list") == {"id": ["valid/4", "valid/7"], "reason": ["non-finite values"] * 2}
+    status = pd.read_csv(out + ".status.csv")  # every item exactly once, train then valid
+    assert list(status["id"]) == [f"train/{i}" for i in range(21)] + [f"valid/{i}" for i in range(37)]
+    bad = status[status.status != "ok"]
+    assert bad.to_dict("list") == {"id": ["valid/4", "valid/7"], "status": ["skipped:non-finite values"] * 2}

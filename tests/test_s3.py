@@ -151,7 +151,8 @@ def test_main_reads_and_writes_s3(s3, job, isolated, monkeypatch):
 
     assert outputs == [s3.url(up["out_key"])]
     assert up["out_key"] in s3.keys("SSL/latents/")
-    assert s3.keys(f"SSL/{up['opt'].latents_folder}/") == [up["out_key"]]  # nothing else (no temporaries)
+    # the output and its status table, nothing else (no temporaries)
+    assert s3.keys(f"SSL/{up['opt'].latents_folder}/") == [up["out_key"], up["out_key"] + ".status.csv"]
     local = _download(s3, up["out_key"], isolated["tmp"] / "x_latents.h5")
     _check_latents_h5(local, job["ref"], job["data"])
 
@@ -178,8 +179,8 @@ def test_main_skips_existing_s3_output_and_clobber_rewrites(s3, job, isolated):
     key = up["out_key"]
 
     def versions() -> list[dict]:
-        r = s3.client.list_object_versions(Bucket=s3.bucket, Prefix=f"SSL/{up['opt'].latents_folder}/")
-        return r.get("Versions", []) + r.get("DeleteMarkers", [])
+        r = s3.client.list_object_versions(Bucket=s3.bucket, Prefix=key)  # the output (not its status table)
+        return [v for v in r.get("Versions", []) + r.get("DeleteMarkers", []) if v["Key"] == key]
 
     assert main(up["opts"], [up["input"]]) == [s3.url(key)]
     first = s3.client.head_object(Bucket=s3.bucket, Key=key)
@@ -197,7 +198,7 @@ def test_main_skips_existing_s3_output_and_clobber_rewrites(s3, job, isolated):
     assert third["VersionId"] != first["VersionId"]
     assert third["LastModified"] > first["LastModified"]
     assert len(versions()) == 2
-    assert s3.keys(f"SSL/{up['opt'].latents_folder}/") == [key]
+    assert s3.keys(f"SSL/{up['opt'].latents_folder}/") == [key, key + ".status.csv"]
     _check_latents_h5(_download(s3, key, isolated["tmp"] / "again.h5"), job["ref"], job["data"])
 
 
@@ -236,7 +237,7 @@ def test_cli_extract_s3_to_parquet_subprocess(s3, job, isolated):
                        timeout=300)
     assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     assert s3.url("out/y_latents.parquet") in r.stdout.splitlines()
-    assert s3.keys("out/") == ["out/y_latents.parquet"]
+    assert s3.keys("out/") == ["out/y_latents.parquet", "out/y_latents.parquet.status.csv"]
     assert s3.keys("in/") == ["in/y_preproc.h5"]
     assert glob.glob(str(isolated["systmp"] / "nenya-fetch-*")) == []
 
@@ -309,7 +310,7 @@ def test_cli_killed_run_leaves_no_partial_object_and_resumes(s3, job, isolated):
     r = subprocess.run(cmd, cwd=isolated["cwd"], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     assert "already done" in r.stdout  # resumed from the committed shards
-    assert s3.keys("res/") == [final]
+    assert s3.keys("res/") == [final, final + ".status.csv"]
     assert not any(work.rglob("*.arrow"))
 
     from nenya.latents_extraction import model_latents_extract

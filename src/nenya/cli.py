@@ -130,6 +130,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _Redact(logging.Filter):
+    """No secret (URL passwords, AWS keys from the environment) reaches the log."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from nenya.pipeline.storage import redact
+
+        msg = record.getMessage()
+        clean = redact(msg)
+        if clean != msg:
+            record.msg, record.args = clean, None
+        return True
+
+
 def _sigterm(signum, frame):  # stop like Ctrl-C: after the current batch, committed shards kept
     raise KeyboardInterrupt
 
@@ -143,6 +156,8 @@ def main(argv: list[str] | None = None) -> int:
     level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
     logging.getLogger("nenya").setLevel(min(level, logging.INFO))
+    for handler in logging.getLogger().handlers:
+        handler.addFilter(_Redact())
     signal.signal(signal.SIGTERM, _sigterm)
     t = time.perf_counter()
     try:
@@ -152,8 +167,10 @@ def main(argv: list[str] | None = None) -> int:
               "rerun the same command to resume", file=sys.stderr)
         return 130
     except (NenyaError, FileNotFoundError, ValueError, KeyError) as e:
+        from nenya.pipeline.storage import redact
+
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"nenya: error: {msg}", file=sys.stderr)
+        print(f"nenya: error: {redact(str(msg))}", file=sys.stderr)
         return 2
 
 

@@ -63,6 +63,7 @@ class Batch:
     metadata: dict[str, np.ndarray] = field(default_factory=dict)
     last: bool = False
     status: list[str] | None = None
+    worker: int = -1  # the reader process that made it (-1: the main process)
 
     def __len__(self) -> int:
         return len(self.ids)

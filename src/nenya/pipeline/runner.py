@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import re
 import threading
 import time
 from collections.abc import Iterator
@@ -20,8 +21,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from tqdm.auto import tqdm
 
-from nenya._errors import NenyaError
+from nenya._errors import InputError, NenyaError
 from nenya.encoders.base import Encoder
+from nenya.pipeline import faults
 from nenya.pipeline.items import Batch, Shard
 from nenya.sinks import Sink
 from nenya.sources import Source
@@ -86,10 +88,57 @@ class _ShardStream(IterableDataset):
     def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         mine = self.shards if info is None else self.shards[info.id :: info.num_workers]
+        worker = -1 if info is None else info.id
         for shard in mine:
-            for batch in self.source.read(shard, self.batch_size):
-                batch.data = torch.from_numpy(np.ascontiguousarray(batch.data))
-                yield batch
+            done = shard.start
+            try:
+                for batch in self.source.read(shard, self.batch_size):
+                    faults.point("read.batch")
+                    batch.data = torch.from_numpy(np.ascontiguousarray(batch.data))
+                    batch.worker = worker
+                    done = int(batch.positions[-1]) + 1 if len(batch) else done
+                    yield batch
+            except (NenyaError, KeyboardInterrupt):
+                raise
+            except Exception as e:  # say which input and items, in a form that pickles across processes
+                where = f"{shard.group}" + (f" partition {shard.partition!r}" if shard.partition else "")
+                raise InputError(f"reading {where}, items from position {done} of shard {shard.key}: "
+                                 f"{type(e).__name__}: {e}") from None
+
+
+_PIDS = re.compile(r"pid(?:\(s\)|s)? ([\d, ]+)")
+
+
+def _worker_death(err: RuntimeError, it, todo: list[Shard], seen: dict[int, tuple[Shard, int]], workers: int) -> str:
+    """Explain a reader process that died (killed, segfault, out of memory): which item it was on."""
+    m = _PIDS.search(str(err))
+    pids = [int(p) for p in re.findall(r"\d+", m.group(1))] if m else []
+    procs = getattr(it, "_workers", []) or []
+    lines = []
+    for w, proc in enumerate(procs):
+        if pids and proc.pid not in pids:
+            continue
+        mine = todo[w::workers]
+        if not mine:
+            continue
+        if w in seen:
+            shard, nxt = seen[w]
+            if nxt >= shard.stop:  # finished that shard: it was on the next one
+                later = mine[mine.index(shard) + 1:] if shard in mine else []
+                if not later:
+                    continue
+                shard, nxt = later[0], later[0].start
+        else:
+            shard, nxt = mine[0], mine[0].start
+        where = f"{shard.group}" + (f" partition {shard.partition!r}" if shard.partition else "")
+        code = getattr(proc, "exitcode", None)
+        how = f"signal {-code}" if isinstance(code, int) and code < 0 else f"exit code {code}"
+        lines.append(f"reader process {w} (pid {proc.pid}, {how}) died while reading {where}, at or after item "
+                     f"{nxt} (shard {shard.key}, items {shard.start}-{shard.stop - 1})")
+    detail = "; ".join(lines) or str(err).strip()
+    return (f"{detail}. Committed shards are kept: rerun the same command to resume. If it dies again at the same "
+            "item, that input is the likely cause (rerun with --workers 0 to see the error in the main process); "
+            "a reader killed by signal 9 often means the machine ran out of memory")
 
 
 def _worker_init(_: int) -> None:
@@ -136,16 +185,22 @@ class _Writer:
             raise self.error
 
 
+def _flag(batch: Batch, bad: torch.Tensor, reason: str) -> None:
+    status = list(batch.status or ["ok"] * len(batch))
+    for i in torch.nonzero(bad).flatten().tolist():
+        if status[i] == "ok":
+            status[i] = reason
+    batch.status = status
+
+
 def _check(batch: Batch, x: torch.Tensor) -> torch.Tensor:
     """Flag items with NaN/Inf pixels as skipped and zero them so nothing non-finite is encoded."""
+    if not x.is_floating_point():
+        return x
     finite = torch.isfinite(x.reshape(len(x), -1)).all(dim=1)
     if bool(finite.all()):
         return x
-    status = list(batch.status or ["ok"] * len(batch))
-    for i in torch.nonzero(~finite).flatten().tolist():
-        if status[i] == "ok":
-            status[i] = "skipped:non-finite values"
-    batch.status = status
+    _flag(batch, ~finite, "skipped:non-finite values")
     return torch.where(finite.view(-1, *([1] * (x.dim() - 1))), x, torch.zeros((), dtype=x.dtype))
 
 
@@ -159,7 +214,7 @@ def run(source: Source, encoder: Encoder, sink: Sink, options: RunOptions = RunO
     shard_size = max(options.batch_size, -(-options.shard_size // options.batch_size) * options.batch_size)
     plan = source.plan(shard_size)
     fingerprint = f"{encoder.fingerprint}|{encoder.preprocess}|{encoder.precision}"
-    done = sink.start(plan, dim=encoder.dim, fingerprint=fingerprint)
+    done = sink.start(plan, dim=encoder.dim, fingerprint=fingerprint, grid=encoder.grid)
     todo = [s for s in plan.shards if (s.group, s.key) not in done]
     summary = RunSummary(shards=len(plan.shards), shards_already_done=len(plan.shards) - len(todo))
     if summary.shards_already_done:
@@ -177,6 +232,8 @@ def run(source: Source, encoder: Encoder, sink: Sink, options: RunOptions = RunO
     bar = tqdm(total=total, unit="img", desc=options.description, disable=not options.progress or total == 0,
                dynamic_ncols=True, smoothing=0.1)
     ok = False
+    seen: dict[int, tuple[Shard, int]] = {}
+    it = None
     try:
         it = iter(loader)
         while True:
@@ -185,17 +242,21 @@ def run(source: Source, encoder: Encoder, sink: Sink, options: RunOptions = RunO
                 batch = next(it)
             except StopIteration:
                 break
+            except RuntimeError as e:
+                if "DataLoader worker" in str(e):
+                    raise NenyaError(_worker_death(e, it, todo, seen, workers)) from None
+                raise
             t1 = time.perf_counter()
+            if len(batch):
+                seen[batch.worker] = (batch.shard, int(batch.positions[-1]) + 1)
             x = _check(batch, batch.data)
             vectors = encoder.encode(x)
-            finite = torch.isfinite(vectors).all(dim=1)
+            finite = torch.isfinite(vectors.reshape(len(vectors), -1)).all(dim=1)
             if not bool(finite.all()):
-                status = list(batch.status or ["ok"] * len(batch))
-                for i in torch.nonzero(~finite).flatten().tolist():
-                    status[i] = "skipped:non-finite latent"
-                batch.status = status
+                _flag(batch, ~finite, "skipped:non-finite latent")
                 vectors = torch.nan_to_num(vectors, nan=0.0, posinf=0.0, neginf=0.0)
             out = vectors.cpu().numpy()
+            faults.point("encode.batch")
             t2 = time.perf_counter()
             batch.data = None  # the pixels are no longer needed: keep the writer queue light
             writer.put(batch, out)

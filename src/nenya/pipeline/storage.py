@@ -7,6 +7,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -19,7 +20,12 @@ from pathlib import Path
 
 import fsspec
 
+from nenya._errors import OutputError
+
 log = logging.getLogger(__name__)
+
+#: Longest output name we create (most filesystems allow 255 bytes).
+MAX_NAME_BYTES = 240
 
 #: Where remote inputs are fetched and remote-output work folders live (override with NENYA_CACHE).
 def cache_dir() -> Path:
@@ -55,6 +61,49 @@ def join(base: str | os.PathLike, *parts: str) -> str:
 
 def basename(path: str | os.PathLike) -> str:
     return str(path).rstrip("/").rsplit("/", 1)[-1]
+
+
+def safe_name(name: str, *, what: str = "output name") -> str:
+    """``name`` if it is one plain file name, else an OutputError: nothing derived from inputs or
+    ids (``../x``, absolute paths, NUL, very long names) may place a file outside the output folder."""
+    bad = (not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name
+           or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES or any(ord(c) < 32 for c in name))
+    if bad:
+        shown = repr(name if len(name) < 80 else name[:77] + "...")
+        raise OutputError(f"refusing {what} {shown}: it must be a single file name (no '/', '..', control "
+                          f"characters, at most {MAX_NAME_BYTES} bytes) so that it stays inside the output folder")
+    return name
+
+
+_SECRET_ENV_WORDS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "ACCESS_KEY", "API_KEY", "PRIVATE")
+
+
+def redact(text: str) -> str:
+    """``text`` with credentials removed: ``user:password@`` in URLs and the values of environment
+    variables that hold secrets (AWS_SECRET_ACCESS_KEY, *_TOKEN, ...). Used on everything nenya
+    logs, prints or records in manifests."""
+    import re
+
+    text = re.sub(r"(\w[\w+.-]*://)[^/@\s:]+:[^@\s]+@", r"\1***@", str(text))
+    for key, value in os.environ.items():
+        if len(value) >= 6 and any(w in key.upper() for w in _SECRET_ENV_WORDS) and value in text:
+            text = text.replace(value, "***")
+    return text
+
+
+@contextlib.contextmanager
+def disk_errors(path: str | os.PathLike, *, dest: str | os.PathLike | None = None) -> Iterator[None]:
+    """Turn a full disk or an unwritable location while writing ``path`` into a clear OutputError."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in (errno.ENOSPC, errno.EDQUOT):
+            untouched = f"; {dest} was not touched" if dest else ""
+            raise OutputError(f"no space left on the device while writing {path}{untouched}. Free some space (or "
+                              "choose another --output) and rerun the same command: committed shards are kept") from None
+        if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+            raise OutputError(f"cannot write {path}: {e.strerror}; choose a writable --output") from None
+        raise
 
 
 def exists(path: str | os.PathLike) -> bool:

@@ -13,12 +13,16 @@ class Sink(ABC):
     """Receives batches of vectors from the runner's writer thread (one thread: no locking)."""
 
     @abstractmethod
-    def start(self, plan: Plan, *, dim: int, fingerprint: str) -> set[tuple[str, str]]:
-        """Prepare for ``plan``; return the (group, shard key) pairs already committed."""
+    def start(self, plan: Plan, *, dim: int, fingerprint: str,
+              grid: tuple[int, int] | None = None) -> set[tuple[str, str]]:
+        """Prepare for ``plan``; return the (group, shard key) pairs already committed.
+
+        ``grid`` = (rows, cols) when each item has rows * cols tile vectors ((B, T, dim) batches)."""
 
     @abstractmethod
     def write(self, batch: Batch, vectors: np.ndarray) -> None:
-        """Take one batch's vectors (float32, (B, dim)); rows flagged in ``batch.status`` are skipped."""
+        """Take one batch's vectors (float32, (B, dim) or (B, T, dim) for tiles); items flagged in
+        ``batch.status`` are skipped."""
 
     @abstractmethod
     def commit(self, shard: Shard) -> None:

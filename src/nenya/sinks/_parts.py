@@ -4,12 +4,17 @@ Each committed shard is one Arrow IPC file in a work folder next to the output
 (``<output>/.nenya-work/<output name>/``; in the cache for remote outputs), written under a
 temporary name, fsynced and renamed, followed by a ``.done.json`` marker with counts and
 timings. A manifest holds the run's fingerprint (inputs, model weights, preprocessing, output
-schema) so a rerun continues only when it would produce the same output. Final files are
-assembled from the parts in plan order and published atomically; the work folder then goes.
+schema) so a rerun continues only when it would produce the same output, and a lock (``flock``,
+released by the kernel when the process dies) refuses a second run writing the same output.
+Final files are assembled from the parts in plan order and published atomically, with a status
+table (``<output>.status.csv``: every id once, ``ok`` or ``skipped:<reason>``); the work folder
+then goes. With ``append=True`` the rows of an existing output come first (resume by id).
 """
 
 from __future__ import annotations
 
+import contextlib
+import csv
 import hashlib
 import json
 import logging
@@ -23,13 +28,45 @@ import numpy as np
 import pyarrow as pa
 
 from nenya._errors import OutputError
-from nenya.pipeline import storage
+from nenya.pipeline import faults, storage
 from nenya.pipeline.items import Batch, Group, Plan, Shard
 from nenya.sinks import Sink
 
 log = logging.getLogger(__name__)
 
 WORK = ".nenya-work"
+STATUS_SUFFIX = ".status.csv"
+
+
+def _lock(path: str):
+    """An exclusive, non-blocking lock on ``path`` (None where flock is unavailable)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    fh = open(path, "a+")
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        fh.seek(0)
+        who = fh.read().strip() or "another process"
+        fh.close()
+        raise OutputError(f"another nenya run ({who}) is writing the same output (lock {path}); wait for it to "
+                          "finish or stop it, then rerun: two runs never write one output together") from None
+    fh.seek(0)
+    fh.truncate()
+    fh.write(f"pid {os.getpid()} on {os.uname().nodename}")
+    fh.flush()
+    return fh
+
+
+def read_status(path: str) -> list[tuple[str, str]]:
+    """The (id, status) rows of a status table (local or URL); [] when it does not exist."""
+    if not storage.exists(path):
+        return []
+    fs, p = storage.url_to_fs(path)
+    with fs.open(p, "r", newline="") as f:
+        return [(r["id"], r["status"]) for r in csv.DictReader(f)]
 
 
 def vectors_of(table: pa.Table, column: str = "vector") -> np.ndarray:
@@ -50,9 +87,10 @@ class PartSink(Sink):
     ext = ""
     schema_version = "1"
 
-    def __init__(self, output: str | os.PathLike, *, overwrite: bool = False) -> None:
+    def __init__(self, output: str | os.PathLike, *, overwrite: bool = False, append: bool = False) -> None:
         self.output = str(output)
         self.overwrite = overwrite
+        self.append = append
         if storage.is_remote(self.output):
             key = hashlib.sha256(self.output.encode()).hexdigest()[:16]
             self.work = str(storage.cache_dir() / "work" / key)
@@ -62,18 +100,29 @@ class PartSink(Sink):
         self._buffers: dict[tuple[str, str], list[tuple[Batch, np.ndarray]]] = defaultdict(list)
         self._plan: Plan | None = None
         self._dim = 0
+        self._tiles = 1
+        self._grid: tuple[int, int] | None = None
         self._t0: dict[tuple[str, str], float] = {}
+        self._locks: list = []
 
     # -- locations ----------------------------------------------------------------------
     def output_path(self, group: Group) -> str:
-        return storage.join(self.output, group.output_name)
+        return storage.join(self.output, storage.safe_name(group.output_name))
+
+    def status_path(self, group: Group) -> str:
+        return self.output_path(group) + STATUS_SUFFIX
 
     def group_dir(self, group: Group) -> str:
-        return os.path.join(self.work, group.output_name)
+        return os.path.join(self.work, storage.safe_name(group.output_name))
 
     # -- lifecycle ----------------------------------------------------------------------
-    def start(self, plan: Plan, *, dim: int, fingerprint: str) -> set[tuple[str, str]]:
-        self._plan, self._dim = plan, dim
+    def start(self, plan: Plan, *, dim: int, fingerprint: str,
+              grid: tuple[int, int] | None = None) -> set[tuple[str, str]]:
+        self._plan, self._dim, self._grid = plan, dim, grid
+        self._tiles = grid[0] * grid[1] if grid else 1
+        if grid and not self.supports_tiles:
+            raise OutputError(f"{type(self).__name__} stores one vector per item; tile vectors (--pool none) "
+                              "need --format parquet or npy")
         if not storage.is_remote(self.output):
             try:
                 os.makedirs(self.output, exist_ok=True)
@@ -82,14 +131,19 @@ class PartSink(Sink):
             if not os.access(self.output, os.W_OK):
                 raise OutputError(f"output folder {self.output} is not writable; choose another with --output")
         done: set[tuple[str, str]] = set()
+        os.makedirs(self.work, exist_ok=True)
         for g in plan.groups:
             gdir = self.group_dir(g)
+            lock = _lock(gdir + ".lock")
+            if lock is not None:
+                self._locks.append((gdir + ".lock", lock))
             manifest = os.path.join(gdir, "manifest.json")
-            fp = f"{fingerprint}|{g.fingerprint}|{type(self).__name__}|{self.schema_version}|{self._schema_tag()}"
+            fp = (f"{fingerprint}|{g.fingerprint}|{type(self).__name__}|{self.schema_version}|{self._schema_tag()}"
+                  f"|grid={grid}|append={self.append}")
             if os.path.exists(manifest):
                 with open(manifest) as f:
                     old = json.load(f).get("fingerprint")
-                if old != fp:
+                if old != hashlib.sha256(fp.encode()).hexdigest():
                     if not self.overwrite:
                         raise OutputError(
                             f"{gdir} holds an unfinished run with a different model, preprocessing, input or "
@@ -101,12 +155,15 @@ class PartSink(Sink):
                     os.remove(os.path.join(gdir, name))
             if not os.path.exists(manifest):
                 with storage.atomic_local(manifest) as tmp, open(tmp, "w") as f:
-                    json.dump({"fingerprint": fp, "output": self.output_path(g), "input": g.url,
+                    json.dump({"fingerprint": hashlib.sha256(fp.encode()).hexdigest(),
+                               "output": storage.redact(self.output_path(g)), "input": storage.redact(g.url),
                                "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, f, indent=1)
             for name in os.listdir(gdir):
                 if name.endswith(".done.json") and os.path.exists(os.path.join(gdir, name[:-10] + ".arrow")):
                     done.add((g.key, name[: -len(".done.json")]))
         return done
+
+    supports_tiles = True
 
     def _schema_tag(self) -> str:
         return ""
@@ -122,22 +179,28 @@ class PartSink(Sink):
         key = (shard.group, shard.key)
         items = self._buffers.pop(key, [])
         table = self._part_table(items)
-        if table.num_rows != len(shard):
-            raise AssertionError(f"shard {shard.key} of {group.url}: {table.num_rows} rows written, {len(shard)} planned")
+        if table.num_rows != len(shard) * self._tiles:
+            raise AssertionError(f"shard {shard.key} of {group.url}: {table.num_rows} rows written, "
+                                 f"{len(shard) * self._tiles} planned")
         gdir = self.group_dir(group)
         final = os.path.join(gdir, shard.key + ".arrow")
-        with storage.atomic_local(final) as tmp:
-            with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
-                writer.write_table(table)
-        status = table.column("status").to_pylist()
-        marker = {"shard": shard.key, "partition": shard.partition, "start": shard.start, "stop": shard.stop,
-                  "items": len(shard), "ok": status.count("ok"), "skipped": len(status) - status.count("ok"),
-                  "seconds": round(time.perf_counter() - self._t0.pop(key, time.perf_counter()), 4)}
-        with storage.atomic_local(os.path.join(gdir, shard.key + ".done.json")) as tmp, open(tmp, "w") as f:
-            json.dump(marker, f)
+        with storage.disk_errors(final, dest=self.output_path(group)):
+            with storage.atomic_local(final) as tmp:
+                with pa.OSFile(tmp, "wb") as sink, pa.ipc.new_file(sink, table.schema) as writer:
+                    writer.write_table(table)
+                faults.point("part.write")
+            faults.point("part.renamed")
+            status = table.column("status").to_pylist()[:: self._tiles]
+            marker = {"shard": shard.key, "partition": shard.partition, "start": shard.start, "stop": shard.stop,
+                      "items": len(shard), "ok": status.count("ok"), "skipped": len(status) - status.count("ok"),
+                      "seconds": round(time.perf_counter() - self._t0.pop(key, time.perf_counter()), 4)}
+            with storage.atomic_local(os.path.join(gdir, shard.key + ".done.json")) as tmp, open(tmp, "w") as f:
+                json.dump(marker, f)
+        faults.point("marker.written")
 
     def _part_table(self, items: list[tuple[Batch, np.ndarray]]) -> pa.Table:
-        dim = self._dim
+        """One shard's rows: per item (per tile for tile encoders) its id, place, status, metadata, vector."""
+        dim, t = self._dim, self._tiles
         if not items:
             vec = pa.FixedSizeListArray.from_arrays(pa.array([], pa.float32()), dim)
             return pa.table({"id": pa.array([], pa.string()), "partition": pa.array([], pa.string()),
@@ -152,17 +215,34 @@ class PartSink(Sink):
             status.extend(batch.status or ["ok"] * len(batch))
             vecs.append(v)
             for c, arr in batch.metadata.items():
-                meta[c].append(arr)
+                meta[c].append(np.asarray(arr))
+        n = len(ids)
+
+        def rep(a) -> np.ndarray:  # per-item values, repeated once per tile
+            a = np.asarray(a)
+            return np.repeat(a, t) if t > 1 else a
+
         flat = np.ascontiguousarray(np.concatenate(vecs), dtype=np.float32).reshape(-1)
+        if flat.size != n * t * dim:
+            raise AssertionError(f"{flat.size} vector values for {n} items x {t} tiles x {dim}")
         columns = {
-            "id": pa.array(ids, pa.string()),
-            "partition": pa.array([items[0][0].shard.partition] * len(ids), pa.string()),
-            "position": pa.array(np.concatenate(positions)),
-            "row": pa.array(np.concatenate(rows)),
-            "status": pa.array(status, pa.string()),
+            "id": pa.array(rep(np.asarray(ids, dtype=object)), pa.string()),
+            "partition": pa.array([items[0][0].shard.partition] * (n * t), pa.string()),
+            "position": pa.array(rep(np.concatenate(positions))),
+            "row": pa.array(rep(np.concatenate(rows))),
+            "status": pa.array(rep(np.asarray(status, dtype=object)), pa.string()),
         }
+        if self._grid is not None:
+            cols = self._grid[1]
+            tile = np.tile(np.arange(t), n)
+            columns["tile_x"] = pa.array((tile % cols).astype(np.int32))
+            columns["tile_y"] = pa.array((tile // cols).astype(np.int32))
         for c, arrs in meta.items():
-            columns[f"meta:{c}"] = pa.array(np.concatenate(arrs).astype(str), pa.string())
+            values = np.concatenate(arrs)
+            if values.dtype.kind in "biufM":  # numbers, booleans, datetimes keep their type
+                columns[f"meta:{c}"] = pa.array(rep(values))
+            else:
+                columns[f"meta:{c}"] = pa.array([None if x is None else str(x) for x in rep(values)], pa.string())
         columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(flat), dim)
         return pa.table(columns)
 
@@ -181,45 +261,79 @@ class PartSink(Sink):
     def finish(self) -> list[str]:
         assert self._plan is not None
         outputs = []
-        for g in self._plan.groups:
-            missing = [s.key for s in self._plan.shards if s.group == g.key
-                       and not os.path.exists(os.path.join(self.group_dir(g), s.key + ".done.json"))]
-            if missing:
-                continue  # an interrupted run: the parts stay for the next one
-            dest = self.output_path(g)
-            local = storage.tmp_name(os.path.join(self.group_dir(g), g.output_name))
-            try:
-                self.assemble(g, local)
-                self._write_skips(g)
-                storage.publish(local, dest)
-            finally:
-                if os.path.exists(local):
-                    os.remove(local)
-            shutil.rmtree(self.group_dir(g), ignore_errors=True)
-            outputs.append(dest)
+        try:
+            for g in self._plan.groups:
+                missing = [s.key for s in self._plan.shards if s.group == g.key
+                           and not os.path.exists(os.path.join(self.group_dir(g), s.key + ".done.json"))]
+                if missing:
+                    continue  # an interrupted run: the parts stay for the next one
+                outputs.append(self._finish_group(g))
+        finally:
+            self._unlock()
         if os.path.isdir(self.work) and not os.listdir(self.work):
             os.rmdir(self.work)
         return outputs
 
-    def _write_skips(self, group: Group) -> None:
-        """List skipped items (id, reason) in ``<output>.skipped.csv`` when there are any."""
-        rows = []
-        for p in group.partitions:
-            for path in self.parts(group, p):
-                t = self.read_part(path).select(["id", "status"]).to_pydict()
-                rows += [(i, s.removeprefix("skipped:")) for i, s in zip(t["id"], t["status"]) if s != "ok"]
-        if not rows:
-            return
-        local = os.path.join(self.group_dir(group), group.output_name + ".skipped.csv")
-        with open(local, "w") as f:
-            f.write("id,reason\n")
-            f.writelines(f"{i},{r}\n" for i, r in rows)
-        log.warning("%d item(s) of %s skipped; see %s.skipped.csv", len(rows), group.url, group.output_name)
-        storage.publish(local, storage.join(self.output, group.output_name + ".skipped.csv"))
+    def _finish_group(self, g: Group) -> str:
+        gdir = self.group_dir(g)
+        dest = self.output_path(g)
+        files = []  # (local temporary file, final location), published in this order: the output last
+        try:
+            with storage.disk_errors(gdir, dest=dest):
+                status = self._status_file(g)
+                files.append((status, self.status_path(g)))
+                for local, name in self.assemble_files(g):
+                    files.append((local, storage.join(self.output, name)))
+                faults.point("publish.before")
+                for local, final in files[1:] + files[:1]:  # the status table once every output is in place
+                    storage.publish(local, final)
+                faults.point("publish.after")
+        finally:
+            for local, _ in files:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(local)
+        shutil.rmtree(gdir, ignore_errors=True)
+        return dest
+
+    def assemble_files(self, group: Group) -> list[tuple[str, str]]:
+        """Write the final files of ``group`` in its work folder; return (local path, output name)
+        pairs, the main output last. One file by default (:meth:`assemble`)."""
+        local = storage.tmp_name(os.path.join(self.group_dir(group), group.output_name))
+        self.assemble(group, local)
+        return [(local, group.output_name)]
+
+    def _status_file(self, group: Group) -> str:
+        """``<output>.status.csv``: every item's id once, ``ok`` or ``skipped:<reason>`` (previous rows first
+        when appending)."""
+        local = storage.tmp_name(os.path.join(self.group_dir(group), group.output_name + STATUS_SUFFIX))
+        skipped = 0
+        with open(local, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["id", "status"])
+            if self.append:
+                w.writerows(read_status(self.status_path(group)))
+            for p in group.partitions:
+                for path in self.parts(group, p):
+                    t = self.read_part(path).select(["id", "status"]).to_pydict()
+                    ids, st = t["id"][:: self._tiles], t["status"][:: self._tiles]
+                    skipped += sum(s != "ok" for s in st)
+                    w.writerows(zip(ids, st))
+        if skipped:
+            log.warning("%d item(s) of %s skipped; see %s%s", skipped, storage.redact(group.url),
+                        group.output_name, STATUS_SUFFIX)
+        return local
+
+    def abort(self) -> None:
+        self._buffers.clear()
+        self._unlock()
+
+    def _unlock(self) -> None:
+        for path, fh in self._locks:
+            with contextlib.suppress(OSError):
+                os.remove(path)  # while still holding it: a waiting run then takes a fresh file
+            fh.close()
+        self._locks = []
 
     @abstractmethod
     def assemble(self, group: Group, path: str) -> None:
         """Write the final output of ``group`` to the local path ``path``."""
-
-    def abort(self) -> None:
-        self._buffers.clear()

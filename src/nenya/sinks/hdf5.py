@@ -6,6 +6,7 @@ import h5py
 import numpy as np
 
 import nenya
+from nenya.pipeline import faults
 from nenya.pipeline.items import Group
 from nenya.sinks._parts import PartSink, vectors_of
 
@@ -21,6 +22,7 @@ class NenyaLatentsSink(PartSink):
     """
 
     ext = ".h5"
+    supports_tiles = False
 
     def assemble(self, group: Group, path: str) -> None:
         with h5py.File(path, "w") as f:
@@ -51,6 +53,7 @@ class NenyaLatentsSink(PartSink):
                     ok = np.asarray(t.column("status").to_pylist()) == "ok"
                     vecs = np.where(ok[:, None], vecs, 0.0).astype(np.float32)
                     dset[a:b] = vecs
+                    faults.point("assemble.write")
                     valid[a:b] = ok
                     rows[a:b] = t.column("row").to_numpy()
                     if cols:

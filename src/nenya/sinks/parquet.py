@@ -1,4 +1,4 @@
-"""Parquet latents: one row per item with id, partition, row, metadata columns and ``vector``."""
+"""Parquet latents: one row per item (per tile for tile encoders) with ids, metadata and ``vector``."""
 
 from __future__ import annotations
 
@@ -7,22 +7,27 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from nenya.pipeline import faults, storage
 from nenya.pipeline.items import Group
 from nenya.sinks._parts import PartSink, vectors_of
 
 
 class ParquetSink(PartSink):
-    """One Parquet file per input group (``<name>_latents.parquet``).
+    """One Parquet file per input group.
 
-    Columns: ``id`` (string), ``partition`` (string), ``row`` (int64, row in the input), the
-    input's metadata columns (strings, as stored), and ``vector``: a fixed-size list of float32
-    (float16 with ``dtype="float16"``). Skipped items are left out and listed in ``.skipped.csv``.
+    Columns: ``id`` (string); for Nenya preproc inputs ``partition`` (string) and ``row`` (int64,
+    row in the input); the input's metadata columns (for image sources ``path`` first; table
+    columns keep their type); ``tile_x``/``tile_y`` (int32) for tile encoders, an image's tiles
+    together and in row-major order; and ``vector``: a fixed-size list of float32 (float16 with
+    ``dtype="float16"``). Skipped items are left out; the status table lists them with the reason.
+    With ``append=True`` the rows of an existing output come first (resume by id).
     """
 
     ext = ".parquet"
+    with_vectors = True
 
-    def __init__(self, output, *, overwrite: bool = False, dtype: str = "float32") -> None:
-        super().__init__(output, overwrite=overwrite)
+    def __init__(self, output, *, overwrite: bool = False, append: bool = False, dtype: str = "float32") -> None:
+        super().__init__(output, overwrite=overwrite, append=append)
         if dtype not in ("float32", "float16"):
             raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
         self.dtype = dtype
@@ -30,31 +35,63 @@ class ParquetSink(PartSink):
     def _schema_tag(self) -> str:
         return self.dtype
 
-    def assemble(self, group: Group, path: str) -> None:
+    def _vtype(self) -> pa.DataType:
+        return pa.float32() if self.dtype == "float32" else pa.float16()
+
+    def output_table(self, group: Group, part: pa.Table) -> pa.Table:
+        """A committed part (all items) -> the rows and columns of the output (kept items only)."""
+        t = part.filter(pc.equal(part.column("status"), "ok"))
+        cols = {"id": t.column("id")}
+        if any(group.partitions):  # Nenya preproc partitions: say where each row came from
+            cols["partition"] = t.column("partition")
+            cols["row"] = t.column("row")
+        for name in t.column_names:
+            if name.startswith("meta:"):
+                cols[name[5:]] = t.column(name)
+        if "tile_x" in t.column_names:
+            cols["tile_x"] = t.column("tile_x")
+            cols["tile_y"] = t.column("tile_y")
+        if self.with_vectors:
+            vec = vectors_of(t).astype(np.float32 if self.dtype == "float32" else np.float16)
+            cols["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(vec.reshape(-1), self._vtype()), self._dim)
+        return pa.table(cols)
+
+    def previous(self, group: Group, name: str | None = None) -> pq.ParquetFile | None:
+        """The existing output (when appending), or None."""
+        dest = storage.join(self.output, name or group.output_name)
+        if not self.append or not storage.exists(dest):
+            return None
+        return pq.ParquetFile(storage.fetch(dest) if storage.is_remote(dest) else dest)
+
+    def write_parquet(self, group: Group, path: str, previous: pq.ParquetFile | None) -> int:
+        """Stream the previous rows (if any) then every committed part into ``path``; return the row count."""
         writer = None
-        vtype = pa.float32() if self.dtype == "float32" else pa.float16()
+        rows = 0
         try:
+            if previous is not None:
+                writer = pq.ParquetWriter(path, previous.schema_arrow, compression="zstd")
+                for rb in previous.iter_batches():
+                    writer.write_table(pa.Table.from_batches([rb], previous.schema_arrow))
+                    rows += rb.num_rows
             for p in group.partitions:
                 for part in self.parts(group, p):
-                    t = self.read_part(part)
-                    t = t.filter(pc.equal(t.column("status"), "ok"))
-                    vec = vectors_of(t).astype(np.float32 if self.dtype == "float32" else np.float16)
-                    cols = {"id": t.column("id"), "partition": t.column("partition"), "row": t.column("row")}
-                    for name in t.column_names:
-                        if name.startswith("meta:"):
-                            cols[name[5:]] = t.column(name)
-                    cols["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(vec.reshape(-1), vtype), self._dim)
-                    out = pa.table(cols)
+                    out = self.output_table(group, self.read_part(part))
                     if writer is None:
                         writer = pq.ParquetWriter(path, out.schema, compression="zstd")
                     elif out.schema != writer.schema:
-                        out = out.cast(writer.schema) if set(out.column_names) == set(writer.schema.names) else out
+                        out = out.select(writer.schema.names).cast(writer.schema)
                     writer.write_table(out)
+                    rows += out.num_rows
+                    faults.point("assemble.write")
             if writer is None:  # nothing at all: still a valid, empty file with the schema
-                vec = pa.FixedSizeListArray.from_arrays(pa.array([], vtype), self._dim)
-                empty = pa.table({"id": pa.array([], pa.string()), "partition": pa.array([], pa.string()),
-                                  "row": pa.array([], pa.int64()), "vector": vec})
-                pq.write_table(empty, path)
+                cols = {"id": pa.array([], pa.string())}
+                if self.with_vectors:
+                    cols["vector"] = pa.FixedSizeListArray.from_arrays(pa.array([], self._vtype()), self._dim)
+                pq.write_table(pa.table(cols), path)
         finally:
             if writer is not None:
                 writer.close()
+        return rows
+
+    def assemble(self, group: Group, path: str) -> None:
+        self.write_parquet(group, path, self.previous(group))
