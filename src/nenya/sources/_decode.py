@@ -29,6 +29,11 @@ nenya feed the model for this file". The rules, in order:
    center-crop to ``size`` at offsets ``int(round((h - th) / 2))`` (zero-padded when the image is
    smaller); without ``crop``, resize straight to ``size``. Resizing uses Pillow's filters
    (antialiased), the same call torchvision makes for PIL inputs.
+
+Multi-frame files (animated GIF/WebP, multi-page TIFF) give their first frame. Pillow's global
+switches (``ImageFile.LOAD_TRUNCATED_IMAGES``, ``Image.MAX_IMAGE_PIXELS``) are left alone: images
+over twice Pillow's limit are refused by Pillow itself (same ``pixel limit`` reason), and ones
+between its limit and ``max_pixels`` (only when you raise ``max_pixels``) make Pillow warn once.
 """
 
 from __future__ import annotations
@@ -37,7 +42,6 @@ import io
 import logging
 import os
 import re
-import warnings
 
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
@@ -135,25 +139,23 @@ def decode_image(data: bytes, *, transform: ImageTransform, max_pixels: int = DE
     # we leave them alone and enforce our own limit from the header instead.
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # pragma: no cover - someone else's global setting
         log.debug("ImageFile.LOAD_TRUNCATED_IMAGES is set elsewhere; truncated files may decode partially")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        try:
-            im = Image.open(io.BytesIO(data))
-        except Image.DecompressionBombError as e:
-            raise SkipItem(f"pixel limit: {_bomb_size(e)} > {max_pixels}") from None
-        except UnidentifiedImageError:
-            raise SkipItem("not an image") from None
-        except (OSError, ValueError, SyntaxError, EOFError) as e:  # malformed headers surface as any of these
-            raise SkipItem("truncated" if _is_truncated(e) else f"decode error: {_short(e)}") from None
-        w, h = im.size
-        if w * h > max_pixels:
-            raise SkipItem(f"pixel limit: {w}x{h} > {max_pixels}")
-        if w <= 0 or h <= 0:
-            raise SkipItem("decode error: zero-sized image")
-        try:
-            im.load()
-        except (OSError, ValueError, SyntaxError, EOFError) as e:
-            raise SkipItem("truncated" if _is_truncated(e) else f"decode error: {_short(e)}") from None
+    try:
+        im = Image.open(io.BytesIO(data))
+    except Image.DecompressionBombError as e:
+        raise SkipItem(f"pixel limit: {_bomb_size(e)} > {max_pixels}") from None
+    except UnidentifiedImageError:
+        raise SkipItem("not an image") from None
+    except (OSError, ValueError, SyntaxError, EOFError) as e:  # malformed headers surface as any of these
+        raise SkipItem("truncated" if _is_truncated(e) else f"decode error: {_short(e)}") from None
+    w, h = im.size
+    if w * h > max_pixels:
+        raise SkipItem(f"pixel limit: {w}x{h} > {max_pixels}")
+    if w <= 0 or h <= 0:
+        raise SkipItem("decode error: zero-sized image")
+    try:
+        im.load()
+    except (OSError, ValueError, SyntaxError, EOFError) as e:
+        raise SkipItem("truncated" if _is_truncated(e) else f"decode error: {_short(e)}") from None
     try:
         im = ImageOps.exif_transpose(im)
     except Exception as e:  # a corrupt EXIF block must not lose an otherwise good photo

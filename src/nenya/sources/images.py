@@ -240,7 +240,10 @@ class ImageFolderSource(_ImageItems):
         self.root = str(root)
         self.key = self.root
         self.extensions = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
-        self._base = self.root.rstrip("/") if storage.is_remote(self.root) else storage.local_path(self.root)
+        # local roots are made absolute here, in the planning process: paths in the output are
+        # then usable from anywhere, and a relative root run from another folder is another input
+        self._base = self.root.rstrip("/") if storage.is_remote(self.root) else \
+            os.path.abspath(storage.local_path(self.root))
 
     def _list(self) -> None:
         names = self._list_remote() if storage.is_remote(self.root) else self._list_local()
@@ -262,7 +265,7 @@ class ImageFolderSource(_ImageItems):
 
     def fingerprint(self) -> str:
         self._ensure_listed()
-        h = hashlib.sha256(self.root.rstrip("/").encode())
+        h = hashlib.sha256(self._base.encode())
         h.update(super().fingerprint().encode())
         return h.hexdigest()[:16]
 
