@@ -121,7 +121,7 @@ class PathTableSource(_ImageItems):
             if col is not None and col not in present:
                 raise InputError(f"{self.table} has no {what} {col!r}; its columns are {present}. "
                                  f"Name the right one with {what}=... (--{what.replace('_', '-')})")
-        meta_cols = [c for c in present if c not in key_cols] if self.columns is None else self.columns
+        meta_cols = [c for c in (present if self.columns is None else self.columns) if c not in key_cols]
         for c in meta_cols:
             if c not in present:
                 raise InputError(f"{self.table} has no column {c!r} to carry; its columns are {present}")
