@@ -17,23 +17,51 @@ EPILOG = """examples:
   nenya demo                                   make sample data, a model, and latents
   nenya extract data/*_preproc.h5 --model supcon:models/last.pth --output latents/
   nenya extract s3://bucket/x_preproc.h5 --opts opts.json --format parquet
+  nenya extract --source images:photos/ --model torchvision:resnet50 --pretrained --output vectors.parquet
+  nenya extract --source images:hotels/ --model timm:efficientnet_b0 --layer 4 --pool none --size 256 -o tiles.parquet
+  nenya extract --source table:images.csv --id-column image_id --model timm:resnet50 -o vectors.npy
   nenya models                                 how to name a model
 """
 
 
 def _add_extract(sub) -> None:
     p = sub.add_parser(
-        "extract", help="latent vectors of Nenya preproc HDF5 files",
+        "extract", help="latent vectors of Nenya preproc HDF5 files, image folders or path tables",
         description="Encode every cutout of each preproc file (local or URL) and write one latents file per "
-                    "input (Nenya's _latents.h5 layout, or Parquet). Finished outputs are skipped, and an "
-                    "interrupted run resumes where it stopped when given the same command.",
+                    "input (Nenya's _latents.h5 layout, Parquet or npy); or encode an image folder / path table "
+                    "(--source) into one Parquet or npy output. Finished outputs are skipped (image collections: "
+                    "only new ids are added), and an interrupted run resumes where it stopped when given the "
+                    "same command.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("inputs", nargs="+", help="preproc .h5 files, globs or URLs (s3://...)")
-    p.add_argument("--model", help="model spec: supcon:PATH, nenya:v5, or a checkpoint path "
-                                   "(default: the model of --opts, found as Nenya's prep() does)")
+    p.add_argument("inputs", nargs="*", help="preproc .h5 files, globs or URLs (s3://...)")
+    p.add_argument("--source", help="an image collection instead of preproc files: images:FOLDER or "
+                                    "table:FILE.csv|FILE.parquet (local or URL)")
+    p.add_argument("--model", help="model spec: supcon:PATH, nenya:v5, timm:NAME, torchvision:NAME, torchscript:FILE, "
+                                   "ae:PATH, or a checkpoint path (default: the model of --opts, as Nenya's prep())")
     p.add_argument("--opts", help="Nenya opts JSON (model options for a checkpoint without them)")
-    p.add_argument("--output", "-o", help="output folder or URL (default: <s3_outdir>/<latents_folder> of --opts)")
-    p.add_argument("--format", choices=["h5", "parquet"], default="h5", help="output format")
+    p.add_argument("--output", "-o", help="output folder or URL for preproc files (default: <s3_outdir>/"
+                                          "<latents_folder> of --opts); output file (.parquet or .npy) for --source")
+    p.add_argument("--format", choices=["h5", "parquet", "npy"], default=None,
+                   help="output format (default: h5 for preproc files; from the output's extension for --source)")
+    p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="vector type in Parquet/npy")
+    g = p.add_argument_group("photo models (timm:, torchvision:, torchscript:)")
+    g.add_argument("--weights", help="weights file (safetensors or a state dict; loaded safely)")
+    g.add_argument("--pretrained", action="store_true", help="the model hub's pretrained weights (needs network)")
+    g.add_argument("--layer", type=int, help="feature level K of an inner layer instead of the pooled vector")
+    g.add_argument("--pool", choices=["avg", "max", "gem", "none"], help="pooling; none = one vector per tile")
+    g.add_argument("--size", type=int, help="input size in pixels (square), overriding the model's data config")
+    g.add_argument("--resize", type=int, help="shorter side to resize to before the center crop")
+    g.add_argument("--no-crop", action="store_true", help="resize straight to --size instead of resize + center crop")
+    g.add_argument("--mean", type=_floats, help="per-channel mean, e.g. 0.485,0.456,0.406")
+    g.add_argument("--std", type=_floats, help="per-channel std, e.g. 0.229,0.224,0.225")
+    g.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest", "lanczos"])
+    g.add_argument("--max-pixels", type=int, help="skip images with more pixels than this (decompression bombs; "
+                   "default 89,478,485 as Pillow)")
+    t = p.add_argument_group("path tables (--source table:FILE)")
+    t.add_argument("--path-column", default="path", help="column of image paths (absolute, relative to the table, URLs)")
+    t.add_argument("--id-column", help="column of ids (default: the path)")
+    t.add_argument("--columns", type=lambda s: [c for c in s.split(",") if c], help="metadata columns to carry "
+                   "(default: all)")
     p.add_argument("--partitions", default="train,valid", help="comma-separated partitions to extract, where present")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=None, help="reader processes (default: 1 when there are 2+ cores)")
@@ -50,15 +78,35 @@ def _add_extract(sub) -> None:
     p.set_defaults(func=cmd_extract)
 
 
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _encoder_options(args):
+    from nenya.encoders.base import EncoderOptions
+
+    return EncoderOptions(weights=args.weights, pretrained=args.pretrained, layer=args.layer, pool=args.pool,
+                          size=args.size, resize=args.resize, crop=False if args.no_crop else None,
+                          mean=args.mean, std=args.std, interpolation=args.interpolation)
+
+
 def cmd_extract(args) -> int:
     from nenya.encoders import load_encoder
-    from nenya.extract import extract_preproc
+    from nenya.extract import extract_collection, extract_preproc
     from nenya.latents_extraction import _opt, latents_dir, prep
     from nenya.pipeline.runner import RunOptions, default_workers
 
+    if args.source and args.inputs:
+        raise NenyaError("give either preproc files or --source, not both")
+    if not args.source and not args.inputs:
+        raise NenyaError("nothing to extract: give preproc .h5 files, or --source images:FOLDER / table:FILE")
     opt = _opt(args.opts) if args.opts else None
     if args.model:
-        encoder = load_encoder(args.model, opt=opt, trust_checkpoint=args.trust_checkpoint)
+        encoder = load_encoder(args.model, opt=opt, trust_checkpoint=args.trust_checkpoint,
+                               options=_encoder_options(args))
     elif opt is not None:
         from nenya.encoders.supcon import SupConEncoder
 
@@ -66,16 +114,32 @@ def cmd_extract(args) -> int:
         encoder = SupConEncoder.from_checkpoint(model_file, opt, trust_checkpoint=args.trust_checkpoint)
     else:
         raise NenyaError("say which model to use: --model SPEC (see `nenya models`) or --opts opts.json")
-    output = args.output or (latents_dir(opt) if opt is not None else None)
+    output = args.output or (latents_dir(opt) if opt is not None and not args.source else None)
     if output is None:
-        raise NenyaError("say where to write: --output FOLDER (or give --opts with s3_outdir)")
-    options = RunOptions(batch_size=args.batch_size, shard_size=args.shard_size,
-                         num_workers=default_workers() if args.workers is None else args.workers,
+        raise NenyaError("say where to write: --output PATH" + ("" if args.source else
+                                                                " (or give --opts with s3_outdir)"))
+    workers = args.workers
+    if workers is None:
+        workers = default_workers(images=bool(args.source))
+    options = RunOptions(batch_size=args.batch_size, shard_size=args.shard_size, num_workers=workers,
                          device=args.device, precision=args.precision, progress=not args.no_progress,
                          max_skip_fraction=args.max_skip_fraction)
     encoder.to(options.device, options.precision)
-    print(f"model {encoder.name} ({encoder.dim}-d) on {encoder.device}, {options.precision}", file=sys.stderr)
-    summary = extract_preproc(args.inputs, encoder, output, fmt=args.format,
+    tiles = f", {encoder.grid[0]}x{encoder.grid[1]} tiles per image" if encoder.grid else ""
+    print(f"model {encoder.name} ({encoder.dim}-d{tiles}) on {encoder.device}, {options.precision}", file=sys.stderr)
+    if args.source:
+        summary = extract_collection(args.source, encoder, output, fmt=args.format, overwrite=args.clobber,
+                                     dtype=args.dtype, options=options, path_column=args.path_column,
+                                     id_column=args.id_column, columns=args.columns, max_pixels=args.max_pixels)
+        if summary.shards == 0:
+            print(f"nothing new to encode: {output} already holds every image of {args.source} "
+                  "(--overwrite to redo)")
+            return 0
+        for out in summary.outputs:
+            print(out)
+        print(summary.line())
+        return 0
+    summary = extract_preproc(args.inputs, encoder, output, fmt=args.format or "h5",
                               partitions=[p for p in args.partitions.split(",") if p], clobber=args.clobber,
                               debug=args.debug, options=options)
     if summary.shards == 0:

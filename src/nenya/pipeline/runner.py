@@ -290,6 +290,10 @@ def run(source: Source, encoder: Encoder, sink: Sink, options: RunOptions = RunO
     return summary
 
 
-def default_workers() -> int:
-    """One reader process by default: HDF5 slabs are cheap; photos want more (--workers)."""
-    return 1 if (os.cpu_count() or 1) > 1 else 0
+def default_workers(*, images: bool = False) -> int:
+    """Reader processes by default: one for HDF5 slabs (cheap to read); for photos, whose decoding
+    costs as much as a small model, every core but one (at most 8)."""
+    cores = os.cpu_count() or 1
+    if cores == 1:
+        return 0
+    return max(1, min(8, cores - 1)) if images else 1
