@@ -450,3 +450,55 @@ def test_fetch_of_an_updated_remote_model_is_not_stale(s3, job, isolated):
         np.testing.assert_allclose(f["valid"][:], ref_other["valid"], atol=ATOL, rtol=0)
         np.testing.assert_allclose(f["train"][:], ref_other["train"], atol=ATOL, rtol=0)
     assert len(list((isolated["cache"] / "fetch").rglob("last.pth"))) == 2  # one cached copy per version
+
+
+def test_image_folder_and_path_table_from_s3_to_s3_equal_local(s3, isolated, tmp_path):
+    """Photos read from s3:// (a folder prefix and a path table of s3:// URLs), vectors written to
+    s3:// (Parquet, then npy + Parquet), equal to the same run on local copies; a rerun adds nothing."""
+    import pandas as pd
+    from PIL import Image
+
+    from nenya.encoders import load_encoder
+    from nenya.encoders.base import EncoderOptions
+    from nenya.extract import extract_collection
+    from nenya.pipeline.runner import RunOptions
+
+    local = tmp_path / "photos"
+    (local / "sub").mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    names = ["a.png", "b.jpg", "sub/c.png", "sub/d.png"]
+    for n in names:
+        Image.fromarray(rng.integers(0, 255, (36, 40, 3), dtype=np.uint8)).save(local / n)
+    (local / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    for n in names + ["broken.png"]:
+        s3.client.upload_file(str(local / n), s3.bucket, f"photos/{n}")
+    pd.DataFrame({"url": [s3.url(f"photos/{n}") for n in names], "name": names, "label": [0, 1, 0, 1]}) \
+        .to_csv(tmp_path / "table.csv", index=False)
+    s3.client.upload_file(str(tmp_path / "table.csv"), s3.bucket, "tables/table.csv")
+
+    torch.manual_seed(0)
+    enc = load_encoder("timm:resnet18", options=EncoderOptions(size=32)).to("cpu")
+    opts = RunOptions(batch_size=2, shard_size=2, num_workers=1, device="cpu", progress=False)
+    extract_collection(f"images:{local}", enc, str(tmp_path / "ref.parquet"), options=opts)
+    ref = pd.read_parquet(tmp_path / "ref.parquet")
+
+    s = extract_collection(f"images:{s3.url('photos')}", enc, s3.url("vec/photos.parquet"), options=opts)
+    assert s.items == 5 and s.skipped == 1
+    got = pd.read_parquet(s3.url("vec/photos.parquet"))
+    assert list(got["id"]) == list(ref["id"]) == names
+    assert got["path"].tolist() == [s3.url(f"photos/{n}") for n in names]
+    np.testing.assert_allclose(np.stack(got["vector"]), np.stack(ref["vector"]), atol=1e-6)
+    status = pd.read_csv(s3.url("vec/photos.parquet.status.csv"))
+    assert dict(zip(status["id"], status["status"]))["broken.png"].startswith("skipped:")
+    assert extract_collection(f"images:{s3.url('photos')}", enc, s3.url("vec/photos.parquet"), options=opts).items == 0
+
+    s = extract_collection(f"table:{s3.url('tables/table.csv')}", enc, s3.url("vec/t.npy"), options=opts,
+                           path_column="url", id_column="name")
+    assert s.items == 4 and s.skipped == 0
+    with s3.fs.open(f"{s3.bucket}/vec/t.npy", "rb") as f:
+        vectors = np.load(f)
+    meta = pd.read_parquet(s3.url("vec/t.parquet"))
+    assert list(meta["id"]) == names and list(meta["label"]) == [0, 1, 0, 1]
+    np.testing.assert_allclose(vectors, np.stack(ref["vector"]), atol=1e-6)
+    assert s3.keys("vec/") == ["vec/photos.parquet", "vec/photos.parquet.status.csv", "vec/t.npy",
+                               "vec/t.npy.status.csv", "vec/t.parquet"]
