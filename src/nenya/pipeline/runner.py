@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from nenya._errors import InputError, NenyaError
 from nenya.encoders.base import Encoder
 from nenya.pipeline import faults
-from nenya.pipeline.items import Batch, Shard
+from nenya.pipeline.items import Batch, Plan, Shard
 from nenya.sinks import Sink
 from nenya.sources import Source
 
@@ -204,21 +204,70 @@ def _check(batch: Batch, x: torch.Tensor) -> torch.Tensor:
     return torch.where(finite.view(-1, *([1] * (x.dim() - 1))), x, torch.zeros((), dtype=x.dtype))
 
 
-def run(source: Source, encoder: Encoder, sink: Sink, options: RunOptions = RunOptions()) -> RunSummary:
-    """Extract vectors for everything ``source`` plans, into ``sink``; resumes committed shards.
+def encode_batch(encoder: Encoder, batch: Batch) -> np.ndarray:
+    """One batch's vectors as float32 numpy, items with non-finite pixels or latents flagged as skipped.
 
-    The encoder must already sit on its device (``encoder.to(...)``). Returns a summary; the
-    sink's outputs are in ``summary.outputs``.
-    """
+    Every engine encodes through this function, so they all produce the same vectors."""
+    x = batch.data if isinstance(batch.data, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch.data))
+    x = _check(batch, x)
+    vectors = encoder.encode(x)
+    finite = torch.isfinite(vectors.reshape(len(vectors), -1)).all(dim=1)
+    if not bool(finite.all()):
+        _flag(batch, ~finite, "skipped:non-finite latent")
+        vectors = torch.nan_to_num(vectors, nan=0.0, posinf=0.0, neginf=0.0)
+    return vectors.cpu().numpy()
+
+
+class Share:
+    """Which of the plan's shards this process runs, and how it ends. The default: every shard
+    not yet committed, then assemble the outputs. Engines that split a plan between processes
+    (torchrun ranks) override both."""
+
+    def select(self, plan: Plan, todo: list[Shard]) -> list[Shard]:
+        """This process's shards, from those not yet committed (``todo``, in plan order)."""
+        return todo
+
+    def finish(self, sink: Sink, plan: Plan) -> list[str]:
+        """Called once this process's shards are committed: assemble (or leave it to another process)."""
+        return sink.finish()
+
+
+@dataclass
+class Job:
+    """A started run: its plan, this process's shards, and the summary being filled in."""
+
+    plan: Plan
+    todo: list[Shard]
+    summary: RunSummary
+    share: Share
+    t_start: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def start(source: Source, encoder: Encoder, sink: Sink, options: RunOptions = RunOptions(), *,
+          share: Share | None = None) -> Job:
+    """Plan, open the sink (which says what is already committed) and choose this process's shards."""
     t_start = time.perf_counter()
+    share = share or Share()
     shard_size = max(options.batch_size, -(-options.shard_size // options.batch_size) * options.batch_size)
     plan = source.plan(shard_size)
     fingerprint = f"{encoder.fingerprint}|{encoder.preprocess}|{encoder.precision}"
     done = sink.start(plan, dim=encoder.dim, fingerprint=fingerprint, grid=encoder.grid)
-    todo = [s for s in plan.shards if (s.group, s.key) not in done]
-    summary = RunSummary(shards=len(plan.shards), shards_already_done=len(plan.shards) - len(todo))
+    try:
+        todo = share.select(plan, [s for s in plan.shards if (s.group, s.key) not in done])
+    except BaseException:
+        sink.abort()
+        raise
+    summary = RunSummary(shards=len(plan.shards),
+                         shards_already_done=sum((s.group, s.key) in done for s in plan.shards))
     if summary.shards_already_done:
         log.info("resuming: %d of %d shards already committed", summary.shards_already_done, len(plan.shards))
+    return Job(plan, todo, summary, share, t_start)
+
+
+def encode_stream(source: Source, encoder: Encoder, todo: list[Shard], options: RunOptions,
+                  timings: dict[str, float]) -> Iterator[tuple[Batch, np.ndarray]]:
+    """Read ``todo`` in DataLoader workers and encode in this process: (batch, vectors) pairs."""
     cuda = encoder.device.type == "cuda"
     workers = min(options.num_workers, len(todo)) if todo else 0
     loader = DataLoader(
@@ -226,42 +275,45 @@ def run(source: Source, encoder: Encoder, sink: Sink, options: RunOptions = RunO
         pin_memory=cuda, worker_init_fn=_worker_init if workers else None,
         prefetch_factor=4 if workers else None, persistent_workers=False,
     )
+    timings.setdefault("read", 0.0)
+    timings.setdefault("encode", 0.0)
+    seen: dict[int, tuple[Shard, int]] = {}
+    it = iter(loader)
+    while True:
+        t0 = time.perf_counter()
+        try:
+            batch = next(it)
+        except StopIteration:
+            return
+        except RuntimeError as e:
+            if "DataLoader worker" in str(e):
+                raise NenyaError(_worker_death(e, it, todo, seen, workers)) from None
+            raise
+        t1 = time.perf_counter()
+        if len(batch):
+            seen[batch.worker] = (batch.shard, int(batch.positions[-1]) + 1)
+        out = encode_batch(encoder, batch)
+        faults.point("encode.batch")
+        timings["read"] += t1 - t0
+        timings["encode"] += time.perf_counter() - t1
+        yield batch, out
+
+
+def drive(job: Job, stream: Iterator[tuple[Batch, np.ndarray]], sink: Sink,
+          options: RunOptions = RunOptions()) -> RunSummary:
+    """Write (batch, vectors) pairs through the sink, committing each shard after its last batch,
+    then end as the job's share says (assemble by default). ``stream`` may encode here
+    (:func:`encode_stream`) or elsewhere (Ray actors): the sink side is the same."""
+    summary = job.summary
     writer = _Writer(sink)
-    t_read = t_encode = 0.0
-    total = sum(len(s) for s in todo)
+    total = sum(len(s) for s in job.todo)
     bar = tqdm(total=total, unit="img", desc=options.description, disable=not options.progress or total == 0,
                dynamic_ncols=True, smoothing=0.1)
     ok = False
-    seen: dict[int, tuple[Shard, int]] = {}
-    it = None
     try:
-        it = iter(loader)
-        while True:
-            t0 = time.perf_counter()
-            try:
-                batch = next(it)
-            except StopIteration:
-                break
-            except RuntimeError as e:
-                if "DataLoader worker" in str(e):
-                    raise NenyaError(_worker_death(e, it, todo, seen, workers)) from None
-                raise
-            t1 = time.perf_counter()
-            if len(batch):
-                seen[batch.worker] = (batch.shard, int(batch.positions[-1]) + 1)
-            x = _check(batch, batch.data)
-            vectors = encoder.encode(x)
-            finite = torch.isfinite(vectors.reshape(len(vectors), -1)).all(dim=1)
-            if not bool(finite.all()):
-                _flag(batch, ~finite, "skipped:non-finite latent")
-                vectors = torch.nan_to_num(vectors, nan=0.0, posinf=0.0, neginf=0.0)
-            out = vectors.cpu().numpy()
-            faults.point("encode.batch")
-            t2 = time.perf_counter()
+        for batch, out in stream:
             batch.data = None  # the pixels are no longer needed: keep the writer queue light
             writer.put(batch, out)
-            t_read += t1 - t0
-            t_encode += t2 - t1
             summary.items += len(batch)
             if batch.status is not None:
                 summary.skipped += sum(s != "ok" for s in batch.status)
@@ -273,21 +325,35 @@ def run(source: Source, encoder: Encoder, sink: Sink, options: RunOptions = RunO
             bar.update(len(batch))
         t3 = time.perf_counter()
         writer.close()
-        summary.timings = {"read": t_read, "encode": t_encode, "write": writer.busy,
-                           "write_wait": time.perf_counter() - t3}
+        summary.timings = {**job.timings, "write": writer.busy, "write_wait": time.perf_counter() - t3}
         t4 = time.perf_counter()
-        summary.outputs = sink.finish()
+        summary.outputs = job.share.finish(sink, job.plan)
         summary.timings["finalize"] = time.perf_counter() - t4
         ok = True
     finally:
         bar.close()
+        close = getattr(stream, "close", None)
+        if close is not None:
+            close()  # a generator: shut its readers down now, not at garbage collection
         if not ok:
             if writer.thread.is_alive():
                 writer.q.put(None)
                 writer.thread.join(timeout=60)
             sink.abort()
-    summary.seconds = time.perf_counter() - t_start
+    summary.seconds = time.perf_counter() - job.t_start
     return summary
+
+
+def run(source: Source, encoder: Encoder, sink: Sink, options: RunOptions = RunOptions(), *,
+        share: Share | None = None) -> RunSummary:
+    """Extract vectors for everything ``source`` plans, into ``sink``; resumes committed shards.
+
+    The encoder must already sit on its device (``encoder.to(...)``). Returns a summary; the
+    sink's outputs are in ``summary.outputs``. ``share`` picks a subset of the shards and how the
+    run ends (torchrun ranks); by default this process does everything and assembles the outputs.
+    """
+    job = start(source, encoder, sink, options, share=share)
+    return drive(job, encode_stream(source, encoder, job.todo, options, job.timings), sink, options)
 
 
 def default_workers(*, images: bool = False) -> int:
