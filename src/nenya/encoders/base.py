@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from nenya._errors import InputError, NenyaError
+from nenya.encoders._speed import compile_model, cpu_has_native_bf16, free_cache, is_oom
 
 log = logging.getLogger(__name__)
 
@@ -27,13 +28,24 @@ def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a precision name (None means plain fp32)."""
+    """The autocast dtype for a precision name (None means plain fp32).
+
+    ``auto``: bf16 (or fp16 without bf16) on CUDA; on a CPU, bf16 only where the CPU computes it
+    natively (AVX512-BF16, AMX, Arm BF16), else fp32. Asking for ``bf16`` on a CPU without native
+    support logs a warning: PyTorch then emulates it, several times slower than fp32.
+    """
     if precision not in PRECISIONS:
         raise NenyaError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     if precision == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return None  # fp32 on CPU unless asked: bf16 is only fast on CPUs with native support
+        if device.type == "cpu" and cpu_has_native_bf16():
+            return torch.bfloat16
+        return None  # fp32: bf16 is only fast on CPUs with native support
+    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
+        log.warning("bf16 was asked for on a CPU without native bf16 (no AVX512-BF16/AMX): it will likely be "
+                    "slower than fp32 here (about 4-5x on AVX2 CPUs), with latents that differ slightly; "
+                    "use --precision fp32 (or auto) on this machine")
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
@@ -119,11 +131,26 @@ class Encoder:
         self.autocast_dtype: torch.dtype | None = None
         self.precision = "fp32"
         self.channels_last = False
+        self.compiled = False
+        self.max_batch: int | None = None  # learnt from out-of-memory errors: the working sub-batch size
+        self._compiled_model: nn.Module | None = None
 
     def to(self, device: str | torch.device | None = "auto", precision: str = "fp32", *,
-           channels_last: bool = True) -> Encoder:
-        """Move to ``device`` with ``precision``; channels_last is ~20% faster for conv nets on CPU
-        and GPU and changes fp32 outputs by ~1e-7 only."""
+           channels_last: bool = True, compile: bool = False) -> Encoder:
+        """Move to ``device`` with ``precision``.
+
+        Args:
+            device: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps``.
+            precision: ``fp32``, ``bf16``, ``fp16`` or ``auto`` (see :func:`resolve_precision`).
+            channels_last: NHWC memory layout; ~20% faster for conv nets on CPU and GPU, changes
+                fp32 outputs by ~1e-7 only.
+            compile: ``torch.compile`` the model (default mode). The first batch then takes
+                seconds to minutes to compile; it pays off on long GPU runs. If compiling fails
+                (here or at the first batch) a warning is logged and the model runs eagerly.
+
+        Example:
+            >>> enc = load_encoder("timm:resnet50").to("cuda", "bf16", compile=True)
+        """
         self.device = resolve_device(device)
         self.channels_last = channels_last
         self.precision = precision
@@ -131,6 +158,8 @@ class Encoder:
         self.model.to(self.device)
         if channels_last:
             self.model.to(memory_format=torch.channels_last)
+        self._compiled_model = compile_model(self.model, self.name) if compile else None
+        self.compiled = self._compiled_model is not None
         return self
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
@@ -164,11 +193,60 @@ class Encoder:
 
     @torch.inference_mode()
     def encode(self, x: torch.Tensor) -> torch.Tensor:
-        """Encode a raw batch (any device; moved with a non-blocking copy)."""
+        """Encode a raw batch (any device; moved as it is, uint8 included, with a non-blocking copy,
+        then normalised on the device).
+
+        When the forward runs out of memory the batch is split in halves (recursively), the
+        pieces are encoded and concatenated in order, and the size that fitted is remembered
+        (``max_batch``) for later calls. Raises NenyaError when one item alone does not fit.
+        """
         x = x.to(self.device, non_blocking=True)
+        if x.dim() not in (3, 4):
+            raise InputError(f"expected a batch (B, C, H, W), got shape {tuple(x.shape)}")
+        before = self.max_batch
+        out = self._fit(x) if len(x) else self._forward(x)
+        if self.max_batch != before:
+            log.warning("%s ran out of %s memory on a batch of %d: encoding in sub-batches of %d from now on "
+                        "(a smaller --batch-size avoids the retries)", self.name, self.device, len(x), self.max_batch)
+        return out
+
+    def _fit(self, x: torch.Tensor) -> torch.Tensor:
+        """``_forward(x)`` in sub-batches of at most ``max_batch``, halving on out-of-memory errors."""
+        if self.max_batch is not None and len(x) > self.max_batch:
+            step = max(1, self.max_batch)
+            return torch.cat([self._fit(x[a:a + step]) for a in range(0, len(x), step)])
+        try:
+            return self._forward(x)
+        except Exception as e:
+            if not is_oom(e):
+                raise
+            if len(x) <= 1:
+                raise NenyaError(
+                    f"one item of shape {tuple(x.shape[1:])} does not fit in {self.device} memory with {self.name} "
+                    f"at {self.precision}: free memory held by other processes, use a smaller input size, "
+                    f"--precision bf16/fp16 on a GPU, or --device cpu") from e
+        # out of the except block: the error's traceback no longer pins the failed batch's activations
+        free_cache(self.device)
+        half = (len(x) + 1) // 2
+        self.max_batch = half if self.max_batch is None else min(self.max_batch, half)
+        return torch.cat([self._fit(x[:half]), self._fit(x[half:])])
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Prepare and encode one (sub-)batch already on the device."""
         x = self.prepare(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self._compiled_model is not None:
+            try:
+                with self._autocast():
+                    return self._compiled_model(x).float()
+            except Exception as e:
+                if is_oom(e):
+                    raise
+                log.warning("the compiled %s failed (%s: %s); running it eagerly from now on", self.name,
+                            type(e).__name__, (str(e).strip().splitlines() or [""])[0][:300])
+                self._compiled_model = None
+                self.compiled = False
         with self._autocast():
             out = self.model(x)
         return out.float()
