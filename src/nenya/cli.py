@@ -20,6 +20,9 @@ EPILOG = """examples:
   nenya extract --source images:photos/ --model torchvision:resnet50 --pretrained --output vectors.parquet
   nenya extract --source images:hotels/ --model timm:efficientnet_b0 --layer 4 --pool none --size 256 -o tiles.parquet
   nenya extract --source table:images.csv --id-column image_id --model timm:resnet50 -o vectors.npy
+  torchrun --nproc-per-node 4 -m nenya extract data/*_preproc.h5 --model supcon:last.pth -o latents/
+  nenya extract --source images:photos/ --model timm:resnet50 --devices 2 -o vectors.parquet
+  nenya extract s3://bucket/*_preproc.h5 --model supcon:s3://bucket/last.pth --engine ray --address auto -o s3://bucket/latents/
   nenya models                                 how to name a model
 """
 
@@ -75,6 +78,20 @@ def _add_extract(sub) -> None:
     p.add_argument("--trust-checkpoint", action="store_true",
                    help="allow arbitrary pickled objects in the checkpoint (only for files you trust: this can run code)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    e = p.add_argument_group("engines: where shards run (docs/scaling.md)")
+    e.add_argument("--engine", choices=["auto", "local", "torchrun", "ray"], default="auto",
+                   help="auto: torchrun ranks when RANK/WORLD_SIZE are set (torchrun, --devices), else this process")
+    e.add_argument("--devices", type=int, default=None, metavar="N",
+                   help="run N local ranks (one per GPU: cuda:0..N-1; on CPU the cores are split between them)")
+    e.add_argument("--rank-timeout", type=float, default=1800.0, metavar="S",
+                   help="rank 0 gives up when no shard was committed for S seconds while waiting for the others")
+    e.add_argument("--address", default=None, help="Ray cluster to join: auto, ray://HOST:10001 or HOST:PORT "
+                   "(default: start a local one)")
+    e.add_argument("--actors", type=int, default=None, metavar="K",
+                   help="Ray encoder actors (default: as many as the cluster's GPUs / CPUs allow)")
+    e.add_argument("--gpus-per-actor", type=float, default=None, metavar="G",
+                   help="GPUs per Ray actor (default 1 when the cluster has GPUs, else 0)")
+    e.add_argument("--cpus-per-actor", type=float, default=1.0, metavar="C", help="CPUs per Ray actor")
     p.set_defaults(func=cmd_extract)
 
 
@@ -103,17 +120,20 @@ def cmd_extract(args) -> int:
         raise NenyaError("give either preproc files or --source, not both")
     if not args.source and not args.inputs:
         raise NenyaError("nothing to extract: give preproc .h5 files, or --source images:FOLDER / table:FILE")
+    engine_name, ranks = _engine(args)
+    if args.devices is not None and args.devices > 1:  # this process only launches the ranks
+        from nenya.engines.torchrun import launch
+
+        return launch(_without_devices(getattr(args, "argv", None) or sys.argv[1:]), args.devices)
     opt = _opt(args.opts) if args.opts else None
     if args.model:
-        encoder = load_encoder(args.model, opt=opt, trust_checkpoint=args.trust_checkpoint,
-                               options=_encoder_options(args))
+        spec = args.model
     elif opt is not None:
-        from nenya.encoders.supcon import SupConEncoder
-
         model_file, _ = prep(opt)
-        encoder = SupConEncoder.from_checkpoint(model_file, opt, trust_checkpoint=args.trust_checkpoint)
+        spec = f"supcon:{model_file}"
     else:
         raise NenyaError("say which model to use: --model SPEC (see `nenya models`) or --opts opts.json")
+    encoder = load_encoder(spec, opt=opt, trust_checkpoint=args.trust_checkpoint, options=_encoder_options(args))
     output = args.output or (latents_dir(opt) if opt is not None and not args.source else None)
     if output is None:
         raise NenyaError("say where to write: --output PATH" + ("" if args.source else
@@ -121,34 +141,98 @@ def cmd_extract(args) -> int:
     workers = args.workers
     if workers is None:
         workers = default_workers(images=bool(args.source))
+        if ranks is not None and workers:  # ranks on one machine share its cores
+            workers = max(1, workers // ranks.local_world)
+    device, engine, where = args.device, None, ""
+    if ranks is not None:
+        import torch
+
+        from nenya.engines.torchrun import RankEngine
+
+        device = ranks.device(args.device)
+        if not device.startswith("cuda"):
+            torch.set_num_threads(ranks.cpu_threads())
+        engine, where = RankEngine(ranks, timeout=args.rank_timeout), f"rank {ranks.rank} of {ranks.world}: "
     options = RunOptions(batch_size=args.batch_size, shard_size=args.shard_size, num_workers=workers,
-                         device=args.device, precision=args.precision, progress=not args.no_progress,
-                         max_skip_fraction=args.max_skip_fraction)
-    encoder.to(options.device, options.precision)
+                         device=device, precision=args.precision, progress=not args.no_progress,
+                         max_skip_fraction=args.max_skip_fraction,
+                         description=f"rank {ranks.rank}" if ranks is not None else "extract")
+    if engine_name == "ray":
+        from nenya.engines.ray import EncoderBuilder, RayEngine
+
+        builder = EncoderBuilder(spec, opt=opt, options=_encoder_options(args), trust_checkpoint=args.trust_checkpoint)
+        engine = RayEngine(builder, address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
+                           cpus_per_actor=args.cpus_per_actor)
+        encoder.to("cpu", options.precision)  # here only for its dimension, grid and fingerprint
+        where = "ray: "
+    else:
+        encoder.to(options.device, options.precision)
     tiles = f", {encoder.grid[0]}x{encoder.grid[1]} tiles per image" if encoder.grid else ""
-    print(f"model {encoder.name} ({encoder.dim}-d{tiles}) on {encoder.device}, {options.precision}", file=sys.stderr)
+    on = "Ray actors" if engine_name == "ray" else encoder.device
+    print(f"{where}model {encoder.name} ({encoder.dim}-d{tiles}) on {on}, {options.precision}", file=sys.stderr)
     if args.source:
         summary = extract_collection(args.source, encoder, output, fmt=args.format, overwrite=args.clobber,
                                      dtype=args.dtype, options=options, path_column=args.path_column,
-                                     id_column=args.id_column, columns=args.columns, max_pixels=args.max_pixels)
+                                     id_column=args.id_column, columns=args.columns, max_pixels=args.max_pixels,
+                                     engine=engine)
         if summary.shards == 0:
             print(f"nothing new to encode: {output} already holds every image of {args.source} "
                   "(--overwrite to redo)")
             return 0
         for out in summary.outputs:
             print(out)
-        print(summary.line())
+        print(where + summary.line())
         return 0
     summary = extract_preproc(args.inputs, encoder, output, fmt=args.format or "h5",
                               partitions=[p for p in args.partitions.split(",") if p], clobber=args.clobber,
-                              debug=args.debug, options=options)
+                              debug=args.debug, options=options, engine=engine)
     if summary.shards == 0:
         print(f"nothing to do: every output already exists in {output} (--clobber to redo)")
         return 0
     for out in summary.outputs:
         print(out)
-    print(summary.line())
+    print(where + summary.line())
     return 0
+
+
+def _engine(args):
+    """The engine name (``auto`` resolved) and this process's ranks (None outside torchrun/--devices)."""
+    from nenya.engines.torchrun import Ranks
+
+    ranks = Ranks.from_env()
+    name = args.engine
+    if name == "auto":
+        name = "torchrun" if ranks is not None and ranks.world > 1 else "local"
+    if args.devices is not None:
+        if args.devices < 1:
+            raise NenyaError(f"--devices must be 1 or more, got {args.devices}")
+        if ranks is not None and ranks.world > 1:
+            raise NenyaError("--devices starts its own ranks: do not combine it with torchrun (RANK/WORLD_SIZE are set)")
+        if name == "ray":
+            raise NenyaError("--devices is for local ranks; with --engine ray use --actors and --gpus-per-actor")
+        if args.devices > 1:
+            return "torchrun", None
+    if name == "torchrun":
+        if ranks is None:
+            raise NenyaError("--engine torchrun needs RANK and WORLD_SIZE in the environment: start it with "
+                             "`torchrun --nproc-per-node N -m nenya extract ...`, or use --devices N")
+        return name, ranks
+    if name == "local" and ranks is not None and ranks.world > 1:
+        raise NenyaError(f"WORLD_SIZE={ranks.world} is set but --engine local would make every rank encode "
+                         "everything; use --engine auto (or torchrun)")
+    return name, None
+
+
+def _without_devices(argv: list[str]) -> list[str]:
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == "--devices":
+            skip = True
+        elif not a.startswith("--devices="):
+            out.append(a)
+    return out
 
 
 def cmd_demo(args) -> int:
@@ -214,6 +298,7 @@ def _sigterm(signum, frame):  # stop like Ctrl-C: after the current batch, commi
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --devices relaunches per rank
     if not getattr(args, "func", None):
         parser.print_help()
         return 0

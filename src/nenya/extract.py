@@ -22,11 +22,12 @@ FORMATS = {"h5": ".h5", "parquet": ".parquet", "npy": ".npy"}
 
 def extract_preproc(files: Sequence[str], encoder: Encoder, output: str, *, fmt: str = "h5",
                     partitions: Sequence[str] = DEFAULT_PARTITIONS, clobber: bool = False, debug: bool = False,
-                    options: RunOptions = RunOptions()) -> RunSummary:
+                    options: RunOptions = RunOptions(), engine=None) -> RunSummary:
     """Extract every partition of each preproc file into ``output`` (folder or URL).
 
     Files whose output already exists are skipped unless ``clobber``; a debug run reads
-    only a few batches per partition and names its outputs ``*_latents_debug.*``.
+    only a few batches per partition and names its outputs ``*_latents_debug.*``. ``engine``
+    (:mod:`nenya.engines`) decides where shards are encoded (default: this process).
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown format {fmt!r}; expected one of {', '.join(FORMATS)}")
@@ -47,7 +48,7 @@ def extract_preproc(files: Sequence[str], encoder: Encoder, output: str, *, fmt:
         return RunSummary()
     source = HDF5PreprocSource(todo, partitions=partitions, limit=limit, output_ext=ext)
     try:
-        return run(source, encoder, sink, options)
+        return (engine.run if engine is not None else run)(source, encoder, sink, options)
     finally:
         source.close()
 
@@ -116,11 +117,12 @@ def open_collection(spec: str, *, transform, output_name: str, skip_ids=(), path
 def extract_collection(spec: str, encoder: Encoder, output: str, *, fmt: str | None = None, overwrite: bool = False,
                        dtype: str = "float32", options: RunOptions = RunOptions(), path_column: str = "path",
                        id_column: str | None = None, columns: Sequence[str] | None = None,
-                       max_pixels: int | None = None) -> RunSummary:
+                       max_pixels: int | None = None, engine=None) -> RunSummary:
     """Encode an image folder or path table into one Parquet (or ``.npy`` + Parquet) output.
 
     When the output exists, only ids it does not account for are encoded and added after its
     rows (resume by id: a folder that grew gets only its new images); ``overwrite`` starts over.
+    ``engine`` (:mod:`nenya.engines`) decides where shards are encoded (default: this process).
 
     Example:
         >>> enc = load_encoder("timm:efficientnet_b0", options=EncoderOptions(layer=4, pool="none")).to("cpu")
@@ -140,6 +142,6 @@ def extract_collection(spec: str, encoder: Encoder, output: str, *, fmt: str | N
         return RunSummary()
     sink = sinks.get(fmt)(folder, overwrite=overwrite, append=bool(skip), dtype=dtype)
     try:
-        return run(source, encoder, sink, options)
+        return (engine.run if engine is not None else run)(source, encoder, sink, options)
     finally:
         source.close()

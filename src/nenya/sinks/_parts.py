@@ -60,6 +60,31 @@ def _lock(path: str):
     return fh
 
 
+def _held(path: str) -> bool:
+    """Whether another process holds the lock ``path`` (tried without waiting, released at once)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return False
+    try:
+        fh = open(path)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return True
+    finally:
+        fh.close()  # closing releases a lock taken here
+    return False
+
+
+def rank_lock_name(gdir: str, rank: int) -> str:
+    """The lock file of one rank of a multi-process job: rank 0 (and a single-process run) takes
+    ``<group>.lock``; rank r > 0 ``<group>.rank<r>.lock``. A second job collides on the same names."""
+    return gdir + (".lock" if rank == 0 else f".rank{rank}.lock")
+
+
 def read_status(path: str) -> list[tuple[str, str]]:
     """The (id, status) rows of a status table (local or URL); [] when it does not exist."""
     if not storage.exists(path):
@@ -104,6 +129,9 @@ class PartSink(Sink):
         self._grid: tuple[int, int] | None = None
         self._t0: dict[tuple[str, str], float] = {}
         self._locks: list = []
+        #: this process's rank among ``world`` processes writing the same outputs (set by an engine
+        #: before :meth:`start`; see nenya.engines.torchrun)
+        self.rank, self.world = 0, 1
 
     # -- locations ----------------------------------------------------------------------
     def output_path(self, group: Group) -> str:
@@ -134,9 +162,18 @@ class PartSink(Sink):
         os.makedirs(self.work, exist_ok=True)
         for g in plan.groups:
             gdir = self.group_dir(g)
-            lock = _lock(gdir + ".lock")
+            lock_path = rank_lock_name(gdir, self.rank)
+            lock = _lock(lock_path)
             if lock is not None:
-                self._locks.append((gdir + ".lock", lock))
+                self._locks.append((lock_path, lock))
+            if self.world == 1:  # a job of several ranks holds <group>.rank<r>.lock files too
+                import glob
+
+                for other in glob.glob(glob.escape(gdir) + ".rank*.lock"):
+                    if _held(other):
+                        self._unlock()
+                        raise OutputError(f"a multi-process nenya run is writing the same output (lock {other}); "
+                                          "wait for it to finish or stop it, then rerun")
             manifest = os.path.join(gdir, "manifest.json")
             fp = (f"{fingerprint}|{g.fingerprint}|{type(self).__name__}|{self.schema_version}|{self._schema_tag()}"
                   f"|grid={grid}|append={self.append}")
@@ -148,9 +185,14 @@ class PartSink(Sink):
                         raise OutputError(
                             f"{gdir} holds an unfinished run with a different model, preprocessing, input or "
                             "output format; rerun with --overwrite (clobber=True) to discard it, or choose another output")
-                    shutil.rmtree(gdir)
+                    if self.rank == 0:
+                        shutil.rmtree(gdir)
+                    else:  # rank 0 discards the old work; never delete parts another rank may be writing
+                        self._await_manifest(manifest, hashlib.sha256(fp.encode()).hexdigest())
             os.makedirs(gdir, exist_ok=True)
-            for name in os.listdir(gdir):  # orphans of a killed run
+            # orphans of a killed run; with several ranks another rank's temporaries may be live: they
+            # go when rank 0 publishes and removes the work folder
+            for name in os.listdir(gdir) if self.world == 1 else []:
                 if storage.is_tmp_name(name):
                     os.remove(os.path.join(gdir, name))
             if not os.path.exists(manifest):
@@ -246,6 +288,27 @@ class PartSink(Sink):
         columns["vector"] = pa.FixedSizeListArray.from_arrays(pa.array(flat), dim)
         return pa.table(columns)
 
+    def _await_manifest(self, manifest: str, want: str, timeout: float = 600.0) -> None:
+        """Rank r > 0 with --overwrite: wait until rank 0 has replaced an old run's manifest."""
+        t0 = time.monotonic()
+        while time.monotonic() - t0 < timeout:
+            time.sleep(0.5)
+            try:
+                with open(manifest) as f:
+                    if json.load(f).get("fingerprint") == want:
+                        return
+            except (OSError, ValueError):
+                continue
+        raise OutputError(f"rank {self.rank}: rank 0 did not replace the unfinished run in {os.path.dirname(manifest)} "
+                          f"within {timeout:.0f} s; is rank 0 running? Rerun the job")
+
+    def committed(self) -> set[tuple[str, str]]:
+        """The (group, shard key) pairs of the plan whose done marker exists (any process's)."""
+        assert self._plan is not None
+        dirs = {g.key: self.group_dir(g) for g in self._plan.groups}
+        return {(s.group, s.key) for s in self._plan.shards
+                if os.path.exists(os.path.join(dirs[s.group], s.key + ".done.json"))}
+
     def parts(self, group: Group, partition: str) -> list[str]:
         """Committed part files of a partition, in plan order."""
         assert self._plan is not None
@@ -262,9 +325,9 @@ class PartSink(Sink):
         assert self._plan is not None
         outputs = []
         try:
+            committed = self.committed()
             for g in self._plan.groups:
-                missing = [s.key for s in self._plan.shards if s.group == g.key
-                           and not os.path.exists(os.path.join(self.group_dir(g), s.key + ".done.json"))]
+                missing = [s.key for s in self._plan.shards if s.group == g.key and (s.group, s.key) not in committed]
                 if missing:
                     continue  # an interrupted run: the parts stay for the next one
                 outputs.append(self._finish_group(g))

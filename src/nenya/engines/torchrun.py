@@ -1,0 +1,321 @@
+"""Several processes on one output, no collectives: torchrun ranks and ``nenya extract --devices N``.
+
+Every rank lists the same plan (the listing is deterministic) and takes the shards whose index in
+the plan is ``rank`` modulo ``world`` (split on the plan, not on what is left, so ranks that start
+at different moments still agree). Each rank commits its parts into the shared work folder (the
+file sinks' layout, one lock file per rank: ranks of one job never refuse each other, a second job
+is still refused) and then writes a "finished" marker next to it. Rank 0 polls the work folder until
+every shard is committed and every rank has said it finished (or a grace period passed), then
+assembles and publishes the outputs. A rank that fails or dies leaves its committed shards; rank 0
+then stops with a message naming it, and rerunning the same command resumes.
+
+Ranks must share the work folder: one machine, or a shared file system for local output paths.
+(For remote outputs the work folder lives in each machine's cache: use one machine, or Ray.)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+
+import torch
+
+from nenya._errors import NenyaError
+from nenya.encoders.base import Encoder
+from nenya.pipeline import storage
+from nenya.pipeline.items import Plan, Shard
+from nenya.pipeline.runner import RunOptions, RunSummary, Share, run
+from nenya.sinks import Sink
+
+log = logging.getLogger(__name__)
+
+#: seconds rank 0 waits for the other ranks' "finished" markers once every shard is committed
+GRACE = 30.0
+
+
+@dataclass(frozen=True)
+class Ranks:
+    """Where this process stands in a multi-process job (from torchrun's environment variables).
+
+    ``token`` identifies the job (``NENYA_JOB_ID``, set by ``--devices``, or torchrun's
+    ``TORCHELASTIC_RUN_ID``); markers of another job are ignored.
+    """
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    local_world: int = 1
+    token: str = ""
+
+    @classmethod
+    def from_env(cls, environ=None) -> Ranks | None:
+        """The ranks of ``RANK``/``WORLD_SIZE``/``LOCAL_RANK``/``LOCAL_WORLD_SIZE``; None when unset."""
+        env = os.environ if environ is None else environ
+        if "WORLD_SIZE" not in env and "RANK" not in env:
+            return None
+        try:
+            world = int(env.get("WORLD_SIZE", "1"))
+            rank = int(env.get("RANK", "0"))
+            local_rank = int(env.get("LOCAL_RANK", str(rank)))
+            local_world = int(env.get("LOCAL_WORLD_SIZE", str(world)))
+        except ValueError:
+            raise NenyaError("RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE must be integers; got "
+                             f"{env.get('RANK')!r}, {env.get('WORLD_SIZE')!r}, {env.get('LOCAL_RANK')!r}, "
+                             f"{env.get('LOCAL_WORLD_SIZE')!r}") from None
+        if world < 1 or not 0 <= rank < world:
+            raise NenyaError(f"RANK={rank} is not within WORLD_SIZE={world}; launch with torchrun or --devices N")
+        run_id = env.get("TORCHELASTIC_RUN_ID", "")
+        token = env.get("NENYA_JOB_ID") or (run_id if run_id not in ("", "none") else "")
+        return cls(rank, world, local_rank, max(1, local_world), token)
+
+    def device(self, device: str = "auto") -> str:
+        """``cuda:LOCAL_RANK`` for ``auto``/``cuda`` on a GPU machine; otherwise ``device`` unchanged."""
+        if device in ("auto", "cuda") and torch.cuda.is_available():
+            n = torch.cuda.device_count()
+            if self.local_rank >= n:
+                raise NenyaError(f"LOCAL_RANK {self.local_rank} but this machine has {n} GPU(s); start at most "
+                                 f"{n} processes per machine (--nproc-per-node / --devices)")
+            return f"cuda:{self.local_rank}"
+        return device
+
+    def cpu_threads(self) -> int:
+        """Threads per rank when ranks share the CPU: the cores split evenly, at least one."""
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        return max(1, cores // self.local_world)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child not yet reaped by its parent is a zombie: dead for us
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
+class RankShare(Share):
+    """One rank's share of a plan: every world-th shard; rank 0 waits for the others and assembles."""
+
+    def __init__(self, ranks: Ranks, sink, *, timeout: float = 1800.0, poll: float = 0.5) -> None:
+        self.ranks, self.sink, self.timeout, self.poll = ranks, sink, timeout, poll
+        self.plan: Plan | None = None
+        self.mine: list[Shard] = []
+        self.t_created = time.time()
+
+    # -- markers ------------------------------------------------------------------------
+    def _marker(self, group_key: str, rank: int) -> str:
+        assert self.plan is not None
+        return self.sink.group_dir(self.plan.group(group_key)) + f".rank{rank}.json"
+
+    def _write_markers(self, ok: bool, error: str = "") -> None:
+        if self.plan is None:
+            return
+        body = {"rank": self.ranks.rank, "world": self.ranks.world, "token": self.ranks.token, "ok": ok,
+                "error": error, "shards": len(self.mine), "pid": os.getpid(), "host": socket.gethostname(),
+                "time": time.time()}
+        for g in self.plan.groups:
+            path = self._marker(g.key, self.ranks.rank)
+            try:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                with storage.atomic_local(path) as tmp, open(tmp, "w") as f:
+                    json.dump(body, f)
+            except OSError as e:  # never hide the run's own outcome behind a marker problem
+                log.warning("rank %d: cannot write %s: %s", self.ranks.rank, path, e)
+
+    def _read_marker(self, group_key: str, rank: int) -> dict | None:
+        try:
+            with open(self._marker(group_key, rank)) as f:
+                m = json.load(f)
+        except (OSError, ValueError):
+            return None
+        if self.ranks.token:
+            return m if m.get("token") == self.ranks.token else None
+        return m if m.get("time", 0) >= self.t_created - 5 else None  # without a job id: this run's only
+
+    # -- Share --------------------------------------------------------------------------
+    def select(self, plan: Plan, todo: list[Shard]) -> list[Shard]:
+        self.plan = plan
+        for g in plan.groups:  # a previous run's marker must not speak for this one
+            try:
+                os.remove(self._marker(g.key, self.ranks.rank))
+            except FileNotFoundError:
+                pass
+        index = {(s.group, s.key): i for i, s in enumerate(plan.shards)}
+        r, w = self.ranks.rank, self.ranks.world
+        self.mine = [s for s in todo if index[(s.group, s.key)] % w == r]
+        log.info("rank %d of %d: %d of %d shards to encode (%d already committed)", r, w, len(self.mine),
+                 len(plan.shards), len(plan.shards) - len(todo))
+        return self.mine
+
+    def finish(self, sink: Sink, plan: Plan) -> list[str]:
+        if self.ranks.rank != 0:
+            sink.abort()  # nothing is uncommitted: this releases this rank's locks
+            self._write_markers(True)
+            return []
+        self._wait()
+        for g in plan.groups:
+            for r in range(1, self.ranks.world):
+                try:
+                    os.remove(self._marker(g.key, r))
+                except FileNotFoundError:
+                    pass
+        return sink.finish()
+
+    def failed(self, error: BaseException) -> None:
+        """Tell rank 0 this rank stopped (called by the engine on any error or interruption)."""
+        what = "interrupted" if isinstance(error, KeyboardInterrupt) else f"{type(error).__name__}: {error}"
+        self._write_markers(False, what)
+
+    # -- rank 0 -------------------------------------------------------------------------
+    def _dead(self, rank: int) -> str | None:
+        """How a rank ended, when its lock file names a process of this machine that is gone."""
+        from nenya.sinks._parts import rank_lock_name
+
+        assert self.plan is not None
+        for g in self.plan.groups:
+            try:
+                with open(rank_lock_name(self.sink.group_dir(g), rank)) as f:
+                    words = f.read().split()
+            except OSError:
+                continue
+            if len(words) >= 4 and words[0] == "pid" and words[3] == os.uname().nodename:
+                pid = int(words[1])
+                if not _alive(pid):
+                    return f"rank {rank} (pid {pid}) died"
+        return None
+
+    def _wait(self) -> None:
+        assert self.plan is not None
+        w = self.ranks.world
+        owner = {(s.group, s.key): i % w for i, s in enumerate(self.plan.shards)}
+        first = self.plan.groups[0].key
+        t0 = last_change = time.monotonic()
+        all_committed_at: float | None = None
+        last_n, last_log, poll = -1, t0, self.poll
+        while True:
+            committed = self.sink.committed()
+            missing = [k for k in owner if k not in committed]
+            finished = {r: m for r in range(1, w) if (m := self._read_marker(first, r)) is not None}
+            now = time.monotonic()
+            if not missing:
+                if len(finished) == w - 1:
+                    return
+                all_committed_at = all_committed_at or now
+                if now - all_committed_at > GRACE:
+                    log.warning("every shard is committed but rank(s) %s did not say they finished within %.0f s; "
+                                "assembling anyway", sorted(set(range(1, w)) - set(finished)), GRACE)
+                    return
+            else:
+                waiting = sorted({owner[k] for k in missing})
+                problems = []
+                for r in waiting:
+                    m = finished.get(r)
+                    if r == 0:
+                        problems.append("rank 0's own shards are not all committed")
+                    elif m is not None and not m.get("ok"):
+                        problems.append(f"rank {r} stopped: {m.get('error')}")
+                    elif m is not None:
+                        problems.append(f"rank {r} finished without committing its shards (did it list the "
+                                        "same inputs? every rank must run the same command)")
+                    elif (dead := self._dead(r)) is not None:
+                        problems.append(dead)
+                if problems:
+                    raise NenyaError(f"{len(missing)} shard(s) will not be committed in this run: "
+                                     f"{'; '.join(problems)}. Committed shards are kept: rerun the same command "
+                                     "to resume")
+                if len(committed) != last_n:
+                    last_n, last_change = len(committed), now
+                elif now - last_change > self.timeout:
+                    raise NenyaError(
+                        f"rank 0 waited {self.timeout:.0f} s without a new shard being committed; {len(missing)} "
+                        f"shard(s) of rank(s) {', '.join(map(str, waiting))} are missing. Is every rank running "
+                        f"the same command with WORLD_SIZE={w}? Committed shards are kept: rerun to resume "
+                        "(--rank-timeout sets this limit)")
+                if now - last_log > 60:
+                    log.info("rank 0: waiting for %d shard(s) of rank(s) %s", len(missing), waiting)
+                    last_log = now
+            time.sleep(poll)
+            poll = min(2.0, poll * 1.25)
+
+
+class RankEngine:
+    """This process as one rank of a job (see the module docstring)."""
+
+    def __init__(self, ranks: Ranks, *, timeout: float = 1800.0) -> None:
+        self.ranks, self.timeout = ranks, timeout
+
+    def run(self, source, encoder: Encoder, sink: Sink, options: RunOptions) -> RunSummary:
+        from nenya.sinks._parts import PartSink
+
+        if not isinstance(sink, PartSink):
+            raise NenyaError(f"several ranks need a file sink that commits parts (h5, parquet, npy), not "
+                             f"{type(sink).__name__}")
+        sink.rank, sink.world = self.ranks.rank, self.ranks.world
+        share = RankShare(self.ranks, sink, timeout=self.timeout)
+        try:
+            return run(source, encoder, sink, options, share=share)
+        except BaseException as e:
+            share.failed(e)
+            raise
+
+
+def launch(argv: list[str], n: int, *, env: dict[str, str] | None = None) -> int:
+    """Run ``nenya <argv>`` as ``n`` local ranks (``--devices N``); return the first failing exit code.
+
+    When a rank fails the others are stopped like Ctrl-C (committed shards are kept); Ctrl-C here
+    stops them all.
+    """
+    base = dict(os.environ if env is None else env)
+    base.update(WORLD_SIZE=str(n), LOCAL_WORLD_SIZE=str(n), NENYA_JOB_ID=uuid.uuid4().hex,
+                MASTER_ADDR="127.0.0.1")
+    procs = []
+    for r in range(n):
+        e = dict(base, RANK=str(r), LOCAL_RANK=str(r))
+        procs.append(subprocess.Popen([sys.executable, "-m", "nenya", *argv], env=e))
+    rc = 0
+
+    def stop(sig) -> None:
+        for p in procs:
+            if p.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    p.send_signal(sig)
+
+    try:
+        while any(p.poll() is None for p in procs):
+            for p in procs:
+                code = p.poll()
+                if code is not None and code != 0 and rc == 0:
+                    rc = code if code > 0 else 128 - code
+                    log.warning("rank %d exited with code %s; stopping the other ranks", procs.index(p), code)
+                    stop(signal.SIGTERM)
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        stop(signal.SIGTERM)
+        rc = 130
+    finally:
+        deadline = time.monotonic() + 60
+        for p in procs:
+            try:
+                p.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+    for p in procs:
+        if rc == 0 and p.returncode != 0:
+            rc = p.returncode if p.returncode > 0 else 128 - p.returncode
+    return rc
+
