@@ -111,20 +111,20 @@ def _encoder_options(args):
 
 
 def cmd_extract(args) -> int:
-    from nenya.encoders import load_encoder
-    from nenya.extract import extract_collection, extract_preproc
-    from nenya.latents_extraction import _opt, latents_dir, prep
-    from nenya.pipeline.runner import RunOptions, default_workers
-
     if args.source and args.inputs:
         raise NenyaError("give either preproc files or --source, not both")
     if not args.source and not args.inputs:
         raise NenyaError("nothing to extract: give preproc .h5 files, or --source images:FOLDER / table:FILE")
     engine_name, ranks = _engine(args)
-    if args.devices is not None and args.devices > 1:  # this process only launches the ranks
-        from nenya.engines.torchrun import launch
+    if args.devices is not None and args.devices > 1:  # this process only launches the ranks (no torch here)
+        from nenya.engines._ranks import launch
 
         return launch(_without_devices(getattr(args, "argv", None) or sys.argv[1:]), args.devices)
+    from nenya.encoders import load_encoder
+    from nenya.extract import extract_collection, extract_preproc
+    from nenya.latents_extraction import _opt, latents_dir, prep
+    from nenya.pipeline.runner import RunOptions, default_workers
+
     opt = _opt(args.opts) if args.opts else None
     if args.model:
         spec = args.model
@@ -197,7 +197,7 @@ def cmd_extract(args) -> int:
 
 def _engine(args):
     """The engine name (``auto`` resolved) and this process's ranks (None outside torchrun/--devices)."""
-    from nenya.engines.torchrun import Ranks
+    from nenya.engines._ranks import Ranks
 
     ranks = Ranks.from_env()
     name = args.engine

@@ -13,12 +13,13 @@ An engine has one method, ``run(source, encoder, sink, options) -> RunSummary``,
 
 from __future__ import annotations
 
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
-from nenya.encoders.base import Encoder
-from nenya.pipeline.runner import RunOptions, RunSummary
-from nenya.sinks import Sink
-from nenya.sources import Source
+if TYPE_CHECKING:  # the package stays light: `--devices` imports it before torch
+    from nenya.encoders.base import Encoder
+    from nenya.pipeline.runner import RunOptions, RunSummary
+    from nenya.sinks import Sink
+    from nenya.sources import Source
 
 ENGINES = ("auto", "local", "torchrun", "ray")
 
