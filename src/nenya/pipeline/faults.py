@@ -1,7 +1,7 @@
 """Named fault points for fault-injection tests: ``NENYA_FAULTS="name[@n]=action,..."``.
 
 A fault point is a line in the pipeline where a test can make the process die or fail on its
-``n``-th passage (default the first): ``kill`` (SIGKILL itself: nothing below runs, no cleanup),
+``n``-th passage (default the first, counted since the spec last changed): ``kill`` (SIGKILL itself: nothing below runs, no cleanup),
 ``raise`` (a RuntimeError), ``enospc`` (an OSError "No space left on device") or ``interrupt``
 (KeyboardInterrupt, as Ctrl-C). Counts are per process. With ``NENYA_FAULTS`` unset a point
 costs one dictionary lookup.
@@ -40,6 +40,7 @@ def _spec() -> dict[str, tuple[int, str]]:
             raise ValueError(f"{ENV}: bad fault {item!r}; points: {', '.join(POINTS)}; actions: {', '.join(ACTIONS)}")
         spec[name] = (int(nth or 1), action or "kill")
     _cache = (raw, spec)
+    _hits.clear()  # a new spec counts passages afresh (tests arm one fault after another in one process)
     return spec
 
 
