@@ -116,7 +116,7 @@ def listdir_names(folder: str | os.PathLike) -> list[str]:
     fs, p = url_to_fs(folder)
     try:
         return sorted(basename(x) for x in fs.ls(p, detail=False))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # the sink says why it cannot write there
         return []
 
 
