@@ -4,7 +4,8 @@ The encoder is a nenya ``Encoder`` around Conv2d(3, 8, 3, stride=4) + ReLU + Ada
 Flatten + Linear(8, 16): compute is cheap, so memory (and time) reflect the pipeline: the
 HDF5 source, the DataLoader reader worker, the writer thread, shard parts and the final sink.
 
-For each N in ``--sizes`` a preproc file of N random float32 64x64 cutouts (plus a Nenya-style
+For each N in ``--sizes`` a preproc file of N random float32 cutouts of ``--side`` px (default 64;
+16 keeps a 1,000,000-item input at about 1 GB instead of 17 GB) (plus a Nenya-style
 ``valid_metadata`` string table unless ``--no-metadata``) is written in chunks under the temp
 folder, then extracted in a FRESH subprocess (``memory.py --child``). Reported per run:
 
@@ -15,11 +16,13 @@ folder, then extracted in a FRESH subprocess (``memory.py --child``). Reported p
                    over-counts shared pages: compare it between sizes, not with the main peak)
 
 and the differences to the smallest N. Targets (from the issue): 100,000 within 500 MB of 1,000,
-and 1,000,000 within 300 MB of 10,000 (``--sizes 10000,1000000``; needs ~17 GB free in the temp folder).
+and 1,000,000 within 300 MB of 10,000 (``--sizes 10000,100000,1000000 --side 16``; at 64 px it needs
+~17 GB free in the temp folder).
 
     python bench/memory.py                          # --sizes 1000,100000, NenyaLatentsSink
     python bench/memory.py --format h5,parquet
-    python bench/memory.py --sizes 10000,1000000 --tmpdir /big/scratch
+    python bench/memory.py --sizes 10000,100000,1000000 --side 16
+    python bench/memory.py --sizes 10000,1000000 --tmpdir /big/scratch      # 64 px, ~17 GB of input
 
 Prints a table and appends it, dated and with the machine, to bench/RESULTS.md.
 """
@@ -45,26 +48,24 @@ from _report import append_results, markdown_table  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
 TARGETS_MB = {(1000, 100_000): 500, (10_000, 1_000_000): 300}
-BYTES_PER_ITEM = 64 * 64 * 4
 MB = 2**20
 
 
-# -- shared reporting helpers (duplicated in extract.py: the bench scripts stand alone) ------------
 # -- the input file, written in bounded memory -------------------------------------------------
-def write_input(path: str, n: int, *, metadata: bool, chunk: int = 4096, seed: int = 0) -> None:
-    """N random float32 (1, 64, 64) cutouts in ``valid`` (contiguous, like Nenya's files) and,
+def write_input(path: str, n: int, *, metadata: bool, side: int = 64, chunk: int = 4096, seed: int = 0) -> None:
+    """N random float32 (1, side, side) cutouts in ``valid`` (contiguous, like Nenya's files) and,
     optionally, a ``valid_metadata`` byte-string table with a ``columns`` attribute; chunk by chunk."""
     rng = np.random.default_rng(seed)
     cols = ["lat", "lon", "datetime", "DT40", "pp_file", "pp_idx"]
     with h5py.File(path, "w") as f:
-        dset = f.create_dataset("valid", (n, 1, 64, 64), dtype="float32")
+        dset = f.create_dataset("valid", (n, 1, side, side), dtype="float32")
         meta = None
         if metadata:
             meta = f.create_dataset("valid_metadata", (n, len(cols)), dtype="S48")
             meta.attrs["columns"] = [c.encode() for c in cols]
         for a in range(0, n, chunk):
             b = min(n, a + chunk)
-            dset[a:b] = rng.standard_normal((b - a, 1, 64, 64), dtype=np.float32)
+            dset[a:b] = rng.standard_normal((b - a, 1, side, side), dtype=np.float32)
             if meta is not None:
                 m = b - a
                 days = rng.integers(0, 3650, m)
@@ -179,6 +180,7 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--sizes", default="1000,100000", help="comma-separated N (default 1000,100000)")
     ap.add_argument("--format", default="h5", help="h5 (NenyaLatentsSink), parquet (ParquetSink) or h5,parquet")
+    ap.add_argument("--side", type=int, default=64, help="cutout side in px (default 64; 16 for 1M items on a small disk)")
     ap.add_argument("--batch-size", type=int, default=128, help="RunOptions.batch_size (default 128)")
     ap.add_argument("--workers", type=int, default=1, help="RunOptions.num_workers (default 1)")
     ap.add_argument("--shard-size", type=int, default=None, help="RunOptions.shard_size (default: nenya's)")
@@ -210,7 +212,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("memory.py needs psutil (pip install psutil)")
 
     tmp = tempfile.mkdtemp(prefix="nenya-bench-memory-", dir=args.tmpdir)
-    need = max(sizes) * (BYTES_PER_ITEM + 300) * 1.1 + 2**30
+    need = max(sizes) * (args.side * args.side * 4 + 300) * 1.1 + 2**30
     free = shutil.disk_usage(tmp).free
     if free < need:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -228,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
         for n in sizes:
             path = os.path.join(tmp, f"mem{n}_preproc.h5")
             t = time.perf_counter()
-            write_input(path, n, metadata=not args.no_metadata)
+            write_input(path, n, metadata=not args.no_metadata, side=args.side)
             print(f"N={n}: wrote {os.path.getsize(path) / MB:.0f} MB input in {time.perf_counter() - t:.1f} s",
                   flush=True)
             for fmt in formats:
@@ -245,7 +247,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(tmp, ignore_errors=True)
 
     # -- report ---------------------------------------------------------------------------------
-    header = ["sink", "N", "seconds", "images/s", "main peak MB", "worker peak MB", "tree peak MB"]
+    header = ["sink", "N", "seconds", "images/s", "µs/item", "main peak MB", "worker peak MB", "tree peak MB"]
     header += ["tree PSS MB"] if args.pss else []
     header += ["Δ main vs smallest", "Δ tree vs smallest"] + (["Δ PSS vs smallest"] if args.pss else [])
     header += ["target", "output"]
@@ -261,7 +263,8 @@ def main(argv: list[str] | None = None) -> int:
             worst = max(d_main, d_tree)
             verdict = f"≤{target} MB: {'PASS' if worst <= target else 'FAIL'}"
             verdicts.append(worst <= target)
-        row = [r["format"], f"{r['n']:,}", f"{r['seconds']:.1f}", f"{r['rate']:.0f}", f"{r['self_peak_mb']:.0f}",
+        row = [r["format"], f"{r['n']:,}", f"{r['seconds']:.1f}", f"{r['rate']:.0f}",
+               f"{r['seconds'] / max(1, r['n']) * 1e6:.0f}", f"{r['self_peak_mb']:.0f}",
                f"{r['workers_peak_mb']:.0f}", f"{r['tree']:.0f}"]
         row += [f"{r['pss']:.0f}"] if args.pss else []
         row += [f"{d_main:+.0f}", f"{d_tree:+.0f}"] + ([f"{r['pss'] - first['pss']:+.0f}"] if args.pss else [])
@@ -270,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     stage_lines = [f"- {r['format']} N={r['n']:,}: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["timings"].items())
                    for r in results]
     lines = [
-        f"Tiny encoder (Conv2d(3,8,3,s4)+ReLU+pool+Linear(8,16)) through nenya's runner; random float32 64x64 inputs"
+        f"Tiny encoder (Conv2d(3,8,3,s4)+ReLU+pool+Linear(8,16)) through nenya's runner; random float32 {args.side}x{args.side} inputs"
         f"{'' if args.no_metadata else ' with a 6-column valid_metadata table'}; batch {args.batch_size}, "
         f"{args.workers} reader worker(s){f', shard {args.shard_size}' if args.shard_size else ''}. "
         f"Each run in a fresh process; baseline after imports {base['self_peak_mb']:.0f} MB (tree {base_tree:.0f} MB). "
