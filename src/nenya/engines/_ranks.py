@@ -17,6 +17,10 @@ from nenya._errors import NenyaError
 
 log = logging.getLogger("nenya.engines.torchrun")
 
+#: when this process started (near enough: the CLI imports this module first). Lock files and markers
+#: older than this belong to an earlier run: all ranks of a job start together.
+PROCESS_T0 = time.time()
+
 
 @dataclass(frozen=True)
 class Ranks:
@@ -103,6 +107,11 @@ def launch(argv: list[str], n: int, *, env: dict[str, str] | None = None) -> int
                     stop(signal.SIGTERM)
             time.sleep(0.2)
     except KeyboardInterrupt:
+        # Ctrl-C in a terminal reached the ranks too: give them a moment to stop on their own (a second
+        # signal would interrupt their cleanup), then stop the rest (SIGTERM sent to this process only)
+        deadline = time.monotonic() + 10
+        while any(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.2)
         stop(signal.SIGTERM)
         rc = 130
     finally:

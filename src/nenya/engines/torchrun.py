@@ -23,6 +23,7 @@ import time
 
 from nenya._errors import NenyaError
 from nenya.encoders.base import Encoder
+from nenya.engines import _ranks
 from nenya.engines._ranks import Ranks, launch
 from nenya.pipeline import storage
 from nenya.pipeline.items import Plan, Shard
@@ -58,7 +59,6 @@ class RankShare(Share):
         self.ranks, self.sink, self.timeout, self.poll = ranks, sink, timeout, poll
         self.plan: Plan | None = None
         self.mine: list[Shard] = []
-        self.t_created = time.time()
 
     # -- markers ------------------------------------------------------------------------
     def _marker(self, group_key: str, rank: int) -> str:
@@ -88,7 +88,7 @@ class RankShare(Share):
             return None
         if self.ranks.token:
             return m if m.get("token") == self.ranks.token else None
-        return m if m.get("time", 0) >= self.t_created - 5 else None  # without a job id: this run's only
+        return m if m.get("time", 0) >= _ranks.PROCESS_T0 - 1 else None  # without a job id: this run's only
 
     # -- Share --------------------------------------------------------------------------
     def select(self, plan: Plan, todo: list[Shard]) -> list[Shard]:
@@ -131,8 +131,11 @@ class RankShare(Share):
 
         assert self.plan is not None
         for g in self.plan.groups:
+            path = rank_lock_name(self.sink.group_dir(g), rank)
             try:
-                with open(rank_lock_name(self.sink.group_dir(g), rank)) as f:
+                if os.path.getmtime(path) < _ranks.PROCESS_T0 - 1:
+                    continue  # left by a rank of an earlier run that was killed: this run's has not started yet
+                with open(path) as f:
                     words = f.read().split()
             except OSError:
                 continue
