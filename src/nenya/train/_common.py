@@ -1,0 +1,251 @@
+"""Machinery shared by the trainers: ranks, devices and precision, checkpoints, learning curves."""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import hashlib
+import logging
+import math
+import os
+import shutil
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from nenya._errors import NenyaError
+from nenya.params import Params
+from nenya.pipeline import storage
+
+log = logging.getLogger(__name__)
+
+CURVE_FIELDS = ("kind", "epoch", "step", "loss", "loss_avg", "lr", "images_per_s")
+
+
+# --------------------------------------------------------------------------- ranks and devices
+@dataclass(frozen=True)
+class DistInfo:
+    """Where this process sits: rank/world from torchrun's environment (1 process without it)."""
+
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
+
+
+def dist_info() -> DistInfo:
+    """Rank, world size and local rank from ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (set by torchrun)."""
+    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
+                    int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def setup_distributed(device: str | torch.device | None) -> tuple[DistInfo, torch.device]:
+    """Start the process group under torchrun (NCCL on GPUs, gloo on CPU) and pick this rank's device."""
+    info = dist_info()
+    if device is None or str(device) == "auto":
+        device = f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu"
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            raise NenyaError("device 'cuda' was asked for but torch sees no GPU; use --device cpu (or auto)")
+        if dev.index is None:
+            dev = torch.device("cuda", info.local_rank)
+        torch.cuda.set_device(dev)
+    if info.distributed and not torch.distributed.is_initialized():
+        torch.distributed.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        log.info("rank %d of %d on %s", info.rank, info.world, dev)
+    return info, dev
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of ``fp32`` (None), ``bf16`` or ``fp16`` (CUDA only); ``auto`` picks for the device."""
+    if precision == "auto":
+        if device.type != "cuda":
+            return None
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if precision not in ("fp32", "bf16", "fp16"):
+        raise NenyaError(f"unknown precision {precision!r}; expected fp32, bf16, fp16 or auto")
+    if precision == "fp16" and device.type != "cuda":
+        raise NenyaError("fp16 training needs a CUDA GPU; use --precision bf16 or fp32 on the CPU")
+    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def all_reduce_mean(values: list[float], device: torch.device) -> list[float]:
+    """Average numbers over ranks (identity in one process)."""
+    if not (torch.distributed.is_available() and torch.distributed.is_initialized()):
+        return values
+    t = torch.tensor(values, dtype=torch.float64, device=device)
+    torch.distributed.all_reduce(t)
+    return (t / torch.distributed.get_world_size()).tolist()
+
+
+# --------------------------------------------------------------------------- checkpoints
+def plain(value: Any) -> Any:
+    """JSON-like Python values only (numpy scalars and arrays, tuples, paths -> int/float/list/str),
+    so that options pickled into a checkpoint load with ``torch.load(weights_only=True)``."""
+    if isinstance(value, dict):
+        return {str(k): plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [plain(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return plain(value.tolist())
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    return str(value)
+
+
+def plain_params(opt: Params | dict[str, Any]) -> Params:
+    """A copy of the options as a :class:`Params` holding plain values only."""
+    values = opt.dict if isinstance(opt, Params) else dict(opt)
+    out = Params()
+    out.__dict__.update(plain(values))
+    return out
+
+
+class CheckpointWriter:
+    """Writes checkpoints and side files into a model folder: local (atomic renames) or a URL
+    (staged locally, then uploaded whole). Only rank 0 writes."""
+
+    def __init__(self, folder: str, *, enabled: bool = True) -> None:
+        self.folder = str(folder)
+        self.enabled = enabled
+        self.remote = storage.is_remote(self.folder)
+        if self.remote:
+            key = hashlib.sha256(self.folder.encode()).hexdigest()[:16]
+            self.stage = str(storage.cache_dir() / "train-stage" / key)
+        else:
+            self.stage = storage.local_path(self.folder)
+        if enabled:
+            os.makedirs(self.stage, exist_ok=True)
+
+    def local(self, name: str) -> str:
+        """The local path of ``name`` (in the staging folder when the model folder is remote)."""
+        return os.path.join(self.stage, name)
+
+    def location(self, name: str) -> str:
+        """Where ``name`` ends up (a local path or URL)."""
+        return storage.join(self.folder, name)
+
+    def save(self, state: dict[str, Any], name: str) -> str:
+        """``torch.save`` ``state`` as ``name``, atomically; returns its final location."""
+        if not self.enabled:
+            return self.location(name)
+        final = self.local(name)
+        with storage.atomic_local(final) as tmp:
+            torch.save(state, tmp)
+        return self.publish(name)
+
+    def publish(self, name: str) -> str:
+        """Upload ``name`` from the staging folder when the model folder is remote (a copy stays local)."""
+        if self.enabled and self.remote:
+            copy = self.local(name) + ".upload"
+            shutil.copyfile(self.local(name), copy)
+            storage.publish(copy, self.location(name))
+        return self.location(name)
+
+
+def checkpoint_state(opt: Params, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, epoch: int,
+                     **extra: Any) -> dict[str, Any]:
+    """Nenya's checkpoint dict: ``opt`` (Params), ``model`` (state dict), ``optimizer``, ``epoch`` (+ extras)."""
+    state = {"opt": plain_params(opt), "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+             "optimizer": optimizer.state_dict() if optimizer is not None else None, "epoch": int(epoch)}
+    state.update(extra)
+    return state
+
+
+# --------------------------------------------------------------------------- learning curves
+class LearningCurve:
+    """Train/valid losses per step and per epoch, kept as rows of ``CURVE_FIELDS``.
+
+    ``kind`` is ``train_step``, ``train_epoch``, ``valid_step`` or ``valid_epoch``; ``step`` is the
+    global optimiser step for train rows and the batch index for valid rows.
+    """
+
+    def __init__(self) -> None:
+        self.rows: list[dict[str, Any]] = []
+
+    def add(self, kind: str, epoch: int, step: int, loss: float, *, loss_avg: float | None = None,
+            lr: float | None = None, images_per_s: float | None = None) -> None:
+        self.rows.append({"kind": kind, "epoch": int(epoch), "step": int(step), "loss": float(loss),
+                          "loss_avg": "" if loss_avg is None else float(loss_avg),
+                          "lr": "" if lr is None else float(lr),
+                          "images_per_s": "" if images_per_s is None else round(float(images_per_s), 2)})
+
+    def epochs(self, kind: str) -> list[tuple[int, float]]:
+        return [(r["epoch"], r["loss"]) for r in self.rows if r["kind"] == kind]
+
+    @classmethod
+    def read(cls, path: str, *, up_to_epoch: int | None = None) -> LearningCurve:
+        curve = cls()
+        if not os.path.exists(path):
+            return curve
+        with open(path, newline="") as f:
+            for r in csv.DictReader(f):
+                if up_to_epoch is not None and int(r["epoch"]) > up_to_epoch:
+                    continue
+                curve.rows.append({"kind": r["kind"], "epoch": int(r["epoch"]), "step": int(r["step"]),
+                                   "loss": float(r["loss"]),
+                                   **{k: (float(r[k]) if r.get(k) not in (None, "") else "")
+                                      for k in ("loss_avg", "lr", "images_per_s")}})
+        return curve
+
+    def write_csv(self, path: str) -> None:
+        with storage.atomic_local(path) as tmp:
+            with open(tmp, "w", newline="") as f:
+                w = csv.DictWriter(f, fieldnames=CURVE_FIELDS)
+                w.writeheader()
+                w.writerows(self.rows)
+
+    def plot(self, path: str, *, title: str = "learning curve", steps_per_epoch: int | None = None) -> None:
+        """A PNG of the train loss per step (faint), per epoch, and the valid loss per epoch."""
+        import matplotlib
+
+        matplotlib.use("Agg", force=False)
+        from matplotlib.figure import Figure
+
+        fig = Figure(figsize=(7, 4.2), dpi=100)
+        ax = fig.add_subplot(1, 1, 1)
+        steps = [r for r in self.rows if r["kind"] == "train_step"]
+        if steps:
+            spe = steps_per_epoch or max(1, math.ceil(len(steps) / max(1, max(r["epoch"] for r in steps))))
+            x = [r["step"] / spe for r in steps]
+            ax.plot(x, [r["loss"] for r in steps], color="tab:blue", alpha=0.3, lw=0.8, label="train (step)")
+        for kind, color, label in (("train_epoch", "tab:blue", "train (epoch mean)"),
+                                    ("valid_epoch", "tab:orange", "valid (epoch mean)")):
+            pts = self.epochs(kind)
+            if pts:
+                ax.plot([e for e, _ in pts], [v for _, v in pts], "o-", color=color, label=label)
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("loss")
+        ax.set_title(title)
+        if self.rows:
+            ax.legend(loc="upper right")
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        with storage.atomic_local(path) as tmp:
+            fig.savefig(tmp, format="png")
+
+
+def seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)

@@ -1,0 +1,237 @@
+"""Training data: partitions of preproc HDF5 files and ``.npy`` arrays, read lazily in slabs.
+
+A dataset is indexed by batches (``__getitems__``): each batch's rows are read in increasing
+order with as few contiguous reads as possible, and the file is opened lazily in whichever process
+reads it (fork and spawn safe), so memory stays bounded whatever the file size. Files smaller than
+``max_memory_bytes`` are loaded whole instead, which is faster for the small sets of quick runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset
+
+from nenya._errors import InputError
+from nenya.pipeline import storage
+from nenya.sources._h5 import LazyH5, check_images, read_rows
+
+log = logging.getLogger(__name__)
+
+#: Default largest partition loaded whole into memory ("auto" mode).
+MAX_MEMORY_BYTES = 2 * 1024**3
+
+
+def _as_batch(arr: np.ndarray) -> np.ndarray:
+    return arr[:, None] if arr.ndim == 3 else arr
+
+
+def collate_batch(batch: Any) -> Any:
+    """The DataLoader ``collate_fn`` for datasets whose ``__getitems__`` already returns a tensor."""
+    return batch
+
+
+class ArrayDataset(Dataset):
+    """Images of a preproc HDF5 partition or a ``.npy`` file as (C, H, W) tensors (float32, or uint8 kept).
+
+    Args:
+        path: a local ``.h5`` or ``.npy`` file (fetch URLs with :func:`open_dataset`).
+        key: the HDF5 dataset (partition) name; ignored for ``.npy``.
+        in_memory: ``True`` load everything, ``False`` read lazily, ``"auto"`` load when smaller
+            than ``max_memory_bytes``.
+        indices: rows to expose (default all).
+    """
+
+    def __init__(self, path: str | os.PathLike, key: str | None = None, *, in_memory: bool | str = "auto",
+                 max_memory_bytes: int = MAX_MEMORY_BYTES, indices: Sequence[int] | np.ndarray | None = None) -> None:
+        self.path = str(path)
+        self.key = key
+        self.is_npy = self.path.endswith(".npy")
+        self._h5: LazyH5 | None = None
+        self._mm: np.ndarray | None = None
+        self._pid: int | None = None
+        if self.is_npy:
+            arr = np.load(self.path, mmap_mode="r")
+            shape, dtype = arr.shape, arr.dtype
+            if arr.ndim not in (3, 4):
+                raise InputError(f"{self.path} holds an array of shape {arr.shape}; expected images (N, H, W) "
+                                 "or (N, C, H, W)")
+            del arr
+        else:
+            if not key:
+                raise InputError(f"say which partition of {self.path} to read (e.g. train or valid)")
+            self._h5 = LazyH5(self.path)
+            f = self._h5.file
+            if key not in f:
+                raise InputError(f"{self.path} has no partition {key!r}; it holds {sorted(f.keys())}")
+            check_images(self.path, key, f[key])
+            shape, dtype = f[key].shape, f[key].dtype
+            self._h5.close()  # each reading process opens its own handle
+        self.n_total = int(shape[0])
+        self.image_shape = tuple(int(v) for v in (shape[1:] if len(shape) == 4 else (1,) + tuple(shape[1:])))
+        self.dtype = np.dtype(dtype)
+        self.indices = None if indices is None else np.asarray(indices, dtype=np.int64)
+        nbytes = len(self) * int(np.prod(self.image_shape)) * max(self.dtype.itemsize, 4)
+        self.in_memory = bool(in_memory) if in_memory != "auto" else nbytes <= max_memory_bytes
+        self._data: torch.Tensor | None = None
+        self.labels: torch.Tensor | None = None  # class per row (SupCon), set by the trainer
+        if self.in_memory:
+            self._data = torch.from_numpy(self._read(np.arange(len(self))))
+
+    @property
+    def name(self) -> str:
+        return self.path if self.is_npy else f"{self.path}:{self.key}"
+
+    def __len__(self) -> int:
+        return self.n_total if self.indices is None else len(self.indices)
+
+    def _read(self, idx: np.ndarray) -> np.ndarray:
+        """Rows ``idx`` (positions in this dataset) as (B, C, H, W), read in increasing order."""
+        rows = idx if self.indices is None else self.indices[idx]
+        order = np.argsort(rows, kind="stable")
+        if self.is_npy:
+            if self._mm is None or self._pid != os.getpid():
+                self._mm, self._pid = np.load(self.path, mmap_mode="r"), os.getpid()
+            src = read_rows(self._mm, rows[order])  # type: ignore[arg-type]
+        else:
+            assert self._h5 is not None
+            src = read_rows(self._h5.file[self.key], rows[order])
+        out = np.empty((len(rows),) + src.shape[1:], src.dtype)
+        out[order] = src
+        out = _as_batch(out)
+        if out.dtype != np.uint8:
+            out = out.astype(np.float32, copy=False)
+        return np.ascontiguousarray(out)
+
+    def __getitems__(self, indices: Sequence[int]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """A batch (B, C, H, W); ``(batch, labels)`` when :attr:`labels` is set."""
+        idx = np.asarray(indices, dtype=np.int64)
+        x = self._data[torch.from_numpy(idx)] if self._data is not None else torch.from_numpy(self._read(idx))
+        if self.labels is not None:
+            return x, self.labels[torch.from_numpy(idx)]
+        return x
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if index < 0:
+            index += len(self)
+        if not 0 <= index < len(self):
+            raise IndexError(index)
+        return self.__getitems__([index])[0]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_mm"] = None
+        state["_pid"] = None
+        return state
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            self._h5.close()
+        self._mm = None
+
+
+def split_data_spec(spec: str) -> tuple[str, str | None, int | None]:
+    """``file.h5:valid:12`` -> ("file.h5", "valid", 12); ``file.h5:train`` -> (.., "train", None)."""
+    s = str(spec)
+    for suffix in (".h5", ".hdf5", ".npy"):
+        pos = s.find(suffix + ":")
+        if pos >= 0:
+            path, rest = s[:pos + len(suffix)], s[pos + len(suffix) + 1:]
+            parts = rest.split(":")
+            key = parts[0] or None
+            row = int(parts[1]) if len(parts) > 1 and parts[1] != "" else None
+            if suffix == ".npy":
+                key, row = None, int(parts[0]) if parts[0] else None
+            return path, key, row
+    return s, None, None
+
+
+def open_dataset(spec: str | os.PathLike, key: str | None = None, *, in_memory: bool | str = "auto") -> ArrayDataset:
+    """A training dataset from ``file.h5`` (+ partition), ``file.h5:train``, ``images.npy`` or a URL.
+
+    A folder of images is read through ``nenya.sources.images.ImageFolderSource`` when that source
+    is installed (its images are then loaded into memory).
+    """
+    path, spec_key, _ = split_data_spec(str(spec))
+    key = spec_key or key
+    if os.path.isdir(path):
+        return _image_folder(path)
+    local = storage.fetch(path)
+    if not os.path.exists(local):
+        raise InputError(f"training data not found: {path}")
+    if not local.endswith((".npy", ".h5", ".hdf5", ".hdf")):
+        raise InputError(f"cannot read training images from {path}: expected a preproc .h5 file (with a partition), "
+                         "a .npy array of images (N, H, W) or (N, C, H, W), or a folder of images")
+    return ArrayDataset(local, key, in_memory=in_memory)
+
+
+def _image_folder(path: str) -> ArrayDataset:
+    try:
+        from nenya.sources import images as images_mod  # written alongside; optional here
+    except ImportError:
+        raise InputError(f"{path} is a folder, but this nenya has no image-folder source; convert the images to a "
+                         ".npy array (N, H, W) or (N, C, H, W) and pass that") from None
+    arrays = images_mod.load_folder_arrays(path) if hasattr(images_mod, "load_folder_arrays") else None
+    if arrays is None:
+        arrays = _read_folder_with_source(images_mod, path)
+    tmp = os.path.join(storage.make_tempdir("nenya-images-"), "images.npy")
+    np.save(tmp, arrays)
+    return ArrayDataset(tmp, in_memory=True)
+
+
+def _read_folder_with_source(images_mod: Any, path: str) -> np.ndarray:
+    """All images of a folder through ``ImageFolderSource``'s plan/read contract, as (N, C, H, W)."""
+    source = images_mod.ImageFolderSource([path]) if _takes_list(images_mod.ImageFolderSource) else \
+        images_mod.ImageFolderSource(path)
+    out: list[np.ndarray] = []
+    groups_and_shards = source.plan(1 << 30)
+    shards = groups_and_shards[1] if isinstance(groups_and_shards, tuple) else getattr(groups_and_shards, "shards",
+                                                                                       groups_and_shards)
+    for shard in shards:
+        for batch in source.read(shard, 256):
+            arr = batch.images if hasattr(batch, "images") else batch.array
+            out.append(np.asarray(arr))
+    if not out:
+        raise InputError(f"no readable images in {path}")
+    return _as_batch(np.concatenate(out))
+
+
+def _takes_list(cls: Any) -> bool:
+    import inspect
+
+    try:
+        params = list(inspect.signature(cls).parameters.values())
+    except (TypeError, ValueError):
+        return True
+    return bool(params) and "path" not in params[0].name.lower() or params[0].name.endswith("s")
+
+
+def load_labels(ds: ArrayDataset, column: str) -> tuple[np.ndarray, list[str]]:
+    """Integer class labels of a dataset's rows from a metadata column (``<partition>_metadata``)
+    or an integer dataset of that name in the same file; returns ``(labels, class names)``."""
+    from nenya.sources._h5 import as_strings, metadata_columns
+
+    if ds.is_npy:
+        raise InputError(f"labels ({column!r}) need a preproc HDF5 file; {ds.path} is a .npy array")
+    assert ds._h5 is not None and ds.key is not None
+    f = ds._h5.file
+    try:
+        cols = metadata_columns(f, ds.key)
+        if column in cols:
+            values = as_strings(f[f"{ds.key}_metadata"][:, cols.index(column)])
+        elif column in f and f[column].shape[:1] == (ds.n_total,):
+            values = np.asarray(f[column][:]).astype(str)
+        else:
+            raise InputError(f"{ds.path}: no label column {column!r} in {ds.key}_metadata (columns: {cols}) "
+                             f"and no dataset of that name with one value per row; set label_column to one of them")
+    finally:
+        ds._h5.close()
+    if ds.indices is not None:
+        values = values[ds.indices]
+    names, labels = np.unique(values, return_inverse=True)
+    return labels.astype(np.int64), [str(n) for n in names]
