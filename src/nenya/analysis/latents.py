@@ -45,7 +45,7 @@ def latents_format(path: str | os.PathLike) -> str:
 def _to_numeric(df: pd.DataFrame) -> pd.DataFrame:
     """Nenya stores numbers as text: turn every column that parses fully as numbers into numbers."""
     for c in df.columns:
-        if df[c].dtype == object:
+        if not pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]):
             try:
                 df[c] = pd.to_numeric(df[c])
             except (ValueError, TypeError):

@@ -57,7 +57,7 @@ def _column(name: str, s: pd.Series) -> dict | None:
             s = s.astype(str)
         else:
             return {"name": name, "kind": "num", "data": _b64(v), "min": float(finite.min()), "max": float(finite.max())}
-    s = s.astype(str)
+    s = s.astype(object).where(s.notna(), "(missing)").astype(str)
     levels = pd.Series(s).value_counts()
     if len(levels) > MAX_LEVELS:
         try:  # dates stored as text: colour by decimal year
@@ -71,7 +71,7 @@ def _column(name: str, s: pd.Series) -> dict | None:
             return None  # (nearly) unique values, e.g. names: nothing to colour by
         keep = list(levels.index[: MAX_LEVELS - 1])
         s = s.where(s.isin(keep), "other")
-    cats = sorted(pd.unique(s))
+    cats = sorted(str(c) for c in pd.unique(s))
     codes = pd.Categorical(s, categories=cats).codes.astype(np.uint16)
     return {"name": name, "kind": "cat", "codes": _b64(codes), "levels": [str(c) for c in cats]}
 
