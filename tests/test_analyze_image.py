@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from nenya.analyze_image import calc_DT, get_latents
 from conftest import reference_latents
+from nenya.analyze_image import calc_DT, get_latents
 
 
 def _dt_reference(fields: np.ndarray, c: int) -> np.ndarray:
@@ -17,7 +17,7 @@ def _dt_reference(fields: np.ndarray, c: int) -> np.ndarray:
         h, w = f.shape
         win = np.sort(f[h // 2 - c // 2:h // 2 + c // 2, w // 2 - c // 2:w // 2 + c // 2].ravel().astype(np.float64))
 
-        def pct(q):
+        def pct(q, win=win):
             pos = q / 100 * (len(win) - 1)
             lo = int(np.floor(pos))
             hi = min(lo + 1, len(win) - 1)
