@@ -284,8 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     for p in precisions:
         best = summaries[p][int(np.argmin(seconds[f"nenya:{p}"]))]
         stages = ", ".join(f"{k} {v:.2f} s" for k, v in best.timings.items())
+        enc_s = best.timings.get("encode", 0.0)
         checks.append(f"- nenya stages at {p} (fastest run; read = waiting for the reader worker, encode includes "
-                      f".cpu().numpy()): {stages}; run total {best.seconds:.2f} s ({best.rate:.1f} images/s)")
+                      f".cpu().numpy()): {stages}; run total {best.seconds:.2f} s ({best.rate:.1f} images/s); "
+                      f"pipeline share outside the model = {(best.seconds - enc_s) / best.seconds:.1%} of the run "
+                      "(load-robust: end-to-end / its own encode time "
+                      f"= {enc_s / best.seconds:.3f})")
     try:
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     except OSError:
