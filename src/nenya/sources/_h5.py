@@ -33,6 +33,12 @@ def open_checked(path: str) -> h5py.File:
         if isinstance(obj, h5py.Dataset) and obj.external:
             f.close()
             raise InputError(f"{path}: dataset {name!r} uses external storage; nenya refuses it")
+        if isinstance(obj, h5py.Dataset) and obj.is_virtual:
+            others = sorted({s.file_name for s in obj.virtual_sources() if s.file_name != "."})
+            if others:
+                f.close()
+                raise InputError(f"{path}: dataset {name!r} is a virtual dataset reading {others[0]!r}; nenya "
+                                 "refuses data from other files (rewrite it as a plain dataset)")
     return f
 
 
