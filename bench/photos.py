@@ -278,8 +278,11 @@ def main(argv: list[str] | None = None) -> int:
                          f"mean {cos.mean():.6f}, min {cos.min():.6f}")
     for r in runs:
         if r["timings"]:
+            enc_s = r["timings"].get("encode", 0.0)
             notes.append(f"- nenya stages {r['precision']} n={r['n']}: "
-                         + ", ".join(f"{k} {v:.2f} s" for k, v in r["timings"].items()))
+                         + ", ".join(f"{k} {v:.2f} s" for k, v in r["timings"].items())
+                         + f"; share outside the model {(r['seconds'] - enc_s) / r['seconds']:.1%} of "
+                         f"{r['seconds']:.1f} s (load-robust: end-to-end / own encode time = {enc_s / r['seconds']:.3f})")
     try:
         load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     except OSError:
