@@ -1,4 +1,5 @@
-"""``nenya demo``: sample SST cutouts, a Nenya-format model, and latents through the documented API."""
+"""``nenya demo``: sample SST cutouts -> a briefly trained contrastive model -> latents through the
+documented API -> a UMAP plot, a gallery and the explorer page."""
 
 from __future__ import annotations
 
@@ -6,13 +7,11 @@ import json
 import os
 import time
 
-import torch
-
 from nenya.demo import write_preproc
-from nenya.params import Params, option_preprocess
 
 
 def demo_opts(folder: str, model: str = "resnet18") -> dict:
+    """Nenya-style opts of the demo model (also used by the tests to make small checkpoints)."""
     return {
         "ssl_method": "SimCLR", "ssl_model": model, "feat_dim": 128, "nchannels": 3,
         "batch_size_train": 64, "batch_size_valid": 128, "num_workers": 1, "epochs": 1,
@@ -22,39 +21,49 @@ def demo_opts(folder: str, model: str = "resnet18") -> dict:
     }
 
 
-def run_demo(folder: str = "nenya-demo", *, n: int = 2000, model: str = "resnet18") -> dict[str, str]:
-    """Make everything under ``folder`` and print where it went. Returns the paths."""
+def run_demo(folder: str = "nenya-demo", *, n: int = 2000, model: str = "resnet18",
+             train_seconds: float = 100.0) -> dict[str, str]:
+    """Make everything under ``folder`` and print where it went. Returns the paths.
+
+    Steps: ``n`` synthetic 64x64 SST cutouts (fronts, eddies, filaments, noise) in a Nenya preproc
+    file; SimCLR training of a SupCon ResNet for ``train_seconds`` on the ``train`` partition
+    (``nenya train contrastive``, Nenya's checkpoint format); latents of both partitions through
+    Nenya's documented ``latents_extraction.main``; then UMAP, a gallery and the explorer page.
+    """
+    import h5py
+
+    from nenya.analysis import demo_outputs
     from nenya.latents_extraction import main as extract_main
-    from nenya.train_util import set_model
+    from nenya.train.contrastive import train
 
     t0 = time.perf_counter()
+    folder = os.path.abspath(folder)
     os.makedirs(folder, exist_ok=True)
     data = os.path.join(folder, "data", "MODIS_demo_preproc.h5")
     os.makedirs(os.path.dirname(data), exist_ok=True)
     n_train = n // 4
     write_preproc(data, n_valid=n - n_train, n_train=n_train, seed=0)
-    print(f"sample data:  {data} ({n - n_train} valid + {n_train} train synthetic SST cutouts, 64x64)")
+    print(f"sample data:  {data} ({n - n_train} valid + {n_train} train synthetic SST cutouts, 64x64)", flush=True)
 
+    opts = demo_opts(folder, model)
+    opts.update(images_file=data, num_workers=0, save_freq=1, valid_freq=1, cosine=False)
     opts_file = os.path.join(folder, "opts.json")
     with open(opts_file, "w") as f:
-        json.dump(demo_opts(folder, model), f, indent=2)
-    opt = option_preprocess(Params(opts_file))
-    torch.manual_seed(0)
-    net, _ = set_model(opt, cuda_use=False)
-    model_dir = os.path.join(folder, opt.model_folder)
-    os.makedirs(model_dir, exist_ok=True)
-    ckpt = os.path.join(model_dir, "last.pth")
-    torch.save({"opt": opt, "model": net.state_dict(), "optimizer": None, "epoch": 0}, ckpt)
-    print(f"model:        {ckpt} ({model}, randomly initialised; Nenya checkpoint format)")
+        json.dump(opts, f, indent=2)
     print(f"options:      {opts_file}")
+    print(f"training:     SimCLR {model} for up to {train_seconds:.0f} s on the train partition ...", flush=True)
+    ckpt = train(opts_file, max_seconds=train_seconds)
+    print(f"model:        {ckpt} (Nenya checkpoint format; learning curve next to it)", flush=True)
 
-    outputs = extract_main(opts_file, [data], clobber=True)
-    latents = outputs[0]
-    import h5py
-
+    latents = extract_main(opts_file, [data], clobber=True)[0]
     with h5py.File(latents, "r") as f:
         shapes = ", ".join(f"{k} {f[k].shape}" for k in ("train", "valid") if k in f)
-    print(f"latents:      {latents} ({shapes})")
+    print(f"latents:      {latents} ({shapes})", flush=True)
+
+    pictures = demo_outputs(latents, data, os.path.join(folder, "explore"))
+    print(f"UMAP plot:    {pictures['umap_plot']}")
+    print(f"gallery:      {pictures['gallery']}")
+    print(f"explorer:     {pictures['explorer']} (open it in a browser; works offline)")
     print(f"done in {time.perf_counter() - t0:.0f} s. Next: nenya extract {data} --opts {opts_file} "
           f"--format parquet --output {os.path.join(folder, 'parquet')}")
-    return {"data": data, "model": ckpt, "opts": opts_file, "latents": latents}
+    return {"data": data, "model": ckpt, "opts": opts_file, "latents": latents, **pictures}
