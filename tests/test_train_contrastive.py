@@ -108,9 +108,9 @@ def test_refuses_bad_options(tmp_path, preproc):
 
 
 def _downsampled(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """16x16 cutouts: the 32x32 synthetic patterns averaged 2x2 (cheap to train on a CPU)."""
+    """8x8 cutouts: the 32x32 synthetic patterns averaged 4x4 (cheap enough to train on a CPU)."""
     x, y = make_cutouts(n, size=32, seed=seed)
-    return x.reshape(n, 16, 2, 16, 2).mean(axis=(2, 4))[:, None].astype(np.float32), y
+    return x.reshape(n, 8, 4, 8, 4).mean(axis=(2, 4))[:, None].astype(np.float32), y
 
 
 def _knn_accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float:
@@ -124,21 +124,30 @@ def _knn_accuracy(model: torch.nn.Module, x: np.ndarray, y: np.ndarray) -> float
 
 @pytest.mark.slow
 def test_trained_latents_separate_known_classes(tmp_path):
-    """SupCon on the pattern labels of synthetic fronts/eddies/filaments/noise lifts held-out kNN accuracy."""
-    xt, yt = _downsampled(256, seed=1)
-    xv, yv = _downsampled(300, seed=2)
-    data = tmp_path / "classes_preproc.h5"
-    with h5py.File(data, "w") as f:
-        f["train"] = xt
-        meta = f.create_dataset("train_metadata", data=np.asarray(CLASSES)[yt][:, None].astype("S"))
-        meta.attrs["columns"] = [b"pattern"]
-    opt = option_preprocess(Params(make_opts(
-        tmp_path, images_file=str(data), ssl_method="SupCon", label_column="pattern", nchannels=1, feat_dim=32,
-        batch_size_train=32, learning_rate=0.05, temp=0.1, epochs=2, cosine=False, random_jitter=[10, 1])))
-    torch.manual_seed(0)
-    untrained, _ = set_model(opt, cuda_use=False)
-    before = _knn_accuracy(untrained, xv, yv)
-    last = train(opt, progress=False)
-    after = _knn_accuracy(_model_from(last), xv, yv)
-    print(f"kNN accuracy (5-NN, 5-fold, 300 held-out 16x16 cutouts): untrained {before:.3f}, trained {after:.3f}")
+    """SupCon on the pattern labels of synthetic fronts/eddies/filaments/noise lifts held-out kNN accuracy.
+
+    Measured (seed 0): untrained 0.580, trained 0.787 after 64 steps (8 epochs of 256 cutouts). SimCLR
+    (no labels) reached only 0.650 in the same budget, too close to assert reliably on a CPU.
+    """
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # small convolutions: one thread beats OpenMP spinning on a busy 2-core box
+    try:
+        xt, yt = _downsampled(256, seed=1)
+        xv, yv = _downsampled(300, seed=2)
+        data = tmp_path / "classes_preproc.h5"
+        with h5py.File(data, "w") as f:
+            f["train"] = xt
+            meta = f.create_dataset("train_metadata", data=np.asarray(CLASSES)[yt][:, None].astype("S"))
+            meta.attrs["columns"] = [b"pattern"]
+        opt = option_preprocess(Params(make_opts(
+            tmp_path, images_file=str(data), ssl_method="SupCon", label_column="pattern", nchannels=1, feat_dim=32,
+            batch_size_train=32, learning_rate=0.3, temp=0.1, epochs=8, cosine=False, random_jitter=None)))
+        torch.manual_seed(0)
+        untrained, _ = set_model(opt, cuda_use=False)
+        before = _knn_accuracy(untrained, xv, yv)
+        last = train(opt, progress=False)
+        after = _knn_accuracy(_model_from(last), xv, yv)
+    finally:
+        torch.set_num_threads(threads)
+    print(f"kNN accuracy (5-NN, 5-fold, 300 held-out 8x8 cutouts): untrained {before:.3f}, trained {after:.3f}")
     assert after >= before + 0.1
