@@ -75,10 +75,7 @@ def test_random_sigkills_lose_nothing(kit, fmt):
         assert not c.failures, c.failures
         r = c.report
         assert not (r.lost or r.duplicated or r.unreadable or r.mismatched or r.status), f"{r}; {c.log}"
-        # Known bug, tracked by test_kill_after_publish_leaves_nothing_behind (strict xfail): a kill
-        # between publishing and removing the work folder leaves .nenya-work behind ("nothing to do").
-        known = any("nothing to do" in line for line in c.log) and all(WORK_DIR in x for x in r.left)
-        assert not r.left or known, f"{r}; {c.log}"
+        assert not r.left, f"{r}; {c.log}"
         kills += c.kills
         cycles += 1
         assert cycles < 3 * RANDOM_KILLS, "the kills keep missing: the runs end before the delay"
@@ -100,19 +97,13 @@ def test_kill_at_fault_point(kit, point):
     done = _done_markers(folder)
     rc, out, err = _run(kit, fmt, folder)
     assert rc == 0, err
-    if point == "publish.after":
-        # Known bug (extract.py): the output exists, so the rerun says "nothing to do" and the work
-        # folder (parts and lock file) stays forever. See the report / test below.
-        return
     items, already = fk.summary_counts(out)
     assert already == done and items == TOTAL - SHARD * done  # only unfinished shards are encoded again
     _check_final(kit, fmt, folder)
 
 
-@pytest.mark.xfail(strict=True, reason="extract.py skips an input whose output exists without looking at its "
-                                       "work folder: a kill after publishing leaves .nenya-work (and, between the "
-                                       "output and its status table, no status table) behind for good")
 def test_kill_after_publish_leaves_nothing_behind(kit):
+    """Killed between publishing and removing the work folder: the rerun finishes the job again."""
     folder = kit["root"] / "h5" / "publish-after"
     rc, _, _ = _run(kit, "h5", folder, faults="publish.after=kill")
     assert rc == -signal.SIGKILL

@@ -216,7 +216,6 @@ def test_no_secret_in_logs_manifests_errors_or_outputs(s3, good_ckpt, tmp_path):
         assert SECRET not in t and TOKEN not in t, t[max(0, t.find(SECRET) - 300):][:600]
 
 
-@pytest.mark.xfail(strict=True, reason="cli.py: argparse usage errors echo argv (a URL password) unredacted")
 def test_usage_error_does_not_echo_a_url_password(tmp_path, monkeypatch):
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
     r = fk.cli([fk.sys.executable, "-m", "nenya", "extract", "x_preproc.h5", "--outptu", f"s3://u:{SECRET}@b/o"])
@@ -224,8 +223,6 @@ def test_usage_error_does_not_echo_a_url_password(tmp_path, monkeypatch):
 
 
 @pytest.mark.s3
-@pytest.mark.xfail(strict=True, reason="cli.py: an exception outside NenyaError/ValueError/... (here botocore's "
-                                       "ParamValidationError) escapes main() as a raw, unredacted traceback")
 def test_unexpected_error_traceback_is_redacted(s3, good_ckpt, tmp_path):  # noqa: F811
     data = write_preproc(tmp_path / "x_preproc.h5", n_valid=8, size=16)
     env = s3.subprocess_env(fk.env())

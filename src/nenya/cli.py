@@ -255,8 +255,17 @@ def cmd_models(args) -> int:
     return 0
 
 
+class _Parser(argparse.ArgumentParser):
+    """Usage errors echo arguments: never with a password from a URL in them."""
+
+    def error(self, message: str):
+        from nenya.pipeline.storage import redact
+
+        super().error(redact(message))
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="nenya", description="nenya: latent vectors from large image collections (Nenya SST cutouts and more).",
         epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--version", action="version", version=f"nenya {__version__}")
@@ -320,6 +329,16 @@ def main(argv: list[str] | None = None) -> int:
 
         msg = e.args[0] if isinstance(e, KeyError) and e.args else e
         print(f"nenya: error: {redact(str(msg))}", file=sys.stderr)
+        return 2
+    except Exception as e:  # unexpected: still no secret on the screen
+        import traceback
+
+        from nenya.pipeline.storage import redact
+
+        if args.verbose >= 2:
+            print(redact(traceback.format_exc()), file=sys.stderr)
+        print(f"nenya: error: {redact(f'{type(e).__name__}: {e}')} (rerun with -vv for the traceback)",
+              file=sys.stderr)
         return 2
 
 

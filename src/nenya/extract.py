@@ -38,9 +38,12 @@ def extract_preproc(files: Sequence[str], encoder: Encoder, output: str, *, fmt:
         log.warning("debug: only the first %d items of each partition, written as *_latents_debug%s", limit, FORMATS[fmt])
     sink = sinks.get(fmt)(output, overwrite=clobber)
     existing = set(storage.listdir_names(output))
+    # an output whose work folder is still there was killed while publishing: finish it again
+    unfinished = set(os.listdir(sink.work)) if os.path.isdir(sink.work) else set()
     todo = []
     for f in files:
-        if latents_name(f, ext) in existing and not clobber:
+        name = latents_name(f, ext)
+        if name in existing and name not in unfinished and not clobber:
             log.info("skipping %s: %s exists in %s (use clobber to redo it)", f, latents_name(f, ext), output)
         else:
             todo.append(f)
