@@ -87,9 +87,8 @@ def test_umap_subset_umap_image_and_safe_load(umap_setup, tmp_path):
     assert np.isfinite(cut[["US0", "US1"]].to_numpy()).all()
     written = pd.read_parquet(s["out"])
     np.testing.assert_allclose(written[["US0", "US1"]].to_numpy(), cut[["US0", "US1"]].to_numpy())
-    # images of the training set land near their stored coordinates. UMAP's transform is stochastic
-    # (its per-point random stream is seeded by bits that change with 1e-7 differences in the latents, e.g.
-    # batch 1 vs batch 8 through the conv net), so a few may move further: judge the typical image.
+    # images of the training set land on their stored coordinates (not wherever UMAP's stochastic
+    # transform would put them: its per-point random stream changes with 1e-7 differences in the latents)
     dists = []
     for j in np.linspace(0, len(cut) - 1, 8).astype(int):
         row = cut.iloc[j]
@@ -101,8 +100,12 @@ def test_umap_subset_umap_image_and_safe_load(umap_setup, tmp_path):
         assert table_file == s["out"]
         dists.append(float(np.hypot(emb[0, 0] - row.US0, emb[0, 1] - row.US1)))
     span = float(np.ptp(cut.US0.to_numpy()))
-    assert np.median(dists) < 0.5, f"distances to the stored US0/US1: {np.round(dists, 3)} (map span {span:.1f})"
-    assert np.mean(np.array(dists) < 0.5) >= 0.75, f"distances: {np.round(dists, 3)}"
+    assert max(dists) < 0.5, f"distances to the stored US0/US1: {np.round(dists, 3)} (map span {span:.1f})"
+    # a new image (not in the training set) goes through UMAP's transform and lands on the map
+    from nenya.analyze_image import _stored_position
+
+    reducer, _ = nenya_umap.load(s["opts"], DT=float(cut.iloc[0].DT40))
+    assert _stored_position(reducer, latents + 0.01) is None
     # the pickle loads only from the UMAP dir, and only as nenya wrote it
     reducer = nenya_umap.load_umap(s["pkl"])
     assert hasattr(reducer, "transform")

@@ -103,6 +103,25 @@ def calc_DT(images: np.ndarray, random_jitter: Sequence[int], verbose: bool = Fa
     return float(dt[0]) if single else dt
 
 
+def _stored_position(reducer, latents: np.ndarray, tol: float = 1e-4) -> np.ndarray | None:
+    """The UMAP position of a training vector equal to ``latents`` (up to float rounding), else None.
+
+    UMAP's ``transform`` of a point it was trained on does not give back its stored position
+    (the transform is an approximate, seeded optimisation, and 1e-7 differences in the latents,
+    e.g. batch of 1 vs batch of 128 through the network, change its random stream), so an image
+    of the training set would land up to a unit away from itself: return its stored place instead.
+    """
+    raw, emb = getattr(reducer, "_raw_data", None), getattr(reducer, "embedding_", None)
+    if raw is None or emb is None or len(raw) != len(emb) or getattr(raw, "ndim", 0) != 2:
+        return None
+    raw = np.asarray(raw, dtype=np.float32)
+    d = np.linalg.norm(raw - latents.reshape(1, -1).astype(np.float32), axis=1)
+    i = int(np.argmin(d))
+    if d[i] > tol * max(1.0, float(np.linalg.norm(latents))):
+        return None
+    return np.asarray(emb[i : i + 1], dtype=np.float32)
+
+
 def umap_image(nenya_model: str, img: np.ndarray) -> tuple[np.ndarray, np.ndarray, str, float, np.ndarray]:
     """Place one image on the UMAP of its DT bin.
 
@@ -113,7 +132,8 @@ def umap_image(nenya_model: str, img: np.ndarray) -> tuple[np.ndarray, np.ndarra
 
     Returns:
         ``(embedding (1, 2), pp_img, table_file, DT, latents (1, feat_dim))``; the UMAP comes from
-        :func:`nenya.nenya_umap.load` (the UMAP dir, ``$NENYA_UMAP_DIR``).
+        :func:`nenya.nenya_umap.load` (the UMAP dir, ``$NENYA_UMAP_DIR``). An image the UMAP was
+        fitted on gets its stored position; any other image UMAP's ``transform``.
     """
     from nenya import nenya_umap
     from nenya.io import NAMED_MODELS, load_opt, resolve_weights
@@ -127,8 +147,10 @@ def umap_image(nenya_model: str, img: np.ndarray) -> tuple[np.ndarray, np.ndarra
     DT = calc_DT(a if a.ndim == 2 else a.reshape(a.shape[-2:]) if a.shape[0] == 1 else a[0], jitter)
     log.info("image has DT = %.4g", DT)
     reducer, table_file = nenya_umap.load(nenya_model, DT=DT)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*n_jobs value.*")
-        embedding = reducer.transform(latents)
+    embedding = _stored_position(reducer, latents)
+    if embedding is None:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*n_jobs value.*")
+            embedding = reducer.transform(latents)
     log.info("U0, U1 of the image: %.3f, %.3f", embedding[0, 0], embedding[0, 1])
     return embedding, pp_img, table_file, DT, latents

@@ -256,8 +256,10 @@ def umap_subset(modis_tbl: pd.DataFrame | str, opt_path: str | Params | None, ou
     Rows are matched to latent vectors through ``pp_file`` (the preproc file; its latents file is
     ``latents_name(pp_file)`` in the model's latents folder or ``latents``), ``pp_type`` (0 valid,
     1 train; ``ulmo_pp_type`` is read too) and ``pp_idx`` (row in the partition). UMAP is fitted on
-    a random subset of at most ``ntrain`` of them, then every vector of the subset is transformed,
-    ``chunk_size`` at a time and file by file, so memory holds at most ``ntrain + chunk_size`` vectors.
+    a random subset of at most ``ntrain`` of them; the fitted vectors keep their fitted positions
+    (UMAP's ``embedding_``; Nenya passed them through ``transform`` again, which moves them by up to a
+    unit at random) and every other vector is transformed, ``chunk_size`` at a time and file by file,
+    so memory holds at most ``ntrain + chunk_size`` vectors.
 
     Args:
         modis_tbl: the table (a DataFrame, or a Parquet/CSV path or URL).
@@ -338,6 +340,7 @@ def umap_subset(modis_tbl: pd.DataFrame | str, opt_path: str | Params | None, ou
                     parts.append(readers[f].read(p, fidx[r]))
                     order.append(r)
             x = np.concatenate(parts)
+            fitted_rows = np.concatenate(order)
             del parts
             kwargs = dict(umap_kwargs or {})
             kwargs.setdefault("n_neighbors", min(15, ntrain - 1))
@@ -353,8 +356,14 @@ def umap_subset(modis_tbl: pd.DataFrame | str, opt_path: str | Params | None, ou
             if umap_savefile is None:
                 raise ValueError("train_umap=False needs umap_savefile: the UMAP to load")
             reducer = load_umap(umap_savefile)
+            fitted_rows = np.zeros(0, dtype=np.int64)
         us = np.full((n, 2), np.nan, np.float32)
+        placed = np.zeros(n, dtype=bool)
+        if len(fitted_rows):
+            us[fitted_rows] = reducer.embedding_
+            placed[fitted_rows] = True
         for f, p, rows in groups:
+            rows = rows[~placed[rows]]
             for a in range(0, len(rows), chunk_size):
                 r = rows[a:a + chunk_size]
                 us[r] = transform_chunked(reducer, readers[f].read(p, fidx[r]), chunk=chunk_size)
