@@ -70,7 +70,9 @@ def _add_extract(sub) -> None:
     p.add_argument("--workers", type=int, default=None, help="reader processes (default: 1 when there are 2+ cores)")
     p.add_argument("--shard-size", type=int, default=4096, help="items per unit of commit and resume")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"])
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
+                   help="auto: bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
+    p.add_argument("--compile", action="store_true", help="torch.compile the model (falls back to eager on failure)")
     p.add_argument("--clobber", "--overwrite", action="store_true", dest="clobber",
                    help="redo files whose output exists, discarding unfinished work of another configuration")
     p.add_argument("--debug", action="store_true", help="a few batches per partition only, into *_latents_debug.*")
@@ -166,7 +168,7 @@ def cmd_extract(args) -> int:
         encoder.to("cpu", options.precision)  # here only for its dimension, grid and fingerprint
         where = "ray: "
     else:
-        encoder.to(options.device, options.precision)
+        encoder.to(options.device, options.precision, compile=args.compile)
     tiles = f", {encoder.grid[0]}x{encoder.grid[1]} tiles per image" if encoder.grid else ""
     on = "Ray actors" if engine_name == "ray" else encoder.device
     print(f"{where}model {encoder.name} ({encoder.dim}-d{tiles}) on {on}, {options.precision}", file=sys.stderr)

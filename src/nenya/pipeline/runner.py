@@ -251,7 +251,8 @@ def start(source: Source, encoder: Encoder, sink: Sink, options: RunOptions = Ru
     share = share or Share()
     shard_size = max(options.batch_size, -(-options.shard_size // options.batch_size) * options.batch_size)
     plan = source.plan(shard_size)
-    fingerprint = f"{encoder.fingerprint}|{encoder.preprocess}|{encoder.precision}"
+    # the resolved precision: "auto" may mean bf16 on one machine and fp32 on another
+    fingerprint = f"{encoder.fingerprint}|{encoder.preprocess}|{encoder.autocast_dtype or 'fp32'}"
     done = sink.start(plan, dim=encoder.dim, fingerprint=fingerprint, grid=encoder.grid)
     try:
         todo = share.select(plan, [s for s in plan.shards if (s.group, s.key) not in done])
