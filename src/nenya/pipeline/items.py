@@ -64,6 +64,7 @@ class Batch:
     last: bool = False
     status: list[str] | None = None
     worker: int = -1  # the reader process that made it (-1: the main process)
+    read_seconds: float = 0.0  # time its reader spent reading and decoding it
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -92,7 +92,13 @@ class _ShardStream(IterableDataset):
         for shard in mine:
             done = shard.start
             try:
-                for batch in self.source.read(shard, self.batch_size):
+                batches = iter(self.source.read(shard, self.batch_size))
+                while True:
+                    t = time.perf_counter()
+                    batch = next(batches, None)
+                    if batch is None:
+                        break
+                    batch.read_seconds = time.perf_counter() - t
                     faults.point("read.batch")
                     batch.data = torch.from_numpy(np.ascontiguousarray(batch.data))
                     batch.worker = worker
@@ -276,7 +282,9 @@ def encode_stream(source: Source, encoder: Encoder, todo: list[Shard], options: 
         pin_memory=cuda, worker_init_fn=_worker_init if workers else None,
         prefetch_factor=4 if workers else None, persistent_workers=False,
     )
-    timings.setdefault("read", 0.0)
+    timings.setdefault("read", 0.0)  # waiting for the readers' next batch (0 when they keep up)
+    timings.setdefault("read+decode in readers", 0.0)  # summed over reader processes (they run in parallel)
+    timings.setdefault("transfer", 0.0)  # host -> device copies
     timings.setdefault("encode", 0.0)
     seen: dict[int, tuple[Shard, int]] = {}
     it = iter(loader)
@@ -293,10 +301,15 @@ def encode_stream(source: Source, encoder: Encoder, todo: list[Shard], options: 
         t1 = time.perf_counter()
         if len(batch):
             seen[batch.worker] = (batch.shard, int(batch.positions[-1]) + 1)
+        if isinstance(batch.data, torch.Tensor) and batch.data.device != encoder.device:
+            batch.data = batch.data.to(encoder.device, non_blocking=True)
+        t2 = time.perf_counter()
         out = encode_batch(encoder, batch)
         faults.point("encode.batch")
         timings["read"] += t1 - t0
-        timings["encode"] += time.perf_counter() - t1
+        timings["read+decode in readers"] += batch.read_seconds
+        timings["transfer"] += t2 - t1
+        timings["encode"] += time.perf_counter() - t2
         yield batch, out
 
 
