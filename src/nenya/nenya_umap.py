@@ -13,7 +13,6 @@ Names follow Nenya: ``<sensor>_Nenya_<root>_<DTkey>_UMAP.pkl`` with its table
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import pickle
@@ -77,19 +76,10 @@ def DT_interval(inp: tuple[float, float] | str | None) -> tuple[float, float]:
 
 def umap_dir() -> Path:
     """The local folder of fitted UMAPs (see the module docstring)."""
-    if os.environ.get("NENYA_UMAP_DIR"):
-        return Path(os.environ["NENYA_UMAP_DIR"]).expanduser()
-    from nenya.io import config_file
+    from nenya.io import config_value
 
-    cfg = config_file()
-    if cfg.exists():
-        try:
-            value = json.loads(cfg.read_text()).get("umap_dir")
-        except json.JSONDecodeError as e:
-            raise ValueError(f"config file {cfg} is not valid JSON: {e}") from None
-        if value:
-            return Path(str(value)).expanduser()
-    return storage.cache_dir() / "umap"
+    value = config_value("umap_dir", "NENYA_UMAP_DIR")
+    return Path(value) if value else storage.cache_dir() / "umap"
 
 
 def umap_prefix(model_name: str) -> str:

@@ -85,6 +85,18 @@ def autocast(device: torch.device, dtype: torch.dtype | None):
     return torch.autocast(device.type, dtype=dtype)
 
 
+def optimise(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler=None) -> None:
+    """One optimiser step on ``loss`` (through the fp16 GradScaler when there is one)."""
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is not None:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        loss.backward()
+        optimizer.step()
+
+
 def all_reduce_mean(values: list[float], device: torch.device) -> list[float]:
     """Average numbers over ranks (identity in one process)."""
     if not (torch.distributed.is_available() and torch.distributed.is_initialized()):

@@ -299,14 +299,7 @@ def train_autoencoder(cfg: AutoencoderConfig, *, resume: str | os.PathLike | Non
             with _common.autocast(dev, amp_dtype):
                 out = train_model(x)
             loss = logcosh(out, x)
-            optimizer.zero_grad(set_to_none=True)
-            if scaler is not None:
-                scaler.scale(loss).backward()
-                scaler.step(optimizer)
-                scaler.update()
-            else:
-                loss.backward()
-                optimizer.step()
+            _common.optimise(loss, optimizer, scaler)
             step += 1
             value = float(loss.detach())
             if not math.isfinite(value):

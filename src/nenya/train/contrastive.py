@@ -231,14 +231,7 @@ def run_epoch(loader: Any, model: torch.nn.Module, criterion: torch.nn.Module,
                 features = torch.stack([f1, f2], dim=1)
                 loss = criterion(features, labels) if labels is not None else criterion(features)
                 if update and optimizer is not None:
-                    optimizer.zero_grad(set_to_none=True)
-                    if scaler is not None:
-                        scaler.scale(loss).backward()
-                        scaler.step(optimizer)
-                        scaler.update()
-                    else:
-                        loss.backward()
-                        optimizer.step()
+                    _common.optimise(loss, optimizer, scaler)
                 value = float(loss.detach())
                 if not math.isfinite(value):
                     raise NenyaError(f"the {desc} loss became {value} at epoch {epoch}, batch {idx}; lower "
