@@ -16,6 +16,17 @@ DEFAULT_NONE_KEYS = (
 )
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    """An opts JSON file, with errors that name it."""
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except FileNotFoundError:
+        raise FileNotFoundError(f"opts file not found: {path}") from None
+    except json.JSONDecodeError as e:
+        raise ValueError(f"opts file {path} is not valid JSON: {e}") from None
+
+
 class Params:
     """An options object whose attributes are the keys of a JSON file.
 
@@ -40,13 +51,7 @@ class Params:
     def update(self, json_path: str | os.PathLike) -> None:
         """Load options from a JSON file on top of the current ones."""
         path = Path(json_path)
-        try:
-            with open(path) as f:
-                params = json.load(f)
-        except FileNotFoundError:
-            raise FileNotFoundError(f"opts file not found: {path}") from None
-        except json.JSONDecodeError as e:
-            raise ValueError(f"opts file {path} is not valid JSON: {e}") from None
+        params = read_json(path)
         if not isinstance(params, dict):
             raise ValueError(f"opts file {path} must hold a JSON object, got {type(params).__name__}")
         self.__dict__.update(params)

@@ -29,7 +29,7 @@ from nenya._errors import CheckpointError, InputError, NenyaError
 from nenya.encoders.autoencoder import AutoencoderEncoder, build_autoencoder, crop_batch
 from nenya.encoders.weights import load_checkpoint, strip_module
 from nenya.models.autoencoder import ConvAutoencoder, pooled_size
-from nenya.params import Params
+from nenya.params import Params, read_json
 from nenya.pipeline import storage
 from nenya.train import _common
 from nenya.train.data import ArrayDataset, collate_batch, open_dataset, split_data_spec
@@ -85,13 +85,7 @@ class AutoencoderConfig:
         """Options from a JSON file (unknown keys are an error), then ``overrides`` that are not None."""
         values: dict[str, Any] = {}
         if path is not None:
-            try:
-                with open(path) as f:
-                    values = json.load(f)
-            except FileNotFoundError:
-                raise FileNotFoundError(f"opts file not found: {path}") from None
-            except json.JSONDecodeError as e:
-                raise ValueError(f"opts file {path} is not valid JSON: {e}") from None
+            values = read_json(path)
         values.update({k: v for k, v in overrides.items() if v is not None})
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - names)
