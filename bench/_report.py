@@ -60,6 +60,29 @@ def append_results(path: Path, title: str, lines: list[str]) -> None:
         f.write("\n".join(lines).rstrip() + "\n")
 
 
+def load_average() -> str:
+    """The 1/5/15-minute load averages, for the note under a table (benches share machines)."""
+    try:
+        return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "unknown"
+
+
+def add_save_args(ap, default: Path) -> None:
+    """``--results FILE`` and ``--no-save``: where a bench appends its section."""
+    ap.add_argument("--results", default=str(default), help="markdown file to append to (default bench/RESULTS.md)")
+    ap.add_argument("--no-save", action="store_true", help="print only; do not append to the results file")
+
+
+def report(args, title: str, lines: list[str]) -> None:
+    """Print a bench's section and append it to ``args.results`` unless ``--no-save``."""
+    print()
+    print("\n".join(lines))
+    if not args.no_save:
+        append_results(Path(args.results), title, lines)
+        print(f"\nappended to {args.results}")
+
+
 def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
     widths = [max(len(str(r[i])) for r in [header] + rows) for i in range(len(header))]
 

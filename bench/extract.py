@@ -48,7 +48,7 @@ from nenya.sinks.hdf5 import NenyaLatentsSink
 from nenya.sources.hdf5 import HDF5PreprocSource, latents_name
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _report import append_results, markdown_table  # noqa: E402
+from _report import add_save_args, load_average, markdown_table, report  # noqa: E402
 
 HERE = Path(__file__).resolve().parent
 RESULTS = HERE / "RESULTS.md"
@@ -132,8 +132,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="benchmark this preproc file instead of a generated one (its first --n rows)")
     ap.add_argument("--partition", default="valid", help="partition of --file (default valid)")
     ap.add_argument("--tmpdir", default=None, help="where the generated file and outputs go (default: system temp)")
-    ap.add_argument("--results", default=str(RESULTS), help="markdown file to append to (default bench/RESULTS.md)")
-    ap.add_argument("--no-save", action="store_true", help="print only; do not append to the results file")
+    add_save_args(ap, RESULTS)
     args = ap.parse_args(argv)
     if args.n < 1 or args.batch_size < 1 or args.repeat < 1:
         ap.error("--n, --batch-size and --repeat must be positive")
@@ -290,10 +289,7 @@ def main(argv: list[str] | None = None) -> int:
                       f"pipeline share outside the model = {(best.seconds - enc_s) / best.seconds:.1%} of the run "
                       "(load-robust: end-to-end / its own encode time "
                       f"= {enc_s / best.seconds:.3f})")
-    try:
-        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        load = "unknown"
+    load = load_average()
     lines = [
         f"{args.n} cutouts (64x64, {'file ' + os.path.basename(path) if args.file else 'synthetic'}), "
         f"SupConResNet {args.model} feat_dim {args.feat_dim} (random init, seed 0, eval), batch {args.batch_size}, "
@@ -306,12 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *checks,
     ]
-    print()
-    print("\n".join(lines))
-    if not args.no_save:
-        append_results(Path(args.results), f"extract.py ({args.model}, {'+'.join(precisions)}, {device}, n={args.n})",
-                       lines)
-        print(f"\nappended to {args.results}")
+    report(args, f"extract.py ({args.model}, {'+'.join(precisions)}, {device}, n={args.n})", lines)
     return 0 if ok else 1
 
 

@@ -44,7 +44,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _report import append_results, markdown_table  # noqa: E402
+from _report import add_save_args, markdown_table, report  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
 TARGETS_MB = {(1000, 100_000): 500, (10_000, 1_000_000): 300}
@@ -189,8 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--poll", type=float, default=0.05, help="psutil polling interval in seconds (default 0.05)")
     ap.add_argument("--pss", action="store_true", help="also poll PSS (shared pages split fairly; costlier polling)")
     ap.add_argument("--tmpdir", default=None, help="where inputs and outputs go (default: system temp)")
-    ap.add_argument("--results", default=str(RESULTS), help="markdown file to append to (default bench/RESULTS.md)")
-    ap.add_argument("--no-save", action="store_true", help="print only; do not append to the results file")
+    add_save_args(ap, RESULTS)
     # internal: the measured process
     ap.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--file", help=argparse.SUPPRESS)
@@ -286,11 +285,7 @@ def main(argv: list[str] | None = None) -> int:
         "Stages (read = waiting for the reader, write = writer thread busy, finalize = assembling the output):",
         *stage_lines,
     ]
-    print()
-    print("\n".join(lines))
-    if not args.no_save:
-        append_results(Path(args.results), f"memory.py (sizes {','.join(map(str, sizes))}, {args.format})", lines)
-        print(f"\nappended to {args.results}")
+    report(args, f"memory.py (sizes {','.join(map(str, sizes))}, {args.format})", lines)
     failed = any(r["check"] != "ok" for r in results) or not all(verdicts)
     return 1 if failed else 0
 

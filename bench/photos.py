@@ -42,7 +42,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _report import append_results, markdown_table  # noqa: E402
+from _report import add_save_args, load_average, markdown_table, report  # noqa: E402
 from memory import measure  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
@@ -196,8 +196,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in each measured process")
     ap.add_argument("--poll", type=float, default=0.05, help="RSS polling interval in seconds (default 0.05)")
     ap.add_argument("--tmpdir", default=None, help="where the JPEGs and outputs go (default: system temp)")
-    ap.add_argument("--results", default=str(RESULTS), help="markdown file to append to (default bench/RESULTS.md)")
-    ap.add_argument("--no-save", action="store_true", help="print only; do not append to the results file")
+    add_save_args(ap, RESULTS)
     ap.add_argument("--child", choices=["nenya", "ceiling", "original"], help=argparse.SUPPRESS)
     ap.add_argument("--child-precision", default="fp32", help=argparse.SUPPRESS)
     ap.add_argument("--folder", help=argparse.SUPPRESS)
@@ -283,10 +282,7 @@ def main(argv: list[str] | None = None) -> int:
                          + ", ".join(f"{k} {v:.2f} s" for k, v in r["timings"].items())
                          + f"; share outside the model {(r['seconds'] - enc_s) / r['seconds']:.1%} of "
                          f"{r['seconds']:.1f} s (load-robust: end-to-end / own encode time = {enc_s / r['seconds']:.3f})")
-    try:
-        load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    except OSError:
-        load = "unknown"
+    load = load_average()
     lines = [
         f"{args.n} synthetic JPEGs (320-640 px sides, quality 90, {size / 2**20:.1f} MiB), torchvision:resnet50 "
         f"(random init, seed 0, 2048-d), 224 px (resize 256, center crop), batch {args.batch_size}, "
@@ -300,12 +296,8 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *notes,
     ]
-    print()
-    print("\n".join(lines))
-    if not args.no_save:
-        append_results(Path(args.results), f"photos.py (resnet50 224 px, {'+'.join(precisions)}, {args.device}, "
+    report(args, f"photos.py (resnet50 224 px, {'+'.join(precisions)}, {args.device}, "
                        f"n={args.n})", lines)
-        print(f"\nappended to {args.results}")
     return 0 if ok else 1
 
 
