@@ -164,6 +164,22 @@ class CheckpointWriter:
             torch.save(state, tmp)
         return self.publish(name)
 
+    def save_all(self, state: dict[str, Any], names: list[str], curve: LearningCurve, *, title: str,
+                 steps_per_epoch: int | None, is_main: bool) -> list[str]:
+        """Save ``state`` under each of ``names`` and (rank 0) the learning curve as CSV and PNG;
+        return the locations of the epoch checkpoints (every name but ``last.pth``)."""
+        saved = []
+        for name in names:
+            loc = self.save(state, name)
+            if name != "last.pth":
+                saved.append(loc)
+        if is_main:
+            curve.write_csv(self.local("learning_curve.csv"))
+            self.publish("learning_curve.csv")
+            curve.plot(self.local("learning_curve.png"), title=title, steps_per_epoch=steps_per_epoch)
+            self.publish("learning_curve.png")
+        return saved
+
     def publish(self, name: str) -> str:
         """Upload ``name`` from the staging folder when the model folder is remote (a copy stays local)."""
         if self.enabled and self.remote:

@@ -268,15 +268,9 @@ def train_autoencoder(cfg: AutoencoderConfig, *, resume: str | os.PathLike | Non
 
     def save(epoch: int) -> None:
         state = _common.checkpoint_state(opt, model, optimizer, epoch, step=step)
-        for name in (f"ckpt_epoch_{epoch}.pth", "last.pth"):
-            loc = writer.save(state, name)
-            if name != "last.pth":
-                summary.checkpoints.append(loc)
-        if info.is_main:
-            curve.write_csv(curve_path)
-            writer.publish("learning_curve.csv")
-            curve.plot(writer.local("learning_curve.png"), title="autoencoder (LogCosh)", steps_per_epoch=per_epoch)
-            writer.publish("learning_curve.png")
+        summary.checkpoints += writer.save_all(state, [f"ckpt_epoch_{epoch}.pth", "last.pth"], curve,
+                                               title="autoencoder (LogCosh)", steps_per_epoch=per_epoch,
+                                               is_main=info.is_main)
 
     model.train()
     bar = tqdm(total=num_steps, initial=step, desc="autoencoder", unit="step", disable=not (progress and info.is_main),

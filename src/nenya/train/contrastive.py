@@ -409,16 +409,8 @@ def train_run(opt: Params | str | os.PathLike | dict[str, Any], *, max_seconds: 
     def save(epoch: int, names: list[str]) -> None:
         state = _common.checkpoint_state(opt, model, optimizer, epoch, step=global_step,
                                          **({"scaler": scaler.state_dict()} if scaler is not None else {}))
-        for name in names:
-            loc = writer.save(state, name)
-            if name != "last.pth":
-                summary.checkpoints.append(loc)
-        if info.is_main:
-            curve.write_csv(curve_path)
-            writer.publish("learning_curve.csv")
-            curve.plot(writer.local("learning_curve.png"), title=f"{opt.ssl_method} {opt.ssl_model}",
-                       steps_per_epoch=steps_per_epoch)
-            writer.publish("learning_curve.png")
+        summary.checkpoints += writer.save_all(state, names, curve, title=f"{opt.ssl_method} {opt.ssl_model}",
+                                               steps_per_epoch=steps_per_epoch, is_main=info.is_main)
 
     steps_per_epoch = None
     epoch = start_epoch - 1
