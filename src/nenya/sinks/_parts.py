@@ -316,6 +316,15 @@ class PartSink(Sink):
         keys = [s.key for s in self._plan.shards if s.group == group.key and s.partition == partition]
         return [os.path.join(gdir, k + ".arrow") for k in keys]
 
+    def kept_rows(self, group: Group) -> int:
+        """Rows the output of ``group`` will hold (items ``ok``, times tiles), from the done markers."""
+        total = 0
+        for p in group.partitions:
+            for part in self.parts(group, p):
+                with open(part[: -len(".arrow")] + ".done.json") as f:
+                    total += json.load(f)["ok"]
+        return total * self._tiles
+
     @staticmethod
     def read_part(path: str) -> pa.Table:
         with pa.memory_map(path, "r") as source:

@@ -40,11 +40,7 @@ class NpySink(ParquetSink):
             if len(old_vectors) != previous.metadata.num_rows:
                 raise AssertionError(f"{dest} has {len(old_vectors)} rows but {meta_name} {previous.metadata.num_rows}")
         n_old = 0 if old_vectors is None else len(old_vectors)
-        n_new = 0
-        for p in group.partitions:
-            for part in self.parts(group, p):
-                status = self.read_part(part).column("status")
-                n_new += pc.sum(pc.equal(status, "ok").cast("int64")).as_py() or 0
+        n_new = self.kept_rows(group)
         rows = self.write_parquet(group, meta_local, previous)
         dtype = np.float32 if self.dtype == "float32" else np.float16
         out = np.lib.format.open_memmap(npy_local, mode="w+", dtype=dtype, shape=(n_old + n_new, self._dim))
