@@ -22,6 +22,7 @@ bf16 vs fp32 cosine similarity is computed on those images.
     python bench/photos.py                         # 256 JPEGs, fp32 and bf16 (first 32)
     python bench/photos.py --n 1000 --workers 3 --precision fp32
     python bench/photos.py --device cuda --n 5000 --batch-size 256 --workers 8 --bf16-n 5000
+    python bench/photos.py --device cuda --n 5000 --batch-size 256 --workers 8 --decode gpu   # nvjpeg
 
 Prints a table and appends it, dated and with the machine, to bench/RESULTS.md.
 """
@@ -103,10 +104,10 @@ def child(args: argparse.Namespace) -> int:
         for f in files[: min(len(files), args.batch_size)]:
             os.symlink(os.path.join(args.folder, f), os.path.join(warm, f))
         extract_collection(f"images:{warm}", enc, os.path.join(args.out, "warm.parquet"), overwrite=True,
-                           options=opts)
+                           options=opts, decode=args.decode)
         t0 = time.perf_counter()
         summary = extract_collection(f"images:{folder}", enc, os.path.join(args.out, "vectors.parquet"),
-                                     overwrite=True, options=opts)
+                                     overwrite=True, options=opts, decode=args.decode)
         t = time.perf_counter() - t0
         import pyarrow.parquet as pq
 
@@ -193,6 +194,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bf16-n", type=int, default=32, help="images the non-fp32 runs use (default 32)")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     ap.add_argument("--compile", action="store_true", help="(a) and (b) with Encoder.to(..., compile=True)")
+    ap.add_argument("--decode", choices=["cpu", "gpu"], default="cpu",
+                    help="where (b) decodes JPEGs: cpu readers (default) or gpu (nvjpeg; needs --device cuda)")
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in each measured process")
     ap.add_argument("--poll", type=float, default=0.05, help="RSS polling interval in seconds (default 0.05)")
     ap.add_argument("--tmpdir", default=None, help="where the JPEGs and outputs go (default: system temp)")
@@ -229,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
                    "--workers", str(args.workers), "--device", args.device]
             cmd += ["--threads", str(args.threads)] if args.threads else []
             cmd += ["--compile"] if args.compile and kind != "original" else []
+            cmd += ["--decode", args.decode] if kind == "nenya" else []
             res, wall, tree, _ = measure(cmd, args.poll, False)
             res.update(kind=kind, precision=prec, n=min(n, args.n), tree=tree, wall=wall,
                        vectors=np.load(os.path.join(out, "vectors.npy")))
@@ -287,7 +291,8 @@ def main(argv: list[str] | None = None) -> int:
         f"{args.n} synthetic JPEGs (320-640 px sides, quality 90, {size / 2**20:.1f} MiB), torchvision:resnet50 "
         f"(random init, seed 0, 2048-d), 224 px (resize 256, center crop), batch {args.batch_size}, "
         f"{args.workers} reader worker(s) for (b) and (c), device {args.device}"
-        f"{', torch.compile' if args.compile else ''}; each path in a fresh process after a warm-up batch; "
+        f"{', torch.compile' if args.compile else ''}{', (b) with --decode gpu' if args.decode == 'gpu' else ''}"
+        f"; each path in a fresh process after a warm-up batch; "
         f"non-fp32 precisions on the first {args.bf16_n} images (with fp32 runs on the same images for the ratio). "
         f"Peak MB: main = ru_maxrss, reader = largest worker ru_maxrss, tree = polled sum of RSS. Load average at "
         f"the end {load} (other jobs shared the cores: compare ratios within this run).",

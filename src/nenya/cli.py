@@ -58,6 +58,9 @@ def _add_extract(sub) -> None:
     g.add_argument("--mean", type=_floats, help="per-channel mean, e.g. 0.485,0.456,0.406")
     g.add_argument("--std", type=_floats, help="per-channel std, e.g. 0.229,0.224,0.225")
     g.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest", "lanczos"])
+    g.add_argument("--decode", choices=["cpu", "gpu"], default="cpu",
+                   help="where JPEGs are decoded: cpu (reader processes, default) or gpu (nvjpeg on the encoder's "
+                        "CUDA device, resized there; other formats stay on the CPU; falls back to cpu with a warning)")
     g.add_argument("--max-pixels", type=int, help="skip images with more pixels than this (decompression bombs; "
                    "default 89,478,485 as Pillow)")
     t = p.add_argument_group("path tables (--source table:FILE)")
@@ -176,7 +179,7 @@ def cmd_extract(args) -> int:
         summary = extract_collection(args.source, encoder, output, fmt=args.format, overwrite=args.clobber,
                                      dtype=args.dtype, options=options, path_column=args.path_column,
                                      id_column=args.id_column, columns=args.columns, max_pixels=args.max_pixels,
-                                     engine=engine)
+                                     engine=engine, decode=args.decode)
         if summary.shards == 0:
             print(f"nothing new to encode: {output} already holds every image of {args.source} "
                   "(--overwrite to redo)")

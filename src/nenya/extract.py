@@ -101,7 +101,7 @@ def done_ids(folder: str, name: str) -> set[str]:
 
 def open_collection(spec: str, *, transform, output_name: str, skip_ids=(), path_column: str = "path",
                     id_column: str | None = None, columns: Sequence[str] | None = None,
-                    max_pixels: int | None = None):
+                    max_pixels: int | None = None, jpeg_on_device: bool = False):
     """A source from a spec: ``images:FOLDER`` or ``table:FILE.csv|.parquet`` (local or URL)."""
     from nenya.pipeline.registry import sources, split_spec
 
@@ -110,7 +110,9 @@ def open_collection(spec: str, *, transform, output_name: str, skip_ids=(), path
         raise ValueError(f"unknown source {spec!r}; use images:FOLDER or table:FILE (CSV or Parquet), "
                          "or give Nenya preproc .h5 files as arguments")
     cls = sources.get(kind)
-    extra = {} if max_pixels is None else {"max_pixels": max_pixels}
+    extra = {"jpeg_on_device": jpeg_on_device} if jpeg_on_device else {}
+    if max_pixels is not None:
+        extra["max_pixels"] = max_pixels
     if kind == "images":
         return cls(where, transform=transform, output_name=output_name, skip_ids=skip_ids, **extra)
     return cls(where, transform=transform, output_name=output_name, skip_ids=skip_ids, path_column=path_column,
@@ -120,12 +122,15 @@ def open_collection(spec: str, *, transform, output_name: str, skip_ids=(), path
 def extract_collection(spec: str, encoder: Encoder, output: str, *, fmt: str | None = None, overwrite: bool = False,
                        dtype: str = "float32", options: RunOptions = RunOptions(), path_column: str = "path",
                        id_column: str | None = None, columns: Sequence[str] | None = None,
-                       max_pixels: int | None = None, engine=None) -> RunSummary:
+                       max_pixels: int | None = None, engine=None, decode: str = "cpu") -> RunSummary:
     """Encode an image folder or path table into one Parquet (or ``.npy`` + Parquet) output.
 
     When the output exists, only ids it does not account for are encoded and added after its
     rows (resume by id: a folder that grew gets only its new images); ``overwrite`` starts over.
     ``engine`` (:mod:`nenya.engines`) decides where shards are encoded (default: this process).
+    ``decode="gpu"`` decodes JPEGs on the encoder's CUDA device (:mod:`nenya.sources._device_decode`);
+    where that cannot run (no CUDA device, no image operators in torchvision, an interpolation
+    without a tensor equivalent, the Ray engine) it warns once and decodes on the CPU.
 
     Example:
         >>> enc = load_encoder("timm:efficientnet_b0", options=EncoderOptions(layer=4, pool="none")).to("cpu")
@@ -138,7 +143,8 @@ def extract_collection(spec: str, encoder: Encoder, output: str, *, fmt: str | N
                          "use a timm:, torchvision: or torchscript: model, or give --size")
     skip = set() if overwrite else done_ids(folder, name)
     source = open_collection(spec, transform=transform, output_name=name, skip_ids=skip,
-                             path_column=path_column, id_column=id_column, columns=columns, max_pixels=max_pixels)
+                             path_column=path_column, id_column=id_column, columns=columns, max_pixels=max_pixels,
+                             jpeg_on_device=_jpeg_on_device(decode, encoder, engine))
     if skip:
         log.info("%s exists with %d ids: encoding only new ones", storage.join(folder, name), len(skip))
     if len(source) == 0:
@@ -148,3 +154,21 @@ def extract_collection(spec: str, encoder: Encoder, output: str, *, fmt: str | N
         return (engine.run if engine is not None else run)(source, encoder, sink, options)
     finally:
         source.close()
+
+
+def _jpeg_on_device(decode: str, encoder: Encoder, engine) -> bool:
+    """Whether readers leave JPEGs for the device to decode (``--decode gpu`` where it can run)."""
+    if decode not in ("cpu", "gpu"):
+        raise ValueError(f"decode must be 'cpu' or 'gpu', got {decode!r}")
+    if decode == "cpu":
+        return False
+    from nenya.sources._device_decode import unavailable
+
+    if engine is not None and not getattr(engine, "decodes_on_device", True):
+        why = f"the {type(engine).__name__} decodes in its workers' reader threads"
+    else:
+        why = unavailable(encoder.device, encoder.preprocess.image)
+    if why:
+        log.warning("--decode gpu: %s; decoding JPEGs on the CPU", why)
+        return False
+    return True

@@ -140,6 +140,9 @@ class RayEngine:
     starts a local one for this run (stopped at the end).
     """
 
+    #: JPEGs are decoded where the actors read (``--decode gpu`` falls back to the CPU)
+    decodes_on_device = False
+
     def __init__(self, builder: EncoderBuilder, *, address: str | None = None, actors: int | None = None,
                  gpus_per_actor: float | None = None, cpus_per_actor: float = 1.0, in_flight: int = 2,
                  retries: int = 2, init_kwargs: dict | None = None) -> None:

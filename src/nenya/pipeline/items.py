@@ -65,9 +65,21 @@ class Batch:
     status: list[str] | None = None
     worker: int = -1  # the reader process that made it (-1: the main process)
     read_seconds: float = 0.0  # time its reader spent reading and decoding it
+    #: photos left for the device to decode (``--decode gpu``): (slot in ``data``, JPEG bytes as a
+    #: uint8 tensor, EXIF orientation); their slots in ``data`` hold zeros until then
+    encoded: list[tuple[int, object, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
+
+    def pin_memory(self) -> Batch:
+        """Pin the pixels (the DataLoader calls this with ``pin_memory=True``), so the copy to the
+        GPU is asynchronous: without it a dataclass batch would stay in pageable memory."""
+        import torch
+
+        if isinstance(self.data, torch.Tensor) and not self.data.is_pinned():
+            self.data = self.data.pin_memory()
+        return self
 
 
 @dataclass(frozen=True)

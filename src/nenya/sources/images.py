@@ -23,6 +23,7 @@ from nenya.pipeline import storage
 from nenya.pipeline.items import Batch, Group, Plan, Shard
 from nenya.sources import Source
 from nenya.sources._decode import DEFAULT_MAX_PIXELS, SkipItem, check_transform, decode_image, read_bytes
+from nenya.sources._device_decode import as_bytes_tensor, device_candidate
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +41,9 @@ class _ImageItems(Source):
     key: str = ""
 
     def __init__(self, *, transform: ImageTransform, output_name: str, skip_ids: Collection[str],
-                 max_pixels: int) -> None:
+                 max_pixels: int, jpeg_on_device: bool = False) -> None:
         self.transform = check_transform(transform)
+        self.jpeg_on_device = bool(jpeg_on_device)
         self.output_name = output_name
         self.skip_ids = frozenset(skip_ids)
         self.max_pixels = int(max_pixels)
@@ -86,6 +88,8 @@ class _ImageItems(Source):
         for arr in (self._ids, self._paths):
             _hash_strings(h, arr)
         h.update(repr((self.transform, self.max_pixels, self.metadata_columns())).encode())
+        if self.jpeg_on_device:  # other pixels (nvjpeg, tensor resize): never mixed with a CPU-decoded run
+            h.update(b"jpeg-on-device")
         return h.hexdigest()[:16]
 
     def plan(self, shard_size: int) -> Plan:
@@ -115,10 +119,16 @@ class _ImageItems(Source):
             locations = self._locations(a, b)
             data = np.zeros((b - a, 3, th, tw), dtype=np.uint8)
             status = ["ok"] * (b - a)
+            encoded: list[tuple[int, object, int]] = []
             for i, blob in enumerate(self._fetch(locations)):
                 try:
                     if isinstance(blob, SkipItem):
                         raise blob
+                    if self.jpeg_on_device:
+                        orientation = device_candidate(blob, max_pixels=self.max_pixels)
+                        if orientation is not None:  # the encoder's device decodes it (header read only)
+                            encoded.append((i, as_bytes_tensor(blob), orientation))
+                            continue
                     data[i] = decode_image(blob, transform=self.transform, max_pixels=self.max_pixels)
                 except SkipItem as e:
                     status[i] = f"skipped:{e.reason}"
@@ -133,7 +143,8 @@ class _ImageItems(Source):
                     metadata[name] = _to_numpy(part.column(name))
             positions = np.arange(a, b, dtype=np.int64)
             yield Batch(shard, [str(i) for i in ids], positions, self._rows[a:b].copy(), data, metadata,
-                        last=b >= shard.stop, status=None if all(s == "ok" for s in status) else status)
+                        last=b >= shard.stop, status=None if all(s == "ok" for s in status) else status,
+                        encoded=encoded or None)
 
     def _fetch(self, locations: Sequence[str | None]) -> list[bytes | SkipItem]:
         """The bytes of each location (a SkipItem in place of those that cannot be read)."""
@@ -228,6 +239,8 @@ class ImageFolderSource(_ImageItems):
         extensions: file suffixes taken as images.
         skip_ids: ids to leave out before sharding (those already in the output: resume by id).
         max_pixels: images over this many pixels are skipped (``pixel limit``) before decoding.
+        jpeg_on_device: send clean JPEGs' bytes for the encoder's device to decode
+            (``--decode gpu``, :mod:`nenya.sources._device_decode`); other files are decoded here.
 
     Raises:
         InputError: (at ``plan``) the folder does not exist, is a file, or holds no images.
@@ -235,8 +248,9 @@ class ImageFolderSource(_ImageItems):
 
     def __init__(self, root: str | os.PathLike, *, transform: ImageTransform = ImageTransform(),
                  output_name: str = "vectors.parquet", extensions: Sequence[str] = IMAGE_EXTENSIONS,
-                 skip_ids: Collection[str] = (), max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        super().__init__(transform=transform, output_name=output_name, skip_ids=skip_ids, max_pixels=max_pixels)
+                 skip_ids: Collection[str] = (), max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_on_device: bool = False) -> None:
+        super().__init__(transform=transform, output_name=output_name, skip_ids=skip_ids, max_pixels=max_pixels,
+                         jpeg_on_device=jpeg_on_device)
         self.root = str(root)
         self.key = self.root
         self.extensions = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)

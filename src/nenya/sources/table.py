@@ -86,6 +86,8 @@ class PathTableSource(_ImageItems):
         output_name: file name of this source's single output.
         skip_ids: ids to leave out before sharding (resume by id).
         max_pixels: images over this many pixels are skipped (``pixel limit``) before decoding.
+        jpeg_on_device: send clean JPEGs' bytes for the encoder's device to decode
+            (``--decode gpu``, :mod:`nenya.sources._device_decode`); other files are decoded here.
 
     Raises:
         InputError: (at ``plan``) a missing table or column, empty or duplicate ids.
@@ -94,8 +96,9 @@ class PathTableSource(_ImageItems):
     def __init__(self, table: str | os.PathLike, *, transform: ImageTransform = ImageTransform(),
                  path_column: str = "path", id_column: str | None = None, columns: Sequence[str] | None = None,
                  output_name: str = "vectors.parquet", skip_ids: Collection[str] = (),
-                 max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
-        super().__init__(transform=transform, output_name=output_name, skip_ids=skip_ids, max_pixels=max_pixels)
+                 max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_on_device: bool = False) -> None:
+        super().__init__(transform=transform, output_name=output_name, skip_ids=skip_ids, max_pixels=max_pixels,
+                         jpeg_on_device=jpeg_on_device)
         self.table = str(table)
         self.key = self.table
         self.path_column = path_column
