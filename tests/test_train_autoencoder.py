@@ -142,3 +142,49 @@ def test_overfit_search_picks_the_smallest_embedding_reaching_the_threshold(tmp_
 
 def test_logcosh_training_signal_is_finite_for_large_errors():
     assert torch.isfinite(logcosh(torch.full((4,), 1e6), torch.zeros(4)))
+
+
+def _grey_png(path, seed, size):
+    x, _ = make_cutouts(1, size=max(size), seed=seed)
+    a = x[0, : size[0], : size[1]]
+    Image.fromarray(np.uint8(np.clip((a - a.min()) / (np.ptp(a) + 1e-6) * 255, 0, 255))).save(path)
+
+
+def test_a_folder_of_images_trains_and_extracts(tmp_path, caplog):
+    from nenya.sources._decode import decode_image
+    from nenya.train.data import open_dataset
+
+    folder = tmp_path / "radar"
+    (folder / "day2").mkdir(parents=True)
+    for i in range(10):
+        _grey_png(folder / ("day2" if i % 2 else "") / f"scan{i:02d}.png", i, (24, 32))
+    _grey_png(folder / "scan99_big.png", 99, (30, 40))  # center-cropped to 24x32, not resized
+    (folder / "scan50_broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + bytes(20))
+    ds = open_dataset(str(folder))
+    arr = np.load(ds.path)
+    assert arr.shape == (11, 1, 24, 32) and arr.dtype == np.uint8  # grey: one channel; the broken file left out
+    assert "1 of 12 images" in caplog.text and "scan50_broken.png" in caplog.text
+    names = sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*.png") if "broken" not in p.name)
+    from nenya.encoders.base import ImageTransform
+
+    t = ImageTransform(size=(24, 32), resize=None)
+    for row, name in enumerate(names):  # folder order, pixels exactly as the extraction reader decodes them
+        np.testing.assert_array_equal(arr[row, 0], decode_image((folder / name).read_bytes(), transform=t)[0])
+    big = np.asarray(Image.open(folder / "scan99_big.png"))
+    np.testing.assert_array_equal(arr[names.index("scan99_big.png"), 0], big[3:27, 4:36])
+
+    summary = train_autoencoder(_cfg(folder, tmp_path / "ae", num_steps=6, crop=[None, None], crop_offset=(0, 0)),
+                                progress=False)
+    enc = load_encoder(f"ae:{summary.last}")
+    assert enc.dim == 12 and load_checkpoint(summary.last)["opt"].input_shape == [1, 24, 32]
+    v = enc.encode(torch.from_numpy(arr[:3])).numpy()
+    assert v.shape == (3, 12) and np.isfinite(v).all()
+
+
+def test_a_folder_of_colour_images_keeps_three_channels(tmp_path):
+    from nenya.train.data import open_dataset
+
+    rng = np.random.default_rng(0)
+    for i in range(3):
+        Image.fromarray(rng.integers(0, 255, (16, 20, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+    assert np.load(open_dataset(str(tmp_path)).path).shape == (3, 3, 16, 20)

@@ -107,6 +107,11 @@ class _ImageItems(Source):
         return Plan([group], shards)
 
     # -- reading -------------------------------------------------------------------------
+    def locations(self, start: int, stop: int) -> list[str | None]:
+        """Paths or URLs of items ``start:stop`` (None: no path), listing the source if needed."""
+        self._ensure_listed()
+        return self._locations(start, stop)
+
     def _locations(self, a: int, b: int) -> list[str | None]:
         return self._paths[a:b].to_pylist()
 

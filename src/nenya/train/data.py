@@ -152,15 +152,15 @@ def split_data_spec(spec: str) -> tuple[str, str | None, int | None]:
 
 
 def open_dataset(spec: str | os.PathLike, key: str | None = None, *, in_memory: bool | str = "auto") -> ArrayDataset:
-    """A training dataset from ``file.h5`` (+ partition), ``file.h5:train``, ``images.npy`` or a URL.
-
-    A folder of images is read through ``nenya.sources.images.ImageFolderSource`` when that source
-    is installed (its images are then loaded into memory).
-    """
+    """A training dataset from ``file.h5`` (+ partition), ``file.h5:train``, ``images.npy``, a folder
+    of images (local or URL; see :func:`load_image_folder`) or a URL of a file."""
     path, spec_key, _ = split_data_spec(str(spec))
     key = spec_key or key
-    if os.path.isdir(path):
-        return _image_folder(path)
+    if _is_folder(path):
+        arr = load_image_folder(path)
+        tmp = os.path.join(storage.make_tempdir("nenya-images-"), "images.npy")
+        np.save(tmp, arr)
+        return ArrayDataset(tmp, in_memory=True)
     local = storage.fetch(path)
     if not os.path.exists(local):
         raise InputError(f"training data not found: {path}")
@@ -170,45 +170,72 @@ def open_dataset(spec: str | os.PathLike, key: str | None = None, *, in_memory: 
     return ArrayDataset(local, key, in_memory=in_memory)
 
 
-def _image_folder(path: str) -> ArrayDataset:
+def _is_folder(path: str) -> bool:
+    if not storage.is_remote(path):
+        return os.path.isdir(storage.local_path(path))
     try:
-        from nenya.sources import images as images_mod  # written alongside; optional here
-    except ImportError:
-        raise InputError(f"{path} is a folder, but this nenya has no image-folder source; convert the images to a "
-                         ".npy array (N, H, W) or (N, C, H, W) and pass that") from None
-    arrays = images_mod.load_folder_arrays(path) if hasattr(images_mod, "load_folder_arrays") else None
-    if arrays is None:
-        arrays = _read_folder_with_source(images_mod, path)
-    tmp = os.path.join(storage.make_tempdir("nenya-images-"), "images.npy")
-    np.save(tmp, arrays)
-    return ArrayDataset(tmp, in_memory=True)
+        fs, p = storage.url_to_fs(path)
+        return bool(fs.isdir(p))
+    except Exception:  # not reachable as a folder: let the file path give its own error
+        return False
 
 
-def _read_folder_with_source(images_mod: Any, path: str) -> np.ndarray:
-    """All images of a folder through ``ImageFolderSource``'s plan/read contract, as (N, C, H, W)."""
-    source = images_mod.ImageFolderSource([path]) if _takes_list(images_mod.ImageFolderSource) else \
-        images_mod.ImageFolderSource(path)
+def load_image_folder(path: str, *, batch_size: int = 256) -> np.ndarray:
+    """Every image under a folder as one uint8 array (N, C, H, W), in the folder's sorted order.
+
+    Images are read by :class:`~nenya.sources.images.ImageFolderSource` (recursive, EXIF applied,
+    every mode to RGB by one rule) at the size of the first readable image: others are
+    center-cropped or zero-padded to it, never resized, so pixels keep their scale. ``C`` is 1
+    when every image is grey (all three channels equal), else 3. Files that cannot be used are
+    left out with one warning that counts them and names a few.
+
+    Raises:
+        InputError: the folder holds no images, or none that decode.
+    """
+    from nenya.encoders.base import ImageTransform
+    from nenya.sources.images import ImageFolderSource
+
+    listing = ImageFolderSource(path, transform=ImageTransform(size=(1, 1), resize=None))
+    n = len(listing)
+    size = next((s for s in map(_upright_size, listing.locations(0, n)) if s is not None), None)
+    if size is None:
+        raise InputError(f"none of the {n} image files under {path} can be read as an image")
+    source = ImageFolderSource(path, transform=ImageTransform(size=size, resize=None))
     out: list[np.ndarray] = []
-    groups_and_shards = source.plan(1 << 30)
-    shards = groups_and_shards[1] if isinstance(groups_and_shards, tuple) else getattr(groups_and_shards, "shards",
-                                                                                       groups_and_shards)
-    for shard in shards:
-        for batch in source.read(shard, 256):
-            arr = batch.images if hasattr(batch, "images") else batch.array
-            out.append(np.asarray(arr))
-    if not out:
-        raise InputError(f"no readable images in {path}")
-    return _as_batch(np.concatenate(out))
+    bad: list[tuple[str, str]] = []
+    for shard in source.plan(max(n, 1)).shards:
+        for batch in source.read(shard, batch_size):
+            status = batch.status or ["ok"] * len(batch)
+            keep = [i for i, st in enumerate(status) if st == "ok"]
+            bad += [(batch.ids[i], st) for i, st in enumerate(status) if st != "ok"]
+            out.append(batch.data[keep])
+    if bad:
+        log.warning("%d of %d images under %s left out of training: %s", len(bad), n, path,
+                    "; ".join(f"{i} ({st})" for i, st in bad[:3]) + ("; ..." if len(bad) > 3 else ""))
+    arr = np.concatenate(out) if out else np.zeros((0, 3, *size), np.uint8)
+    if not len(arr):
+        raise InputError(f"no readable images under {path}")
+    if (arr[:, 0] == arr[:, 1]).all() and (arr[:, 1] == arr[:, 2]).all():
+        arr = np.ascontiguousarray(arr[:, :1])
+    log.info("%s: %d images of %dx%d px, %d channel(s)", path, len(arr), size[1], size[0], arr.shape[1])
+    return arr
 
 
-def _takes_list(cls: Any) -> bool:
-    import inspect
+def _upright_size(location: str) -> tuple[int, int] | None:
+    """(height, width) of an image as displayed (EXIF orientation applied), from its header only."""
+    import io
+
+    from PIL import Image
+
+    from nenya.sources._decode import SkipItem, read_bytes
 
     try:
-        params = list(inspect.signature(cls).parameters.values())
-    except (TypeError, ValueError):
-        return True
-    return bool(params) and "path" not in params[0].name.lower() or params[0].name.endswith("s")
+        im = Image.open(io.BytesIO(read_bytes(location)))
+        w, h = im.size
+        transposed = int(im.getexif().get(0x0112, 1)) in (5, 6, 7, 8)
+    except (SkipItem, Exception):  # any file Pillow cannot open (the reader gives its reason later)
+        return None
+    return (w, h) if transposed else (h, w)
 
 
 def load_labels(ds: ArrayDataset, column: str) -> tuple[np.ndarray, list[str]]:
