@@ -229,6 +229,15 @@ def _ray_processes(temp_dir: str) -> list:
     return list(found.values())
 
 
+class _Cluster(str):
+    """The cluster's address (what --address takes), with the temp dir that names its processes."""
+
+    def __new__(cls, address: str, temp_dir: str):
+        self = super().__new__(cls, address)
+        self.temp_dir = temp_dir
+        return self
+
+
 @pytest.fixture(scope="module")
 def ray_cluster():
     """A head and a worker node (one CPU each) started with ``ray start``; stopped and checked gone after."""
@@ -250,7 +259,7 @@ def ray_cluster():
                                 str(_free_port()), "--metrics-export-port", str(_free_port())],
                                capture_output=True, text=True, env=env, timeout=240)
             assert r.returncode == 0, r.stdout + r.stderr
-        yield f"127.0.0.1:{port}"
+        yield _Cluster(f"127.0.0.1:{port}", temp_dir)
     finally:
         procs = _ray_processes(temp_dir)
         for p in procs:  # never `ray stop`: it would stop every Ray cluster of this machine
@@ -292,3 +301,38 @@ def test_ray_two_nodes_equal_local(ray_cluster, preproc, checkpoint, opts_file, 
     assert_same(pd.read_parquet(final), reference)
     assert_status_complete(final, reference["id"])
     assert time.perf_counter() - t < 400
+
+
+@pytest.mark.ray
+def test_ray_actor_killed_mid_run_is_replaced_and_nothing_is_lost(ray_cluster, preproc, checkpoint, opts_file,
+                                                                  reference, tmp_path):
+    import psutil
+
+    out = tmp_path / "ray-kill"
+    proc = subprocess.Popen(cli("-v", *preproc_args(preproc, checkpoint, opts_file, out), "--engine", "ray",
+                                "--address", ray_cluster, "--actors", 2),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    killed, deadline = None, time.monotonic() + 300
+    try:
+        while killed is None and proc.poll() is None and time.monotonic() < deadline:
+            for p in _ray_processes(ray_cluster.temp_dir):
+                try:
+                    title = " ".join(p.cmdline())
+                except psutil.NoSuchProcess:
+                    continue
+                if title.startswith("ray::ShardEncoder.encode"):  # an actor in the middle of a shard
+                    p.send_signal(signal.SIGKILL)
+                    killed = p.pid
+                    break
+            time.sleep(0.01)
+        stdout, stderr = proc.communicate(timeout=300)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert killed is not None, "no actor was seen encoding: the run ended before the kill"
+    assert proc.returncode == 0, stderr[-3000:]
+    assert "an actor died on shard" in stderr and "retrying it on a new actor" in stderr
+    final = out / "tiny_latents_test.parquet"
+    assert str(final) in stdout
+    assert_same(pd.read_parquet(final), reference)  # every id once, vectors equal to the local run
+    assert_status_complete(final, reference["id"])
