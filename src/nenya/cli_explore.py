@@ -4,9 +4,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from nenya._errors import NenyaError
+
+log = logging.getLogger(__name__)
 
 LATENTS_HELP = "latents file: X_latents.h5 (Nenya), X.parquet (with a vector column) or X.npy (+ X.parquet); path or URL"
 
@@ -84,7 +87,8 @@ def register(sub) -> None:
     q.add_argument("--vector-file", help="query vectors: a .npy file of (dim,) or (Q, dim)")
     q.add_argument("--image", help="a query image encoded by --model: a .npy cutout for SupCon models, "
                                    "an image file for photo models")
-    p.add_argument("--model", help="model spec for --image, as for `nenya extract` (supcon:last.pth, timm:NAME, ...)")
+    p.add_argument("--model", help="model spec for --image, as for `nenya extract` (supcon:last.pth, timm:NAME, ...); "
+                                   "default: the model the latents record, with its options")
     p.add_argument("--opts", help="opts JSON of a checkpoint without options (with --model)")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow pickled objects in the checkpoint (trusted files only)")
     p.add_argument("-k", type=int, default=10)
@@ -230,12 +234,13 @@ def cmd_cluster(args) -> int:
 def cmd_index(args) -> int:
     import time
 
-    from nenya.analysis import build_index, open_latents, output_path
+    from nenya.analysis import build_index, open_latents, output_path, read_about
 
     t = time.perf_counter()
     with open_latents(args.latents, partitions=_parts(args), metadata=False) as lat:
         index = build_index(lat, kind=args.kind, metric=args.metric, m=args.m, ef_search=args.ef_search,
                             nlist=args.nlist, nprobe=args.nprobe)
+    index.about = read_about(args.latents)  # so `nenya search INDEX --image` encodes queries the same way
     path, ids = index.save(output_path(args.latents, ".faiss", args.output))
     print(f"{index.kind} index of {index.n:,} x {index.dim} ({index.metric}) in {time.perf_counter() - t:.1f} s; "
           f"ids in {ids}", file=sys.stderr)
@@ -243,7 +248,7 @@ def cmd_index(args) -> int:
     return 0
 
 
-def _query(args):
+def _query(args, about: dict | None = None):
     import numpy as np
 
     if args.vector:
@@ -255,21 +260,42 @@ def _query(args):
         q = np.load(args.vector_file, allow_pickle=False).astype(np.float32)
         return q.reshape(1, -1) if q.ndim == 1 else q
     if args.image:
-        if not args.model:
-            raise NenyaError("--image needs --model SPEC: the model that made the latents (see `nenya models`)")
-        from nenya.analysis.search import encode_query_image
-
-        return encode_query_image(args.image, args.model, opt=args.opts, trust_checkpoint=args.trust_checkpoint)
+        return _encode_query(args, about)
     return None
 
 
+def _encode_query(args, about: dict | None):
+    """Encode ``--image`` with the model that made the latents: the one they record (its spec,
+    photo options and opts file) unless ``--model`` names another."""
+    from nenya.analysis.search import encode_query_image
+    from nenya.encoders.base import options_from_about
+
+    recorded = (about or {}).get("model")
+    spec = args.model or recorded
+    if not spec:
+        raise NenyaError("--image needs --model SPEC: these latents do not record the model that made them "
+                         "(see `nenya models`)")
+    options, opts = None, args.opts
+    if recorded and spec == recorded:
+        options = options_from_about(about)
+        opts = opts or about.get("opts")
+        log.info("encoding the query with %s%s, as the latents were made", spec,
+                 f" ({', '.join(f'{k}={v}' for k, v in about.get('options', {}).items())})" if about.get("options") else "")
+    elif recorded:
+        log.warning("these latents were made by %s but the query is encoded by %s: distances are only meaningful "
+                    "between vectors of the same model and preprocessing", recorded, spec)
+    return encode_query_image(args.image, spec, opt=opts, trust_checkpoint=args.trust_checkpoint, options=options)
+
+
 def _open_index(target: str, metric: str, ef_search=None, nprobe=None):
-    from nenya.analysis import build_index, load_index, open_latents
+    from nenya.analysis import build_index, load_index, open_latents, read_about
 
     if target.endswith(".faiss"):
         return load_index(target, ef_search=ef_search, nprobe=nprobe)
     with open_latents(target, metadata=False) as lat:
-        return build_index(lat, kind="flat", metric=metric)
+        index = build_index(lat, kind="flat", metric=metric)
+    index.about = read_about(target)
+    return index
 
 
 def cmd_search(args) -> int:
@@ -282,7 +308,7 @@ def cmd_search(args) -> int:
         ids, scores, _ = index.search_id(args.id, args.k)
         queries = [args.id]
     else:
-        q = _query(args)
+        q = _query(args, index.about)
         ids, scores, _ = index.search(q, args.k)
         queries = [f"query{i}" for i in range(len(q))]
     rows = []

@@ -13,7 +13,15 @@ import time
 from nenya.analysis.cluster import hdbscan, kmeans
 from nenya.analysis.explorer import write_explorer
 from nenya.analysis.images import ImageLookup
-from nenya.analysis.latents import Latents, open_latents, output_path, read_latents, read_table, write_table
+from nenya.analysis.latents import (
+    Latents,
+    open_latents,
+    output_path,
+    read_about,
+    read_latents,
+    read_table,
+    write_table,
+)
 from nenya.analysis.pca import PCAResult, pca
 from nenya.analysis.plots import gallery_plot, neighbours_plot, scatter_plot
 from nenya.analysis.search import LatentIndex, build_index, load_index
@@ -22,7 +30,7 @@ from nenya.analysis.umap import UMAPResult, fit_umap
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "Latents", "open_latents", "read_latents", "read_table", "write_table", "output_path",
+    "Latents", "open_latents", "read_about", "read_latents", "read_table", "write_table", "output_path",
     "PCAResult", "pca", "UMAPResult", "fit_umap", "kmeans", "hdbscan",
     "LatentIndex", "build_index", "load_index",
     "ImageLookup", "scatter_plot", "gallery_plot", "neighbours_plot", "write_explorer",

@@ -303,6 +303,31 @@ def _open_npy(path: str, metadata: bool) -> Latents:
     return lat
 
 
+def read_about(path: str | os.PathLike) -> dict | None:
+    """The description of the model that made a latents file (:meth:`nenya.encoders.base.Encoder.about`:
+    ``model`` spec, photo ``options``, ``dim``, ``precision``, ``vectors`` digest ...), or None for
+    files written by other tools or older versions. Reads the file's header only."""
+    import json
+
+    path = str(path)
+    fmt = latents_format(path)
+    try:
+        if fmt == "h5":
+            import h5py
+
+            with _open_binary(path) as fh, h5py.File(fh, "r") as f:
+                raw = f.attrs.get("nenya")
+        else:
+            table_path = path[:-4] + ".parquet" if fmt == "npy" else path
+            with _open_binary(table_path) as fh:
+                raw = (pq.read_schema(fh).metadata or {}).get(b"nenya")
+        if isinstance(raw, bytes):
+            raw = raw.decode()
+        return json.loads(raw) if raw else None
+    except (OSError, ValueError):
+        return None
+
+
 def open_latents(path: str | os.PathLike, *, partitions: Sequence[str] | None = None,
                  metadata: bool = True) -> Latents:
     """Open a latents file (local path or fsspec URL) without reading its vectors.

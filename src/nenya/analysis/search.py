@@ -55,6 +55,7 @@ class LatentIndex:
     metric: str
     kind: str
     params: dict
+    about: dict | None = None  # the model that made the vectors (Encoder.about), where recorded
 
     @property
     def n(self) -> int:
@@ -114,6 +115,8 @@ class LatentIndex:
         with local_target(path) as tmp:
             faiss.write_index(self.index, tmp)
         meta = {b"nenya_index": json.dumps({"metric": self.metric, "kind": self.kind, **self.params}).encode()}
+        if self.about:
+            meta[b"nenya"] = json.dumps(self.about).encode()
         table = pa.table({"id": pa.array([str(i) for i in self.ids], pa.string())}).replace_schema_metadata(meta)
         with local_target(ids_path(path)) as tmp:
             pq.write_table(table, tmp)
@@ -216,20 +219,24 @@ def load_index(path: str, *, ef_search: int | None = None, nprobe: int | None = 
             ivf.nprobe = int(nprobe)
         ivf.make_direct_map()
     params = {k: v for k, v in info.items() if k not in ("metric", "kind")}
-    return LatentIndex(index, ids, info.get("metric", "l2"), kind, params)
+    about = json.loads((table.schema.metadata or {}).get(b"nenya", b"null"))
+    return LatentIndex(index, ids, info.get("metric", "l2"), kind, params, about)
 
 
-def encode_query_image(path: str, spec: str, *, opt: str | None = None, trust_checkpoint: bool = False) -> np.ndarray:
+def encode_query_image(path: str, spec: str, *, opt: str | None = None, trust_checkpoint: bool = False,
+                       options=None) -> np.ndarray:
     """The latent vector (1, dim) of one query image, by the model that made the latents.
 
     For SupCon/Nenya models the image is a ``.npy`` cutout, (H, W) or (C, H, W); for photo models
     (timm, torchvision, ...) an image file decoded and resized as extraction does.
+    ``options`` are the photo-model options (size, pool, ...) the latents were made with: see
+    :func:`nenya.analysis.latents.read_about` and :func:`nenya.encoders.base.options_from_about`.
     """
     import torch
 
     from nenya.encoders import load_encoder
 
-    encoder = load_encoder(spec, opt=opt, trust_checkpoint=trust_checkpoint).to("cpu")
+    encoder = load_encoder(spec, opt=opt, trust_checkpoint=trust_checkpoint, options=options).to("cpu")
     local = storage.fetch(path)
     if not os.path.exists(local):
         raise InputError(f"query image not found: {path}")

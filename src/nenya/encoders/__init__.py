@@ -34,5 +34,10 @@ def load_encoder(spec: str, *, opt: Params | str | os.PathLike | None = None, tr
         if options is not None and options != EncoderOptions():
             raise ValueError(f"{prefix}: models take no --weights/--layer/--pool/preprocessing options; "
                              "their preprocessing is Nenya's (demean, repeat channels)")
-        return factory(rest, opt, **kwargs)
-    return factory(rest, opt, options=options or EncoderOptions(), **kwargs)
+        enc = factory(rest, opt, **kwargs)
+    else:
+        enc = factory(rest, opt, options=options or EncoderOptions(), **kwargs)
+    enc.spec = f"{prefix}:{rest}"
+    enc.options = options or EncoderOptions()
+    enc.opts_file = str(opt) if isinstance(opt, (str, os.PathLike)) else None
+    return enc

@@ -134,6 +134,23 @@ class Encoder:
         self.compiled = False
         self.max_batch: int | None = None  # learnt from out-of-memory errors: the working sub-batch size
         self._compiled_model: nn.Module | None = None
+        # how it was made (set by load_encoder; recorded in outputs so queries can rebuild it)
+        self.spec: str | None = None
+        self.options: EncoderOptions = EncoderOptions()
+        self.opts_file: str | None = None
+
+    def about(self) -> dict:
+        """What made the vectors, as plain JSON: written into every output (``nenya`` key of the
+        Parquet schema metadata, ``nenya`` attribute of an HDF5 file); see :func:`options_from_about`."""
+        import dataclasses
+
+        import nenya
+
+        options = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.options).items()
+                   if v != getattr(EncoderOptions(), k)}
+        return {"model": self.spec or self.name, "options": options, "opts": self.opts_file, "dim": self.dim,
+                "grid": list(self.grid) if self.grid else None, "precision": self.precision,
+                "preprocess": repr(self.preprocess), "nenya_version": nenya.__version__}
 
     def to(self, device: str | torch.device | None = "auto", precision: str = "fp32", *,
            channels_last: bool = True, compile: bool = False) -> Encoder:
@@ -250,3 +267,12 @@ class Encoder:
         with self._autocast():
             out = self.model(x)
         return out.float()
+
+
+def options_from_about(about: dict) -> EncoderOptions:
+    """The :class:`EncoderOptions` recorded by :meth:`Encoder.about` (lists back to tuples)."""
+    import dataclasses
+
+    known = {f.name for f in dataclasses.fields(EncoderOptions)}
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in (about.get("options") or {}).items() if k in known}
+    return EncoderOptions(**values)

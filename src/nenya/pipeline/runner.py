@@ -274,7 +274,7 @@ def start(source: Source, encoder: Encoder, sink: Sink, options: RunOptions = Ru
     plan = source.plan(shard_size)
     # the resolved precision: "auto" may mean bf16 on one machine and fp32 on another
     fingerprint = f"{encoder.fingerprint}|{encoder.preprocess}|{encoder.autocast_dtype or 'fp32'}"
-    done = sink.start(plan, dim=encoder.dim, fingerprint=fingerprint, grid=encoder.grid)
+    done = sink.start(plan, dim=encoder.dim, fingerprint=fingerprint, grid=encoder.grid, about=encoder.about())
     try:
         todo = share.select(plan, [s for s in plan.shards if (s.group, s.key) not in done])
     except BaseException:

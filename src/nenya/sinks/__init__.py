@@ -14,10 +14,11 @@ class Sink(ABC):
 
     @abstractmethod
     def start(self, plan: Plan, *, dim: int, fingerprint: str,
-              grid: tuple[int, int] | None = None) -> set[tuple[str, str]]:
+              grid: tuple[int, int] | None = None, about: dict | None = None) -> set[tuple[str, str]]:
         """Prepare for ``plan``; return the (group, shard key) pairs already committed.
 
-        ``grid`` = (rows, cols) when each item has rows * cols tile vectors ((B, T, dim) batches)."""
+        ``grid`` = (rows, cols) when each item has rows * cols tile vectors ((B, T, dim) batches).
+        ``about`` (:meth:`nenya.encoders.base.Encoder.about`) describes the model for the outputs."""
 
     @abstractmethod
     def write(self, batch: Batch, vectors: np.ndarray) -> None:

@@ -101,6 +101,11 @@ def vectors_of(table: pa.Table, column: str = "vector") -> np.ndarray:
     return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
 
 
+
+def vectors_digest(fingerprint: str) -> str:
+    """A short digest of what determines a run's vectors (model, weights, preprocessing, precision)."""
+    return hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+
 class PartSink(Sink):
     """Base of sinks that commit shard parts and assemble one output file per group.
 
@@ -145,8 +150,11 @@ class PartSink(Sink):
 
     # -- lifecycle ----------------------------------------------------------------------
     def start(self, plan: Plan, *, dim: int, fingerprint: str,
-              grid: tuple[int, int] | None = None) -> set[tuple[str, str]]:
+              grid: tuple[int, int] | None = None, about: dict | None = None) -> set[tuple[str, str]]:
         self._plan, self._dim, self._grid = plan, dim, grid
+        # the model's description, with a digest of what determines the vectors (model, weights,
+        # preprocessing, precision): outputs carry it, and appending to an output checks it
+        self._about = {**(about or {}), "vectors": vectors_digest(fingerprint)}
         self._tiles = grid[0] * grid[1] if grid else 1
         if grid and not self.supports_tiles:
             raise OutputError(f"{type(self).__name__} stores one vector per item; tile vectors (--pool none) "

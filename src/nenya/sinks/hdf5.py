@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import h5py
 import numpy as np
 
 import nenya
-from nenya.pipeline import faults
+from nenya.pipeline import faults, storage
 from nenya.pipeline.items import Group
 from nenya.sinks._parts import PartSink, vectors_of
 
@@ -27,7 +29,8 @@ class NenyaLatentsSink(PartSink):
     def assemble(self, group: Group, path: str) -> None:
         with h5py.File(path, "w") as f:
             f.attrs["nenya_version"] = nenya.__version__
-            f.attrs["source"] = group.url
+            f.attrs["source"] = storage.redact(group.url)
+            f.attrs["nenya"] = json.dumps(self._about)
             for p, n in group.partitions.items():
                 parts = self.parts(group, p)
                 dset = f.create_dataset(p, (n, self._dim), dtype="float32")

@@ -14,7 +14,7 @@ class ArraySink(Sink):
     def __init__(self) -> None:
         self.arrays: dict[str, dict[str, np.ndarray]] = {}
 
-    def start(self, plan: Plan, *, dim: int, fingerprint: str, grid=None) -> set[tuple[str, str]]:
+    def start(self, plan: Plan, *, dim: int, fingerprint: str, grid=None, about=None) -> set[tuple[str, str]]:
         if grid is not None:
             raise ValueError("ArraySink holds one vector per item; tile encoders need a file sink")
         self.arrays = {g.key: {p: np.zeros((n, dim), np.float32) for p, n in g.partitions.items()} for g in plan.groups}

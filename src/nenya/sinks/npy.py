@@ -27,6 +27,9 @@ class NpySink(ParquetSink):
     ext = ".npy"
     with_vectors = False
 
+    def table_name(self, group: Group) -> str:
+        return metadata_name(group.output_name)
+
     def assemble_files(self, group: Group) -> list[tuple[str, str]]:
         gdir = self.group_dir(group)
         meta_name = metadata_name(group.output_name)

@@ -2,14 +2,34 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from nenya._errors import OutputError
 from nenya.pipeline import faults, storage
 from nenya.pipeline.items import Group
-from nenya.sinks._parts import PartSink, vectors_of
+from nenya.sinks._parts import PartSink, vectors_digest, vectors_of
+
+#: schema-metadata key (Parquet) and attribute (HDF5) holding :meth:`Encoder.about` as JSON
+ABOUT_KEY = b"nenya"
+
+
+def about_of(schema: pa.Schema | None) -> dict | None:
+    """The model description stored in a Parquet schema by nenya (None for other files)."""
+    raw = (schema.metadata or {}).get(ABOUT_KEY) if schema is not None else None
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        return None
+
+
+def _describe(about: dict) -> str:
+    options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in (about.get("options") or {}).items())
+    return " ".join(x for x in (str(about.get("model", "unknown model")), options, about.get("precision", "")) if x)
 
 
 class ParquetSink(PartSink):
@@ -34,6 +54,25 @@ class ParquetSink(PartSink):
 
     def _schema_tag(self) -> str:
         return self.dtype
+
+    def table_name(self, group: Group) -> str:
+        """The Parquet file of ``group`` (the output itself; the ids-and-metadata file for npy)."""
+        return group.output_name
+
+    def start(self, plan, *, dim, fingerprint, grid=None, about=None):
+        vectors = vectors_digest(fingerprint)
+        for g in plan.groups:  # appending (resume by id): only vectors of the same model may join
+            previous = self.previous(g, self.table_name(g))
+            old = about_of(previous.schema_arrow) if previous is not None else None
+            if old and old.get("vectors") and old["vectors"] != vectors:
+                raise OutputError(
+                    f"{storage.join(self.output, g.output_name)} holds vectors of another model or preprocessing "
+                    f"({_describe(old)}; this run: {_describe(about or {})}): new rows would not be comparable. "
+                    "Rerun with --overwrite to replace it, or choose another output")
+        return super().start(plan, dim=dim, fingerprint=fingerprint, grid=grid, about=about)
+
+    def _with_about(self, schema: pa.Schema) -> pa.Schema:
+        return schema.with_metadata({**(schema.metadata or {}), ABOUT_KEY: json.dumps(self._about).encode()})
 
     def _vtype(self) -> pa.DataType:
         return pa.float32() if self.dtype == "float32" else pa.float16()
@@ -77,7 +116,7 @@ class ParquetSink(PartSink):
                 for part in self.parts(group, p):
                     out = self.output_table(group, self.read_part(part))
                     if writer is None:
-                        writer = pq.ParquetWriter(path, out.schema, compression="zstd")
+                        writer = pq.ParquetWriter(path, self._with_about(out.schema), compression="zstd")
                     elif out.schema != writer.schema:
                         out = out.select(writer.schema.names).cast(writer.schema)
                     writer.write_table(out)
@@ -87,7 +126,8 @@ class ParquetSink(PartSink):
                 cols = {"id": pa.array([], pa.string())}
                 if self.with_vectors:
                     cols["vector"] = pa.FixedSizeListArray.from_arrays(pa.array([], self._vtype()), self._dim)
-                pq.write_table(pa.table(cols), path)
+                table = pa.table(cols)
+                pq.write_table(table.replace_schema_metadata(self._with_about(table.schema).metadata), path)
         finally:
             if writer is not None:
                 writer.close()
