@@ -81,3 +81,13 @@ def test_search_by_image_encodes_the_query_as_the_latents_were_made(photos, tmp_
     assert "made by timm:resnet18 but the query is encoded by timm:resnet34" in caplog.text
     far = pd.read_parquet(tmp_path / "s3.parquet")["score"].iloc[0]
     assert np.isfinite(far) and far > 1e-3
+
+
+def test_the_record_never_holds_a_password_or_secret_token(monkeypatch):
+    monkeypatch.setenv("AWS_SESSION_TOKEN", "tok-SECRET-123456")
+    enc = encoder(32)
+    enc.spec = "timm:resnet18"
+    enc.opts_file = "s3://alice:pa55word@bucket/opts.json"
+    enc.options = EncoderOptions(size=32, weights="https://h/w.safetensors?token=tok-SECRET-123456")
+    text = str(enc.about())
+    assert "pa55word" not in text and "tok-SECRET-123456" not in text and "s3://***@bucket/opts.json" in text
