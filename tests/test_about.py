@@ -91,3 +91,21 @@ def test_the_record_never_holds_a_password_or_secret_token(monkeypatch):
     enc.options = EncoderOptions(size=32, weights="https://h/w.safetensors?token=tok-SECRET-123456")
     text = str(enc.about())
     assert "pa55word" not in text and "tok-SECRET-123456" not in text and "s3://***@bucket/opts.json" in text
+
+
+def test_nenya_latents_record_the_checkpoint_so_cutout_queries_need_no_model(tmp_path, preproc, checkpoint, opt,
+                                                                              monkeypatch):
+    import h5py
+
+    from nenya.encoders.supcon import SupConEncoder
+
+    monkeypatch.chdir(checkpoint[0].parent)
+    enc = SupConEncoder.from_checkpoint("last.pth", opt).to("cpu")  # a relative path, as Nenya's scripts pass it
+    out = extract_preproc([str(preproc)], enc, str(tmp_path / "lat"), options=OPTS).outputs[0]
+    assert read_about(out)["model"] == f"supcon:{checkpoint[0]}"  # absolute: usable from any folder
+    with h5py.File(preproc) as f:
+        np.save(tmp_path / "q.npy", f["valid"][5])
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["search", out, "--image", "q.npy", "-k", "1", "-o", "s.parquet"]) == 0
+    hit = pd.read_parquet(tmp_path / "s.parquet")
+    assert hit["id"].iloc[0] == "valid/5" and hit["score"].iloc[0] < 1e-8

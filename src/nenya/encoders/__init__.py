@@ -37,7 +37,16 @@ def load_encoder(spec: str, *, opt: Params | str | os.PathLike | None = None, tr
         enc = factory(rest, opt, **kwargs)
     else:
         enc = factory(rest, opt, options=options or EncoderOptions(), **kwargs)
-    enc.spec = f"{prefix}:{rest}"
+    enc.spec = f"{prefix}:{_absolute(rest)}"
     enc.options = options or EncoderOptions()
     enc.opts_file = str(opt) if isinstance(opt, (str, os.PathLike)) else None
     return enc
+
+
+def _absolute(rest: str) -> str:
+    """A local model file as an absolute path (the record in outputs must work from any folder)."""
+    from nenya.pipeline import storage
+
+    if storage.is_remote(rest) or not os.path.isfile(storage.local_path(rest)):
+        return rest
+    return os.path.abspath(storage.local_path(rest))

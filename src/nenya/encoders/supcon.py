@@ -75,7 +75,9 @@ class SupConEncoder(Encoder):
         local = storage.fetch(str(path))
         arch = f"{opt.ssl_model}|{opt.feat_dim}|{getattr(opt, 'nchannels', 3)}|{getattr(opt, 'head', 'mlp')}"
         fp = hashlib.sha256(f"supcon|{arch}|{file_digest(local)}|rm={remove_module}".encode()).hexdigest()[:16]
-        return cls(model, opt, fingerprint=fp, name=f"supcon:{storage.basename(path)}")
+        enc = cls(model, opt, fingerprint=fp, name=f"supcon:{storage.basename(path)}")
+        enc.spec = f"supcon:{path if storage.is_remote(path) else os.path.abspath(storage.local_path(path))}"
+        return enc
 
     @classmethod
     def from_named(cls, name: str, opt: Params | str | None = None, **kwargs) -> SupConEncoder:
