@@ -194,6 +194,7 @@ def test_device_decoded_run_matches_the_cpu_run(jpegs, tmp_path, monkeypatch, in
     gpu = extract_collection(f"images:{root}", enc, str(tmp_path / "gpu.parquet"), options=OPTS, decode="gpu")
     assert sum(calls) == len(shipped)  # every clean JPEG went through the device decoder, in batches
     assert "decode on device" in gpu.timings and cpu.items == gpu.items == 9 and gpu.skipped == cpu.skipped == 2
+    assert cpu.timings["decode in readers"] > 0 and "decode on device" not in cpu.timings  # the stages users see
     a, b = pd.read_parquet(tmp_path / "cpu.parquet"), pd.read_parquet(tmp_path / "gpu.parquet")
     assert list(a["id"]) == list(b["id"])
     sa = pd.read_csv(str(tmp_path / "cpu.parquet") + ".status.csv")

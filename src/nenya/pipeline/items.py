@@ -65,6 +65,7 @@ class Batch:
     status: list[str] | None = None
     worker: int = -1  # the reader process that made it (-1: the main process)
     read_seconds: float = 0.0  # time its reader spent reading and decoding it
+    decode_seconds: float = 0.0  # the decoding part of read_seconds (image sources)
     #: photos left for the device to decode (``--decode gpu``): (slot in ``data``, JPEG bytes as a
     #: uint8 tensor, EXIF orientation); their slots in ``data`` hold zeros until then
     encoded: list[tuple[int, object, int]] | None = None

@@ -298,7 +298,7 @@ def encode_stream(source: Source, encoder: Encoder, todo: list[Shard], options: 
         prefetch_factor=4 if workers else None, persistent_workers=False,
     )
     timings.setdefault("read", 0.0)  # waiting for the readers' next batch (0 when they keep up)
-    timings.setdefault("read+decode in readers", 0.0)  # summed over reader processes (they run in parallel)
+    timings.setdefault("read in readers", 0.0)  # summed over reader processes (they run in parallel)
     timings.setdefault("transfer", 0.0)  # host -> device copies
     timings.setdefault("encode", 0.0)
     seen: dict[int, tuple[Shard, int]] = {}
@@ -326,7 +326,9 @@ def encode_stream(source: Source, encoder: Encoder, todo: list[Shard], options: 
         out = encode_batch(encoder, batch)
         faults.point("encode.batch")
         timings["read"] += t1 - t0
-        timings["read+decode in readers"] += batch.read_seconds
+        timings["read in readers"] += batch.read_seconds - batch.decode_seconds
+        if batch.decode_seconds:  # image sources: decoding, resizing and cropping photos
+            timings["decode in readers"] = timings.get("decode in readers", 0.0) + batch.decode_seconds
         timings["transfer"] += t2 - t1
         timings["encode"] += time.perf_counter() - t3
         yield batch, out

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
 from collections.abc import Collection, Iterator, Sequence
 
 import numpy as np
@@ -125,7 +126,9 @@ class _ImageItems(Source):
             data = np.zeros((b - a, 3, th, tw), dtype=np.uint8)
             status = ["ok"] * (b - a)
             encoded: list[tuple[int, object, int]] = []
-            for i, blob in enumerate(self._fetch(locations)):
+            blobs = self._fetch(locations)
+            t_decode = time.perf_counter()
+            for i, blob in enumerate(blobs):
                 try:
                     if isinstance(blob, SkipItem):
                         raise blob
@@ -149,7 +152,7 @@ class _ImageItems(Source):
             positions = np.arange(a, b, dtype=np.int64)
             yield Batch(shard, [str(i) for i in ids], positions, self._rows[a:b].copy(), data, metadata,
                         last=b >= shard.stop, status=None if all(s == "ok" for s in status) else status,
-                        encoded=encoded or None)
+                        encoded=encoded or None, decode_seconds=time.perf_counter() - t_decode)
 
     def _fetch(self, locations: Sequence[str | None]) -> list[bytes | SkipItem]:
         """The bytes of each location (a SkipItem in place of those that cannot be read)."""
