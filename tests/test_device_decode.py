@@ -170,18 +170,20 @@ def test_readers_ship_jpeg_bytes_and_decode_the_rest(jpegs):
     assert sorted(slots) == shipped
     assert slots["d_exif6.jpg"][2] == 6 and slots["e_exif3.jpg"][2] == 3
     for name, (slot, data, _) in slots.items():
-        assert bytes(data.numpy()) == (root / name).read_bytes()  # the file's bytes, untouched
+        assert data == (root / name).read_bytes()  # the file's bytes, untouched
         assert not batch.data[slot].any()  # nothing decoded in the reader
     png = batch.ids.index("g.png")
     np.testing.assert_array_equal(batch.data[png], decode_image((root / "g.png").read_bytes(), transform=t))
     assert src.fingerprint() != ImageFolderSource(root, transform=t).fingerprint()
 
 
-@pytest.mark.parametrize("interpolation", ["bilinear", "bicubic"])
-def test_device_decoded_run_matches_the_cpu_run(jpegs, tmp_path, monkeypatch, interpolation):
+@pytest.mark.parametrize("interpolation, workers", [("bilinear", 1), ("bicubic", 0)])
+def test_device_decoded_run_matches_the_cpu_run(jpegs, tmp_path, monkeypatch, interpolation, workers):
+    """With a reader process (bytes cross a process boundary) and without."""
     root, shipped = jpegs
     enc = small_encoder(interpolation=interpolation)
-    cpu = extract_collection(f"images:{root}", enc, str(tmp_path / "cpu.parquet"), options=OPTS)
+    opts = RunOptions(batch_size=4, shard_size=8, num_workers=workers, device="cpu", progress=False)
+    cpu = extract_collection(f"images:{root}", enc, str(tmp_path / "cpu.parquet"), options=opts)
     monkeypatch.setattr(dd, "unavailable", lambda device, transform: None)
     calls = []
     decoder = reference_decoder()
@@ -191,7 +193,7 @@ def test_device_decoded_run_matches_the_cpu_run(jpegs, tmp_path, monkeypatch, in
         return decoder(datas, device)
 
     monkeypatch.setattr(dd, "nvjpeg", counting)
-    gpu = extract_collection(f"images:{root}", enc, str(tmp_path / "gpu.parquet"), options=OPTS, decode="gpu")
+    gpu = extract_collection(f"images:{root}", enc, str(tmp_path / "gpu.parquet"), options=opts, decode="gpu")
     assert sum(calls) == len(shipped)  # every clean JPEG went through the device decoder, in batches
     assert "decode on device" in gpu.timings and cpu.items == gpu.items == 9 and gpu.skipped == cpu.skipped == 2
     assert cpu.timings["decode in readers"] > 0 and "decode on device" not in cpu.timings  # the stages users see
@@ -221,7 +223,7 @@ def test_items_the_device_decoder_rejects_are_decoded_on_the_cpu(jpegs):
 
     x = torch.from_numpy(batch.data.copy())
     status = ["ok"] * len(batch)
-    junk = dd.as_bytes_tensor(b"\xff\xd8\xff" + bytes(64) + b"\xff\xd9")  # passes nothing: skipped on the CPU too
+    junk = b"\xff\xd8\xff" + bytes(64) + b"\xff\xd9"  # no decoder takes it: skipped on the CPU too
     dd.fill(x, batch.encoded + [(batch.ids.index("g.png"), junk, 1)], status, transform=t, decoder=picky)
     grey = batch.ids.index("b_grey.jpg")
     np.testing.assert_array_equal(x[grey].numpy(), decode_image((root / "b_grey.jpg").read_bytes(), transform=t))

@@ -66,9 +66,11 @@ class Batch:
     worker: int = -1  # the reader process that made it (-1: the main process)
     read_seconds: float = 0.0  # time its reader spent reading and decoding it
     decode_seconds: float = 0.0  # the decoding part of read_seconds (image sources)
-    #: photos left for the device to decode (``--decode gpu``): (slot in ``data``, JPEG bytes as a
-    #: uint8 tensor, EXIF orientation); their slots in ``data`` hold zeros until then
-    encoded: list[tuple[int, object, int]] | None = None
+    #: photos left for the device to decode (``--decode gpu``): (slot in ``data``, the file's bytes,
+    #: EXIF orientation); their slots in ``data`` hold zeros until then. Plain bytes, not tensors:
+    #: thousands of small tensors in flight from reader processes would each hold a shared-memory
+    #: file descriptor
+    encoded: list[tuple[int, bytes, int]] | None = None
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -30,7 +30,6 @@ import io
 import logging
 from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -170,9 +169,9 @@ def _decode_each(datas: list[torch.Tensor], device: torch.device, decoder: Decod
     return results
 
 
-def fill(x: torch.Tensor, encoded: Sequence[tuple[int, torch.Tensor, int]], status: list[str], *,
+def fill(x: torch.Tensor, encoded: Sequence[tuple[int, bytes, int]], status: list[str], *,
          transform: ImageTransform, decoder: Decoder | None = None) -> None:
-    """Decode ``encoded`` items (batch slot, JPEG bytes on the CPU, EXIF orientation) into ``x``.
+    """Decode ``encoded`` items (batch slot, JPEG file bytes, EXIF orientation) into ``x``.
 
     ``x`` is the batch's uint8 (B, 3, H, W) tensor on the encoder's device; the slots of shipped
     items hold zeros until now. Items the device decoder rejects are decoded on the CPU (and
@@ -184,9 +183,10 @@ def fill(x: torch.Tensor, encoded: Sequence[tuple[int, torch.Tensor, int]], stat
     if decoder is None:
         decoder = nvjpeg if unavailable(x.device, transform) is None else None
     slots = [slot for slot, _, _ in encoded]
-    datas = [d for _, d, _ in encoded]
+    raw = [d for _, d, _ in encoded]
+    datas = [as_bytes_tensor(d) for d in raw]  # the 1-D uint8 CPU tensors decode_jpeg takes
     images = _decode_each(datas, x.device, decoder) if decoder is not None else [None] * len(datas)
-    for slot, data, orientation, img in zip(slots, datas, (o for _, _, o in encoded), images):
+    for slot, data, orientation, img in zip(slots, raw, (o for _, _, o in encoded), images):
         if img is not None:
             try:
                 if img.shape[0] == 1:
@@ -197,7 +197,7 @@ def fill(x: torch.Tensor, encoded: Sequence[tuple[int, torch.Tensor, int]], stat
                 log.debug("device resize failed (%s); decoding on the CPU", e)
         try:
             # the pixel limit was checked from the header in the reader (device_candidate)
-            arr = decode_image(bytes(data.numpy()), transform=transform, max_pixels=2**62)
+            arr = decode_image(data, transform=transform, max_pixels=2**62)
             x[slot] = torch.from_numpy(arr).to(x.device)
         except SkipItem as e:
             status[slot] = f"skipped:{e.reason}"
@@ -206,5 +206,5 @@ def fill(x: torch.Tensor, encoded: Sequence[tuple[int, torch.Tensor, int]], stat
 
 
 def as_bytes_tensor(data: bytes) -> torch.Tensor:
-    """File bytes as the 1-D uint8 CPU tensor ``decode_jpeg`` takes (pickles compactly to the encoder)."""
-    return torch.from_numpy(np.frombuffer(data, dtype=np.uint8).copy())
+    """File bytes as the 1-D uint8 CPU tensor ``decode_jpeg`` takes."""
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)

@@ -24,7 +24,7 @@ from nenya.pipeline import storage
 from nenya.pipeline.items import Batch, Group, Plan, Shard
 from nenya.sources import Source
 from nenya.sources._decode import DEFAULT_MAX_PIXELS, SkipItem, check_transform, decode_image, read_bytes
-from nenya.sources._device_decode import as_bytes_tensor, device_candidate
+from nenya.sources._device_decode import device_candidate
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class _ImageItems(Source):
                     if self.jpeg_on_device:
                         orientation = device_candidate(blob, max_pixels=self.max_pixels)
                         if orientation is not None:  # the encoder's device decodes it (header read only)
-                            encoded.append((i, as_bytes_tensor(blob), orientation))
+                            encoded.append((i, blob, orientation))
                             continue
                     data[i] = decode_image(blob, transform=self.transform, max_pixels=self.max_pixels)
                 except SkipItem as e:
