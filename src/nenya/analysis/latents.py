@@ -307,7 +307,7 @@ def read_about(path: str | os.PathLike) -> dict | None:
     """The description of the model that made a latents file (:meth:`nenya.encoders.base.Encoder.about`:
     ``model`` spec, photo ``options``, ``dim``, ``precision``, ``vectors`` digest ...), or None for
     files written by other tools or older versions. Reads the file's header only."""
-    import json
+    from nenya.sinks.parquet import ABOUT_KEY, about_of, parse_about
 
     path = str(path)
     fmt = latents_format(path)
@@ -316,14 +316,9 @@ def read_about(path: str | os.PathLike) -> dict | None:
             import h5py
 
             with _open_binary(path) as fh, h5py.File(fh, "r") as f:
-                raw = f.attrs.get("nenya")
-        else:
-            table_path = path[:-4] + ".parquet" if fmt == "npy" else path
-            with _open_binary(table_path) as fh:
-                raw = (pq.read_schema(fh).metadata or {}).get(b"nenya")
-        if isinstance(raw, bytes):
-            raw = raw.decode()
-        return json.loads(raw) if raw else None
+                return parse_about(f.attrs.get(ABOUT_KEY.decode()))
+        with _open_binary(path[:-4] + ".parquet" if fmt == "npy" else path) as fh:
+            return about_of(pq.read_schema(fh))
     except (OSError, ValueError):
         return None
 

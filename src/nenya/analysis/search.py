@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 from nenya._errors import InputError
 from nenya.analysis.latents import Latents, local_target
 from nenya.pipeline import storage
+from nenya.sinks.parquet import ABOUT_KEY, about_of
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +117,7 @@ class LatentIndex:
             faiss.write_index(self.index, tmp)
         meta = {b"nenya_index": json.dumps({"metric": self.metric, "kind": self.kind, **self.params}).encode()}
         if self.about:
-            meta[b"nenya"] = json.dumps(self.about).encode()
+            meta[ABOUT_KEY] = json.dumps(self.about).encode()
         table = pa.table({"id": pa.array([str(i) for i in self.ids], pa.string())}).replace_schema_metadata(meta)
         with local_target(ids_path(path)) as tmp:
             pq.write_table(table, tmp)
@@ -219,8 +220,7 @@ def load_index(path: str, *, ef_search: int | None = None, nprobe: int | None = 
             ivf.nprobe = int(nprobe)
         ivf.make_direct_map()
     params = {k: v for k, v in info.items() if k not in ("metric", "kind")}
-    about = json.loads((table.schema.metadata or {}).get(b"nenya", b"null"))
-    return LatentIndex(index, ids, info.get("metric", "l2"), kind, params, about)
+    return LatentIndex(index, ids, info.get("metric", "l2"), kind, params, about_of(table.schema))
 
 
 def encode_query_image(path: str, spec: str, *, opt: str | None = None, trust_checkpoint: bool = False,

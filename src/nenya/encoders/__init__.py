@@ -37,16 +37,14 @@ def load_encoder(spec: str, *, opt: Params | str | os.PathLike | None = None, tr
         enc = factory(rest, opt, **kwargs)
     else:
         enc = factory(rest, opt, options=options or EncoderOptions(), **kwargs)
-    enc.spec = f"{prefix}:{_absolute(rest)}"
+    enc.spec = f"{prefix}:{_model_file(rest)}"
     enc.options = options or EncoderOptions()
     enc.opts_file = str(opt) if isinstance(opt, (str, os.PathLike)) else None
     return enc
 
 
-def _absolute(rest: str) -> str:
-    """A local model file as an absolute path (the record in outputs must work from any folder)."""
+def _model_file(rest: str) -> str:
+    """A local model file as an absolute path; names (``resnet18``) and URLs as they are."""
     from nenya.pipeline import storage
 
-    if storage.is_remote(rest) or not os.path.isfile(storage.local_path(rest)):
-        return rest
-    return os.path.abspath(storage.local_path(rest))
+    return storage.absolute(rest) if not storage.is_remote(rest) and os.path.isfile(storage.local_path(rest)) else rest

@@ -145,18 +145,15 @@ class Encoder:
         import dataclasses
 
         import nenya
-
-        options = {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self.options).items()
-                   if v != getattr(EncoderOptions(), k)}
-        about = {"model": self.spec or self.name, "options": options, "opts": self.opts_file, "dim": self.dim,
-                 "grid": list(self.grid) if self.grid else None, "precision": self.precision,
-                 "preprocess": repr(self.preprocess), "nenya_version": nenya.__version__}
         from nenya.pipeline.storage import redact
 
-        # outputs are shared: no URL password or secret token goes into them
-        return {k: redact(v) if isinstance(v, str) else
-                ({o: redact(w) if isinstance(w, str) else w for o, w in v.items()} if isinstance(v, dict) else v)
-                for k, v in about.items()}
+        def clean(v):  # outputs are shared: no URL password or secret token goes into them
+            return redact(v) if isinstance(v, str) else list(v) if isinstance(v, tuple) else v
+
+        options = {k: clean(v) for k, v in dataclasses.asdict(self.options).items() if v != getattr(EncoderOptions(), k)}
+        return {"model": clean(self.spec or self.name), "options": options, "opts": clean(self.opts_file),
+                "dim": self.dim, "grid": list(self.grid) if self.grid else None, "precision": self.precision,
+                "preprocess": repr(self.preprocess), "nenya_version": nenya.__version__}
 
     def to(self, device: str | torch.device | None = "auto", precision: str = "fp32", *,
            channels_last: bool = True, compile: bool = False) -> Encoder:

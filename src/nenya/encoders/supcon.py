@@ -76,7 +76,7 @@ class SupConEncoder(Encoder):
         arch = f"{opt.ssl_model}|{opt.feat_dim}|{getattr(opt, 'nchannels', 3)}|{getattr(opt, 'head', 'mlp')}"
         fp = hashlib.sha256(f"supcon|{arch}|{file_digest(local)}|rm={remove_module}".encode()).hexdigest()[:16]
         enc = cls(model, opt, fingerprint=fp, name=f"supcon:{storage.basename(path)}")
-        enc.spec = f"supcon:{path if storage.is_remote(path) else os.path.abspath(storage.local_path(path))}"
+        enc.spec = f"supcon:{storage.absolute(path)}"
         return enc
 
     @classmethod

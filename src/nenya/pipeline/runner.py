@@ -210,14 +210,17 @@ def _check(batch: Batch, x: torch.Tensor) -> torch.Tensor:
     return torch.where(finite.view(-1, *([1] * (x.dim() - 1))), x, torch.zeros((), dtype=x.dtype))
 
 
+def _pixels(batch: Batch) -> torch.Tensor:
+    return batch.data if isinstance(batch.data, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch.data))
+
+
 def decode_on_device(encoder: Encoder, batch: Batch) -> None:
     """Decode the JPEGs a reader left for the device (``--decode gpu``) into the batch's pixels."""
     if not batch.encoded:
         return
     from nenya.sources import _device_decode
 
-    x = batch.data if isinstance(batch.data, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch.data))
-    x = x.to(encoder.device, non_blocking=True)
+    x = _pixels(batch).to(encoder.device, non_blocking=True)
     status = list(batch.status or ["ok"] * len(batch))
     _device_decode.fill(x, batch.encoded, status, transform=encoder.preprocess.image)
     batch.data, batch.encoded = x, None
@@ -229,8 +232,7 @@ def encode_batch(encoder: Encoder, batch: Batch) -> np.ndarray:
 
     Every engine encodes through this function, so they all produce the same vectors."""
     decode_on_device(encoder, batch)
-    x = batch.data if isinstance(batch.data, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch.data))
-    x = _check(batch, x)
+    x = _check(batch, _pixels(batch))
     vectors = encoder.encode(x)
     finite = torch.isfinite(vectors.reshape(len(vectors), -1)).all(dim=1)
     if not bool(finite.all()):

@@ -59,6 +59,11 @@ def join(base: str | os.PathLike, *parts: str) -> str:
     return os.path.join(s, *parts)
 
 
+def absolute(path: str | os.PathLike) -> str:
+    """A URL as it is; a local path made absolute (a record that must work from any folder)."""
+    return str(path) if is_remote(path) else os.path.abspath(local_path(path))
+
+
 def basename(path: str | os.PathLike) -> str:
     return str(path).rstrip("/").rsplit("/", 1)[-1]
 

@@ -101,10 +101,10 @@ def vectors_of(table: pa.Table, column: str = "vector") -> np.ndarray:
     return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
 
 
-
 def vectors_digest(fingerprint: str) -> str:
     """A short digest of what determines a run's vectors (model, weights, preprocessing, precision)."""
     return hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+
 
 class PartSink(Sink):
     """Base of sinks that commit shard parts and assemble one output file per group.

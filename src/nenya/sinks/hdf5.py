@@ -11,6 +11,7 @@ import nenya
 from nenya.pipeline import faults, storage
 from nenya.pipeline.items import Group
 from nenya.sinks._parts import PartSink, vectors_of
+from nenya.sinks.parquet import ABOUT_KEY
 
 
 class NenyaLatentsSink(PartSink):
@@ -30,7 +31,7 @@ class NenyaLatentsSink(PartSink):
         with h5py.File(path, "w") as f:
             f.attrs["nenya_version"] = nenya.__version__
             f.attrs["source"] = storage.redact(group.url)
-            f.attrs["nenya"] = json.dumps(self._about)
+            f.attrs[ABOUT_KEY.decode()] = json.dumps(self._about)
             for p, n in group.partitions.items():
                 parts = self.parts(group, p)
                 dset = f.create_dataset(p, (n, self._dim), dtype="float32")

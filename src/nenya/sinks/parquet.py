@@ -18,13 +18,17 @@ from nenya.sinks._parts import PartSink, vectors_digest, vectors_of
 ABOUT_KEY = b"nenya"
 
 
-def about_of(schema: pa.Schema | None) -> dict | None:
-    """The model description stored in a Parquet schema by nenya (None for other files)."""
-    raw = (schema.metadata or {}).get(ABOUT_KEY) if schema is not None else None
+def parse_about(raw: str | bytes | None) -> dict | None:
+    """The model description from its stored JSON (None when absent or unreadable)."""
     try:
         return json.loads(raw) if raw else None
     except ValueError:
         return None
+
+
+def about_of(schema: pa.Schema | None) -> dict | None:
+    """The model description stored in a Parquet schema by nenya (None for other files)."""
+    return parse_about((schema.metadata or {}).get(ABOUT_KEY) if schema is not None else None)
 
 
 def _describe(about: dict) -> str:

@@ -166,6 +166,15 @@ def decode_image(data: bytes, *, transform: ImageTransform, max_pixels: int = DE
     return np.ascontiguousarray(arr.transpose(2, 0, 1))
 
 
+def exif_orientation(im: Image.Image) -> int:
+    """The EXIF orientation (1-8; 1 when absent or unreadable) of an opened image, from its header."""
+    try:
+        orientation = int(im.getexif().get(0x0112, 1))
+    except Exception:  # an unreadable EXIF block: decoding ignores it too
+        return 1
+    return orientation if 1 <= orientation <= 8 else 1
+
+
 def to_rgb(im: Image.Image) -> Image.Image:
     """Convert any Pillow mode to 8-bit RGB by the rules in the module docstring.
 

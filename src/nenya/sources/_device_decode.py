@@ -26,6 +26,7 @@ run's fingerprint, so a resumed run never mixes the two.
 
 from __future__ import annotations
 
+import functools
 import io
 import logging
 from collections.abc import Callable, Sequence
@@ -34,18 +35,18 @@ import torch
 import torch.nn.functional as F
 
 from nenya.encoders.base import ImageTransform
-from nenya.sources._decode import SkipItem, decode_image, resized_shape
+from nenya.sources._decode import SkipItem, decode_image, exif_orientation, resized_shape
 
 log = logging.getLogger(__name__)
 
 #: interpolations with an antialiased tensor equivalent of Pillow's filter
 TENSOR_INTERPOLATIONS = ("bilinear", "bicubic")
 _SOI, _EOI = b"\xff\xd8\xff", b"\xff\xd9"
-_EXIF_ORIENTATION = 0x0112
 
 Decoder = Callable[[list[torch.Tensor], torch.device], list[torch.Tensor]]
 
 
+@functools.lru_cache(maxsize=16)  # asked once per batch: the answer for a device and transform never changes
 def unavailable(device: torch.device, transform: ImageTransform | None) -> str | None:
     """Why ``--decode gpu`` cannot run here (None: it can).
 
@@ -88,11 +89,7 @@ def device_candidate(data: bytes, *, max_pixels: int) -> int | None:
         w, h = im.size
         if w <= 0 or h <= 0 or w * h > max_pixels:
             return None
-        try:
-            orientation = int(im.getexif().get(_EXIF_ORIENTATION, 1))
-        except Exception:  # an unreadable EXIF block: the CPU path ignores it too
-            orientation = 1
-        return orientation if 1 <= orientation <= 8 else 1
+        return exif_orientation(im)
     except Exception:
         return None
 

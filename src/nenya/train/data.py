@@ -195,12 +195,12 @@ def load_image_folder(path: str, *, batch_size: int = 256) -> np.ndarray:
     from nenya.encoders.base import ImageTransform
     from nenya.sources.images import ImageFolderSource
 
-    listing = ImageFolderSource(path, transform=ImageTransform(size=(1, 1), resize=None))
-    n = len(listing)
-    size = next((s for s in map(_upright_size, listing.locations(0, n)) if s is not None), None)
+    source = ImageFolderSource(path, transform=ImageTransform(size=(1, 1), resize=None))
+    n = len(source)  # lists the folder (once)
+    size = next((s for s in map(_upright_size, source.locations(0, n)) if s is not None), None)
     if size is None:
         raise InputError(f"none of the {n} image files under {path} can be read as an image")
-    source = ImageFolderSource(path, transform=ImageTransform(size=size, resize=None))
+    source.transform = ImageTransform(size=size, resize=None)
     out: list[np.ndarray] = []
     bad: list[tuple[str, str]] = []
     for shard in source.plan(max(n, 1)).shards:
@@ -227,13 +227,13 @@ def _upright_size(location: str) -> tuple[int, int] | None:
 
     from PIL import Image
 
-    from nenya.sources._decode import SkipItem, read_bytes
+    from nenya.sources._decode import exif_orientation, read_bytes
 
     try:
         im = Image.open(io.BytesIO(read_bytes(location)))
         w, h = im.size
-        transposed = int(im.getexif().get(0x0112, 1)) in (5, 6, 7, 8)
-    except (SkipItem, Exception):  # any file Pillow cannot open (the reader gives its reason later)
+        transposed = exif_orientation(im) in (5, 6, 7, 8)
+    except Exception:  # SkipItem or any file Pillow cannot open (the reader gives its reason later)
         return None
     return (w, h) if transposed else (h, w)
 
