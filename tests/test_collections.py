@@ -19,7 +19,7 @@ from nenya.encoders import load_encoder
 from nenya.encoders.base import EncoderOptions
 from nenya.extract import extract_collection
 from nenya.pipeline.runner import RunOptions
-from nenya.sources._decode import decode_image
+from nenya.preprocess.cpu import decode_image
 
 OPTS = RunOptions(batch_size=4, shard_size=4, num_workers=0, device="cpu", progress=False)
 

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from nenya.encoders.base import ImageTransform
-from nenya.sources._decode import SkipItem, check_transform, decode_image, read_bytes
+from nenya.preprocess.cpu import SkipItem, check_transform, decode_image, read_bytes
 
 H, W = 24, 40
 SAME = ImageTransform(size=(H, W), resize=None, crop=True)  # no resize: pixels come through untouched
@@ -173,7 +173,7 @@ def test_resize_and_crop_match_torchvision(rgb):
 
 
 def test_resize_keeps_the_aspect_ratio_like_torchvision():
-    from nenya.sources._decode import resized_shape
+    from nenya.preprocess.cpu import resized_shape
 
     t = ImageTransform(size=(10, 10), resize=100)
     assert resized_shape(300, 450, t) == (100, 150)

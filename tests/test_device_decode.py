@@ -23,9 +23,9 @@ from nenya import cli
 from nenya.encoders.base import ImageTransform
 from nenya.extract import extract_collection
 from nenya.pipeline.runner import RunOptions
-from nenya.sources import _device_decode as dd
-from nenya.sources._decode import decode_image
-from nenya.sources._decode import resize_crop as pil_resize_crop
+from nenya.preprocess import device as dd
+from nenya.preprocess.cpu import decode_image
+from nenya.preprocess.cpu import resize_crop as pil_resize_crop
 from nenya.sources.images import ImageFolderSource
 from test_collections import picture, save, small_encoder
 

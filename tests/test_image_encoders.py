@@ -16,7 +16,7 @@ from nenya.encoders import load_encoder
 from nenya.encoders.base import EncoderOptions
 from nenya.encoders.timm import import_timm
 from nenya.encoders.torchvision import import_torchvision
-from nenya.sources._decode import decode_image
+from nenya.preprocess.cpu import decode_image
 
 pytestmark = pytest.mark.filterwarnings("ignore:`torch.jit.script` is deprecated:DeprecationWarning")
 

@@ -22,7 +22,7 @@ from nenya.encoders.weights import load_checkpoint
 from nenya.extract import extract_preproc
 from nenya.pipeline import storage
 from nenya.pipeline.runner import RunOptions
-from nenya.sources._h5 import open_checked
+from nenya.sources.h5files import open_checked
 from s3server import s3, s3_server  # noqa: F401  (pytest fixtures)
 
 OPTS = RunOptions(batch_size=8, shard_size=16, num_workers=0, device="cpu", progress=False)

@@ -10,8 +10,8 @@ import torch
 from torch import nn
 
 from conftest import make_opts, save_checkpoint
+from nenya import device as _speed
 from nenya._errors import NenyaError
-from nenya.encoders import _speed
 from nenya.encoders.base import Encoder, Preprocess, resolve_precision
 from nenya.params import Params, option_preprocess
 
@@ -129,7 +129,7 @@ def test_compile_failure_falls_back_to_eager(monkeypatch, caplog):
     monkeypatch.setattr(torch, "compile", broken)
     torch.manual_seed(0)
     model = Picky(fits=99)
-    with caplog.at_level(logging.WARNING, logger="nenya.encoders._speed"):
+    with caplog.at_level(logging.WARNING, logger="nenya.device"):
         enc = encoder(model, compile=True)
     assert not enc.compiled
     assert any("torch.compile failed" in r.getMessage() for r in caplog.records)
@@ -171,7 +171,7 @@ def test_real_compile_equals_eager():
 
 def test_bf16_on_cpu_without_native_support_warns(monkeypatch, caplog):
     monkeypatch.setattr(_speed, "cpu_has_native_bf16", lambda: False)
-    monkeypatch.setattr("nenya.encoders.base.cpu_has_native_bf16", lambda: False)
+    monkeypatch.setattr("nenya.device.cpu_has_native_bf16", lambda: False)
     with caplog.at_level(logging.WARNING, logger="nenya.encoders.base"):
         enc = encoder(Picky(fits=99), precision="bf16")
     assert enc.autocast_dtype == torch.bfloat16  # asked for explicitly: honoured, with the warning
@@ -184,7 +184,7 @@ def test_bf16_on_cpu_without_native_support_warns(monkeypatch, caplog):
 
 
 def test_auto_picks_bf16_on_cpus_with_native_support(monkeypatch, caplog):
-    monkeypatch.setattr("nenya.encoders.base.cpu_has_native_bf16", lambda: True)
+    monkeypatch.setattr("nenya.device.cpu_has_native_bf16", lambda: True)
     with caplog.at_level(logging.WARNING, logger="nenya.encoders.base"):
         assert resolve_precision("auto", torch.device("cpu")) == torch.bfloat16
         assert resolve_precision("bf16", torch.device("cpu")) == torch.bfloat16

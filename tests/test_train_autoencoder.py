@@ -151,7 +151,7 @@ def _grey_png(path, seed, size):
 
 
 def test_a_folder_of_images_trains_and_extracts(tmp_path, caplog):
-    from nenya.sources._decode import decode_image
+    from nenya.preprocess.cpu import decode_image
     from nenya.train.data import open_dataset
 
     folder = tmp_path / "radar"

@@ -128,7 +128,7 @@ def extract_collection(spec: str, encoder: Encoder, output: str, *, fmt: str | N
     When the output exists, only ids it does not account for are encoded and added after its
     rows (resume by id: a folder that grew gets only its new images); ``overwrite`` starts over.
     ``engine`` (:mod:`nenya.engines`) decides where shards are encoded (default: this process).
-    ``decode="gpu"`` decodes JPEGs on the encoder's CUDA device (:mod:`nenya.sources._device_decode`);
+    ``decode="gpu"`` decodes JPEGs on the encoder's CUDA device (:mod:`nenya.preprocess.device`);
     where that cannot run (no CUDA device, no image operators in torchvision, an interpolation
     without a tensor equivalent, the Ray engine) it warns once and decodes on the CPU.
 
@@ -162,7 +162,7 @@ def _jpeg_on_device(decode: str, encoder: Encoder, engine) -> bool:
         raise ValueError(f"decode must be 'cpu' or 'gpu', got {decode!r}")
     if decode == "cpu":
         return False
-    from nenya.sources._device_decode import unavailable
+    from nenya.preprocess.device import unavailable
 
     if engine is not None and not getattr(engine, "decodes_on_device", True):
         why = f"the {type(engine).__name__} decodes in its workers' reader threads"

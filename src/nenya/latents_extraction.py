@@ -23,7 +23,7 @@ from nenya.params import Params, option_preprocess
 from nenya.pipeline import storage
 from nenya.pipeline.runner import RunOptions, run
 from nenya.sinks.memory import ArraySink
-from nenya.sources._h5 import LazyH5, as_strings, check_images, metadata_columns, read_rows
+from nenya.sources.h5files import LazyH5, as_strings, check_images, metadata_columns, read_rows
 from nenya.sources.hdf5 import HDF5PreprocSource, latents_name
 
 log = logging.getLogger(__name__)

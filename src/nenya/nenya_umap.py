@@ -206,7 +206,7 @@ class _LatentsRows:
             raise InputError(f"latents file not found: {url}; extract it first (nenya extract / latents_extraction.main)")
 
     def read(self, partition: str, pp_idx: np.ndarray) -> np.ndarray:
-        from nenya.sources._h5 import open_checked, read_rows
+        from nenya.sources.h5files import open_checked, read_rows
 
         with open_checked(self.local) as f:
             if partition not in f:

@@ -98,7 +98,7 @@ class ImageLookup:
         return [None] * len(rows)
 
     def _cutouts(self, rows: np.ndarray) -> list[np.ndarray | None]:
-        from nenya.sources._h5 import open_checked, read_rows
+        from nenya.sources.h5files import open_checked, read_rows
 
         out: list[np.ndarray | None] = [None] * len(rows)
         parts = (self.table["partition"].astype(str).to_numpy() if "partition" in self.table.columns

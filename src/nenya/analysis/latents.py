@@ -209,7 +209,7 @@ class Latents:
 def _open_h5(path: str, partitions: Sequence[str] | None, metadata: bool) -> Latents:
     import h5py
 
-    from nenya.sources._h5 import as_strings, open_checked
+    from nenya.sources.h5files import as_strings, open_checked
 
     local = storage.fetch(path) if storage.is_remote(path) else storage.local_path(path)
     if not os.path.exists(local):

@@ -251,7 +251,7 @@ def encode_query_image(path: str, spec: str, *, opt: str | None = None, trust_ch
         transform = encoder.preprocess.image
         if transform is None:
             raise InputError(f"{encoder.name} encodes arrays, not image files: give the query as a .npy cutout")
-        from nenya.sources._decode import decode_image
+        from nenya.preprocess.cpu import decode_image
 
         with open(local, "rb") as f:
             arr = decode_image(f.read(), transform=transform)

@@ -14,10 +14,10 @@ import torch
 from torch import nn
 
 from nenya._errors import CheckpointError, NenyaError
-from nenya.encoders.base import EncoderOptions, ImageTransform, Preprocess
+from nenya.encoders.base import EncoderOptions
 from nenya.encoders.weights import file_digest, load_checkpoint, strip_module
 from nenya.pipeline import storage
-from nenya.sources._decode import check_transform
+from nenya.preprocess import ImageTransform, Preprocess, check_transform
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from dataclasses import dataclass
 
@@ -10,79 +9,14 @@ import torch
 from torch import nn
 
 from nenya._errors import InputError, NenyaError
-from nenya.encoders._speed import compile_model, cpu_has_native_bf16, free_cache, is_oom
+from nenya.device import PRECISIONS, autocast, compile_model, free_cache, is_oom, resolve_device, resolve_precision
+from nenya.preprocess import ImageTransform, Preprocess, normalise
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16", "fp16", "auto")
-
-
-def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
-    """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a clear error."""
-    if device is None or str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise NenyaError("device 'cuda' was asked for but torch sees no GPU; use --device cpu (or auto)")
-    return dev
-
-
-def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype for a precision name (None means plain fp32).
-
-    ``auto``: bf16 (or fp16 without bf16) on CUDA; on a CPU, bf16 only where the CPU computes it
-    natively (AVX512-BF16, AMX, Arm BF16), else fp32. Asking for ``bf16`` on a CPU without native
-    support logs a warning: PyTorch then emulates it, several times slower than fp32.
-    """
-    if precision not in PRECISIONS:
-        raise NenyaError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        if device.type == "cuda":
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        if device.type == "cpu" and cpu_has_native_bf16():
-            return torch.bfloat16
-        return None  # fp32: bf16 is only fast on CPUs with native support
-    if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        log.warning("bf16 was asked for on a CPU without native bf16 (no AVX512-BF16/AMX): it will likely be "
-                    "slower than fp32 here (about 4-5x on AVX2 CPUs), with latents that differ slightly; "
-                    "use --precision fp32 (or auto) on this machine")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-@dataclass(frozen=True)
-class ImageTransform:
-    """How a decoded photo becomes a fixed-size uint8 (3, H, W) array, on the CPU (in the readers).
-
-    Attributes:
-        size: final (height, width) of the model input.
-        resize: shorter side to resize to before cropping (an int), an exact (height, width), or
-            None for no resize (the image must then already have ``size``).
-        crop: center-crop to ``size`` after resizing (False: resize straight to ``size``).
-        interpolation: ``bilinear``, ``bicubic``, ``nearest`` or ``lanczos``.
-    """
-
-    size: tuple[int, int] = (224, 224)
-    resize: int | tuple[int, int] | None = 256
-    crop: bool = True
-    interpolation: str = "bilinear"
-
-
-@dataclass(frozen=True)
-class Preprocess:
-    """What the encoder does to a raw batch on the device, before the model.
-
-    uint8 batches (photos) are scaled to [0, 1] first; then ``demean`` subtracts each image's
-    mean (Nenya cutouts); ``mean``/``std`` normalise per channel (ImageNet-style models); a
-    one-channel batch is repeated to ``in_channels``. ``image`` is the CPU-side resize/crop that
-    image sources apply before batching (None for sources of fixed-size arrays).
-    """
-
-    in_channels: int = 3
-    demean: bool = True
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    image: ImageTransform | None = None
-
+# ImageTransform, Preprocess (nenya.preprocess) and the precision policy (nenya.device) keep their old names here
+__all__ = ["PRECISIONS", "Encoder", "EncoderOptions", "ImageTransform", "Preprocess", "options_from_about", "resolve_device",
+           "resolve_precision"]
 
 @dataclass(frozen=True)
 class EncoderOptions:
@@ -183,33 +117,11 @@ class Encoder:
         return self
 
     def prepare(self, x: torch.Tensor) -> torch.Tensor:
-        """Demean each image and repeat one channel to the model's ``in_channels``."""
-        if x.dim() == 3:
-            x = x[:, None]
-        if x.dim() != 4:
-            raise InputError(f"expected a batch (B, C, H, W), got shape {tuple(x.shape)}")
-        x = x.float() / 255.0 if x.dtype == torch.uint8 else x.float()
-        pre = self.preprocess
-        if pre.demean:
-            x = x - x.mean(dim=(1, 2, 3), keepdim=True)
-        if pre.mean is not None or pre.std is not None:
-            c = x.shape[1]
-            if c == 1 and pre.in_channels != 1:
-                x = x.expand(-1, pre.in_channels, -1, -1)
-            mean = torch.tensor(pre.mean if pre.mean is not None else (0.0,), device=x.device).view(1, -1, 1, 1)
-            std = torch.tensor(pre.std if pre.std is not None else (1.0,), device=x.device).view(1, -1, 1, 1)
-            x = (x - mean) / std
-        c, want = x.shape[1], self.preprocess.in_channels
-        if c != want:
-            if c != 1:
-                raise InputError(f"{self.name} takes {want} channel(s); got images with {c}")
-            x = x.expand(-1, want, -1, -1)
-        return x
+        """The device side of the preprocessing stage (:func:`nenya.preprocess.normalise`)."""
+        return normalise(x, self.preprocess, name=self.name)
 
     def _autocast(self):
-        if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+        return autocast(self.device, self.autocast_dtype)
 
     @torch.inference_mode()
     def encode(self, x: torch.Tensor) -> torch.Tensor:

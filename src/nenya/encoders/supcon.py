@@ -82,7 +82,7 @@ class SupConEncoder(Encoder):
     @classmethod
     def from_named(cls, name: str, opt: Params | str | None = None, **kwargs) -> SupConEncoder:
         """A named model (``v4``, ``v5``, ``viirs_v1``) whose weights the user has provided."""
-        from nenya.io import load_opt, resolve_weights
+        from nenya.encoders.named import load_opt, resolve_weights
 
         named_opt, _ = load_opt(name)
         return cls.from_checkpoint(resolve_weights(named_opt, name=name), opt or named_opt, **kwargs)

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from nenya._errors import CheckpointError, NenyaError, WeightsNotFoundError
+from nenya.compat import import_torchvision
 from nenya.encoders._image import (
     PooledMap,
     check_pool,
@@ -29,7 +30,6 @@ from nenya.encoders._image import (
     weights_tag,
 )
 from nenya.encoders.base import Encoder, EncoderOptions, Preprocess
-from nenya.encoders.torchvision import import_torchvision
 
 log = logging.getLogger(__name__)
 

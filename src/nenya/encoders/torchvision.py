@@ -2,21 +2,18 @@
 
 ``torchvision:resnet50`` gives the 2048-d average-pooled features; preprocessing comes from the
 model's default weights entry (resize, crop, mean, std, interpolation), which torchvision knows
-without downloading anything. Also home of :func:`import_torchvision`, which timm needs too.
+without downloading anything.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-import sys
-import threading
 from types import ModuleType
 
-import torch
 from torch import nn
 
 from nenya._errors import CheckpointError, NenyaError, WeightsNotFoundError
+from nenya.compat import import_torchvision
 from nenya.encoders._image import (
     Defaults,
     encoder_fingerprint,
@@ -29,100 +26,8 @@ from nenya.encoders.base import Encoder, EncoderOptions, Preprocess
 
 log = logging.getLogger(__name__)
 
-#: Schemas of torchvision's compiled operators, defined from Python when its binary extension
-#: does not load against this torch build (torchvision's ``_meta_registrations`` needs them to
-#: exist). Only their *schemas*: the models never call them; detection ops fail when called.
-_TV_SCHEMAS = (
-    "nms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-    "qnms(Tensor dets, Tensor scores, float iou_threshold) -> Tensor",
-    "roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width, "
-    "int sampling_ratio, bool aligned) -> Tensor",
-    "_roi_align_backward(Tensor grad, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width, "
-    "SymInt batch_size, SymInt channels, SymInt height, SymInt width, int sampling_ratio, bool aligned) -> Tensor",
-    "ps_roi_align(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width, "
-    "int sampling_ratio) -> (Tensor, Tensor)",
-    "_ps_roi_align_backward(Tensor grad, Tensor rois, Tensor channel_mapping, float spatial_scale, "
-    "SymInt pooled_height, SymInt pooled_width, int sampling_ratio, SymInt batch_size, SymInt channels, "
-    "SymInt height, SymInt width) -> Tensor",
-    "roi_pool(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width) "
-    "-> (Tensor, Tensor)",
-    "_roi_pool_backward(Tensor grad, Tensor rois, Tensor argmax, float spatial_scale, SymInt pooled_height, "
-    "SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, SymInt width) -> Tensor",
-    "ps_roi_pool(Tensor input, Tensor rois, float spatial_scale, SymInt pooled_height, SymInt pooled_width) "
-    "-> (Tensor, Tensor)",
-    "_ps_roi_pool_backward(Tensor grad, Tensor rois, Tensor channel_mapping, float spatial_scale, "
-    "SymInt pooled_height, SymInt pooled_width, SymInt batch_size, SymInt channels, SymInt height, "
-    "SymInt width) -> Tensor",
-    "qroi_align(Tensor input, Tensor rois, float input_scale, int input_zero_point, float rois_scale, "
-    "int rois_zero_point, float spatial_scale, SymInt pooled_height, SymInt pooled_width, int sampling_ratio, "
-    "bool aligned) -> Tensor",
-    "deform_conv2d(Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, SymInt stride_h, "
-    "SymInt stride_w, SymInt pad_h, SymInt pad_w, SymInt dilation_h, SymInt dilation_w, SymInt groups, "
-    "SymInt offset_groups, bool use_mask) -> Tensor",
-    "_deform_conv2d_backward(Tensor grad, Tensor input, Tensor weight, Tensor offset, Tensor mask, Tensor bias, "
-    "SymInt stride_h, SymInt stride_w, SymInt pad_h, SymInt pad_w, SymInt dilation_h, SymInt dilation_w, "
-    "SymInt groups, SymInt offset_groups, bool use_mask) -> (Tensor, Tensor, Tensor, Tensor, Tensor)",
-    "box_iou_rotated(Tensor boxes1, Tensor boxes2) -> Tensor",
-)
-_MISSING_OP = "operator torchvision::"
-_lock = threading.Lock()
-#: The Library holding the schemas must stay alive for them to stay defined (module-level, set once).
-_SCHEMA_LIBRARY: list[torch.library.Library] = []
-
-
-def import_torchvision() -> ModuleType:
-    """Import torchvision, working around a compiled extension that does not match this torch.
-
-    torchvision wheels built for another torch (e.g. the CUDA wheel next to a CPU torch) fail
-    to import with ``RuntimeError: operator torchvision::nms does not exist``. On exactly that
-    failure, the half-imported modules are dropped, the operator schemas are defined from
-    Python, torchvision is imported again and one warning is logged: its models and transforms
-    work; its detection operators (nms, roi_align, deform_conv2d) raise when called.
-
-    Raises:
-        NenyaError: torchvision is not installed, or fails to import for another reason.
-    """
-    with _lock:
-        if "torchvision" in sys.modules and hasattr(sys.modules["torchvision"], "models"):
-            return sys.modules["torchvision"]
-        try:
-            return importlib.import_module("torchvision")
-        except ModuleNotFoundError as e:
-            if e.name and e.name.split(".")[0] == "torchvision":
-                raise NenyaError("torchvision is not installed; install it with: pip install torchvision") from None
-            raise
-        except RuntimeError as e:
-            if _MISSING_OP not in str(e) or _SCHEMA_LIBRARY:
-                raise NenyaError(f"torchvision fails to import ({e}); install the torchvision build that "
-                                 f"matches torch {torch.__version__}") from e
-        for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
-            del sys.modules[name]
-        lib = torch.library.Library("torchvision", "DEF")  # noqa: TOR901 - kept alive below
-        for schema in _TV_SCHEMAS:
-            op = schema.split("(", 1)[0]
-            if not _op_exists(op):
-                lib.define(schema)
-        _SCHEMA_LIBRARY.append(lib)
-        try:
-            tv = importlib.import_module("torchvision")
-        except Exception as e:
-            raise NenyaError(f"torchvision fails to import even with its operator schemas defined ({e}); "
-                             f"install the torchvision build that matches torch {torch.__version__}") from e
-        log.warning("torchvision's compiled ops do not match this torch build; its models work, detection ops will not")
-        return tv
-
-
-def _op_exists(op: str) -> bool:
-    try:
-        getattr(torch.ops.torchvision, op)
-        return True
-    except (AttributeError, RuntimeError):
-        return False
-
-
 #: Attributes holding the classification head, in the order they are tried.
 _HEAD_ATTRS = ("fc", "classifier", "heads", "head")
-
 
 def remove_classifier(model: nn.Module, name: str) -> str:
     """Replace the last ``nn.Linear`` of the model's head by ``nn.Identity`` and return its path.

@@ -25,6 +25,7 @@ from nenya._errors import InputError, NenyaError
 from nenya.encoders.base import Encoder
 from nenya.pipeline import faults
 from nenya.pipeline.items import Batch, Plan, Shard
+from nenya.preprocess import decode_on_device
 from nenya.sinks import Sink
 from nenya.sources import Source
 
@@ -214,24 +215,16 @@ def _pixels(batch: Batch) -> torch.Tensor:
     return batch.data if isinstance(batch.data, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(batch.data))
 
 
-def decode_on_device(encoder: Encoder, batch: Batch) -> None:
-    """Decode the JPEGs a reader left for the device (``--decode gpu``) into the batch's pixels."""
-    if not batch.encoded:
-        return
-    from nenya.sources import _device_decode
-
-    x = _pixels(batch).to(encoder.device, non_blocking=True)
-    status = list(batch.status or ["ok"] * len(batch))
-    _device_decode.fill(x, batch.encoded, status, transform=encoder.preprocess.image)
-    batch.data, batch.encoded = x, None
-    batch.status = None if all(s == "ok" for s in status) else status
+def _decode_on_device(encoder: Encoder, batch: Batch) -> None:
+    if batch.encoded and encoder.preprocess.image is not None:
+        decode_on_device(batch, transform=encoder.preprocess.image, device=encoder.device)
 
 
 def encode_batch(encoder: Encoder, batch: Batch) -> np.ndarray:
     """One batch's vectors as float32 numpy, items with non-finite pixels or latents flagged as skipped.
 
     Every engine encodes through this function, so they all produce the same vectors."""
-    decode_on_device(encoder, batch)
+    _decode_on_device(encoder, batch)
     x = _check(batch, _pixels(batch))
     vectors = encoder.encode(x)
     finite = torch.isfinite(vectors.reshape(len(vectors), -1)).all(dim=1)
@@ -322,7 +315,7 @@ def encode_stream(source: Source, encoder: Encoder, todo: list[Shard], options: 
             batch.data = batch.data.to(encoder.device, non_blocking=True)
         t2 = t3 = time.perf_counter()
         if batch.encoded:
-            decode_on_device(encoder, batch)
+            _decode_on_device(encoder, batch)
             t3 = time.perf_counter()
             timings["decode on device"] = timings.get("decode on device", 0.0) + t3 - t2
         out = encode_batch(encoder, batch)

@@ -12,7 +12,7 @@ from nenya._errors import InputError
 from nenya.pipeline import storage
 from nenya.pipeline.items import Batch, Group, Plan, Shard
 from nenya.sources import Source
-from nenya.sources._h5 import LazyH5, as_strings, check_images, metadata_columns, open_checked, read_rows
+from nenya.sources.h5files import LazyH5, as_strings, check_images, metadata_columns, open_checked, read_rows
 
 DEFAULT_PARTITIONS = ("train", "valid")
 

@@ -3,7 +3,7 @@
 The listing is the whole plan: names only, no per-file stat or open, so a million-file folder
 is planned in the time it takes to read its directories. Pixels are read in the workers, one
 batch at a time (remote batches fetched concurrently with one ``fs.cat`` call), and decoded by
-:func:`nenya.sources._decode.decode_image`. A file that cannot be used keeps its slot with a
+:func:`nenya.preprocess.cpu.decode_image`. A file that cannot be used keeps its slot with a
 ``skipped:<reason>`` status and zero pixels, so positions and rows never shift.
 """
 
@@ -19,12 +19,18 @@ import numpy as np
 import pyarrow as pa
 
 from nenya._errors import InputError
-from nenya.encoders.base import ImageTransform
 from nenya.pipeline import storage
 from nenya.pipeline.items import Batch, Group, Plan, Shard
+from nenya.preprocess import (
+    DEFAULT_MAX_PIXELS,
+    ImageTransform,
+    SkipItem,
+    check_transform,
+    decode_image,
+    device_candidate,
+    read_bytes,
+)
 from nenya.sources import Source
-from nenya.sources._decode import DEFAULT_MAX_PIXELS, SkipItem, check_transform, decode_image, read_bytes
-from nenya.sources._device_decode import device_candidate
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +254,7 @@ class ImageFolderSource(_ImageItems):
         skip_ids: ids to leave out before sharding (those already in the output: resume by id).
         max_pixels: images over this many pixels are skipped (``pixel limit``) before decoding.
         jpeg_on_device: send clean JPEGs' bytes for the encoder's device to decode
-            (``--decode gpu``, :mod:`nenya.sources._device_decode`); other files are decoded here.
+            (``--decode gpu``, :mod:`nenya.preprocess.device`); other files are decoded here.
 
     Raises:
         InputError: (at ``plan``) the folder does not exist, is a file, or holds no images.

@@ -18,9 +18,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from nenya._errors import InputError
-from nenya.encoders.base import ImageTransform
 from nenya.pipeline import storage
-from nenya.sources._decode import DEFAULT_MAX_PIXELS
+from nenya.preprocess import DEFAULT_MAX_PIXELS, ImageTransform
 from nenya.sources.images import _ImageItems
 
 log = logging.getLogger(__name__)
@@ -87,7 +86,7 @@ class PathTableSource(_ImageItems):
         skip_ids: ids to leave out before sharding (resume by id).
         max_pixels: images over this many pixels are skipped (``pixel limit``) before decoding.
         jpeg_on_device: send clean JPEGs' bytes for the encoder's device to decode
-            (``--decode gpu``, :mod:`nenya.sources._device_decode`); other files are decoded here.
+            (``--decode gpu``, :mod:`nenya.preprocess.device`); other files are decoded here.
 
     Raises:
         InputError: (at ``plan``) a missing table or column, empty or duplicate ids.

@@ -474,7 +474,7 @@ def read_input(spec: str) -> np.ndarray:
     if local.endswith((".h5", ".hdf5")):
         if key is None or row is None:
             raise InputError(f"name one image of {path} as {path}:PARTITION:ROW, e.g. {path}:valid:12")
-        from nenya.sources._h5 import open_checked
+        from nenya.sources.h5files import open_checked
 
         with open_checked(local) as f:
             if key not in f:

@@ -309,7 +309,7 @@ def _open_partitions(opt: Params, info: _common.DistInfo) -> tuple[ArrayDataset,
 
 
 def _partition_names(local: str) -> list[str]:
-    from nenya.sources._h5 import open_checked
+    from nenya.sources.h5files import open_checked
 
     with open_checked(local) as f:
         return sorted(k for k in f.keys() if not k.endswith("_metadata"))

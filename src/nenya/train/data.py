@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from nenya._errors import InputError
 from nenya.pipeline import storage
-from nenya.sources._h5 import LazyH5, check_images, read_rows
+from nenya.sources.h5files import LazyH5, check_images, read_rows
 
 log = logging.getLogger(__name__)
 
@@ -192,7 +192,7 @@ def load_image_folder(path: str, *, batch_size: int = 256) -> np.ndarray:
     Raises:
         InputError: the folder holds no images, or none that decode.
     """
-    from nenya.encoders.base import ImageTransform
+    from nenya.preprocess import ImageTransform
     from nenya.sources.images import ImageFolderSource
 
     source = ImageFolderSource(path, transform=ImageTransform(size=(1, 1), resize=None))
@@ -227,7 +227,7 @@ def _upright_size(location: str) -> tuple[int, int] | None:
 
     from PIL import Image
 
-    from nenya.sources._decode import exif_orientation, read_bytes
+    from nenya.preprocess.cpu import exif_orientation, read_bytes
 
     try:
         im = Image.open(io.BytesIO(read_bytes(location)))
@@ -241,7 +241,7 @@ def _upright_size(location: str) -> tuple[int, int] | None:
 def load_labels(ds: ArrayDataset, column: str) -> tuple[np.ndarray, list[str]]:
     """Integer class labels of a dataset's rows from a metadata column (``<partition>_metadata``)
     or an integer dataset of that name in the same file; returns ``(labels, class names)``."""
-    from nenya.sources._h5 import as_strings, metadata_columns
+    from nenya.sources.h5files import as_strings, metadata_columns
 
     if ds.is_npy:
         raise InputError(f"labels ({column!r}) need a preproc HDF5 file; {ds.path} is a .npy array")

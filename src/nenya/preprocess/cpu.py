@@ -24,7 +24,7 @@ nenya feed the model for this file". The rules, in order:
    - float ``F``: clipped to [0, 255], rounded, then repeated (values are taken as 8-bit greys).
 
 4. **Resize and crop** as torchvision's/timm's eval transforms do on PIL images
-   (:class:`~nenya.encoders.base.ImageTransform`): with ``crop``, resize the shorter side to
+   (:class:`~nenya.preprocess.ImageTransform`): with ``crop``, resize the shorter side to
    ``resize`` (the longer one to ``int(resize * long / short)``) or to an exact (H, W), then
    center-crop to ``size`` at offsets ``int(round((h - th) / 2))`` (zero-padded when the image is
    smaller); without ``crop``, resize straight to ``size``. Resizing uses Pillow's filters
@@ -46,8 +46,8 @@ import re
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from nenya.encoders.base import ImageTransform
 from nenya.pipeline import storage
+from nenya.preprocess.config import ImageTransform
 
 log = logging.getLogger(__name__)
 

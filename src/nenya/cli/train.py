@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import sys
 
 TRAIN_EPILOG = """examples:
   nenya train contrastive --opts opts.json                  SimCLR on <data_folder>/<images_file>
@@ -194,9 +193,3 @@ def cmd_reconstruct(args) -> int:
     for path in [rec.npy, *rec.pngs]:
         print(path)
     return 0
-
-
-if __name__ == "__main__":  # pragma: no cover
-    from nenya.cli import main
-
-    sys.exit(main(["train", *sys.argv[1:]]))

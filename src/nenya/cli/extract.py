@@ -1,14 +1,11 @@
-"""The ``nenya`` command: one sub-command per job."""
+"""``nenya extract``: latent vectors of preproc files, image folders and path tables."""
 
 from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
-import time
 
-from nenya import __version__
 from nenya._errors import NenyaError
 
 log = logging.getLogger("nenya")
@@ -27,7 +24,8 @@ EPILOG = """examples:
 """
 
 
-def _add_extract(sub) -> None:
+def register(sub) -> None:
+    """Add ``nenya extract`` to the ``nenya`` parser."""
     p = sub.add_parser(
         "extract", help="latent vectors of Nenya preproc HDF5 files, image folders or path tables",
         description="Encode every cutout of each preproc file (local or URL) and write one latents file per "
@@ -240,121 +238,3 @@ def _without_devices(argv: list[str]) -> list[str]:
     return out
 
 
-def cmd_demo(args) -> int:
-    from nenya.demo_job import run_demo
-
-    run_demo(args.folder, n=args.n, model=args.model, train_seconds=args.train_seconds)
-    return 0
-
-
-def cmd_models(args) -> int:
-    from nenya.io import NAMED_MODELS, model_dir
-    from nenya.pipeline.registry import encoders, sinks, sources
-
-    print("Model specs (nenya extract --model SPEC):")
-    for name in encoders.names():
-        print(f"  {name + ':':13s} {encoders.help(name)}")
-    print("  a bare checkpoint path (.pth, .pt, .safetensors) means supcon:PATH")
-    print("  photo models take --weights FILE | --pretrained, --layer K, --pool avg|max|gem|none, --size ...")
-    print(f"\nNamed Nenya models: {', '.join(NAMED_MODELS)}; weights are looked up under {model_dir()}")
-    print("  (set NENYA_MODEL_DIR to the folder holding <model_root>/<model_name>/last.pth)")
-    print("\nInputs: Nenya preproc .h5 files as arguments, or --source:")
-    for name in sources.names():
-        if name not in ("h5", "arrays"):
-            print(f"  {name + ':':13s} {sources.help(name)}")
-    print("\nOutputs (--format):")
-    for name in sinks.names():
-        print(f"  {name:13s} {sinks.help(name)}")
-    return 0
-
-
-class _Parser(argparse.ArgumentParser):
-    """Usage errors echo arguments: never with a password from a URL in them."""
-
-    def error(self, message: str):
-        from nenya.pipeline.storage import redact
-
-        super().error(redact(message))
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(
-        prog="nenya", description="nenya: latent vectors from large image collections (Nenya SST cutouts and more).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--version", action="version", version=f"nenya {__version__}")
-    parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    _add_extract(sub)
-    d = sub.add_parser("demo", help="sample SST data -> a briefly trained model -> latents -> UMAP, gallery, explorer",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    d.add_argument("folder", nargs="?", default="nenya-demo", help="where to put everything")
-    d.add_argument("--n", type=int, default=2000, help="number of synthetic cutouts")
-    d.add_argument("--model", default="resnet18", choices=["resnet18", "resnet34", "resnet50", "resnet101"])
-    d.add_argument("--train-seconds", type=float, default=100.0, help="how long to train the contrastive model")
-    d.set_defaults(func=cmd_demo)
-    m = sub.add_parser("models", help="list the kinds of model nenya can extract with")
-    m.set_defaults(func=cmd_models)
-    from nenya import cli_explore, cli_train
-
-    cli_train.register(sub)
-    cli_explore.register(sub)
-    return parser
-
-
-class _Redact(logging.Filter):
-    """No secret (URL passwords, AWS keys from the environment) reaches the log."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        from nenya.pipeline.storage import redact
-
-        msg = record.getMessage()
-        clean = redact(msg)
-        if clean != msg:
-            record.msg, record.args = clean, None
-        return True
-
-
-def _sigterm(signum, frame):  # stop like Ctrl-C: after the current batch, committed shards kept
-    raise KeyboardInterrupt
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    args.argv = list(sys.argv[1:] if argv is None else argv)  # what --devices relaunches per rank
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 0
-    level = [logging.WARNING, logging.INFO, logging.DEBUG][min(args.verbose, 2)]
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
-    logging.getLogger("nenya").setLevel(min(level, logging.INFO))
-    for handler in logging.getLogger().handlers:
-        handler.addFilter(_Redact())
-    signal.signal(signal.SIGTERM, _sigterm)
-    t = time.perf_counter()
-    try:
-        return args.func(args)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted after {time.perf_counter() - t:.0f} s; committed shards are kept: "
-              "rerun the same command to resume", file=sys.stderr)
-        return 130
-    except (NenyaError, FileNotFoundError, ValueError, KeyError) as e:
-        from nenya.pipeline.storage import redact
-
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"nenya: error: {redact(str(msg))}", file=sys.stderr)
-        return 2
-    except Exception as e:  # unexpected: still no secret on the screen
-        import traceback
-
-        from nenya.pipeline.storage import redact
-
-        if args.verbose >= 2:
-            print(redact(traceback.format_exc()), file=sys.stderr)
-        print(f"nenya: error: {redact(f'{type(e).__name__}: {e}')} (rerun with -vv for the traceback)",
-              file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())

@@ -34,8 +34,9 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from nenya.encoders.base import ImageTransform
-from nenya.sources._decode import SkipItem, decode_image, exif_orientation, resized_shape
+from nenya.pipeline.items import Batch
+from nenya.preprocess.config import ImageTransform
+from nenya.preprocess.cpu import SkipItem, decode_image, exif_orientation, resized_shape
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +63,7 @@ def unavailable(device: torch.device, transform: ImageTransform | None) -> str |
         return (f"--interpolation {transform.interpolation} has no GPU equivalent "
                 f"(use {' or '.join(TENSOR_INTERPOLATIONS)})")
     try:
-        from nenya.encoders.torchvision import import_torchvision
+        from nenya.compat import import_torchvision
 
         import_torchvision()
         from torchvision.io.image import _assert_has_image_ops
@@ -115,7 +116,7 @@ def orient(img: torch.Tensor, orientation: int) -> torch.Tensor:
 
 def resize_crop(img: torch.Tensor, transform: ImageTransform) -> torch.Tensor:
     """Resize and center-crop (or zero-pad) a uint8 (3, H, W) tensor on its device, by the rules
-    of :func:`nenya.sources._decode.resize_crop` (antialiased, as Pillow resizes)."""
+    of :func:`nenya.preprocess.cpu.resize_crop` (antialiased, as Pillow resizes)."""
     if transform.interpolation not in TENSOR_INTERPOLATIONS:
         raise ValueError(f"no tensor resize for {transform.interpolation!r}; expected one of {TENSOR_INTERPOLATIONS}")
     _, h, w = img.shape
@@ -140,7 +141,7 @@ def resize_crop(img: torch.Tensor, transform: ImageTransform) -> torch.Tensor:
 
 def nvjpeg(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
     """torchvision's batched ``decode_jpeg`` to RGB on ``device`` (nvjpeg on CUDA)."""
-    from nenya.encoders.torchvision import import_torchvision
+    from nenya.compat import import_torchvision
 
     import_torchvision()
     from torchvision.io import ImageReadMode, decode_jpeg
@@ -205,3 +206,16 @@ def fill(x: torch.Tensor, encoded: Sequence[tuple[int, bytes, int]], status: lis
 def as_bytes_tensor(data: bytes) -> torch.Tensor:
     """File bytes as the 1-D uint8 CPU tensor ``decode_jpeg`` takes."""
     return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def decode_on_device(batch: Batch, *, transform: ImageTransform, device: torch.device) -> None:
+    """Decode the JPEGs a reader left for the device (``batch.encoded``) into the batch's pixels,
+    which then sit on ``device``; items that cannot be decoded get their skip reason."""
+    if not batch.encoded:
+        return
+    data = batch.data if isinstance(batch.data, torch.Tensor) else torch.from_numpy(batch.data)
+    x = data.to(device, non_blocking=True)
+    status = list(batch.status or ["ok"] * len(batch))
+    fill(x, batch.encoded, status, transform=transform)
+    batch.data, batch.encoded = x, None
+    batch.status = None if all(s == "ok" for s in status) else status
