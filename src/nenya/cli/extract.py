@@ -120,7 +120,7 @@ def cmd_extract(args) -> int:
         raise NenyaError("nothing to extract: give preproc .h5 files, or --source images:FOLDER / table:FILE")
     engine_name, ranks = _engine(args)
     if args.devices is not None and args.devices > 1:  # this process only launches the ranks (no torch here)
-        from nenya.engines._ranks import launch
+        from nenya.ranks import launch
 
         return launch(_without_devices(getattr(args, "argv", None) or sys.argv[1:]), args.devices)
     from nenya.encoders import load_encoder
@@ -200,7 +200,7 @@ def cmd_extract(args) -> int:
 
 def _engine(args):
     """The engine name (``auto`` resolved) and this process's ranks (None outside torchrun/--devices)."""
-    from nenya.engines._ranks import Ranks
+    from nenya.ranks import Ranks
 
     ranks = Ranks.from_env()
     name = args.engine

@@ -15,7 +15,7 @@ from torch import nn
 
 from nenya._errors import CheckpointError, NenyaError
 from nenya.encoders.base import EncoderOptions
-from nenya.encoders.weights import file_digest, load_checkpoint, strip_module
+from nenya.encoders.weights import file_digest, fit_state, load_checkpoint, strip_module
 from nenya.pipeline import storage
 from nenya.preprocess import ImageTransform, Preprocess, check_transform
 
@@ -192,32 +192,6 @@ def probe(model: nn.Module, pre: Preprocess, *, channels: int | None = None) -> 
     return out
 
 
-def load_state(model: nn.Module, state: Mapping[str, torch.Tensor], *, ignore_prefixes: Sequence[str] = (),
-               what: str, source: str) -> None:
-    """Load a state dict strictly, except keys under ``ignore_prefixes`` (the removed classifier).
-
-    Raises:
-        CheckpointError: keys missing or unexpected, or tensors of other shapes, naming examples.
-    """
-    state = {k: v for k, v in state.items() if not _under(k, ignore_prefixes)}
-    try:
-        result = model.load_state_dict(state, strict=False)
-    except RuntimeError as e:
-        lines = [line.strip() for line in str(e).splitlines() if "size mismatch" in line]
-        raise CheckpointError(f"{source} does not fit {what}: {lines[0] if lines else str(e).splitlines()[-1]}"
-                              f"{f' (and {len(lines) - 1} more)' if len(lines) > 1 else ''}. Check that the "
-                              "weights were saved from this architecture") from None
-    missing = [k for k in result.missing_keys if not _under(k, ignore_prefixes)]
-    unexpected = list(result.unexpected_keys)
-    if missing or unexpected:
-        hint = ""
-        if any(k.startswith("module.") for k in unexpected):
-            hint = " The names carry 'module.' (DataParallel): load with remove_module=True."
-        raise CheckpointError(f"{source} does not fit {what}: missing {_examples(missing)}, unexpected "
-                              f"{_examples(unexpected)}.{hint} Check that the weights were saved from this "
-                              "architecture (a plain state dict of the model, or safetensors)")
-
-
 def load_weights(model: nn.Module, path: str, *, trust: bool, remove_module: bool,
                  ignore_prefixes: Sequence[str] = (), what: str) -> str:
     """Load ``path`` (safetensors, or a state dict loaded with ``weights_only=True``) into ``model``.
@@ -226,7 +200,9 @@ def load_weights(model: nn.Module, path: str, *, trust: bool, remove_module: boo
         ``weights:<sha256>`` of the file, for the encoder's fingerprint.
     """
     state = read_state(path, trust=trust, remove_module=remove_module)
-    load_state(model, state, ignore_prefixes=ignore_prefixes, what=what, source=str(path))
+    fit_state(model, state, remove_module=False, ignore_prefixes=ignore_prefixes, what=what, source=str(path),
+              advice="Check that the weights were saved from this architecture (a plain state dict of the model, "
+                     "or safetensors)")
     return weights_tag(path)
 
 
@@ -240,14 +216,6 @@ def read_state(path: str, *, trust: bool, remove_module: bool) -> dict[str, torc
 
 def weights_tag(path: str) -> str:
     return f"weights:{file_digest(storage.fetch(str(path)))}"
-
-
-def _under(key: str, prefixes: Sequence[str]) -> bool:
-    return any(key == p or key.startswith(p + ".") for p in prefixes if p)
-
-
-def _examples(keys: list[str]) -> str:
-    return f"{keys[:3]}{'...' if len(keys) > 3 else ''} ({len(keys)})" if keys else "[]"
 
 
 def encoder_fingerprint(kind: str, name: str, layer: int | None, pool: str | None, pre: Preprocess, weights: str) -> str:

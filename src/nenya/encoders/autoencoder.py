@@ -16,7 +16,7 @@ import torch
 
 from nenya._errors import CheckpointError, InputError
 from nenya.encoders.base import Encoder, EncoderOptions, Preprocess
-from nenya.encoders.weights import file_digest, load_checkpoint, strip_module
+from nenya.encoders.weights import file_digest, fit_state, load_checkpoint
 from nenya.models.autoencoder import ConvAutoencoder, EmbeddingHead
 from nenya.params import Params
 from nenya.pipeline import storage
@@ -86,12 +86,8 @@ class AutoencoderEncoder(Encoder):
             raise CheckpointError(f"{path} is not an autoencoder checkpoint (written by `nenya train autoencoder`); "
                                   "for a SupCon model use supcon:PATH")
         model = build_autoencoder(opt)
-        state = strip_module(ckpt["model"]) if remove_module else ckpt["model"]
-        try:
-            model.load_state_dict(state)
-        except RuntimeError as e:
-            raise CheckpointError(f"{path}: the weights do not fit the architecture in its options "
-                                  f"({str(e).splitlines()[0]})") from None
+        fit_state(model, ckpt["model"], remove_module=remove_module, source=str(path),
+                  what="the architecture in its options", advice="Was it written by `nenya train autoencoder`?")
         local = storage.fetch(str(path))
         fp = hashlib.sha256(f"ae|{file_digest(local)}".encode()).hexdigest()[:16]
         return cls(model, opt, fingerprint=fp, name=f"ae:{storage.basename(path)}")

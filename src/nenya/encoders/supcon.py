@@ -6,11 +6,9 @@ import hashlib
 import logging
 import os
 
-import torch
-
 from nenya._errors import CheckpointError
 from nenya.encoders.base import Encoder, Preprocess
-from nenya.encoders.weights import file_digest, load_checkpoint, strip_module
+from nenya.encoders.weights import file_digest, fit_state, load_checkpoint
 from nenya.models.resnet_big import SupConResNet
 from nenya.params import Params, option_preprocess
 from nenya.pipeline import storage
@@ -25,24 +23,6 @@ def build_model(opt: Params) -> SupConResNet:
             raise CheckpointError(f"the options lack {key!r}; give an opts JSON with ssl_model and feat_dim")
     return SupConResNet(name=opt.ssl_model, head=getattr(opt, "head", None) or "mlp",
                         feat_dim=int(opt.feat_dim), in_channel=int(getattr(opt, "nchannels", None) or 3))
-
-
-def load_state(model: torch.nn.Module, state: dict[str, torch.Tensor], *, remove_module: bool, source: str) -> None:
-    """Load a state dict strictly, explaining mismatches in terms of the options."""
-    if remove_module:
-        state = strip_module(state)
-    result = model.load_state_dict(state, strict=False)
-    missing, unexpected = list(result.missing_keys), list(result.unexpected_keys)
-    if not missing and not unexpected:
-        return
-    hint = ""
-    if any(".module." in k or k.startswith("module.") for k in unexpected):
-        hint = " The names carry 'module.' (DataParallel): load with remove_module=True."
-    raise CheckpointError(
-        f"{source} does not fit the model built from the options: missing {missing[:3]}"
-        f"{'...' if len(missing) > 3 else ''}, unexpected {unexpected[:3]}{'...' if len(unexpected) > 3 else ''}."
-        f"{hint} Check ssl_model, feat_dim, nchannels and head in the opts."
-    )
 
 
 class SupConEncoder(Encoder):
@@ -68,7 +48,9 @@ class SupConEncoder(Encoder):
             opt = Params(**opt)
         model = build_model(opt)
         try:
-            load_state(model, ckpt["model"], remove_module=remove_module, source=str(path))
+            fit_state(model, ckpt["model"], remove_module=remove_module, source=str(path),
+                      what="the model built from the options",
+                      advice="Check ssl_model, feat_dim, nchannels and head in the opts.")
         except RuntimeError as e:  # size mismatches
             raise CheckpointError(f"{path} does not fit the model from the options: {str(e).splitlines()[-1].strip()}. "
                                   "Check ssl_model, feat_dim and nchannels in the opts") from None

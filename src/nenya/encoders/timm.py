@@ -22,7 +22,6 @@ from nenya.encoders._image import (
     check_pool,
     encoder_fingerprint,
     image_preprocess,
-    load_state,
     probe,
     read_state,
     seeded,
@@ -30,6 +29,7 @@ from nenya.encoders._image import (
     weights_tag,
 )
 from nenya.encoders.base import Encoder, EncoderOptions, Preprocess
+from nenya.encoders.weights import fit_state
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +121,10 @@ class TimmEncoder(Encoder):
         if options.layer is None:
             model = create(num_classes=0)
             if state is not None:
-                load_state(model, state, ignore_prefixes=_classifier_prefixes(model), what=f"timm:{name}",
-                           source=str(options.weights))
+                fit_state(model, state, remove_module=False, ignore_prefixes=_classifier_prefixes(model),
+                          what=f"timm:{name}", source=str(options.weights),
+                          advice="Check that the weights were saved from this architecture (a plain state dict of "
+                                 "the model, or safetensors)")
             if pool in ("avg", "max"):
                 try:
                     model.reset_classifier(0, global_pool=pool)

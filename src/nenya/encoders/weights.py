@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import re
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
@@ -124,3 +125,39 @@ def file_digest(path: str | os.PathLike, *, limit: int | None = None) -> str:
                 if remaining <= 0:
                     break
     return h.hexdigest()
+
+
+def fit_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str, what: str = "the model",
+              remove_module: bool = True, ignore_prefixes: Sequence[str] = (),
+              advice: str = "Check that the weights were saved from this architecture") -> None:
+    """Load a state dict into ``model`` strictly: the one way every encoder and trainer fits weights.
+
+    ``remove_module`` strips DataParallel's ``module.``; keys under ``ignore_prefixes`` (a removed
+    classifier) may be missing or present. Anything else missing or unexpected, or a tensor of
+    another shape, is a :class:`CheckpointError` naming ``source``, ``what`` it should fit,
+    examples of the keys, and ``advice``.
+    """
+    state = strip_module(dict(state)) if remove_module else dict(state)
+    state = {k: v for k, v in state.items() if not _under(k, ignore_prefixes)}
+    try:
+        result = model.load_state_dict(state, strict=False)
+    except RuntimeError as e:
+        lines = [line.strip() for line in str(e).splitlines() if "size mismatch" in line]
+        raise CheckpointError(f"{source} does not fit {what}: {lines[0] if lines else str(e).splitlines()[-1]}"
+                              f"{f' (and {len(lines) - 1} more)' if len(lines) > 1 else ''}. {advice}") from None
+    missing = [k for k in result.missing_keys if not _under(k, ignore_prefixes)]
+    unexpected = list(result.unexpected_keys)
+    if missing or unexpected:
+        hint = ""
+        if any(".module." in k or k.startswith("module.") for k in unexpected):
+            hint = " The names carry 'module.' (DataParallel): load with remove_module=True."
+        raise CheckpointError(f"{source} does not fit {what}: missing {_examples(missing)}, unexpected "
+                              f"{_examples(unexpected)}.{hint} {advice}")
+
+
+def _under(key: str, prefixes: Sequence[str]) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes if p)
+
+
+def _examples(keys: list[str]) -> str:
+    return f"{keys[:3]}{'...' if len(keys) > 3 else ''} ({len(keys)})" if keys else "[]"

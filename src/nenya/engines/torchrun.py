@@ -21,13 +21,13 @@ import os
 import socket
 import time
 
+from nenya import ranks as _ranks
 from nenya._errors import NenyaError
 from nenya.encoders.base import Encoder
-from nenya.engines import _ranks
-from nenya.engines._ranks import Ranks, launch
 from nenya.pipeline import storage
 from nenya.pipeline.items import Plan, Shard
 from nenya.pipeline.runner import RunOptions, RunSummary, Share, run
+from nenya.ranks import Ranks, launch
 from nenya.sinks import Sink
 
 log = logging.getLogger(__name__)

@@ -1,4 +1,5 @@
-"""Ranks from torchrun's environment, and the ``--devices N`` launcher (kept free of torch imports,
+"""One rank parser: where this process stands in a multi-process job (torchrun's environment),
+for extraction and training alike, and the ``--devices N`` launcher (kept free of torch imports,
 so the launching process stays light)."""
 
 from __future__ import annotations
@@ -56,6 +57,20 @@ class Ranks:
         run_id = env.get("TORCHELASTIC_RUN_ID", "")
         token = env.get("NENYA_JOB_ID") or (run_id if run_id not in ("", "none") else "")
         return cls(rank, world, local_rank, max(1, local_world), token)
+
+    @classmethod
+    def current(cls, environ=None) -> Ranks:
+        """:meth:`from_env`, or one process (rank 0 of 1) when the variables are unset."""
+        return cls.from_env(environ) or cls()
+
+    @property
+    def is_main(self) -> bool:
+        """Rank 0: the process that logs, saves and assembles."""
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world > 1
 
     def device(self, device: str = "auto") -> str:
         """``cuda:LOCAL_RANK`` for ``auto``/``cuda`` on a GPU machine; otherwise ``device`` unchanged."""
