@@ -27,8 +27,19 @@ def _parts(args) -> list[str] | None:
     return [p for p in args.partitions.split(",") if p] if getattr(args, "partitions", None) else None
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add the exploration sub-commands to the ``nenya`` parser."""
+    _add_umap(sub)
+    _add_pca(sub)
+    _add_cluster(sub)
+    _add_index(sub)
+    _add_search(sub)
+    _add_plot(sub)
+    _add_explore(sub)
+
+
+def _add_umap(sub: argparse._SubParsersAction) -> None:
+    """``nenya umap``: a 2-D UMAP of a latents file."""
     p = sub.add_parser("umap", help="2-D UMAP of a latents file (fit on a sample, transform the rest)",
                        description="Fit UMAP on at most --ntrain random vectors and place every vector; writes "
                                    "<name>_umap.parquet (id, metadata, U0, U1) next to the input or to --output.",
@@ -42,6 +53,9 @@ def register(sub) -> None:
     p.add_argument("--transform-all", action="store_true", help="also pass the fitted sample through transform (Nenya's way)")
     p.set_defaults(func=cmd_umap)
 
+
+def _add_pca(sub: argparse._SubParsersAction) -> None:
+    """``nenya pca``: principal components of a latents file."""
     p = sub.add_parser("pca", help="principal components of a latents file",
                        description="Writes <name>_pca.parquet (id, metadata, PC0..PCn-1; explained variance in the "
                                    "file's metadata) and prints the explained variance ratios.", formatter_class=_fmt)
@@ -52,6 +66,9 @@ def register(sub) -> None:
     p.add_argument("--batch-size", type=int, default=50_000)
     p.set_defaults(func=cmd_pca)
 
+
+def _add_cluster(sub: argparse._SubParsersAction) -> None:
+    """``nenya cluster``: k-means and/or HDBSCAN labels."""
     p = sub.add_parser("cluster", help="k-means and/or HDBSCAN labels of a latents file",
                        description="Writes <name>_clusters.parquet (id, metadata, kmeans and/or hdbscan labels).",
                        formatter_class=_fmt)
@@ -63,6 +80,9 @@ def register(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=cmd_cluster)
 
+
+def _add_index(sub: argparse._SubParsersAction) -> None:
+    """``nenya index``: a FAISS similarity index."""
     p = sub.add_parser("index", help="build a FAISS similarity index of a latents file",
                        description="Writes <name>.faiss and <name>.ids.parquet (the id of each index row). kind auto: "
                                    "exact flat up to 100,000 vectors, HNSW above.", formatter_class=_fmt)
@@ -75,6 +95,9 @@ def register(sub) -> None:
     p.add_argument("--nprobe", type=int, default=None, help="IVF lists visited per query")
     p.set_defaults(func=cmd_index)
 
+
+def _add_search(sub: argparse._SubParsersAction) -> None:
+    """``nenya search``: nearest neighbours of an id, a vector or an image."""
     p = sub.add_parser("search", help="nearest neighbours of an id, a vector or an image",
                        description="Search an index (.faiss from `nenya index`) or a latents file (exact search). "
                                    "Prints rank, id and score, and writes <name>_search.parquet.",
@@ -97,6 +120,9 @@ def register(sub) -> None:
     p.add_argument("--nprobe", type=int, default=None, help="IVF lists visited (overrides the index's)")
     p.set_defaults(func=cmd_search)
 
+
+def _add_plot(sub: argparse._SubParsersAction) -> None:
+    """``nenya plot scatter|gallery|neighbours``: PNG pictures."""
     p = sub.add_parser("plot", help="PNG pictures: UMAP scatter, image gallery, neighbour strip",
                        description="scatter/gallery read a table with coordinates (e.g. the output of `nenya umap`); "
                                    "neighbours reads a latents file (or --index).", formatter_class=_fmt)
@@ -124,6 +150,9 @@ def register(sub) -> None:
     _image_args(nb)
     nb.set_defaults(func=cmd_plot_neighbours)
 
+
+def _add_explore(sub: argparse._SubParsersAction) -> None:
+    """``nenya explore``: the interactive HTML explorer."""
     p = sub.add_parser("explore", help="write an interactive HTML explorer (one self-contained file)",
                        description="UMAP scatter with hover images, colour-by and nearest neighbours of a clicked "
                                    "point, in one HTML file that works offline. Writes <name>_explorer.html.",
@@ -176,7 +205,8 @@ def _table_with(lat, extra: dict):
     return pd.DataFrame(df)
 
 
-def cmd_umap(args) -> int:
+def cmd_umap(args: argparse.Namespace) -> int:
+    """Write ``<name>_umap.parquet`` (id, metadata, U0, U1); print its path."""
     from nenya.analysis import fit_umap, open_latents, output_path, write_table
 
     with open_latents(args.latents, partitions=_parts(args)) as lat:
@@ -190,7 +220,8 @@ def cmd_umap(args) -> int:
     return 0
 
 
-def cmd_pca(args) -> int:
+def cmd_pca(args: argparse.Namespace) -> int:
+    """Write ``<name>_pca.parquet`` (id, metadata, PC0..); print the explained variance and the path."""
     from nenya.analysis import open_latents, output_path, pca, write_table
 
     with open_latents(args.latents, partitions=_parts(args)) as lat:
@@ -207,7 +238,8 @@ def cmd_pca(args) -> int:
     return 0
 
 
-def cmd_cluster(args) -> int:
+def cmd_cluster(args: argparse.Namespace) -> int:
+    """Write ``<name>_clusters.parquet`` (k-means and/or HDBSCAN labels); print counts and the path."""
     from nenya.analysis import hdbscan, kmeans, open_latents, output_path, pca, write_table
 
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
@@ -231,7 +263,8 @@ def cmd_cluster(args) -> int:
     return 0
 
 
-def cmd_index(args) -> int:
+def cmd_index(args: argparse.Namespace) -> int:
+    """Build and save a FAISS index (``<name>.faiss`` and its ids); print its path."""
     import time
 
     from nenya.analysis import build_index, open_latents, output_path, read_about
@@ -298,7 +331,8 @@ def _open_index(target: str, metric: str, ef_search=None, nprobe=None):
     return index
 
 
-def cmd_search(args) -> int:
+def cmd_search(args: argparse.Namespace) -> int:
+    """Print the nearest neighbours of ``--id``, ``--vector(-file)`` or ``--image``; write them to Parquet."""
     import pandas as pd
 
     from nenya.analysis import output_path, write_table
@@ -328,7 +362,8 @@ def cmd_search(args) -> int:
     return 0
 
 
-def cmd_plot_scatter(args) -> int:
+def cmd_plot_scatter(args: argparse.Namespace) -> int:
+    """Write a PNG scatter of the table's plane coordinates, coloured by ``--color``."""
     from nenya.analysis import output_path, read_table, scatter_plot
 
     df = read_table(args.table)
@@ -351,7 +386,8 @@ def _lookup(df, args):
     return lookup
 
 
-def cmd_plot_gallery(args) -> int:
+def cmd_plot_gallery(args: argparse.Namespace) -> int:
+    """Write a PNG gallery: one image per occupied cell of the plane's grid."""
     from nenya.analysis import gallery_plot, output_path, read_table
 
     df = read_table(args.table)
@@ -364,7 +400,8 @@ def cmd_plot_gallery(args) -> int:
     return 0
 
 
-def cmd_plot_neighbours(args) -> int:
+def cmd_plot_neighbours(args: argparse.Namespace) -> int:
+    """Write a PNG strip: the query image and its ``k`` nearest neighbours."""
     from nenya.analysis import build_index, load_index, neighbours_plot, open_latents, output_path
 
     with open_latents(args.latents) as lat:
@@ -383,7 +420,8 @@ def cmd_plot_neighbours(args) -> int:
     return 0
 
 
-def cmd_explore(args) -> int:
+def cmd_explore(args: argparse.Namespace) -> int:
+    """Write the self-contained HTML explorer (``<name>_explorer.html``); print its path."""
     from nenya.analysis import ImageLookup, fit_umap, open_latents, output_path, read_table, write_explorer
 
     with open_latents(args.latents, partitions=_parts(args)) as lat:

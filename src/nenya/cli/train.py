@@ -41,14 +41,21 @@ def _common_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-def register(sub) -> None:
+def register(sub: argparse._SubParsersAction) -> None:
     """Add the training sub-commands to the ``nenya`` parser."""
     t = sub.add_parser("train", help="train a model: contrastive (SupConResNet), autoencoder, overfit search",
                        description="Train the models nenya extracts with. See docs/training.md.",
                        epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
     tsub = t.add_subparsers(dest="trainer", metavar="TRAINER")
     t.set_defaults(func=lambda args: (t.print_help(), 0)[1])
+    _add_contrastive(tsub)
+    _add_autoencoder(tsub)
+    _add_overfit(tsub)
+    _add_reconstruct(sub)
 
+
+def _add_contrastive(tsub: argparse._SubParsersAction) -> None:
+    """``nenya train contrastive``: Nenya's SimCLR / SupCon training."""
     c = tsub.add_parser("contrastive", help="SimCLR / SupCon training of SupConResNet on preproc HDF5 cutouts",
                         description="Nenya's training: two augmented views per cutout, SupCon/NT-Xent loss, SGD with "
                                     "cosine or step decay and warm-up. Options come from a Nenya opts JSON; the flags "
@@ -70,6 +77,9 @@ def register(sub) -> None:
     _common_run(c)
     c.set_defaults(func=cmd_train_contrastive)
 
+
+def _add_autoencoder(tsub: argparse._SubParsersAction) -> None:
+    """``nenya train autoencoder``: the convolutional autoencoder."""
     a = tsub.add_parser("autoencoder", help="train the convolutional autoencoder (radar-image recipe)",
                         description="Conv + max-pool blocks, a dense embedding of --num-dense numbers, a mirrored "
                                     "decoder; LogCosh loss, Adam. Options from --opts JSON and/or flags (flags win). "
@@ -100,6 +110,9 @@ def register(sub) -> None:
     _common_run(a)
     a.set_defaults(func=cmd_train_autoencoder)
 
+
+def _add_overfit(tsub: argparse._SubParsersAction) -> None:
+    """``nenya train overfit``: the smallest autoencoder that overfits a few images."""
     o = tsub.add_parser("overfit", help="grid search: the smallest autoencoder that overfits a handful of images",
                         description="Train each architecture of the grid on --n-images images and report its final "
                                     "LogCosh loss; pick the smallest num_dense whose loss reaches --threshold.",
@@ -123,6 +136,9 @@ def register(sub) -> None:
     o.add_argument("--no-progress", action="store_true")
     o.set_defaults(func=cmd_train_overfit)
 
+
+def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
+    """``nenya reconstruct``: decode an embedding or an image with an autoencoder."""
     r = sub.add_parser("reconstruct", help="decode an embedding, or an image through its embedding, with an autoencoder",
                        description="Writes OUT.npy and OUT.png (and OUT_compare.png for an image input).",
                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -135,7 +151,8 @@ def register(sub) -> None:
     r.set_defaults(func=cmd_reconstruct)
 
 
-def cmd_train_contrastive(args) -> int:
+def cmd_train_contrastive(args: argparse.Namespace) -> int:
+    """Train SupConResNet from an opts JSON (flags override it); print the last checkpoint and a summary."""
     from nenya.params import Params
     from nenya.train.contrastive import train_run
 
@@ -155,7 +172,8 @@ def cmd_train_contrastive(args) -> int:
     return 0
 
 
-def cmd_train_autoencoder(args) -> int:
+def cmd_train_autoencoder(args: argparse.Namespace) -> int:
+    """Train the convolutional autoencoder; print the last checkpoint and a summary."""
     from nenya.train.autoencoder import AutoencoderConfig, train_autoencoder
 
     cfg = AutoencoderConfig.from_json(
@@ -171,7 +189,8 @@ def cmd_train_autoencoder(args) -> int:
     return 0
 
 
-def cmd_train_overfit(args) -> int:
+def cmd_train_overfit(args: argparse.Namespace) -> int:
+    """Run the overfit grid search; print the table and where it was written."""
     from nenya.train.autoencoder import overfit_search
 
     result = overfit_search(args.data, partition=args.partition, n_images=args.n_images, nlayers=args.nlayers,
@@ -184,7 +203,8 @@ def cmd_train_overfit(args) -> int:
     return 0
 
 
-def cmd_reconstruct(args) -> int:
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    """Decode an embedding (or an image through its embedding); print the files written."""
     from nenya.train.autoencoder import reconstruct
 
     rec = reconstruct(args.checkpoint, args.input, args.output, kind=args.kind, device=args.device,
