@@ -147,6 +147,34 @@ def write_explorer(path: str, x: np.ndarray, y: np.ndarray, table: pd.DataFrame,
     x, y = x[shown], y[shown]
     tab = table.iloc[shown].reset_index(drop=True)
     n = len(shown)
+    columns, color = _columns(tab, color)
+    if vectors is not None and k > 0:
+        nbr, nsc = _neighbours(np.asarray(vectors, dtype=np.float32)[shown], k, metric)
+    else:
+        nbr, nsc = np.zeros((n, 0), np.int32), np.zeros((n, 0), np.float32)
+    thumbs: list[str] = []
+    trows = np.zeros(0, np.int64)
+    if images is not None and images.kind is not None and max_thumbs > 0:
+        thumbs, trows = _thumbnails(x, y, shown, images, max_thumbs, seed)
+        note += f"; images for {len(trows):,}"
+    viridis, palette = _palette()
+    data = {
+        "n": n, "title": title, "note": note, "x": _b64(x), "y": _b64(y),
+        "ids": [str(i) for i in tab["id"].tolist()],
+        "columns": columns, "color": color, "k": int(nbr.shape[1]), "metric": metric,
+        "nbr": _b64(nbr.astype(np.int32)), "nbr_score": _b64(nsc.astype(np.float32)),
+        "thumbs": thumbs, "thumb_rows": _b64(trows.astype(np.int32)),
+        "viridis": viridis, "palette": palette,
+    }
+    page = _page(data, title)
+    with local_target(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        f.write(page)
+    log.info("explorer: %s (%s, %.1f MB)", path, note, len(page) / 1e6)
+    return path
+
+
+def _columns(tab: pd.DataFrame, color: str | None) -> tuple[list[dict], str | None]:
+    """The colour-by columns of the shown rows, and the one coloured at first (checked, or a default)."""
     columns = []
     for c in tab.columns:
         if c in SKIP_COLUMNS:
@@ -159,40 +187,31 @@ def write_explorer(path: str, x: np.ndarray, y: np.ndarray, table: pd.DataFrame,
     if color is None and columns:
         cats = [c["name"] for c in columns if c["kind"] == "cat"]
         color = cats[0] if cats else columns[0]["name"]
-    if vectors is not None and k > 0:
-        nbr, nsc = _neighbours(np.asarray(vectors, dtype=np.float32)[shown], k, metric)
-    else:
-        nbr, nsc = np.zeros((n, 0), np.int32), np.zeros((n, 0), np.float32)
+    return columns, color
+
+
+def _thumbnails(x: np.ndarray, y: np.ndarray, shown: np.ndarray, images: ImageLookup, max_thumbs: int,
+                seed: int) -> tuple[list[str], np.ndarray]:
+    """``data:`` URIs for up to ``max_thumbs`` points spread over the plane, and the (shown) rows they belong to;
+    points whose image cannot be read get none."""
+    trows = _spread_sample(x, y, max_thumbs, seed)
     thumbs: list[str] = []
-    trows = np.zeros(0, np.int64)
-    if images is not None and images.kind is not None and max_thumbs > 0:
-        trows = _spread_sample(x, y, max_thumbs, seed)
-        got: list[int] = []
-        for a in range(0, len(trows), 512):
-            part = trows[a:a + 512]
-            for r, im in zip(part, images.get(shown[part])):
-                if im is None:
-                    continue
-                rgb = anomaly_rgb(im) if images.kind == "anomaly" else im
-                thumbs.append(to_data_uri(rgb))
-                got.append(int(r))
-        trows = np.asarray(got, dtype=np.int64)
-        note += f"; images for {len(trows):,}"
-    viridis, palette = _palette()
-    data = {
-        "n": n, "title": title, "note": note, "x": _b64(x), "y": _b64(y),
-        "ids": [str(i) for i in tab["id"].tolist()],
-        "columns": columns, "color": color, "k": int(nbr.shape[1]), "metric": metric,
-        "nbr": _b64(nbr.astype(np.int32)), "nbr_score": _b64(nsc.astype(np.float32)),
-        "thumbs": thumbs, "thumb_rows": _b64(trows.astype(np.int32)),
-        "viridis": viridis, "palette": palette,
-    }
+    got: list[int] = []
+    for a in range(0, len(trows), 512):
+        part = trows[a:a + 512]
+        for r, im in zip(part, images.get(shown[part])):
+            if im is None:
+                continue
+            rgb = anomaly_rgb(im) if images.kind == "anomaly" else im
+            thumbs.append(to_data_uri(rgb))
+            got.append(int(r))
+    return thumbs, np.asarray(got, dtype=np.int64)
+
+
+def _page(data: dict, title: str) -> str:
+    """The HTML page: the template with the title and the data blob put in."""
     # JSON inside <script>: escape what could end the element or confuse the HTML parser
     blob = json.dumps(data, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
     blob = blob.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
     pre, post = TEMPLATE.split("__DATA__")
-    page = pre.replace("__TITLE__", html.escape(title)) + blob + post
-    with local_target(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        f.write(page)
-    log.info("explorer: %s (%s, %.1f MB)", path, note, len(page) / 1e6)
-    return path
+    return pre.replace("__TITLE__", html.escape(title)) + blob + post
