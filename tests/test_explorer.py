@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import io
 import os
-import time
 
 import numpy as np
 import pandas as pd
@@ -47,10 +46,9 @@ def _open(p, path):
     page.on("request", lambda r: requests.append(r.url) if not r.url.startswith(("file:", "data:")) else None)
     errors = []
     page.on("pageerror", lambda e: errors.append(str(e)))
-    t = time.perf_counter()
     page.goto("file://" + path)
     page.wait_for_function("window.nenyaExplorer && window.nenyaExplorer.ready", timeout=60_000)
-    return browser, page, requests, errors, time.perf_counter() - t
+    return browser, page, requests, errors
 
 
 def _canvas_colours(page) -> int:
@@ -66,7 +64,7 @@ def test_explorer_hover_click_colour(tmp_path):
     html = open(path, encoding="utf-8").read()
     assert "</script><b>" not in html.split('id="nenya-data"')[1].split("</script>")[0]
     with sync_playwright() as p:
-        browser, page, requests, errors, _ = _open(p, path)
+        browser, page, requests, errors = _open(p, path)
         try:
             assert errors == []
             box = page.locator("#canvas").bounding_box()
@@ -101,24 +99,33 @@ def test_explorer_hover_click_colour(tmp_path):
 
 
 @pytest.mark.slow
-def test_explorer_100k_points_stays_responsive(tmp_path):
+def test_explorer_100k_points(tmp_path):
+    """100,000 points: all of them on the page, a pointer sweep finds images, a click lists neighbours.
+    (How fast it draws and hovers is measured by benchmarks, not asserted here.)"""
     from playwright.sync_api import sync_playwright
 
-    path, xy, _ = _page_data(tmp_path, 100_000, n_images=1000, thumbs=1000, k=10)
-    size_mb = os.path.getsize(path) / 1e6
+    path, xy, table = _page_data(tmp_path, 100_000, n_images=1000, thumbs=1000, k=10)
     with sync_playwright() as p:
-        browser, page, requests, errors, load_s = _open(p, path)
+        browser, page, requests, errors = _open(p, path)
         try:
+            assert page.evaluate("window.nenyaExplorer.n") == 100_000  # no decimation at the default max_points
+            thumb_rows = page.evaluate("Array.from(window.nenyaExplorer.thumbRows)")
+            assert 0 < len(thumb_rows) <= 1000 and len(set(thumb_rows)) == len(thumb_rows)
+            assert all(0 <= r < 100_000 for r in thumb_rows)
             box = page.locator("#canvas").bounding_box()
             for dx in range(0, 200, 20):  # a pointer sweep
                 page.mouse.move(box["x"] + 300 + dx, box["y"] + 300 + dx / 2)
             page.wait_for_function("document.getElementById('hover-img').src.startsWith('data:image/')")
-            stats = page.evaluate("window.nenyaExplorer.stats")
-            page.mouse.click(box["x"] + 400, box["y"] + 350)
+            assert int(page.get_attribute("#hover-img", "data-row")) in set(thumb_rows)
+            assert page.evaluate("window.nenyaExplorer.stats.draws") >= 1
+            # click a known point: it is selected and its 10 neighbours are listed
+            row = thumb_rows[len(thumb_rows) // 2]
+            x, y = page.evaluate(f"window.nenyaExplorer.screenPos({row})")
+            page.mouse.click(box["x"] + x, box["y"] + y)
+            page.wait_for_function("document.querySelectorAll('#neighbours li').length > 0")
+            assert page.locator("#neighbours li").count() == 10
+            assert page.locator("#sel-id").text_content().startswith("selected: ")
             assert _canvas_colours(page) >= 5
             assert errors == [] and requests == []
         finally:
             browser.close()
-    print(f"\n100k explorer: {size_mb:.1f} MB, load {load_s:.1f} s, draw {stats['drawMs']:.0f} ms, "
-          f"hover {stats['hoverMs']:.1f} ms")
-    assert stats["drawMs"] < 500 and stats["hoverMs"] < 50
