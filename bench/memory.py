@@ -114,7 +114,7 @@ def child(args: argparse.Namespace) -> int:
     finally:
         source.close()
     print(json.dumps({
-        "items": summary.items, "seconds": summary.seconds, "rate": summary.rate, "timings": summary.timings,
+        "items": summary.items, "seconds": summary.seconds, "rate": summary.rate, "timings": summary.timings.as_dict(),
         "outputs": summary.outputs,
         "self_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
         "workers_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,

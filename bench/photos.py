@@ -114,11 +114,11 @@ def child(args: argparse.Namespace) -> int:
         table = pq.read_table(os.path.join(args.out, "vectors.parquet"))
         order = np.argsort([os.path.basename(str(p)) for p in table.column("id").to_pylist()])
         vectors = np.asarray(table.column("vector").to_pylist(), dtype=np.float32)[order]
-        items, stages = summary.items, summary.timings
+        items, stages = summary.items, summary.timings.as_dict()
     elif args.child == "ceiling":
         from nenya.sources.images import ImageFolderSource  # nenya's own decode + resize/crop
 
-        source = ImageFolderSource(args.folder, transform=enc.preprocess.image, output_name="x.parquet")
+        source = ImageFolderSource(args.folder, transform=enc.preprocess.image)
         plan = source.plan(10**9)
         arrays, ids = [], []
         for b in source.read(plan.shards[0], args.batch_size):

@@ -209,7 +209,7 @@ def test_full_disk_in_process_npy(encoder, clean, tmp_path, monkeypatch, point):
     destination is untouched; after "freeing space" the same run completes."""
     out = tmp_path / "npy"
     monkeypatch.setenv("NENYA_FAULTS", f"{point}=enospc")
-    source = HDF5PreprocSource([str(clean)], output_ext=".npy")
+    source = HDF5PreprocSource([str(clean)])  # the sink names the output: a_latents + .npy
     with pytest.raises(OutputError, match=rf"no space left on the device while writing {tmp_path}.*"
                                           rf"{out / 'a_latents.npy'} was not touched"):
         run(source, encoder, NpySink(out), OPTS)

@@ -24,6 +24,7 @@ from nenya._errors import NenyaError, OutputError
 from nenya.encoders.supcon import SupConEncoder
 from nenya.extract import extract_collection, extract_preproc
 from nenya.pipeline.runner import RunOptions
+from nenya.sinks import WriteContext
 from nenya.sinks.parquet import ParquetSink
 from nenya.sources.hdf5 import HDF5PreprocSource
 from test_collections import picture, save, small_encoder
@@ -166,24 +167,22 @@ def test_killed_rank_is_reported_and_rerun_resumes(preproc, checkpoint, opts_fil
 def test_rank_locks_share_one_job_and_refuse_another(preproc, tmp_path):
     plan = HDF5PreprocSource([str(preproc)]).plan(SHARD)
 
-    def sink(rank, world):
+    def start(rank, world):  # the engine tells the sink its rank through the WriteContext
         s = ParquetSink(tmp_path / "out")
-        s.rank, s.world = rank, world
+        s.start(plan, WriteContext(dim=4, fingerprint="f", rank=rank, world=world))
         return s
 
-    a, b = sink(0, 2), sink(1, 2)
-    a.start(plan, dim=4, fingerprint="f")
-    b.start(plan, dim=4, fingerprint="f")  # ranks of one job do not refuse each other
+    a, b = start(0, 2), start(1, 2)  # ranks of one job do not refuse each other
+    holder = a.lock_holder(plan.groups[0], 1)  # who holds a lock is data, not text to parse
+    assert holder is not None and holder.pid == os.getpid() and not holder.dead_here()
     for rank, world in ((0, 1), (1, 2), (0, 3)):  # a second job is refused, whatever its size
-        with pytest.raises(OutputError, match="writing the same output"):
-            sink(rank, world).start(plan, dim=4, fingerprint="f")
+        with pytest.raises(OutputError, match=rf"writing the same output|another nenya run \(pid {os.getpid()}"):
+            start(rank, world)
     a.abort()
     with pytest.raises(OutputError, match="multi-process"):  # rank 1 still holds its lock
-        sink(0, 1).start(plan, dim=4, fingerprint="f")
+        start(0, 1)
     b.abort()
-    c = sink(0, 1)
-    c.start(plan, dim=4, fingerprint="f")
-    c.abort()
+    start(0, 1).abort()
 
 
 def test_engine_flags_are_checked(preproc, checkpoint, opts_file, tmp_path):

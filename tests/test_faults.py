@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 import faultkit as fk
+from nenya.sinks._parts import LockHolder
 
 N_VALID, N_TRAIN = 64, 32  # 16x16 cutouts; shards of 32 (2 batches of 16): valid 2 shards, train 1
 TOTAL = N_VALID + N_TRAIN
@@ -180,7 +181,7 @@ def test_second_concurrent_run_is_refused_by_the_lock(kit):
     first = fk._popen(job.args(folder), fk.env(), folder.parent / "lock-first.err", kit["zygote"])
     lock = folder / fk.WORK / (job.output_name + ".lock")
     end = time.monotonic() + 120
-    while not (lock.exists() and lock.read_text().startswith("pid")) and time.monotonic() < end:
+    while not (lock.exists() and LockHolder.parse(lock.read_text())) and time.monotonic() < end:
         time.sleep(0.005)
     os.kill(first.proc.pid, signal.SIGSTOP)  # held while it holds the lock
     try:

@@ -15,6 +15,7 @@ from PIL import Image
 from nenya._errors import InputError
 from nenya.encoders.base import ImageTransform
 from nenya.pipeline.items import Batch
+from nenya.sinks.parquet import ParquetSink
 from nenya.sources.arrays import ArraySource
 from nenya.sources.images import ImageFolderSource
 from nenya.sources.table import PathTableSource
@@ -58,7 +59,10 @@ def test_folder_listing_is_sorted_recursive_and_ignores_non_images(folder):
     plan = src.plan(shard_size=4)
     assert len(plan.groups) == 1
     g = plan.groups[0]
-    assert g.partitions == {"": 6} and g.metadata_columns == {"": ["path"]} and g.output_name == "vectors.parquet"
+    assert g.partitions == {"": 6} and g.metadata_columns == {"": ["path"]} and g.name == "vectors"
+    # the sink names the output: the source's stem plus its extension, or a name of its own
+    assert ParquetSink(root.parent / "out").output_name(g) == "vectors.parquet"
+    assert ParquetSink(root.parent / "out", name="x.parquet").output_name(g) == "x.parquet"
     assert [(s.partition, s.index, s.start, s.stop) for s in plan.shards] == [("", 0, 0, 4), ("", 1, 4, 6)]
     batches = all_batches(src, shard_size=4, batch_size=3)
     ids = [i for b in batches for i in b.ids]

@@ -10,9 +10,11 @@ from __future__ import annotations
 import functools
 import gc
 import logging
+from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where it is used: the CLI builds its parser without it
+    import torch
+    from torch import nn
 
 from nenya._errors import NenyaError
 
@@ -32,6 +34,8 @@ def cpu_has_native_bf16() -> bool:
     Without it, PyTorch emulates bf16 matmuls and convolutions, which on such CPUs is several
     times slower than fp32 (about 4-5x on an AVX2 EPYC), so bf16 is no speed-up there.
     """
+    import torch
+
     try:
         capability = str(torch.backends.cpu.get_cpu_capability()).upper()
     except Exception:  # older torch or an exotic build: fall back to the flags
@@ -52,6 +56,8 @@ def cpu_has_native_bf16() -> bool:
 
 def is_oom(error: BaseException) -> bool:
     """Whether ``error`` is an allocator's out-of-memory error (CUDA, MPS, CPU)."""
+    import torch
+
     oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
                                   getattr(torch.cuda, "OutOfMemoryError", None)) if isinstance(t, type))
     if oom_types and isinstance(error, oom_types):
@@ -61,6 +67,8 @@ def is_oom(error: BaseException) -> bool:
 
 def free_cache(device: torch.device) -> None:
     """Give cached allocator blocks back after an out-of-memory error, so a smaller batch can fit."""
+    import torch
+
     gc.collect()
     if device.type == "cuda" and torch.cuda.is_available():
         torch.cuda.empty_cache()
@@ -76,6 +84,8 @@ def compile_model(model: nn.Module, name: str) -> nn.Module | None:
 
     Compilation itself happens at the first forward; the Encoder falls back to eager there too.
     """
+    import torch
+
     try:
         return torch.compile(model)
     except Exception as e:
@@ -89,6 +99,8 @@ PRECISIONS = ("fp32", "bf16", "fp16", "auto")
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
     """``auto`` -> cuda when available, else cpu; ``cuda`` without a GPU is a clear error."""
+    import torch
+
     if device is None or str(device) == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(device)
@@ -104,6 +116,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     natively (AVX512-BF16, AMX, Arm BF16), else fp32. Asking for ``bf16`` on a CPU without native
     support logs a warning: PyTorch then emulates it, several times slower than fp32.
     """
+    import torch
+
     if precision not in PRECISIONS:
         raise NenyaError(f"unknown precision {precision!r}; expected one of {', '.join(PRECISIONS)}")
     if precision == "auto":
@@ -122,6 +136,8 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
 def autocast(device: torch.device, dtype: torch.dtype | None):
     """``torch.autocast`` for ``dtype`` on ``device``; a no-op context for fp32 (``dtype`` None)."""
     import contextlib
+
+    import torch
 
     if dtype is None:
         return contextlib.nullcontext()

@@ -7,6 +7,10 @@ import logging
 import sys
 
 from nenya._errors import NenyaError
+from nenya.device import PRECISIONS
+from nenya.encoders import encoders
+from nenya.engines import engines
+from nenya.sinks import sinks
 
 log = logging.getLogger("nenya")
 
@@ -37,12 +41,12 @@ def register(sub) -> None:
     p.add_argument("inputs", nargs="*", help="preproc .h5 files, globs or URLs (s3://...)")
     p.add_argument("--source", help="an image collection instead of preproc files: images:FOLDER or "
                                     "table:FILE.csv|FILE.parquet (local or URL)")
-    p.add_argument("--model", help="model spec: supcon:PATH, nenya:v5, timm:NAME, torchvision:NAME, torchscript:FILE, "
-                                   "ae:PATH, or a checkpoint path (default: the model of --opts, as Nenya's prep())")
+    p.add_argument("--model", help=f"model spec: {', '.join(k + ':...' for k in encoders.names())}, or a checkpoint "
+                                   "path (default: the model of --opts, as Nenya's prep())")
     p.add_argument("--opts", help="Nenya opts JSON (model options for a checkpoint without them)")
     p.add_argument("--output", "-o", help="output folder or URL for preproc files (default: <s3_outdir>/"
                                           "<latents_folder> of --opts); output file (.parquet or .npy) for --source")
-    p.add_argument("--format", choices=["h5", "parquet", "npy"], default=None,
+    p.add_argument("--format", choices=sinks.names(), default=None,
                    help="output format (default: h5 for preproc files; from the output's extension for --source)")
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="vector type in Parquet/npy")
     g = p.add_argument_group("photo models (timm:, torchvision:, torchscript:)")
@@ -71,7 +75,7 @@ def register(sub) -> None:
     p.add_argument("--workers", type=int, default=None, help="reader processes (default: 1 when there are 2+ cores)")
     p.add_argument("--shard-size", type=int, default=4096, help="items per unit of commit and resume")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
+    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
                    help="auto: bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
     p.add_argument("--compile", action="store_true", help="torch.compile the model (falls back to eager on failure)")
     p.add_argument("--clobber", "--overwrite", action="store_true", dest="clobber",
@@ -82,7 +86,7 @@ def register(sub) -> None:
                    help="allow arbitrary pickled objects in the checkpoint (only for files you trust: this can run code)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     e = p.add_argument_group("engines: where shards run (docs/scaling.md)")
-    e.add_argument("--engine", choices=["auto", "local", "torchrun", "ray"], default="auto",
+    e.add_argument("--engine", choices=["auto", *engines.names()], default="auto",
                    help="auto: torchrun ranks when RANK/WORLD_SIZE are set (torchrun, --devices), else this process")
     e.add_argument("--devices", type=int, default=None, metavar="N",
                    help="run N local ranks (one per GPU: cuda:0..N-1; on CPU the cores are split between them)")
@@ -118,112 +122,100 @@ def cmd_extract(args) -> int:
         raise NenyaError("give either preproc files or --source, not both")
     if not args.source and not args.inputs:
         raise NenyaError("nothing to extract: give preproc .h5 files, or --source images:FOLDER / table:FILE")
-    engine_name, ranks = _engine(args)
+    from nenya.engines import EngineOptions, choose_engine, engines
+    from nenya.ranks import Ranks, launch
+
+    ranks = Ranks.from_env()
+    engine_name = choose_engine(args.engine, ranks, devices=args.devices)
     if args.devices is not None and args.devices > 1:  # this process only launches the ranks (no torch here)
-        from nenya.ranks import launch
-
         return launch(_without_devices(getattr(args, "argv", None) or sys.argv[1:]), args.devices)
-    from nenya.encoders import load_encoder
-    from nenya.extract import extract_collection, extract_preproc
-    from nenya.latents_extraction import _opt, latents_dir, prep
-    from nenya.pipeline.runner import RunOptions, default_workers
+    spec, opt = _model_spec(args)
+    encoder = _load(spec, opt, args)
+    output = _output(args, opt)
+    builder = None
+    if engine_name == "ray":
+        from nenya.encoders import EncoderBuilder
 
-    opt = _opt(args.opts) if args.opts else None
+        builder = EncoderBuilder(spec, opt=opt, options=_encoder_options(args), trust_checkpoint=args.trust_checkpoint)
+    engine = engines.get(engine_name).from_options(EngineOptions(
+        ranks=ranks if engine_name == "torchrun" else None, rank_timeout=args.rank_timeout, builder=builder,
+        address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
+        cpus_per_actor=args.cpus_per_actor))
+    options = engine.prepare(encoder, _run_options(args, ranks if engine_name == "torchrun" else None),
+                             compile=args.compile)
+    tiles = f", {encoder.grid[0]}x{encoder.grid[1]} tiles per image" if encoder.grid else ""
+    print(f"{engine.label}model {encoder.name} ({encoder.dim}-d{tiles}) on {engine.describe(encoder)}, "
+          f"{options.precision}", file=sys.stderr)
+    if args.source:
+        return _report(engine.label, _extract_collection(args, encoder, output, options, engine),
+                       f"nothing new to encode: {output} already holds every image of {args.source} "
+                       "(--overwrite to redo)")
+    from nenya.extract import extract_preproc
+
+    summary = extract_preproc(args.inputs, encoder, output, fmt=args.format or "h5",
+                              partitions=[p for p in args.partitions.split(",") if p], clobber=args.clobber,
+                              debug=args.debug, options=options, engine=engine)
+    return _report(engine.label, summary, f"nothing to do: every output already exists in {output} (--clobber to redo)")
+
+
+def _model_spec(args):
+    """The model spec and the Nenya options (``--opts``, resolved once) of a command line."""
+    from nenya.encoders.named import find_weights, resolve_opts
+
+    opt = resolve_opts(args.opts) if args.opts else None
     if args.model:
-        spec = args.model
-    elif opt is not None:
-        model_file, _ = prep(opt)
-        spec = f"supcon:{model_file}"
-    else:
-        raise NenyaError("say which model to use: --model SPEC (see `nenya models`) or --opts opts.json")
-    encoder = load_encoder(spec, opt=opt, trust_checkpoint=args.trust_checkpoint, options=_encoder_options(args))
+        return args.model, opt
+    if opt is not None:
+        return f"supcon:{find_weights(opt)}", opt
+    raise NenyaError("say which model to use: --model SPEC (see `nenya models`) or --opts opts.json")
+
+
+def _load(spec: str, opt, args):
+    from nenya.encoders import load_encoder
+
+    return load_encoder(spec, opt=opt, trust_checkpoint=args.trust_checkpoint, options=_encoder_options(args))
+
+
+def _output(args, opt) -> str:
+    from nenya.encoders.named import latents_dir
+
     output = args.output or (latents_dir(opt) if opt is not None and not args.source else None)
     if output is None:
         raise NenyaError("say where to write: --output PATH" + ("" if args.source else
                                                                 " (or give --opts with s3_outdir)"))
+    return output
+
+
+def _run_options(args, ranks):
+    from nenya.pipeline.runner import RunOptions, default_workers
+
     workers = args.workers
     if workers is None:
         workers = default_workers(images=bool(args.source))
         if ranks is not None and workers:  # ranks on one machine share its cores
             workers = max(1, workers // ranks.local_world)
-    device, engine, where = args.device, None, ""
-    if ranks is not None:
-        import torch
+    return RunOptions(batch_size=args.batch_size, shard_size=args.shard_size, num_workers=workers,
+                      device=args.device, precision=args.precision, progress=not args.no_progress,
+                      max_skip_fraction=args.max_skip_fraction)
 
-        from nenya.engines.torchrun import RankEngine
 
-        device = ranks.device(args.device)
-        if not device.startswith("cuda"):
-            torch.set_num_threads(ranks.cpu_threads())
-        engine, where = RankEngine(ranks, timeout=args.rank_timeout), f"rank {ranks.rank} of {ranks.world}: "
-    options = RunOptions(batch_size=args.batch_size, shard_size=args.shard_size, num_workers=workers,
-                         device=device, precision=args.precision, progress=not args.no_progress,
-                         max_skip_fraction=args.max_skip_fraction,
-                         description=f"rank {ranks.rank}" if ranks is not None else "extract")
-    if engine_name == "ray":
-        from nenya.engines.ray import EncoderBuilder, RayEngine
+def _extract_collection(args, encoder, output, options, engine):
+    from nenya.extract import extract_collection
 
-        builder = EncoderBuilder(spec, opt=opt, options=_encoder_options(args), trust_checkpoint=args.trust_checkpoint)
-        engine = RayEngine(builder, address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
-                           cpus_per_actor=args.cpus_per_actor)
-        encoder.to("cpu", options.precision)  # here only for its dimension, grid and fingerprint
-        where = "ray: "
-    else:
-        encoder.to(options.device, options.precision, compile=args.compile)
-    tiles = f", {encoder.grid[0]}x{encoder.grid[1]} tiles per image" if encoder.grid else ""
-    on = "Ray actors" if engine_name == "ray" else encoder.device
-    print(f"{where}model {encoder.name} ({encoder.dim}-d{tiles}) on {on}, {options.precision}", file=sys.stderr)
-    if args.source:
-        summary = extract_collection(args.source, encoder, output, fmt=args.format, overwrite=args.clobber,
-                                     dtype=args.dtype, options=options, path_column=args.path_column,
-                                     id_column=args.id_column, columns=args.columns, max_pixels=args.max_pixels,
-                                     engine=engine, decode=args.decode)
-        if summary.shards == 0:
-            print(f"nothing new to encode: {output} already holds every image of {args.source} "
-                  "(--overwrite to redo)")
-            return 0
-        for out in summary.outputs:
-            print(out)
-        print(where + summary.line())
-        return 0
-    summary = extract_preproc(args.inputs, encoder, output, fmt=args.format or "h5",
-                              partitions=[p for p in args.partitions.split(",") if p], clobber=args.clobber,
-                              debug=args.debug, options=options, engine=engine)
+    return extract_collection(args.source, encoder, output, fmt=args.format, overwrite=args.clobber,
+                              dtype=args.dtype, options=options, path_column=args.path_column,
+                              id_column=args.id_column, columns=args.columns, max_pixels=args.max_pixels,
+                              engine=engine, decode=args.decode)
+
+
+def _report(label: str, summary, nothing: str) -> int:
     if summary.shards == 0:
-        print(f"nothing to do: every output already exists in {output} (--clobber to redo)")
+        print(nothing)
         return 0
     for out in summary.outputs:
         print(out)
-    print(where + summary.line())
+    print(label + summary.line())
     return 0
-
-
-def _engine(args):
-    """The engine name (``auto`` resolved) and this process's ranks (None outside torchrun/--devices)."""
-    from nenya.ranks import Ranks
-
-    ranks = Ranks.from_env()
-    name = args.engine
-    if name == "auto":
-        name = "torchrun" if ranks is not None and ranks.world > 1 else "local"
-    if args.devices is not None:
-        if args.devices < 1:
-            raise NenyaError(f"--devices must be 1 or more, got {args.devices}")
-        if ranks is not None and ranks.world > 1:
-            raise NenyaError("--devices starts its own ranks: do not combine it with torchrun (RANK/WORLD_SIZE are set)")
-        if name == "ray":
-            raise NenyaError("--devices is for local ranks; with --engine ray use --actors and --gpus-per-actor")
-        if args.devices > 1:
-            return "torchrun", None
-    if name == "torchrun":
-        if ranks is None:
-            raise NenyaError("--engine torchrun needs RANK and WORLD_SIZE in the environment: start it with "
-                             "`torchrun --nproc-per-node N -m nenya extract ...`, or use --devices N")
-        return name, ranks
-    if name == "local" and ranks is not None and ranks.world > 1:
-        raise NenyaError(f"WORLD_SIZE={ranks.world} is set but --engine local would make every rank encode "
-                         "everything; use --engine auto (or torchrun)")
-    return name, None
 
 
 def _without_devices(argv: list[str]) -> list[str]:

@@ -26,8 +26,12 @@ def cmd_demo(args) -> int:
 
 
 def cmd_models(args) -> int:
-    from nenya.io import NAMED_MODELS, model_dir
-    from nenya.pipeline.registry import encoders, sinks, sources
+    from nenya.config import model_dir
+    from nenya.encoders import encoders
+    from nenya.encoders.named import NAMED_MODELS
+    from nenya.engines import engines
+    from nenya.sinks import sinks
+    from nenya.sources import sources
 
     print("Model specs (nenya extract --model SPEC):")
     for name in encoders.names():
@@ -38,9 +42,12 @@ def cmd_models(args) -> int:
     print("  (set NENYA_MODEL_DIR to the folder holding <model_root>/<model_name>/last.pth)")
     print("\nInputs: Nenya preproc .h5 files as arguments, or --source:")
     for name in sources.names():
-        if name not in ("h5", "arrays"):
+        if hasattr(sources.get(name), "from_spec"):  # the kinds --source can name
             print(f"  {name + ':':13s} {sources.help(name)}")
     print("\nOutputs (--format):")
     for name in sinks.names():
         print(f"  {name:13s} {sinks.help(name)}")
+    print("\nEngines (--engine; auto picks torchrun under torchrun, else local):")
+    for name in engines.names():
+        print(f"  {name:13s} {engines.help(name)}")
     return 0

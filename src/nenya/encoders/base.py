@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from nenya._errors import InputError, NenyaError
 from nenya.device import PRECISIONS, autocast, compile_model, free_cache, is_oom, resolve_device, resolve_precision
+from nenya.encoders.options import EncoderOptions
 from nenya.preprocess import ImageTransform, Preprocess, normalise
 
 log = logging.getLogger(__name__)
@@ -17,33 +17,6 @@ log = logging.getLogger(__name__)
 # ImageTransform, Preprocess (nenya.preprocess) and the precision policy (nenya.device) keep their old names here
 __all__ = ["PRECISIONS", "Encoder", "EncoderOptions", "ImageTransform", "Preprocess", "options_from_about", "resolve_device",
            "resolve_precision"]
-
-@dataclass(frozen=True)
-class EncoderOptions:
-    """Options of the ``timm:``/``torchvision:``/``torchscript:``/``ae:`` encoders (None: the model's default).
-
-    Attributes:
-        weights: a local or remote safetensors file or state dict (loaded safely).
-        pretrained: load the model hub's pretrained weights (needs a network connection).
-        layer: feature level of an inner layer (timm ``features_only`` index) instead of the pooled vector.
-        pool: ``avg``, ``max``, ``gem`` or ``none`` (one vector per spatial tile).
-        size: input size (one int: square) overriding the model's data config.
-        resize: shorter side to resize to before the center crop (overrides the data config).
-        crop: center-crop (True) or resize straight to ``size`` (False).
-        mean: per-channel mean; std: per-channel std; interpolation: resize filter.
-    """
-
-    weights: str | None = None
-    pretrained: bool = False
-    layer: int | None = None
-    pool: str | None = None
-    size: int | None = None
-    resize: int | None = None
-    crop: bool | None = None
-    mean: tuple[float, ...] | None = None
-    std: tuple[float, ...] | None = None
-    interpolation: str | None = None
-
 
 class Encoder:
     """A model plus its preprocessing. ``encode(batch)`` -> (B, dim) float32 on the device.

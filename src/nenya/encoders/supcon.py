@@ -7,7 +7,7 @@ import logging
 import os
 
 from nenya._errors import CheckpointError
-from nenya.encoders.base import Encoder, Preprocess
+from nenya.encoders.base import Encoder, EncoderOptions, Preprocess
 from nenya.encoders.weights import file_digest, fit_state, load_checkpoint
 from nenya.models.resnet_big import SupConResNet
 from nenya.params import Params, option_preprocess
@@ -62,9 +62,29 @@ class SupConEncoder(Encoder):
         return enc
 
     @classmethod
+    def from_spec(cls, name: str, opt: Params | str | None = None, *, options: EncoderOptions | None = None,
+                  trust_checkpoint: bool = False, remove_module: bool = True) -> SupConEncoder:
+        """``supcon:PATH`` (the registry's factory signature); Nenya's preprocessing takes no options."""
+        _no_options("supcon", options)
+        return cls.from_checkpoint(name, opt, trust_checkpoint=trust_checkpoint, remove_module=remove_module)
+
+    @classmethod
+    def from_named_spec(cls, name: str, opt: Params | str | None = None, *, options: EncoderOptions | None = None,
+                        trust_checkpoint: bool = False, remove_module: bool = True) -> SupConEncoder:
+        """``nenya:v5`` (the registry's factory signature): a named model whose weights you provide."""
+        _no_options("nenya", options)
+        return cls.from_named(name, opt, trust_checkpoint=trust_checkpoint, remove_module=remove_module)
+
+    @classmethod
     def from_named(cls, name: str, opt: Params | str | None = None, **kwargs) -> SupConEncoder:
         """A named model (``v4``, ``v5``, ``viirs_v1``) whose weights the user has provided."""
         from nenya.encoders.named import load_opt, resolve_weights
 
         named_opt, _ = load_opt(name)
         return cls.from_checkpoint(resolve_weights(named_opt, name=name), opt or named_opt, **kwargs)
+
+
+def _no_options(prefix: str, options: EncoderOptions | None) -> None:
+    if options is not None and options != EncoderOptions():
+        raise ValueError(f"{prefix}: models take no --weights/--layer/--pool/preprocessing options; "
+                         "their preprocessing is Nenya's (demean, repeat channels)")

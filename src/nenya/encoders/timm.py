@@ -9,6 +9,7 @@ Preprocessing is the model's own data config (``timm.data.resolve_data_config``)
 
 from __future__ import annotations
 
+import functools
 import logging
 from types import ModuleType
 
@@ -103,40 +104,9 @@ class TimmEncoder(Encoder):
         tag = weights_tag(options.weights) if options.weights else ("pretrained" if options.pretrained
                                                                      else "random-seed-0")
 
-        def create(**kwargs) -> nn.Module:
-            try:
-                if options.pretrained:
-                    return timm.create_model(name, pretrained=True, **kwargs)
-                with seeded(0):
-                    return timm.create_model(name, pretrained=False, **kwargs)
-            except Exception as e:  # hub/network errors come in many types (OSError, HF errors, ...)
-                if options.pretrained and not isinstance(e, TypeError):
-                    raise WeightsNotFoundError(
-                        f"could not fetch the pretrained weights of timm:{name} ({type(e).__name__}: "
-                        f"{_first_line(e)}); check network access (HF_HUB_OFFLINE must be unset) or that "
-                        "the model has pretrained weights, or download them and pass --weights FILE") from None
-                raise NenyaError(f"timm cannot build {name!r} with {kwargs} ({type(e).__name__}: "
-                                 f"{_first_line(e)})") from None
-
+        create = functools.partial(_create, timm, name, options)
         if options.layer is None:
-            model = create(num_classes=0)
-            if state is not None:
-                fit_state(model, state, remove_module=False, ignore_prefixes=_classifier_prefixes(model),
-                          what=f"timm:{name}", source=str(options.weights),
-                          advice="Check that the weights were saved from this architecture (a plain state dict of "
-                                 "the model, or safetensors)")
-            if pool in ("avg", "max"):
-                try:
-                    model.reset_classifier(0, global_pool=pool)
-                except (TypeError, ValueError, AssertionError, KeyError) as e:
-                    raise NenyaError(f"timm:{name} does not take global_pool={pool!r} ({_first_line(e)}); try "
-                                     "--pool gem or --pool none, or --layer K") from None
-                net: nn.Module = model
-            elif pool in ("gem", "none"):
-                net = PooledMap(model, pool, method="forward_features",
-                                nhwc=getattr(model, "output_fmt", "NCHW") == "NHWC")
-            else:
-                net = model
+            model, net = _pooled_model(name, create(num_classes=0), state, pool, options)
         else:
             if state is not None:
                 _check_state(timm, name, state, str(options.weights))
@@ -168,6 +138,44 @@ class TimmEncoder(Encoder):
                  pre.image, tag)
         return enc
 
+
+
+def _create(timm: ModuleType, name: str, options: EncoderOptions, **kwargs) -> nn.Module:
+    """``timm.create_model`` with the hub's weights (``--pretrained``) or seeded random ones."""
+    try:
+        if options.pretrained:
+            return timm.create_model(name, pretrained=True, **kwargs)
+        with seeded(0):
+            return timm.create_model(name, pretrained=False, **kwargs)
+    except Exception as e:  # hub/network errors come in many types (OSError, HF errors, ...)
+        if options.pretrained and not isinstance(e, TypeError):
+            raise WeightsNotFoundError(
+                f"could not fetch the pretrained weights of timm:{name} ({type(e).__name__}: "
+                f"{_first_line(e)}); check network access (HF_HUB_OFFLINE must be unset) or that "
+                "the model has pretrained weights, or download them and pass --weights FILE") from None
+        raise NenyaError(f"timm cannot build {name!r} with {kwargs} ({type(e).__name__}: "
+                         f"{_first_line(e)})") from None
+
+
+def _pooled_model(name: str, model: nn.Module, state, pool: str | None,
+                  options: EncoderOptions) -> tuple[nn.Module, nn.Module]:
+    """The whole model (weights fitted) and the module that gives its pooled vector or tiles."""
+    if state is not None:
+        fit_state(model, state, remove_module=False, ignore_prefixes=_classifier_prefixes(model),
+                  what=f"timm:{name}", source=str(options.weights),
+                  advice="Check that the weights were saved from this architecture (a plain state dict of "
+                         "the model, or safetensors)")
+    if pool in ("avg", "max"):
+        try:
+            model.reset_classifier(0, global_pool=pool)
+        except (TypeError, ValueError, AssertionError, KeyError) as e:
+            raise NenyaError(f"timm:{name} does not take global_pool={pool!r} ({_first_line(e)}); try "
+                             "--pool gem or --pool none, or --layer K") from None
+        return model, model
+    if pool in ("gem", "none"):
+        return model, PooledMap(model, pool, method="forward_features",
+                                nhwc=getattr(model, "output_fmt", "NCHW") == "NHWC")
+    return model, model
 
 def _create_features(timm: ModuleType, name: str, kwargs: dict, options: EncoderOptions, *, create=None) -> nn.Module:
     layer = kwargs["out_indices"][0]

@@ -15,20 +15,19 @@ Inputs must be readable where the actors run: local paths on a one-machine clust
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 
 from nenya._errors import NenyaError
-from nenya.encoders.base import Encoder, EncoderOptions
-from nenya.pipeline.items import Batch, Shard
-from nenya.pipeline.runner import RunOptions, RunSummary, drive, encode_batch, start
+from nenya.encoders import EncoderBuilder
+from nenya.encoders.base import Encoder
+from nenya.engines import EngineOptions
+from nenya.pipeline.items import Batch, Shard, StageTimings
+from nenya.pipeline.runner import RunOptions, RunSummary, ShardStream, drive, encode_batch, start
 from nenya.sinks import Sink
 from nenya.sources import Source
 
@@ -45,37 +44,6 @@ def _ray():
     return ray
 
 
-@dataclass(frozen=True)
-class EncoderBuilder:
-    """How to build an encoder in another process: :func:`nenya.encoders.load_encoder`'s arguments.
-
-    Example:
-        >>> EncoderBuilder("timm:resnet50", options=EncoderOptions(size=224)).build("cuda", "bf16")
-    """
-
-    spec: str
-    opt: Any = None
-    options: EncoderOptions = field(default_factory=EncoderOptions)
-    trust_checkpoint: bool = False
-
-    def build(self, device: str = "cpu", precision: str = "fp32") -> Encoder:
-        from nenya.encoders import load_encoder
-
-        enc = load_encoder(self.spec, opt=self.opt, trust_checkpoint=self.trust_checkpoint, options=self.options)
-        return enc.to(device, precision)
-
-
-def _localise(source: Source) -> None:
-    """Preproc files that the driver fetched from URLs: fetch them on this node too (into its cache)."""
-    from nenya.pipeline import storage
-    from nenya.sources.hdf5 import HDF5PreprocSource
-
-    if isinstance(source, HDF5PreprocSource):
-        for url, lazy in source._local.items():
-            if storage.is_remote(url) and not os.path.exists(lazy.path):
-                lazy.path = storage.fetch(url)
-
-
 class ShardEncoder:
     """The actor: its own encoder, the source, and one method that reads and encodes a whole shard."""
 
@@ -85,7 +53,7 @@ class ShardEncoder:
 
         torch.set_num_threads(max(1, threads))
         self.encoder = builder.build(device, precision)
-        _localise(source)
+        source.localise()
         self.source, self.batch_size = source, batch_size
 
     def node(self) -> str:
@@ -96,7 +64,6 @@ class ShardEncoder:
     def encode(self, shard: Shard) -> tuple[list[tuple[Batch, np.ndarray]], float, float, str]:
         """The shard's (batch without pixels, vectors) pairs, read and encode seconds, and this node's id.
         Reading runs one batch ahead in a thread, overlapping the encoder."""
-        from nenya.pipeline.runner import _ShardStream
 
         q: queue.Queue = queue.Queue(maxsize=2)
         t_read = 0.0
@@ -104,7 +71,7 @@ class ShardEncoder:
         def reader() -> None:
             nonlocal t_read
             try:
-                it = iter(_ShardStream(self.source, [shard], self.batch_size))
+                it = iter(ShardStream(self.source, [shard], self.batch_size))
                 while True:
                     t = time.perf_counter()
                     b = next(it, None)
@@ -142,6 +109,7 @@ class RayEngine:
 
     #: JPEGs are decoded where the actors read (``--decode gpu`` falls back to the CPU)
     decodes_on_device = False
+    label = "ray: "
 
     def __init__(self, builder: EncoderBuilder, *, address: str | None = None, actors: int | None = None,
                  gpus_per_actor: float | None = None, cpus_per_actor: float = 1.0, in_flight: int = 2,
@@ -152,6 +120,21 @@ class RayEngine:
         self.retries = retries
         self.init_kwargs = init_kwargs or {}
         self.nodes: set[str] = set()
+
+    @classmethod
+    def from_options(cls, options: EngineOptions) -> RayEngine:
+        if options.builder is None:
+            raise NenyaError("the Ray engine needs an EncoderBuilder (how its actors build the model)")
+        return cls(options.builder, address=options.address, actors=options.actors,
+                   gpus_per_actor=options.gpus_per_actor, cpus_per_actor=options.cpus_per_actor)
+
+    def prepare(self, encoder: Encoder, options: RunOptions, *, compile: bool = False) -> RunOptions:
+        """The actors build their own encoders: this one stays on the CPU, for its dimension, grid and fingerprint."""
+        encoder.to("cpu", options.precision)
+        return options
+
+    def describe(self, encoder: Encoder) -> str:
+        return "Ray actors"
 
     def _pool_size(self, ray, gpus: float, n_shards: int) -> int:
         res = ray.cluster_resources()
@@ -210,12 +193,12 @@ class RayEngine:
             if started_here:
                 ray.shutdown()
 
-    def _stream(self, ray, actors: list, make, todo: list[Shard], timings: dict[str, float]
+    def _stream(self, ray, actors: list, make, todo: list[Shard], timings: StageTimings
                 ) -> Iterator[tuple[Batch, np.ndarray]]:
         """Hand shards to idle actors (``in_flight`` each) and yield results as shards complete. An
         actor that dies (node lost, out of memory) is replaced and its shards are given out again,
         ``retries`` times per shard."""
-        timings.update(read=0.0, encode=0.0, wait=0.0)
+        timings.read_in_readers = timings.encode = timings.wait = 0.0
         tries: dict[Shard, int] = {}
         pending = list(reversed(todo))
         running: dict = {}  # object ref -> (slot, shard, actor)
@@ -233,7 +216,7 @@ class RayEngine:
             while running:
                 t = time.perf_counter()
                 ready, _ = ray.wait(list(running), num_returns=1)
-                timings["wait"] += time.perf_counter() - t
+                timings.add("wait", time.perf_counter() - t)
                 ref = ready[0]
                 i, shard, actor = running.pop(ref)
                 load[i] -= 1
@@ -258,8 +241,8 @@ class RayEngine:
                     pending.append(shard)
                     submit()
                     continue
-                timings["read"] += t_read
-                timings["encode"] += t_encode
+                timings.add("read_in_readers", t_read)  # in the actors' reader threads
+                timings.add("encode", t_encode)
                 self.nodes.add(node)
                 submit()
                 yield from batches

@@ -15,16 +15,16 @@ Ranks must share the work folder: one machine, or a shared file system for local
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import socket
 import time
+from dataclasses import replace
 
 from nenya import ranks as _ranks
 from nenya._errors import NenyaError
 from nenya.encoders.base import Encoder
-from nenya.pipeline import storage
+from nenya.engines import EngineOptions
 from nenya.pipeline.items import Plan, Shard
 from nenya.pipeline.runner import RunOptions, RunSummary, Share, run
 from nenya.ranks import Ranks, launch
@@ -38,33 +38,16 @@ __all__ = ["Ranks", "RankEngine", "RankShare", "launch"]
 GRACE = 30.0
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a killed child not yet reaped by its parent is a zombie: dead for us
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 class RankShare(Share):
     """One rank's share of a plan: every world-th shard; rank 0 waits for the others and assembles."""
 
     def __init__(self, ranks: Ranks, sink, *, timeout: float = 1800.0, poll: float = 0.5) -> None:
         self.ranks, self.sink, self.timeout, self.poll = ranks, sink, timeout, poll
+        self.rank, self.world = ranks.rank, ranks.world
         self.plan: Plan | None = None
         self.mine: list[Shard] = []
 
-    # -- markers ------------------------------------------------------------------------
-    def _marker(self, group_key: str, rank: int) -> str:
-        assert self.plan is not None
-        return self.sink.group_dir(self.plan.group(group_key)) + f".rank{rank}.json"
-
+    # -- markers: notes each rank leaves through the sink ----------------------------------
     def _write_markers(self, ok: bool, error: str = "") -> None:
         if self.plan is None:
             return
@@ -72,19 +55,15 @@ class RankShare(Share):
                 "error": error, "shards": len(self.mine), "pid": os.getpid(), "host": socket.gethostname(),
                 "time": time.time()}
         for g in self.plan.groups:
-            path = self._marker(g.key, self.ranks.rank)
             try:
-                os.makedirs(os.path.dirname(path), exist_ok=True)
-                with storage.atomic_local(path) as tmp, open(tmp, "w") as f:
-                    json.dump(body, f)
+                self.sink.post(g, f"rank{self.ranks.rank}", body)
             except OSError as e:  # never hide the run's own outcome behind a marker problem
-                log.warning("rank %d: cannot write %s: %s", self.ranks.rank, path, e)
+                log.warning("rank %d: cannot leave its marker for %s: %s", self.ranks.rank, g.key, e)
 
     def _read_marker(self, group_key: str, rank: int) -> dict | None:
-        try:
-            with open(self._marker(group_key, rank)) as f:
-                m = json.load(f)
-        except (OSError, ValueError):
+        assert self.plan is not None
+        m = self.sink.read_post(self.plan.group(group_key), f"rank{rank}")
+        if m is None:
             return None
         if self.ranks.token:
             return m if m.get("token") == self.ranks.token else None
@@ -94,10 +73,7 @@ class RankShare(Share):
     def select(self, plan: Plan, todo: list[Shard]) -> list[Shard]:
         self.plan = plan
         for g in plan.groups:  # a previous run's marker must not speak for this one
-            try:
-                os.remove(self._marker(g.key, self.ranks.rank))
-            except FileNotFoundError:
-                pass
+            self.sink.remove_post(g, f"rank{self.ranks.rank}")
         index = {(s.group, s.key): i for i, s in enumerate(plan.shards)}
         r, w = self.ranks.rank, self.ranks.world
         self.mine = [s for s in todo if index[(s.group, s.key)] % w == r]
@@ -113,10 +89,7 @@ class RankShare(Share):
         self._wait()
         for g in plan.groups:
             for r in range(1, self.ranks.world):
-                try:
-                    os.remove(self._marker(g.key, r))
-                except FileNotFoundError:
-                    pass
+                sink.remove_post(g, f"rank{r}")
         return sink.finish()
 
     def failed(self, error: BaseException) -> None:
@@ -126,23 +99,14 @@ class RankShare(Share):
 
     # -- rank 0 -------------------------------------------------------------------------
     def _dead(self, rank: int) -> str | None:
-        """How a rank ended, when its lock file names a process of this machine that is gone."""
-        from nenya.sinks._parts import rank_lock_name
-
+        """How a rank ended, when the holder of its lock is a process of this machine that is gone."""
         assert self.plan is not None
         for g in self.plan.groups:
-            path = rank_lock_name(self.sink.group_dir(g), rank)
-            try:
-                if os.path.getmtime(path) < _ranks.PROCESS_T0 - 1:
-                    continue  # left by a rank of an earlier run that was killed: this run's has not started yet
-                with open(path) as f:
-                    words = f.read().split()
-            except OSError:
-                continue
-            if len(words) >= 4 and words[0] == "pid" and words[3] == os.uname().nodename:
-                pid = int(words[1])
-                if not _alive(pid):
-                    return f"rank {rank} (pid {pid}) died"
+            holder = self.sink.lock_holder(g, rank)
+            if holder is None or holder.since < _ranks.PROCESS_T0 - 1:
+                continue  # not taken, or by a rank of an earlier run: this run's has not started yet
+            if holder.dead_here():
+                return f"rank {rank} (pid {holder.pid}) died"
         return None
 
     def _wait(self) -> None:
@@ -202,16 +166,35 @@ class RankShare(Share):
 class RankEngine:
     """This process as one rank of a job (see the module docstring)."""
 
+    decodes_on_device = True
+
     def __init__(self, ranks: Ranks, *, timeout: float = 1800.0) -> None:
         self.ranks, self.timeout = ranks, timeout
+        self.label = f"rank {ranks.rank} of {ranks.world}: "
+
+    @classmethod
+    def from_options(cls, options: EngineOptions) -> RankEngine:
+        if options.ranks is None:
+            raise NenyaError("the torchrun engine needs RANK and WORLD_SIZE in the environment (torchrun or --devices)")
+        return cls(options.ranks, timeout=options.rank_timeout)
+
+    def prepare(self, encoder: Encoder, options: RunOptions, *, compile: bool = False) -> RunOptions:
+        """This rank's device (``cuda:LOCAL_RANK``; on a CPU, its share of the cores)."""
+        import torch
+
+        device = self.ranks.device(options.device)
+        if not device.startswith("cuda"):
+            torch.set_num_threads(self.ranks.cpu_threads())
+        encoder.to(device, options.precision, compile=compile)
+        return replace(options, device=device, description=f"rank {self.ranks.rank}")
+
+    def describe(self, encoder: Encoder) -> str:
+        return str(encoder.device)
 
     def run(self, source, encoder: Encoder, sink: Sink, options: RunOptions) -> RunSummary:
-        from nenya.sinks._parts import PartSink
-
-        if not isinstance(sink, PartSink):
+        if not sink.supports_ranks:
             raise NenyaError(f"several ranks need a file sink that commits parts (h5, parquet, npy), not "
                              f"{type(sink).__name__}")
-        sink.rank, sink.world = self.ranks.rank, self.ranks.world
         share = RankShare(self.ranks, sink, timeout=self.timeout)
         try:
             return run(source, encoder, sink, options, share=share)

@@ -1,4 +1,4 @@
-"""One small registry class for sources, encoders and sinks (fsspec's registry is the model).
+"""One small registry class for sources, encoders, sinks and engines (fsspec's registry is the model).
 
 Built-ins are registered lazily by dotted path, with an install hint for optional extras;
 third parties register through the entry-point group ``nenya.<kind>``; duplicates are refused.
@@ -54,7 +54,16 @@ class Registry:
         return sorted(self._entries)
 
     def help(self, name: str) -> str:
+        self._plugins()
         return self._entries[name].help
+
+    def unregister(self, name: str) -> None:
+        """Remove ``name`` (tests that register a toy implementation clean up with this)."""
+        self._entries.pop(name, None)
+
+    def __contains__(self, name: object) -> bool:
+        self._plugins()
+        return name in self._entries
 
     def get(self, name: str) -> Any:
         self._plugins()
@@ -82,33 +91,12 @@ def split_spec(spec: str) -> tuple[str, str]:
     return prefix, rest
 
 
-encoders = Registry("encoder")
-encoders.register("supcon", "nenya.encoders.supcon:SupConEncoder.from_checkpoint",
-                  help="a Nenya SupCon/SimCLR checkpoint: supcon:path/to/last.pth (options from the file or --opts)")
-encoders.register("nenya", "nenya.encoders.supcon:SupConEncoder.from_named",
-                  help="a named Nenya model whose weights you provide: nenya:v4, nenya:v5, nenya:viirs_v1")
-encoders.register("timm", "nenya.encoders.timm:TimmEncoder.from_spec",
-                  help="any timm model: timm:efficientnet_b0 (pooled pre-logits vector; --layer K --pool none for tiles)",
-                  install_hint="pip install timm")
-encoders.register("torchvision", "nenya.encoders.torchvision:TorchvisionEncoder.from_spec",
-                  help="a torchvision classification model with its classifier removed: torchvision:resnet50 (2048-d)",
-                  install_hint="pip install torchvision")
-encoders.register("torchscript", "nenya.encoders.torchscript:TorchScriptEncoder.from_spec",
-                  help="a TorchScript file whose forward maps (B, C, H, W) to (B, dim): torchscript:model.pt")
-encoders.register("ae", "nenya.encoders.autoencoder:AutoencoderEncoder.from_spec",
-                  help="the encoder half of an autoencoder trained by `nenya train autoencoder`: ae:path/to/last.pth")
+# The registries live next to what they register (nenya.encoders, nenya.sources, nenya.sinks,
+# nenya.engines); these names stay for code that imported them from here.
+_HOMES = {"encoders": "nenya.encoders", "sources": "nenya.sources", "sinks": "nenya.sinks", "engines": "nenya.engines"}
 
-sinks = Registry("sink")
-sinks.register("h5", "nenya.sinks.hdf5:NenyaLatentsSink", help="Nenya _latents.h5 files (one per input file)")
-sinks.register("parquet", "nenya.sinks.parquet:ParquetSink",
-               help="Parquet: id, partition, row, metadata columns, vector (fixed-size list of float32)")
-sinks.register("npy", "nenya.sinks.npy:NpySink",
-               help=".npy vectors (N, dim) plus a Parquet file of ids and metadata in the same row order (for FAISS)")
 
-sources = Registry("source")
-sources.register("h5", "nenya.sources.hdf5:HDF5PreprocSource", help="Nenya preprocessed HDF5 files of cutouts")
-sources.register("images", "nenya.sources.images:ImageFolderSource",
-                 help="a folder of images (recursive; ids are relative paths): images:photos/")
-sources.register("table", "nenya.sources.table:PathTableSource",
-                 help="a CSV or Parquet table with a path column, an id column and metadata columns: table:images.csv")
-sources.register("arrays", "nenya.sources.arrays:ArraySource", help="in-memory arrays (Python API only)")
+def __getattr__(name: str) -> Registry:
+    if name in _HOMES:
+        return getattr(importlib.import_module(_HOMES[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -24,9 +24,9 @@ from tqdm.auto import tqdm
 from nenya._errors import InputError, NenyaError
 from nenya.encoders.base import Encoder
 from nenya.pipeline import faults
-from nenya.pipeline.items import Batch, Plan, Shard
+from nenya.pipeline.items import Batch, Plan, Shard, StageTimings
 from nenya.preprocess import decode_on_device
-from nenya.sinks import Sink
+from nenya.sinks import Sink, WriteContext
 from nenya.sources import Source
 
 log = logging.getLogger(__name__)
@@ -65,7 +65,7 @@ class RunSummary:
     shards: int = 0
     shards_already_done: int = 0
     seconds: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: StageTimings = field(default_factory=StageTimings)
     outputs: list[str] = field(default_factory=list)
 
     @property
@@ -80,8 +80,10 @@ class RunSummary:
                 + (f" [{stages}]" if stages else ""))
 
 
-class _ShardStream(IterableDataset):
-    """Batches of the given shards; with workers, worker i reads shards i, i+W, ..."""
+class ShardStream(IterableDataset):
+    """Batches of the given shards, read through ``source.read`` with each batch's read time, its
+    pixels as a tensor, and errors that name the input and item; with DataLoader workers, worker i
+    reads shards i, i+W, ... (Ray actors iterate one shard's stream in a thread)."""
 
     def __init__(self, source: Source, shards: list[Shard], batch_size: int) -> None:
         self.source, self.shards, self.batch_size = source, shards, batch_size
@@ -99,10 +101,10 @@ class _ShardStream(IterableDataset):
                     batch = next(batches, None)
                     if batch is None:
                         break
-                    batch.read_seconds = time.perf_counter() - t
+                    batch.timing.read_seconds = time.perf_counter() - t
+                    batch.timing.worker = worker
                     faults.point("read.batch")
                     batch.data = torch.from_numpy(np.ascontiguousarray(batch.data))
-                    batch.worker = worker
                     done = int(batch.positions[-1]) + 1 if len(batch) else done
                     yield batch
             except (NenyaError, KeyboardInterrupt):
@@ -237,7 +239,10 @@ def encode_batch(encoder: Encoder, batch: Batch) -> np.ndarray:
 class Share:
     """Which of the plan's shards this process runs, and how it ends. The default: every shard
     not yet committed, then assemble the outputs. Engines that split a plan between processes
-    (torchrun ranks) override both."""
+    (torchrun ranks) override both, and say which rank of how many this process is."""
+
+    rank: int = 0
+    world: int = 1
 
     def select(self, plan: Plan, todo: list[Shard]) -> list[Shard]:
         """This process's shards, from those not yet committed (``todo``, in plan order)."""
@@ -257,7 +262,7 @@ class Job:
     summary: RunSummary
     share: Share
     t_start: float
-    timings: dict[str, float] = field(default_factory=dict)
+    timings: StageTimings = field(default_factory=StageTimings)
 
 
 def start(source: Source, encoder: Encoder, sink: Sink, options: RunOptions = RunOptions(), *,
@@ -269,7 +274,9 @@ def start(source: Source, encoder: Encoder, sink: Sink, options: RunOptions = Ru
     plan = source.plan(shard_size)
     # the resolved precision: "auto" may mean bf16 on one machine and fp32 on another
     fingerprint = f"{encoder.fingerprint}|{encoder.preprocess}|{encoder.autocast_dtype or 'fp32'}"
-    done = sink.start(plan, dim=encoder.dim, fingerprint=fingerprint, grid=encoder.grid, about=encoder.about())
+    context = WriteContext(dim=encoder.dim, fingerprint=fingerprint, grid=encoder.grid, about=encoder.about(),
+                           rank=share.rank, world=share.world)
+    done = sink.start(plan, context)
     try:
         todo = share.select(plan, [s for s in plan.shards if (s.group, s.key) not in done])
     except BaseException:
@@ -283,19 +290,15 @@ def start(source: Source, encoder: Encoder, sink: Sink, options: RunOptions = Ru
 
 
 def encode_stream(source: Source, encoder: Encoder, todo: list[Shard], options: RunOptions,
-                  timings: dict[str, float]) -> Iterator[tuple[Batch, np.ndarray]]:
+                  timings: StageTimings) -> Iterator[tuple[Batch, np.ndarray]]:
     """Read ``todo`` in DataLoader workers and encode in this process: (batch, vectors) pairs."""
     cuda = encoder.device.type == "cuda"
     workers = min(options.num_workers, len(todo)) if todo else 0
     loader = DataLoader(
-        _ShardStream(source, todo, options.batch_size), batch_size=None, num_workers=workers,
+        ShardStream(source, todo, options.batch_size), batch_size=None, num_workers=workers,
         pin_memory=cuda, worker_init_fn=_worker_init if workers else None,
         prefetch_factor=4 if workers else None, persistent_workers=False,
     )
-    timings.setdefault("read", 0.0)  # waiting for the readers' next batch (0 when they keep up)
-    timings.setdefault("read in readers", 0.0)  # summed over reader processes (they run in parallel)
-    timings.setdefault("transfer", 0.0)  # host -> device copies
-    timings.setdefault("encode", 0.0)
     seen: dict[int, tuple[Shard, int]] = {}
     it = iter(loader)
     while True:
@@ -310,23 +313,28 @@ def encode_stream(source: Source, encoder: Encoder, todo: list[Shard], options: 
             raise
         t1 = time.perf_counter()
         if len(batch):
-            seen[batch.worker] = (batch.shard, int(batch.positions[-1]) + 1)
+            seen[batch.timing.worker] = (batch.shard, int(batch.positions[-1]) + 1)
         if isinstance(batch.data, torch.Tensor) and batch.data.device != encoder.device:
             batch.data = batch.data.to(encoder.device, non_blocking=True)
         t2 = t3 = time.perf_counter()
         if batch.encoded:
             _decode_on_device(encoder, batch)
             t3 = time.perf_counter()
-            timings["decode on device"] = timings.get("decode on device", 0.0) + t3 - t2
+            timings.add("decode_on_device", t3 - t2)
         out = encode_batch(encoder, batch)
         faults.point("encode.batch")
-        timings["read"] += t1 - t0
-        timings["read in readers"] += batch.read_seconds - batch.decode_seconds
-        if batch.decode_seconds:  # image sources: decoding, resizing and cropping photos
-            timings["decode in readers"] = timings.get("decode in readers", 0.0) + batch.decode_seconds
-        timings["transfer"] += t2 - t1
-        timings["encode"] += time.perf_counter() - t3
+        _add_read_timings(timings, batch, waited=t1 - t0)
+        timings.add("transfer", t2 - t1)
+        timings.add("encode", time.perf_counter() - t3)
         yield batch, out
+
+
+def _add_read_timings(timings: StageTimings, batch: Batch, *, waited: float) -> None:
+    """A batch's reading: ``waited`` for it here, and its reader's read and decode seconds."""
+    timings.add("read", waited)
+    timings.add("read_in_readers", batch.timing.read_seconds - batch.timing.decode_seconds)
+    if batch.timing.decode_seconds:  # image sources: decoding, resizing and cropping photos
+        timings.add("decode_in_readers", batch.timing.decode_seconds)
 
 
 def drive(job: Job, stream: Iterator[tuple[Batch, np.ndarray]], sink: Sink,
@@ -355,10 +363,11 @@ def drive(job: Job, stream: Iterator[tuple[Batch, np.ndarray]], sink: Sink,
             bar.update(len(batch))
         t3 = time.perf_counter()
         writer.close()
-        summary.timings = {**job.timings, "write": writer.busy, "write_wait": time.perf_counter() - t3}
+        job.timings.write, job.timings.write_wait = writer.busy, time.perf_counter() - t3
         t4 = time.perf_counter()
         summary.outputs = job.share.finish(sink, job.plan)
-        summary.timings["finalize"] = time.perf_counter() - t4
+        job.timings.finalize = time.perf_counter() - t4
+        summary.timings = job.timings
         ok = True
     finally:
         bar.close()

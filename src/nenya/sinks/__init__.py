@@ -1,24 +1,59 @@
-"""Sinks: write vectors with ids and metadata, commit per shard, assemble final outputs."""
+"""Sinks: write vectors with ids and metadata, commit per shard, assemble final outputs.
+
+A sink is one output format. To add one, write a module in this package with a :class:`Sink`
+subclass and register it below (or through the ``nenya.sinks`` entry-point group): the CLI's
+``--format`` choices, ``nenya models`` and the tests that run every sink come from :data:`sinks`.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
 
 import numpy as np
 
 from nenya.pipeline.items import Batch, Plan, Shard
+from nenya.pipeline.registry import Registry
+
+
+@dataclass(frozen=True)
+class WriteContext:
+    """What a sink needs to know about a run, passed to :meth:`Sink.start`.
+
+    Attributes:
+        dim: vector length.
+        fingerprint: what determines the vectors (model, weights, preprocessing, precision): a run
+            resumes only parts written with the same one, and appending checks it.
+        grid: (rows, cols) when each item has rows * cols tile vectors ((B, T, dim) batches).
+        about: the model's description (:meth:`nenya.encoders.base.Encoder.about`) for the outputs.
+        rank, world: this process among ``world`` processes writing the same outputs (torchrun
+            ranks); the engine that splits the work says so here.
+    """
+
+    dim: int
+    fingerprint: str = ""
+    grid: tuple[int, int] | None = None
+    about: dict[str, Any] = field(default_factory=dict)
+    rank: int = 0
+    world: int = 1
 
 
 class Sink(ABC):
-    """Receives batches of vectors from the runner's writer thread (one thread: no locking)."""
+    """Receives batches of vectors from the runner's writer thread (one thread: no locking).
+
+    Class attributes say what a format can do: ``ext`` (the main output's extension, "" for
+    none), ``collections`` (can hold an image collection in one file, chosen by that extension),
+    ``supports_ranks`` (several processes may write one output: shard parts in a shared folder).
+    """
+
+    ext: ClassVar[str] = ""
+    collections: ClassVar[bool] = False
+    supports_ranks: ClassVar[bool] = False
 
     @abstractmethod
-    def start(self, plan: Plan, *, dim: int, fingerprint: str,
-              grid: tuple[int, int] | None = None, about: dict | None = None) -> set[tuple[str, str]]:
-        """Prepare for ``plan``; return the (group, shard key) pairs already committed.
-
-        ``grid`` = (rows, cols) when each item has rows * cols tile vectors ((B, T, dim) batches).
-        ``about`` (:meth:`nenya.encoders.base.Encoder.about`) describes the model for the outputs."""
+    def start(self, plan: Plan, context: WriteContext) -> set[tuple[str, str]]:
+        """Prepare for ``plan``; return the (group, shard key) pairs already committed."""
 
     @abstractmethod
     def write(self, batch: Batch, vectors: np.ndarray) -> None:
@@ -35,3 +70,30 @@ class Sink(ABC):
 
     def abort(self) -> None:
         """Drop uncommitted state (called on errors and interruption)."""
+
+    def committed(self) -> set[tuple[str, str]]:
+        """The (group, shard key) pairs of the started plan committed so far, by any process."""
+        return set()
+
+    def resume_ids(self) -> set[str]:
+        """Resume by id: the ids an existing output already accounts for, after which new rows are
+        appended (empty when there is no output to extend, or the sink does not append)."""
+        return set()
+
+
+def vectors_of(table, column: str = "vector") -> np.ndarray:
+    """The fixed-size-list column of an Arrow table as a (N, dim) array (zero-copy when possible)."""
+    col = table.column(column).combine_chunks()
+    dim = col.type.list_size
+    return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
+
+
+#: Output formats by name (``--format NAME``).
+sinks = Registry("sink")
+sinks.register("h5", "nenya.sinks.hdf5:NenyaLatentsSink", help="Nenya _latents.h5 files (one per input file)")
+sinks.register("parquet", "nenya.sinks.parquet:ParquetSink",
+               help="Parquet: id, partition, row, metadata columns, vector (fixed-size list of float32)")
+sinks.register("npy", "nenya.sinks.npy:NpySink",
+               help=".npy vectors (N, dim) plus a Parquet file of ids and metadata in the same row order (for FAISS)")
+
+__all__ = ["Sink", "WriteContext", "sinks", "vectors_of"]

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import hashlib
 import json
 import logging
@@ -23,14 +24,16 @@ import shutil
 import time
 from abc import abstractmethod
 from collections import defaultdict
+from dataclasses import dataclass
+from typing import ClassVar
 
 import numpy as np
 import pyarrow as pa
 
-from nenya._errors import OutputError
+from nenya._errors import InputError, OutputError
 from nenya.pipeline import faults, storage
 from nenya.pipeline.items import Batch, Group, Plan, Shard
-from nenya.sinks import Sink
+from nenya.sinks import Sink, WriteContext
 
 log = logging.getLogger(__name__)
 
@@ -49,15 +52,51 @@ def _lock(path: str):
         fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         fh.seek(0)
-        who = fh.read().strip() or "another process"
+        holder = LockHolder.parse(fh.read())
         fh.close()
+        who = f"pid {holder.pid} on {holder.host}" if holder else "another process"
         raise OutputError(f"another nenya run ({who}) is writing the same output (lock {path}); wait for it to "
                           "finish or stop it, then rerun: two runs never write one output together") from None
     fh.seek(0)
     fh.truncate()
-    fh.write(f"pid {os.getpid()} on {os.uname().nodename}")
+    fh.write(json.dumps(dataclasses.asdict(LockHolder(os.getpid(), os.uname().nodename, time.time()))))
     fh.flush()
     return fh
+
+
+@dataclass(frozen=True)
+class LockHolder:
+    """Who holds an output's lock: written into the lock file as JSON when it is taken."""
+
+    pid: int
+    host: str
+    since: float
+
+    @classmethod
+    def parse(cls, text: str) -> LockHolder | None:
+        try:
+            d = json.loads(text)
+            return cls(int(d["pid"]), str(d["host"]), float(d["since"]))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+    def dead_here(self) -> bool:
+        """Whether the holder was a process of this machine that no longer runs."""
+        return self.host == os.uname().nodename and not _alive(self.pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # a killed child not yet reaped by its parent is a zombie: dead for us
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
 
 
 def _held(path: str) -> bool:
@@ -94,13 +133,6 @@ def read_status(path: str) -> list[tuple[str, str]]:
         return [(r["id"], r["status"]) for r in csv.DictReader(f)]
 
 
-def vectors_of(table: pa.Table, column: str = "vector") -> np.ndarray:
-    """The fixed-size-list column of a table as a (N, dim) array (zero-copy when possible)."""
-    col = table.column(column).combine_chunks()
-    dim = col.type.list_size
-    return col.flatten().to_numpy(zero_copy_only=False).reshape(-1, dim)
-
-
 def vectors_digest(fingerprint: str) -> str:
     """A short digest of what determines a run's vectors (model, weights, preprocessing, precision)."""
     return hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
@@ -112,15 +144,22 @@ class PartSink(Sink):
     Args:
         output: output folder, local path or URL.
         overwrite: replace existing outputs and discard work of a different configuration.
+        append: add after the rows of an existing output (set by :meth:`resume_ids` when there is one).
+        name: the output's file name (one group only); default: each group's name, ``suffix`` and :attr:`ext`.
+        suffix: added to each group's name before the extension (``_debug`` for debug runs).
     """
 
-    ext = ""
     schema_version = "1"
+    collections: ClassVar[bool] = True
+    supports_ranks: ClassVar[bool] = True
 
-    def __init__(self, output: str | os.PathLike, *, overwrite: bool = False, append: bool = False) -> None:
+    def __init__(self, output: str | os.PathLike, *, overwrite: bool = False, append: bool = False,
+                 name: str | None = None, suffix: str = "") -> None:
         self.output = str(output)
         self.overwrite = overwrite
         self.append = append
+        self.name = storage.safe_name(name) if name else None
+        self.suffix = suffix
         if storage.is_remote(self.output):
             key = hashlib.sha256(self.output.encode()).hexdigest()[:16]
             self.work = str(storage.cache_dir() / "work" / key)
@@ -134,23 +173,71 @@ class PartSink(Sink):
         self._grid: tuple[int, int] | None = None
         self._t0: dict[tuple[str, str], float] = {}
         self._locks: list = []
-        #: this process's rank among ``world`` processes writing the same outputs (set by an engine
-        #: before :meth:`start`; see nenya.engines.torchrun)
-        self.rank, self.world = 0, 1
+        self.rank, self.world = 0, 1  # from the WriteContext given to start()
 
-    # -- locations ----------------------------------------------------------------------
+    # -- names and locations ------------------------------------------------------------
+    def output_name(self, group: Group) -> str:
+        """The file name of ``group``'s output: the sink's own name, or the group's name + suffix + ext."""
+        return self.name or storage.safe_name(group.name + self.suffix + self.ext)
+
     def output_path(self, group: Group) -> str:
-        return storage.join(self.output, storage.safe_name(group.output_name))
+        return storage.join(self.output, self.output_name(group))
 
     def status_path(self, group: Group) -> str:
         return self.output_path(group) + STATUS_SUFFIX
 
     def group_dir(self, group: Group) -> str:
-        return os.path.join(self.work, storage.safe_name(group.output_name))
+        return os.path.join(self.work, self.output_name(group))
+
+    def resume_ids(self) -> set[str]:
+        """Ids the existing output (``name``) already accounts for: its status table, else its ``id``
+        column. When there are any, new rows are appended after the existing ones."""
+        if self.name is None or self.overwrite:
+            return set()
+        dest = storage.join(self.output, self.name)
+        if not storage.exists(dest):
+            return set()
+        rows = read_status(dest + STATUS_SUFFIX)
+        ids = {i for i, _ in rows} if rows else self._ids_in_output(dest)
+        self.append = self.append or bool(ids)
+        return ids
+
+    def _ids_in_output(self, dest: str) -> set[str]:
+        """The ``id`` column of an existing output without a status table (formats that have one)."""
+        return set()
+
+    # -- coordination between the ranks of one job ----------------------------------------
+    def lock_holder(self, group: Group, rank: int) -> LockHolder | None:
+        """Who took rank ``rank``'s lock on ``group`` in this run (None: not taken since ``since``)."""
+        try:
+            with open(rank_lock_name(self.group_dir(group), rank)) as f:
+                return LockHolder.parse(f.read())
+        except OSError:
+            return None
+
+    def post(self, group: Group, name: str, body: dict) -> None:
+        """Leave a small JSON note next to ``group``'s parts (ranks tell rank 0 they finished)."""
+        path = self.group_dir(group) + f".{name}.json"
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with storage.atomic_local(path) as tmp, open(tmp, "w") as f:
+            json.dump(body, f)
+
+    def read_post(self, group: Group, name: str) -> dict | None:
+        try:
+            with open(self.group_dir(group) + f".{name}.json") as f:
+                return json.load(f)
+        except (OSError, ValueError):
+            return None
+
+    def remove_post(self, group: Group, name: str) -> None:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(self.group_dir(group) + f".{name}.json")
 
     # -- lifecycle ----------------------------------------------------------------------
-    def start(self, plan: Plan, *, dim: int, fingerprint: str,
-              grid: tuple[int, int] | None = None, about: dict | None = None) -> set[tuple[str, str]]:
+    def start(self, plan: Plan, context: WriteContext) -> set[tuple[str, str]]:
+        dim, fingerprint, grid, about = context.dim, context.fingerprint, context.grid, context.about
+        self.rank, self.world = context.rank, context.world
+        self._check_names(plan)
         self._plan, self._dim, self._grid = plan, dim, grid
         # the model's description, with a digest of what determines the vectors (model, weights,
         # preprocessing, precision): outputs carry it, and appending to an output checks it
@@ -214,6 +301,16 @@ class PartSink(Sink):
         return done
 
     supports_tiles = True
+
+    def _check_names(self, plan: Plan) -> None:
+        if self.name is not None and len(plan.groups) > 1:
+            raise InputError(f"{len(plan.groups)} inputs cannot all be written to one file {self.name!r}; "
+                             "give an output folder")
+        names = [self.output_name(g) for g in plan.groups]
+        dup = {n for n in names if names.count(n) > 1}
+        if dup:
+            raise InputError(f"several inputs would write the same output {sorted(dup)[0]!r}; give files with "
+                             "distinct names")
 
     def _schema_tag(self) -> str:
         return ""
@@ -378,14 +475,14 @@ class PartSink(Sink):
     def assemble_files(self, group: Group) -> list[tuple[str, str]]:
         """Write the final files of ``group`` in its work folder; return (local path, output name)
         pairs, the main output last. One file by default (:meth:`assemble`)."""
-        local = storage.tmp_name(os.path.join(self.group_dir(group), group.output_name))
+        local = storage.tmp_name(os.path.join(self.group_dir(group), self.output_name(group)))
         self.assemble(group, local)
-        return [(local, group.output_name)]
+        return [(local, self.output_name(group))]
 
     def _status_file(self, group: Group) -> str:
         """``<output>.status.csv``: every item's id once, ``ok`` or ``skipped:<reason>`` (previous rows first
         when appending)."""
-        local = storage.tmp_name(os.path.join(self.group_dir(group), group.output_name + STATUS_SUFFIX))
+        local = storage.tmp_name(os.path.join(self.group_dir(group), self.output_name(group) + STATUS_SUFFIX))
         skipped = 0
         with open(local, "w", newline="") as f:
             w = csv.writer(f)
@@ -400,7 +497,7 @@ class PartSink(Sink):
                     w.writerows(zip(ids, st))
         if skipped:
             log.warning("%d item(s) of %s skipped; see %s%s", skipped, storage.redact(group.url),
-                        group.output_name, STATUS_SUFFIX)
+                        self.output_name(group), STATUS_SUFFIX)
         return local
 
     def abort(self) -> None:

@@ -10,7 +10,8 @@ import numpy as np
 import nenya
 from nenya.pipeline import faults, storage
 from nenya.pipeline.items import Group
-from nenya.sinks._parts import PartSink, vectors_of
+from nenya.sinks import vectors_of
+from nenya.sinks._parts import PartSink
 from nenya.sinks.parquet import ABOUT_KEY
 
 
@@ -25,6 +26,7 @@ class NenyaLatentsSink(PartSink):
     """
 
     ext = ".h5"
+    collections = False  # one file per preproc input, Nenya's layout
     supports_tiles = False
 
     def assemble(self, group: Group, path: str) -> None:

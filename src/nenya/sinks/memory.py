@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from nenya.pipeline.items import Batch, Plan, Shard
-from nenya.sinks import Sink
+from nenya.sinks import Sink, WriteContext
 
 
 class ArraySink(Sink):
@@ -14,8 +14,9 @@ class ArraySink(Sink):
     def __init__(self) -> None:
         self.arrays: dict[str, dict[str, np.ndarray]] = {}
 
-    def start(self, plan: Plan, *, dim: int, fingerprint: str, grid=None, about=None) -> set[tuple[str, str]]:
-        if grid is not None:
+    def start(self, plan: Plan, context: WriteContext) -> set[tuple[str, str]]:
+        dim = context.dim
+        if context.grid is not None:
             raise ValueError("ArraySink holds one vector per item; tile encoders need a file sink")
         self.arrays = {g.key: {p: np.zeros((n, dim), np.float32) for p, n in g.partitions.items()} for g in plan.groups}
         return set()

@@ -9,7 +9,7 @@ import pyarrow.compute as pc
 
 from nenya.pipeline import faults, storage
 from nenya.pipeline.items import Group
-from nenya.sinks._parts import vectors_of
+from nenya.sinks import vectors_of
 from nenya.sinks.parquet import ParquetSink
 
 
@@ -28,17 +28,20 @@ class NpySink(ParquetSink):
     with_vectors = False
 
     def table_name(self, group: Group) -> str:
-        return metadata_name(group.output_name)
+        return metadata_name(self.output_name(group))
+
+    def table_name_of(self, output_name: str) -> str:
+        return metadata_name(output_name)
 
     def assemble_files(self, group: Group) -> list[tuple[str, str]]:
         gdir = self.group_dir(group)
-        meta_name = metadata_name(group.output_name)
+        meta_name = metadata_name(self.output_name(group))
         meta_local = storage.tmp_name(os.path.join(gdir, meta_name))
-        npy_local = storage.tmp_name(os.path.join(gdir, group.output_name))
+        npy_local = storage.tmp_name(os.path.join(gdir, self.output_name(group)))
         old_vectors = None
         previous = self.previous(group, meta_name)
         if previous is not None:
-            dest = storage.join(self.output, group.output_name)
+            dest = storage.join(self.output, self.output_name(group))
             old_vectors = np.load(storage.fetch(dest) if storage.is_remote(dest) else dest, mmap_mode="r")
             if len(old_vectors) != previous.metadata.num_rows:
                 raise AssertionError(f"{dest} has {len(old_vectors)} rows but {meta_name} {previous.metadata.num_rows}")
@@ -63,8 +66,8 @@ class NpySink(ParquetSink):
         out.flush()
         del out
         if at != rows:
-            raise AssertionError(f"{at} vectors but {rows} metadata rows for {group.output_name}")
-        return [(meta_local, meta_name), (npy_local, group.output_name)]
+            raise AssertionError(f"{at} vectors but {rows} metadata rows for {self.output_name(group)}")
+        return [(meta_local, meta_name), (npy_local, self.output_name(group))]
 
     def assemble(self, group: Group, path: str) -> None:  # pragma: no cover - assemble_files is used
         raise NotImplementedError

@@ -12,7 +12,8 @@ import pyarrow.parquet as pq
 from nenya._errors import OutputError
 from nenya.pipeline import faults, storage
 from nenya.pipeline.items import Group
-from nenya.sinks._parts import PartSink, vectors_digest, vectors_of
+from nenya.sinks import WriteContext, vectors_of
+from nenya.sinks._parts import PartSink, vectors_digest
 
 #: schema-metadata key (Parquet) and attribute (HDF5) holding :meth:`Encoder.about` as JSON
 ABOUT_KEY = b"nenya"
@@ -50,8 +51,9 @@ class ParquetSink(PartSink):
     ext = ".parquet"
     with_vectors = True
 
-    def __init__(self, output, *, overwrite: bool = False, append: bool = False, dtype: str = "float32") -> None:
-        super().__init__(output, overwrite=overwrite, append=append)
+    def __init__(self, output, *, overwrite: bool = False, append: bool = False, name: str | None = None,
+                 suffix: str = "", dtype: str = "float32") -> None:
+        super().__init__(output, overwrite=overwrite, append=append, name=name, suffix=suffix)
         if dtype not in ("float32", "float16"):
             raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
         self.dtype = dtype
@@ -61,19 +63,28 @@ class ParquetSink(PartSink):
 
     def table_name(self, group: Group) -> str:
         """The Parquet file of ``group`` (the output itself; the ids-and-metadata file for npy)."""
-        return group.output_name
+        return self.output_name(group)
 
-    def start(self, plan, *, dim, fingerprint, grid=None, about=None):
-        vectors = vectors_digest(fingerprint)
+    def _ids_in_output(self, dest: str) -> set[str]:
+        table = storage.join(self.output, self.table_name_of(self.name or ""))
+        return set(pq.read_table(storage.fetch(table), columns=["id"]).column("id").to_pylist())
+
+    def table_name_of(self, output_name: str) -> str:
+        """The Parquet file that lists an output's ids (the output itself here)."""
+        return output_name
+
+    def start(self, plan, context: WriteContext):
+        self._check_names(plan)
+        vectors = vectors_digest(context.fingerprint)
         for g in plan.groups:  # appending (resume by id): only vectors of the same model may join
             previous = self.previous(g, self.table_name(g))
             old = about_of(previous.schema_arrow) if previous is not None else None
             if old and old.get("vectors") and old["vectors"] != vectors:
                 raise OutputError(
-                    f"{storage.join(self.output, g.output_name)} holds vectors of another model or preprocessing "
-                    f"({_describe(old)}; this run: {_describe(about or {})}): new rows would not be comparable. "
+                    f"{storage.join(self.output, self.output_name(g))} holds vectors of another model or preprocessing "
+                    f"({_describe(old)}; this run: {_describe(context.about)}): new rows would not be comparable. "
                     "Rerun with --overwrite to replace it, or choose another output")
-        return super().start(plan, dim=dim, fingerprint=fingerprint, grid=grid, about=about)
+        return super().start(plan, context)
 
     def _with_about(self, schema: pa.Schema) -> pa.Schema:
         return schema.with_metadata({**(schema.metadata or {}), ABOUT_KEY: json.dumps(self._about).encode()})
@@ -101,7 +112,7 @@ class ParquetSink(PartSink):
 
     def previous(self, group: Group, name: str | None = None) -> pq.ParquetFile | None:
         """The existing output (when appending), or None."""
-        dest = storage.join(self.output, name or group.output_name)
+        dest = storage.join(self.output, name or self.output_name(group))
         if not self.append or not storage.exists(dest):
             return None
         return pq.ParquetFile(storage.fetch(dest) if storage.is_remote(dest) else dest)

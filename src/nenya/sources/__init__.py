@@ -1,11 +1,43 @@
-"""Sources: list work cheaply (``plan``) and read one shard into batches (``read``)."""
+"""Sources: list work cheaply (``plan``) and read one shard into batches (``read``).
+
+To add an input kind, write a module in this package with a :class:`Source` subclass whose
+``from_spec(where, options)`` builds it, and register it below (or through the ``nenya.sources``
+entry-point group): ``nenya extract --source KIND:WHERE`` and ``nenya models`` find it there.
+"""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from nenya.pipeline.items import Batch, Plan, Shard
+from nenya.pipeline.registry import Registry
+
+if TYPE_CHECKING:
+    from nenya.preprocess import ImageTransform
+
+
+@dataclass(frozen=True)
+class SourceOptions:
+    """What ``nenya extract --source KIND:WHERE`` passes to every source's ``from_spec``.
+
+    Attributes:
+        transform: the encoder's CPU-side image preprocessing (resize and crop), for photo sources.
+        skip_ids: ids an existing output already holds (resume by id): not read again.
+        path_column, id_column, columns: a path table's columns (path, id, metadata to carry).
+        max_pixels: skip images with more pixels (decompression bombs); None: the default.
+        jpeg_on_device: leave clean JPEGs for the device to decode (``--decode gpu``).
+    """
+
+    transform: ImageTransform | None = None
+    skip_ids: frozenset[str] = frozenset()
+    path_column: str = "path"
+    id_column: str | None = None
+    columns: tuple[str, ...] | None = None
+    max_pixels: int | None = None
+    jpeg_on_device: bool = False
 
 
 class Source(ABC):
@@ -19,5 +51,21 @@ class Source(ABC):
     def read(self, shard: Shard, batch_size: int) -> Iterator[Batch]:
         """Yield the shard's items in order, ``batch_size`` at a time; the last has ``last=True``."""
 
+    def localise(self) -> None:
+        """Make this (unpickled) source readable in the process it landed in: a remote worker
+        fetches what the planning process fetched from URLs into its own cache. Default: nothing."""
+
     def close(self) -> None:
         """Release temporary copies and handles (called once by whoever made the source)."""
+
+
+#: Input kinds by name (``--source NAME:WHERE``; ``h5`` files are given as arguments).
+sources = Registry("source")
+sources.register("h5", "nenya.sources.hdf5:HDF5PreprocSource", help="Nenya preprocessed HDF5 files of cutouts")
+sources.register("images", "nenya.sources.images:ImageFolderSource",
+                 help="a folder of images (recursive; ids are relative paths): images:photos/")
+sources.register("table", "nenya.sources.table:PathTableSource",
+                 help="a CSV or Parquet table with a path column, an id column and metadata columns: table:images.csv")
+sources.register("arrays", "nenya.sources.arrays:ArraySource", help="in-memory arrays (Python API only)")
+
+__all__ = ["Source", "SourceOptions", "sources"]

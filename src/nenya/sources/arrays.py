@@ -35,7 +35,7 @@ class ArraySource(Source):
         array: the images.
         ids: one id per image (default ``"0"``, ``"1"``, ...); must be unique.
         metadata: columns (name -> sequence of N values) carried into the output.
-        output_name: file name of this source's single output.
+        name: the stem of this source's single output (the sink adds its extension).
         key: the group's name (the output's key; ``arrays`` by default).
 
     Raises:
@@ -43,7 +43,7 @@ class ArraySource(Source):
     """
 
     def __init__(self, array: Any, *, ids: Sequence[str] | None = None,
-                 metadata: Mapping[str, Sequence[Any]] | None = None, output_name: str = "vectors.parquet",
+                 metadata: Mapping[str, Sequence[Any]] | None = None, name: str = "vectors",
                  key: str = "arrays") -> None:
         if hasattr(array, "detach") and hasattr(array, "numpy"):  # a torch tensor
             array = array.detach().cpu().numpy()
@@ -69,7 +69,7 @@ class ArraySource(Source):
             if name in ("id", "vector"):
                 raise InputError(f"metadata column name {name!r} is reserved for the output; rename it")
             self.metadata[str(name)] = values
-        self.output_name = output_name
+        self.name = name
         self.key = key
         self._array = array
         self._reopen: tuple | None = None
@@ -111,7 +111,7 @@ class ArraySource(Source):
         if shard_size <= 0:
             raise ValueError(f"shard_size must be positive, got {shard_size}")
         n = self.shape[0]
-        group = Group(self.key, self.key, self.output_name, {"": n}, {"": list(self.metadata)}, self.fingerprint())
+        group = Group(self.key, self.key, self.name, {"": n}, {"": list(self.metadata)}, self.fingerprint())
         shards = [Shard(self.key, "", i, a, min(n, a + shard_size)) for i, a in enumerate(range(0, n, shard_size))]
         return Plan([group], shards)
 

@@ -19,12 +19,17 @@ DEFAULT_PARTITIONS = ("train", "valid")
 
 def latents_name(preproc_name: str, ext: str = ".h5") -> str:
     """``X_preproc_Y.h5`` -> ``X_latents_Y.h5``; without ``_preproc``, ``X.h5`` -> ``X_latents.h5``."""
+    return latents_stem(preproc_name) + ext
+
+
+def latents_stem(preproc_name: str) -> str:
+    """``X_preproc_Y.h5`` -> ``X_latents_Y``: the name a preproc file proposes for its output."""
     base = storage.basename(preproc_name)
     stem, dot, _ = base.rpartition(".")
     stem = stem if dot else base
     if "_preproc" in stem:
-        return stem.replace("_preproc", "_latents") + ext
-    return stem + "_latents" + ext
+        return stem.replace("_preproc", "_latents")
+    return stem + "_latents"
 
 
 class HDF5PreprocSource(Source):
@@ -39,21 +44,19 @@ class HDF5PreprocSource(Source):
     """
 
     def __init__(self, files: Sequence[str], *, partitions: Sequence[str] = DEFAULT_PARTITIONS,
-                 allowed_indices: Sequence[int] | np.ndarray | None = None, limit: int | None = None,
-                 output_ext: str = ".h5") -> None:
+                 allowed_indices: Sequence[int] | np.ndarray | None = None, limit: int | None = None) -> None:
         if isinstance(files, (str, os.PathLike)):
             files = [str(files)]
         self.files = [str(f) for f in files]
         self.partitions = tuple(partitions)
         self.allowed = None if allowed_indices is None else np.unique(np.asarray(allowed_indices, dtype=np.int64))
         self.limit = limit
-        self.output_ext = output_ext
         self._local: dict[str, LazyH5] = {}
         self._selection: dict[tuple[str, str], np.ndarray | None] = {}
         self._tmpdir: str | None = None
 
     # -- planning (main process) --------------------------------------------------------
-    def _localise(self, url: str) -> str:
+    def _fetch(self, url: str) -> str:
         if not storage.is_remote(url):
             return storage.local_path(url)
         if self._tmpdir is None:
@@ -62,12 +65,8 @@ class HDF5PreprocSource(Source):
 
     def plan(self, shard_size: int) -> Plan:
         groups, shards = [], []
-        names = [latents_name(u, self.output_ext) for u in self.files]
-        dup = {n for n in names if names.count(n) > 1}
-        if dup:
-            raise InputError(f"several inputs would write the same output {sorted(dup)[0]!r}; give files with distinct names")
-        for url, out_name in zip(self.files, names):
-            lazy = self._local.get(url) or LazyH5(self._localise(url))
+        for url in self.files:
+            lazy = self._local.get(url) or LazyH5(self._fetch(url))
             self._local[url] = lazy
             with open_checked(lazy.path) as f:
                 present = [p for p in self.partitions if p in f]
@@ -95,7 +94,7 @@ class HDF5PreprocSource(Source):
                         shards.append(Shard(url, p, i, start, min(n, start + shard_size)))
             size = os.path.getsize(lazy.path)
             fp = f"{storage.basename(url)}|{size}|{';'.join(shapes)}|sel={self._sel_digest()}|limit={self.limit}"
-            groups.append(Group(url, url, out_name, sizes, meta_cols, fp))
+            groups.append(Group(url, url, latents_stem(url), sizes, meta_cols, fp))
         return Plan(groups, shards)
 
     def _sel_digest(self) -> str:
@@ -127,6 +126,12 @@ class HDF5PreprocSource(Source):
                 metadata = {c: table[:, j] for j, c in enumerate(cols)}
             ids = [f"{shard.partition}/{r}" for r in rows.tolist()]
             yield Batch(shard, ids, positions, rows, data, metadata, last=b >= shard.stop)
+
+    def localise(self) -> None:
+        """Files the planning process fetched from URLs: fetch them into this node's cache too."""
+        for url, lazy in self._local.items():
+            if storage.is_remote(url) and not os.path.exists(lazy.path):
+                lazy.path = storage.fetch(url)
 
     def close(self) -> None:
         for lazy in self._local.values():

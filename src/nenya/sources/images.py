@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from nenya._errors import InputError
 from nenya.pipeline import storage
-from nenya.pipeline.items import Batch, Group, Plan, Shard
+from nenya.pipeline.items import Batch, Group, Plan, ReadTiming, Shard
 from nenya.preprocess import (
     DEFAULT_MAX_PIXELS,
     ImageTransform,
@@ -30,11 +30,22 @@ from nenya.preprocess import (
     device_candidate,
     read_bytes,
 )
-from nenya.sources import Source
+from nenya.sources import Source, SourceOptions
 
 log = logging.getLogger(__name__)
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", ".bmp", ".webp", ".gif")
+
+
+def _image_kwargs(options: SourceOptions) -> dict:
+    """The image sources' arguments from :class:`SourceOptions`."""
+    if options.transform is None:
+        raise InputError("photo sources need the model's image preprocessing (a timm:, torchvision: or "
+                         "torchscript: model, or --size)")
+    kwargs = {"transform": options.transform, "skip_ids": options.skip_ids, "jpeg_on_device": options.jpeg_on_device}
+    if options.max_pixels is not None:
+        kwargs["max_pixels"] = options.max_pixels
+    return kwargs
 
 
 class _ImageItems(Source):
@@ -47,11 +58,10 @@ class _ImageItems(Source):
 
     key: str = ""
 
-    def __init__(self, *, transform: ImageTransform, output_name: str, skip_ids: Collection[str],
+    def __init__(self, *, transform: ImageTransform, skip_ids: Collection[str],
                  max_pixels: int, jpeg_on_device: bool = False) -> None:
         self.transform = check_transform(transform)
         self.jpeg_on_device = bool(jpeg_on_device)
-        self.output_name = output_name
         self.skip_ids = frozenset(skip_ids)
         self.max_pixels = int(max_pixels)
         self._ids: pa.Array | None = None
@@ -108,7 +118,7 @@ class _ImageItems(Source):
         if skipped:
             log.info("%s: %d of %d items already done (skip_ids); %d to read", self.key, skipped,
                      self._listed_total, n)
-        group = Group(self.key, self.key, self.output_name, {"": n}, {"": self.metadata_columns()},
+        group = Group(self.key, self.key, "vectors", {"": n}, {"": self.metadata_columns()},
                       self.fingerprint())
         shards = [Shard(self.key, "", i, a, min(n, a + shard_size)) for i, a in enumerate(range(0, n, shard_size))]
         return Plan([group], shards)
@@ -158,7 +168,8 @@ class _ImageItems(Source):
             positions = np.arange(a, b, dtype=np.int64)
             yield Batch(shard, [str(i) for i in ids], positions, self._rows[a:b].copy(), data, metadata,
                         last=b >= shard.stop, status=None if all(s == "ok" for s in status) else status,
-                        encoded=encoded or None, decode_seconds=time.perf_counter() - t_decode)
+                        encoded=encoded or None,
+                        timing=ReadTiming(decode_seconds=time.perf_counter() - t_decode))
 
     def _fetch(self, locations: Sequence[str | None]) -> list[bytes | SkipItem]:
         """The bytes of each location (a SkipItem in place of those that cannot be read)."""
@@ -249,7 +260,6 @@ class ImageFolderSource(_ImageItems):
     Args:
         root: a local folder or URL (``s3://bucket/prefix``, ``memory://x``, ...).
         transform: resize/crop to the model's input (``encoder.preprocess.image``).
-        output_name: file name of this source's single output.
         extensions: file suffixes taken as images.
         skip_ids: ids to leave out before sharding (those already in the output: resume by id).
         max_pixels: images over this many pixels are skipped (``pixel limit``) before decoding.
@@ -261,9 +271,9 @@ class ImageFolderSource(_ImageItems):
     """
 
     def __init__(self, root: str | os.PathLike, *, transform: ImageTransform = ImageTransform(),
-                 output_name: str = "vectors.parquet", extensions: Sequence[str] = IMAGE_EXTENSIONS,
-                 skip_ids: Collection[str] = (), max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_on_device: bool = False) -> None:
-        super().__init__(transform=transform, output_name=output_name, skip_ids=skip_ids, max_pixels=max_pixels,
+                 extensions: Sequence[str] = IMAGE_EXTENSIONS, skip_ids: Collection[str] = (),
+                 max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_on_device: bool = False) -> None:
+        super().__init__(transform=transform, skip_ids=skip_ids, max_pixels=max_pixels,
                          jpeg_on_device=jpeg_on_device)
         self.root = str(root)
         self.key = self.root
@@ -272,6 +282,11 @@ class ImageFolderSource(_ImageItems):
         # then usable from anywhere, and a relative root run from another folder is another input
         self._base = self.root.rstrip("/") if storage.is_remote(self.root) else \
             os.path.abspath(storage.local_path(self.root))
+
+    @classmethod
+    def from_spec(cls, where: str, options: SourceOptions) -> ImageFolderSource:
+        """``images:FOLDER`` (``nenya extract --source``)."""
+        return cls(where, **_image_kwargs(options))
 
     def _list(self) -> None:
         names = self._list_remote() if storage.is_remote(self.root) else self._list_local()

@@ -20,7 +20,8 @@ import pyarrow.compute as pc
 from nenya._errors import InputError
 from nenya.pipeline import storage
 from nenya.preprocess import DEFAULT_MAX_PIXELS, ImageTransform
-from nenya.sources.images import _ImageItems
+from nenya.sources import SourceOptions
+from nenya.sources.images import _image_kwargs, _ImageItems
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +83,6 @@ class PathTableSource(_ImageItems):
         path_column: the column of image paths.
         id_column: the column of ids (None: the path).
         columns: metadata columns to carry (None: all but the path and id columns).
-        output_name: file name of this source's single output.
         skip_ids: ids to leave out before sharding (resume by id).
         max_pixels: images over this many pixels are skipped (``pixel limit``) before decoding.
         jpeg_on_device: send clean JPEGs' bytes for the encoder's device to decode
@@ -94,10 +94,9 @@ class PathTableSource(_ImageItems):
 
     def __init__(self, table: str | os.PathLike, *, transform: ImageTransform = ImageTransform(),
                  path_column: str = "path", id_column: str | None = None, columns: Sequence[str] | None = None,
-                 output_name: str = "vectors.parquet", skip_ids: Collection[str] = (),
-                 max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_on_device: bool = False) -> None:
-        super().__init__(transform=transform, output_name=output_name, skip_ids=skip_ids, max_pixels=max_pixels,
-                         jpeg_on_device=jpeg_on_device)
+                 skip_ids: Collection[str] = (), max_pixels: int = DEFAULT_MAX_PIXELS,
+                 jpeg_on_device: bool = False) -> None:
+        super().__init__(transform=transform, skip_ids=skip_ids, max_pixels=max_pixels, jpeg_on_device=jpeg_on_device)
         self.table = str(table)
         self.key = self.table
         self.path_column = path_column
@@ -107,6 +106,12 @@ class PathTableSource(_ImageItems):
             self._base = self.table.rsplit("/", 1)[0]
         else:
             self._base = os.path.dirname(os.path.abspath(storage.local_path(self.table)))
+
+    @classmethod
+    def from_spec(cls, where: str, options: SourceOptions) -> PathTableSource:
+        """``table:FILE.csv|FILE.parquet`` (``nenya extract --source``)."""
+        return cls(where, path_column=options.path_column, id_column=options.id_column, columns=options.columns,
+                   **_image_kwargs(options))
 
     def _list(self) -> None:
         key_cols = [self.path_column] + ([self.id_column] if self.id_column else [])
