@@ -212,7 +212,7 @@ def _cli_env(s3, isolated) -> dict[str, str]:
 
 
 def _read_parquet_vectors(table) -> dict[str, np.ndarray]:
-    from nenya.sinks._parts import vectors_of
+    from nenya.sinks import vectors_of
 
     out = {}
     for part in ("train", "valid"):
@@ -322,7 +322,7 @@ def test_cli_killed_run_leaves_no_partial_object_and_resumes(s3, job, isolated):
     for part, n in (("valid", n_valid), ("train", n_train)):
         t = table.filter(table.column("partition").to_numpy(zero_copy_only=False) == part)
         assert t.column("row").to_pylist() == list(range(n))
-        from nenya.sinks._parts import vectors_of
+        from nenya.sinks import vectors_of
 
         np.testing.assert_allclose(vectors_of(t), ref[part], atol=ATOL, rtol=0)
 
