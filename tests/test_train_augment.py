@@ -121,3 +121,46 @@ def test_logcosh_matches_the_formula():
     torch.testing.assert_close(logcosh(a, b), ref, atol=1e-5, rtol=1e-5)
     assert torch.isfinite(logcosh(torch.tensor([1e4]), torch.tensor([0.0])))
     np.testing.assert_allclose(float(logcosh(torch.tensor([1e4]), torch.tensor([0.0]))), 1e4 - math.log(2), rtol=1e-6)
+
+
+def test_training_precision_follows_the_one_policy(monkeypatch):
+    import nenya.device
+    from nenya._errors import NenyaError
+    from nenya.train.common import autocast_dtype
+
+    cpu = torch.device("cpu")
+    for native in (True, False):
+        monkeypatch.setattr(nenya.device, "cpu_has_native_bf16", lambda native=native: native)
+        assert autocast_dtype("auto", cpu) == nenya.device.resolve_precision("auto", cpu)
+        assert autocast_dtype("auto", cpu) == (torch.bfloat16 if native else None)
+    assert autocast_dtype("fp32", cpu) is None and autocast_dtype("bf16", cpu) == torch.bfloat16
+    with pytest.raises(NenyaError, match="fp16 training needs a CUDA GPU"):
+        autocast_dtype("fp16", cpu)
+    with pytest.raises(NenyaError, match="unknown precision"):
+        autocast_dtype("fp8", cpu)
+
+
+def test_training_ranks_come_from_the_one_rank_parser(monkeypatch):
+    from nenya.ranks import Ranks
+    from nenya.train.common import setup_distributed
+
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"):
+        monkeypatch.delenv(key, raising=False)
+    ranks, dev = setup_distributed("cpu")
+    assert ranks == Ranks() and ranks.is_main and not ranks.distributed and dev == torch.device("cpu")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "1")
+    ranks, dev = setup_distributed("auto" if not torch.cuda.is_available() else "cpu")
+    assert (ranks.rank, ranks.world, ranks.local_rank) == (0, 1, 0) and dev == torch.device("cpu")
+
+
+def test_prepare_opt_fills_defaults_without_changing_the_callers_options():
+    from nenya.train.contrastive import DEFAULTS
+
+    given = Params(ssl_model="resnet18", feat_dim=8, learning_rate=0.1, batch_size_train=4, temp=0.5)
+    before = dict(given.dict)
+    opt = prepare_opt(given)
+    assert given.dict == before  # a copy is filled in
+    assert opt.batch_size_valid == 4 and opt.epochs == DEFAULTS["epochs"] and opt.ssl_method == "SimCLR"
+    assert opt.model_name == "SimCLR_resnet18_lr_0.1_decay_0.0001_bsz_4_temp_0.5_trial_0"
+    assert opt.model_folder.endswith(opt.model_name)

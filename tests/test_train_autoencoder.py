@@ -188,3 +188,16 @@ def test_a_folder_of_colour_images_keeps_three_channels(tmp_path):
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (16, 20, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
     assert np.load(open_dataset(str(tmp_path)).path).shape == (3, 3, 16, 20)
+
+
+def test_resume_from_a_damaged_checkpoint_is_refused(tmp_path, images):
+    from nenya._errors import CheckpointError
+
+    path, _ = images
+    last = train_autoencoder(_cfg(path, tmp_path / "ae", num_steps=2), progress=False).last
+    ckpt = load_checkpoint(last)
+    ckpt["model"].pop(next(iter(ckpt["model"])))
+    torch.save(ckpt, tmp_path / "damaged.pth")
+    with pytest.raises(CheckpointError, match=r"cannot resume: .*damaged.pth does not fit the autoencoder.*missing"):
+        train_autoencoder(_cfg(path, tmp_path / "ae2", num_steps=4), resume=str(tmp_path / "damaged.pth"),
+                          progress=False)

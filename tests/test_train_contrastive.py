@@ -151,3 +151,15 @@ def test_trained_latents_separate_known_classes(tmp_path):
         torch.set_num_threads(threads)
     print(f"kNN accuracy (5-NN, 5-fold, 300 held-out 8x8 cutouts): untrained {before:.3f}, trained {after:.3f}")
     assert after >= before + 0.1
+
+
+def test_resume_from_a_checkpoint_of_another_model_is_refused(tmp_path, preproc):
+    from nenya._errors import CheckpointError
+    from nenya.train_util import save_model
+
+    other = _opts(tmp_path, preproc, feat_dim=8)
+    model, _ = set_model(other, cuda_use=False)
+    save_model(model, None, other, 1, tmp_path / "other" / "last.pth")
+    with pytest.raises(CheckpointError, match=r"cannot resume: .*last.pth does not fit the model of the opts.*feat_dim"):
+        train_run(_opts(tmp_path, preproc), progress=False, output=str(tmp_path / "c"),
+                  resume=str(tmp_path / "other" / "last.pth"))

@@ -2,8 +2,9 @@
 
 The names are Nenya's (``set_model``, ``nenya_loader``, ``train_model``, ``set_optimizer``,
 ``adjust_learning_rate``, ``warmup_learning_rate``, ``save_model``, the augmentation classes);
-the work is done by :mod:`nenya.train.contrastive` and :mod:`nenya.train.augment`, which batch the
-augmentations on the device instead of running scikit-image per image in the loader.
+the work is done by :mod:`nenya.train.contrastive` (where ``set_model`` and the schedules live)
+and :mod:`nenya.train.augment`, which batch the augmentations on the device instead of running
+scikit-image per image in the loader. This face imports the trainers; they never import it.
 """
 
 from __future__ import annotations
@@ -15,15 +16,16 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from nenya.encoders.supcon import build_model
 from nenya.models.resnet_big import SupConResNet
 from nenya.params import Params, option_preprocess
-from nenya.train import _common
 from nenya.train.augment import AugmentConfig, augment
+from nenya.train.common import CheckpointWriter, checkpoint_state
 from nenya.train.contrastive import (
+    EpochSetup,
     adjust_learning_rate,
     data_file,
     run_epoch,
+    set_model,
     set_optimizer,
     warmup_learning_rate,
 )
@@ -37,31 +39,13 @@ __all__ = [
 ]
 
 
-def set_model(opt: Params, cuda_use: bool = True) -> tuple[SupConResNet, SupConLoss]:
-    """The SupConResNet of ``opt`` and its SupCon loss (temperature ``opt.temp``).
-
-    Unlike Nenya, the encoder is never wrapped in DataParallel (which put ``module.`` into
-    saved names); use DDP under torchrun for several GPUs.
-
-    Returns:
-        ``(model, criterion)``, on the GPU when ``cuda_use`` and one is available.
-    """
-    model = build_model(opt)
-    criterion = SupConLoss(temperature=float(getattr(opt, "temp", None) or 0.07))
-    if cuda_use and torch.cuda.is_available():
-        model, criterion = model.cuda(), criterion.cuda()
-        torch.backends.cudnn.benchmark = True
-    return model, criterion
-
-
 def save_model(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, opt: Params, epoch: int,
                save_file: str | os.PathLike) -> None:
     """Write Nenya's checkpoint ``{'opt', 'model', 'optimizer', 'epoch'}`` atomically (folders created)."""
     inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     folder = os.path.dirname(os.path.abspath(save_file))
     os.makedirs(folder, exist_ok=True)
-    _common.CheckpointWriter(folder).save(_common.checkpoint_state(opt, inner, optimizer, epoch),
-                                          os.path.basename(save_file))
+    CheckpointWriter(folder).save(checkpoint_state(opt, inner, optimizer, epoch), os.path.basename(save_file))
 
 
 def train_model(train_loader: Any, model: torch.nn.Module, criterion: torch.nn.Module,
@@ -76,9 +60,9 @@ def train_model(train_loader: Any, model: torch.nn.Module, criterion: torch.nn.M
         ``(mean loss, per-step losses, running-average losses)``.
     """
     device = torch.device("cuda" if cuda_use and torch.cuda.is_available() else "cpu")
-    res = run_epoch(train_loader, model, criterion, optimizer, epoch, opt, device=device,
-                    aug=AugmentConfig.from_opt(opt), update=update_model,
-                    desc="train" if update_model else "valid")
+    setup = EpochSetup(device, aug=AugmentConfig.from_opt(opt), update=update_model,
+                       desc="train" if update_model else "valid")
+    res = run_epoch(train_loader, model, criterion, optimizer, epoch, opt, setup)
     return res.loss, res.step_losses, res.avg_losses
 
 
@@ -164,10 +148,12 @@ class AverageMeter:
         self.reset()
 
     def reset(self) -> None:
+        """Forget every value."""
         self.val = self.avg = self.sum = 0.0
         self.count = 0
 
     def update(self, val: float, n: int = 1) -> None:
+        """Add ``val``, the mean of ``n`` values."""
         self.val = val
         self.sum += val * n
         self.count += n
@@ -201,7 +187,7 @@ def nenya_loader(opt: Params, valid: bool = False) -> DataLoader:
 
     Reads ``opt.valid_key`` when ``valid`` else ``opt.train_key`` of ``<data_folder>/<images_file>``.
     """
-    key = (opt.valid_key or "valid") if valid else (opt.train_key or "train")
+    key = opt.get("valid_key", "valid") if valid else opt.get("train_key", "train")
     ds = open_dataset(data_file(opt), key, in_memory=opt.get("data_in_memory", "auto"))
     bsz = int(opt.get("batch_size_valid" if valid else "batch_size_train", 64))
     workers = 0 if ds.in_memory else int(opt.get("num_workers", 0))

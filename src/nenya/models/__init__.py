@@ -1,1 +1,3 @@
 """Plain ``nn.Module`` definitions (no I/O)."""
+
+from __future__ import annotations

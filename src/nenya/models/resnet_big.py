@@ -13,6 +13,8 @@ from torch import nn
 
 
 class BasicBlock(nn.Module):
+    """Two 3x3 convolutions with a shortcut (ResNet-18/34)."""
+
     expansion = 1
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
@@ -35,6 +37,8 @@ class BasicBlock(nn.Module):
 
 
 class Bottleneck(nn.Module):
+    """1x1, 3x3, 1x1 convolutions with a shortcut, 4x wider out (ResNet-50/101)."""
+
     expansion = 4
 
     def __init__(self, in_planes: int, planes: int, stride: int = 1) -> None:
@@ -93,18 +97,22 @@ class ResNet(nn.Module):
 
 
 def resnet18(in_channel: int = 3) -> ResNet:
+    """The CIFAR-stem ResNet-18 encoder (no head)."""
     return ResNet(BasicBlock, [2, 2, 2, 2], in_channel)
 
 
 def resnet34(in_channel: int = 3) -> ResNet:
+    """The CIFAR-stem ResNet-34 encoder (no head)."""
     return ResNet(BasicBlock, [3, 4, 6, 3], in_channel)
 
 
 def resnet50(in_channel: int = 3) -> ResNet:
+    """The CIFAR-stem ResNet-50 encoder (no head)."""
     return ResNet(Bottleneck, [3, 4, 6, 3], in_channel)
 
 
 def resnet101(in_channel: int = 3) -> ResNet:
+    """The CIFAR-stem ResNet-101 encoder (no head)."""
     return ResNet(Bottleneck, [3, 4, 23, 3], in_channel)
 
 

@@ -26,12 +26,14 @@ from torch.utils.data import DataLoader, RandomSampler
 from tqdm.auto import tqdm
 
 from nenya._errors import CheckpointError, InputError, NenyaError
+from nenya.device import autocast
 from nenya.encoders.autoencoder import AutoencoderEncoder, build_autoencoder, crop_batch
-from nenya.encoders.weights import load_checkpoint, strip_module
+from nenya.encoders.weights import fit_state, load_checkpoint
 from nenya.models.autoencoder import ConvAutoencoder, pooled_size
 from nenya.params import Params, read_json
 from nenya.pipeline import storage
-from nenya.train import _common
+from nenya.ranks import Ranks
+from nenya.train import common
 from nenya.train.data import ArrayDataset, collate_batch, open_dataset, split_data_spec
 
 log = logging.getLogger(__name__)
@@ -157,7 +159,7 @@ def _ae_opt(cfg: AutoencoderConfig, ds: ArrayDataset, box: list[int], mean: list
         "raw_shape": list(ds.image_shape), "crop_box": box, "mean": mean, "std": std,
         "data_dtype": str(ds.dtype), "data_name": ds.name, "loss": "logcosh", "optimizer_name": "Adam",
     })
-    return _common.plain_params(values)
+    return common.plain_params(values)
 
 
 @dataclass
@@ -176,6 +178,7 @@ class AutoencoderSummary:
     checkpoints: list[str] = field(default_factory=list)
 
     def line(self) -> str:
+        """One line for the CLI: steps, speed, loss from first to last."""
         rate = self.images / self.seconds if self.seconds else 0.0
         out = f"{self.steps} steps ({self.epochs_done} checkpoints), {rate:.1f} images/s"
         if self.first_loss is not None and self.final_loss is not None:
@@ -183,6 +186,212 @@ class AutoencoderSummary:
         if self.stopped_early:
             out += ", stopped at the time limit"
         return out
+
+
+@dataclass
+class _AERun:
+    """The state the steps of one autoencoder run share (made by :func:`_ae_start`)."""
+
+    opt: Params
+    ranks: Ranks
+    device: torch.device
+    writer: common.CheckpointWriter
+    ds: ArrayDataset
+    model: ConvAutoencoder
+    train_model: torch.nn.Module
+    helper: AutoencoderEncoder
+    optimizer: torch.optim.Optimizer
+    amp_dtype: torch.dtype | None
+    scaler: Any
+    curve: common.LearningCurve
+    summary: AutoencoderSummary
+    step: int
+    per_epoch: int
+    deadline: float | None
+    epoch_losses: list[float] = field(default_factory=list)
+
+    @property
+    def num_steps(self) -> int:
+        """The step budget of the run."""
+        return int(self.opt.num_steps)
+
+
+def _ae_data(cfg: AutoencoderConfig) -> tuple[ArrayDataset, list[int]]:
+    """The training images (the first ``n_images`` when set) and the crop box of ``cfg``."""
+    ds = open_dataset(cfg.data, cfg.partition, in_memory=cfg.in_memory)
+    if cfg.n_images is not None:
+        ds = ArrayDataset(ds.path, ds.key, in_memory=cfg.in_memory, indices=np.arange(min(cfg.n_images, len(ds))))
+    _, h, w = ds.image_shape
+    return ds, crop_box(cfg, h, w)
+
+
+def _ae_options(cfg: AutoencoderConfig, ds: ArrayDataset, box: list[int], resume: str | os.PathLike | None
+                ) -> tuple[Params, dict[str, Any] | None]:
+    """The run's options and the checkpoint resumed from (None for a new run).
+
+    A resumed run keeps the checkpoint's architecture and normalisation and takes this run's step
+    budget; a new one measures the normalisation on the data.
+    """
+    if resume is None:
+        mean = std = None
+        if cfg.standardize:
+            mean, std = _norm_stats(ds, box, cfg.demean, seed=cfg.seed)
+        return _ae_opt(cfg, ds, box, mean, std), None
+    ckpt = load_checkpoint(str(resume))
+    opt = ckpt["opt"] if isinstance(ckpt.get("opt"), Params) else Params(**(ckpt.get("opt") or {}))
+    if getattr(opt, "model_type", None) != "autoencoder":
+        raise CheckpointError(f"cannot resume from {resume}: not an autoencoder checkpoint")
+    for key in ("num_steps", "num_checkpoints", "learning_rate", "batch_size", "output"):
+        setattr(opt, key, common.plain(getattr(cfg, key)))
+    return opt, ckpt
+
+
+def _ae_model(opt: Params, ckpt: dict[str, Any] | None, dev: torch.device, source: str
+              ) -> tuple[ConvAutoencoder, torch.optim.Optimizer, int]:
+    """The autoencoder of ``opt`` on ``dev``, its Adam optimiser and the step it starts from
+    (the checkpoint's weights, loaded by :func:`fit_state`, and state when resuming)."""
+    model = build_autoencoder(opt).to(dev)
+    optimizer = torch.optim.Adam(model.parameters(), lr=float(opt.learning_rate))
+    if ckpt is None:
+        return model, optimizer, 0
+    fit_state(model, ckpt["model"], source=f"cannot resume: {source}", what="the autoencoder of its options",
+              advice="The checkpoint is damaged or was not written by `nenya train autoencoder`.")
+    if ckpt.get("optimizer"):
+        optimizer.load_state_dict(ckpt["optimizer"])
+    step = int(ckpt.get("step") or 0)
+    log.info("resuming from %s at step %d", source, step)
+    return model, optimizer, step
+
+
+def _ae_start(cfg: AutoencoderConfig, *, resume: str | os.PathLike | None, auto_resume: bool, device: str,
+              precision: str, deadline: float | None) -> _AERun:
+    """Everything before the first step: ranks and device, data, options, model, curve, opts.json."""
+    ranks, dev = common.setup_distributed(device)
+    writer = common.CheckpointWriter(cfg.output, enabled=ranks.is_main)
+    common.seed_everything(cfg.seed)
+    ds, box = _ae_data(cfg)
+    if resume is None and auto_resume and storage.exists(writer.location("last.pth")):
+        resume = writer.location("last.pth")
+    opt, ckpt = _ae_options(cfg, ds, box, resume)
+    model, optimizer, step = _ae_model(opt, ckpt, dev, str(resume))
+    helper = AutoencoderEncoder(model, opt, fingerprint="train", name="train")
+    amp_dtype = common.autocast_dtype(precision, dev)
+    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
+    train_model: torch.nn.Module = model
+    if ranks.distributed:
+        train_model = torch.nn.parallel.DistributedDataParallel(
+            model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    per_epoch = max(1, int(opt.num_steps) // max(1, int(opt.num_checkpoints)))
+    curve = common.LearningCurve.read(writer.local("learning_curve.csv"), up_to_epoch=step // per_epoch) \
+        if ckpt is not None else common.LearningCurve()
+    summary = AutoencoderSummary(last=writer.location("last.pth"), folder=cfg.output, steps=step,
+                                 epochs_done=step // per_epoch)
+    if ranks.is_main:
+        with open(writer.local("opts.json"), "w") as f:
+            json.dump(opt.dict, f, indent=2)
+        writer.publish("opts.json")
+    return _AERun(opt, ranks, dev, writer, ds, model, train_model, helper, optimizer, amp_dtype, scaler, curve,
+                  summary, step, per_epoch, deadline)
+
+
+def _ae_loader(run: _AERun, cfg: AutoencoderConfig) -> tuple[DataLoader, int]:
+    """Random batches (with replacement) for the steps left; returns ``(loader, steps left)``."""
+    ds, ranks = run.ds, run.ranks
+    remaining = max(0, run.num_steps - run.step)
+    bsz = max(1, int(run.opt.batch_size) // ranks.world)
+    gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + run.step)
+    if ranks.distributed:  # each rank draws its own random batches
+        gen.manual_seed(int(cfg.seed) * 1_000_003 + run.step + 7919 * ranks.rank)
+    sampler = RandomSampler(ds, replacement=True, num_samples=max(1, remaining * bsz), generator=gen)
+    workers = 0 if ds.in_memory else min(cfg.num_workers, max((os.cpu_count() or 1) - 1, 0))
+    loader = DataLoader(ds, batch_size=bsz, sampler=sampler, num_workers=workers, collate_fn=collate_batch,
+                        pin_memory=run.device.type == "cuda")
+    log.info("autoencoder %s -> %d numbers on %s: %d images %s, crop %s, %d steps of %d", run.opt.input_shape,
+             run.opt.num_dense, run.device, len(ds), list(ds.image_shape), run.opt.crop_box, remaining, bsz)
+    return loader, remaining
+
+
+def _ae_save(run: _AERun, epoch: int) -> None:
+    """Save the run as ``ckpt_epoch_<epoch>.pth`` and ``last.pth`` (and the learning curve)."""
+    state = common.checkpoint_state(run.opt, run.model, run.optimizer, epoch, step=run.step)
+    run.summary.checkpoints += run.writer.save_all(state, [f"ckpt_epoch_{epoch}.pth", "last.pth"], run.curve,
+                                                   title="autoencoder (LogCosh)", steps_per_epoch=run.per_epoch,
+                                                   is_main=run.ranks.is_main)
+
+
+def _ae_step(run: _AERun, batch: Any) -> tuple[float, int]:
+    """One Adam step on a batch; returns ``(loss, images)``."""
+    x = batch[0] if isinstance(batch, tuple) else batch
+    x = run.helper.prepare(x.to(run.device, non_blocking=True))
+    with autocast(run.device, run.amp_dtype):
+        out = run.train_model(x)
+    loss = logcosh(out, x)
+    common.optimise(loss, run.optimizer, run.scaler)
+    run.step += 1
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise NenyaError(f"the autoencoder loss became {value} at step {run.step}; lower learning_rate "
+                         "or check the data for NaNs")
+    return value, x.shape[0]
+
+
+def _ae_record(run: _AERun, value: float, images: int, bar: Any, elapsed: float) -> None:
+    """Count one step in the summary, curve and bar; at each virtual epoch's end, checkpoint."""
+    summary, step = run.summary, run.step
+    summary.first_loss = value if summary.first_loss is None else summary.first_loss
+    summary.images += images * run.ranks.world
+    run.epoch_losses.append(value)
+    epoch = (step - 1) // run.per_epoch + 1
+    if run.ranks.is_main:
+        run.curve.add("train_step", epoch, step, value, lr=run.optimizer.param_groups[0]["lr"],
+                      images_per_s=summary.images / max(elapsed, 1e-9))
+    bar.update(1)
+    bar.set_postfix(loss=f"{value:.4g}", img_s=f"{summary.images / max(elapsed, 1e-9):.1f}")
+    if step % run.per_epoch == 0 or step == run.num_steps:
+        (mean_loss,) = common.all_reduce_mean([float(np.mean(run.epoch_losses))], run.device)
+        if run.ranks.is_main:
+            run.curve.add("train_epoch", epoch, step, mean_loss)
+        log.info("checkpoint %d at step %d: loss %.5g", epoch, step, mean_loss)
+        run.epoch_losses = []
+        summary.epochs_done = epoch
+        _ae_save(run, epoch)
+
+
+def _ae_loop(run: _AERun, loader: DataLoader, remaining: int, progress: bool) -> None:
+    """Step through ``loader`` until ``num_steps`` or the deadline; closes the data."""
+    run.model.train()
+    bar = tqdm(total=run.num_steps, initial=run.step, desc="autoencoder", unit="step",
+               disable=not (progress and run.ranks.is_main), dynamic_ncols=True)
+    t0 = time.perf_counter()
+    try:
+        for batch in loader if remaining else []:
+            if run.deadline is not None and time.monotonic() > run.deadline:
+                run.summary.stopped_early = True
+                break
+            value, images = _ae_step(run, batch)
+            _ae_record(run, value, images, bar, time.perf_counter() - t0)
+            if run.step >= run.num_steps:
+                break
+    finally:
+        bar.close()
+        run.ds.close()
+    run.summary.steps = run.step
+    run.summary.seconds = time.perf_counter() - t0
+
+
+def _ae_finish(run: _AERun) -> None:
+    """The final loss, and ``last.pth`` when the run stopped early or saved none."""
+    summary = run.summary
+    train_steps = [r["loss"] for r in run.curve.rows if r["kind"] == "train_step"]
+    if run.epoch_losses:
+        summary.final_loss = float(np.mean(run.epoch_losses[-5:]))
+    elif run.curve.rows:
+        summary.final_loss = train_steps[-1] if train_steps else None
+    if summary.stopped_early or not storage.exists(run.writer.location("last.pth")):
+        summary.epochs_done = max(summary.epochs_done, math.ceil(run.step / run.per_epoch))
+        _ae_save(run, summary.epochs_done)
+    if summary.final_loss is None:
+        summary.final_loss = summary.first_loss
 
 
 def train_autoencoder(cfg: AutoencoderConfig, *, resume: str | os.PathLike | None = None, auto_resume: bool = False,
@@ -198,142 +407,19 @@ def train_autoencoder(cfg: AutoencoderConfig, *, resume: str | os.PathLike | Non
     """
     if not cfg.data:
         raise NenyaError("say which images to train on: --data file.h5[:partition], images.npy or a folder")
-    t_start = time.monotonic()
-    deadline = t_start + max_seconds if max_seconds is not None else None
-    info, dev = _common.setup_distributed(device)
-    writer = _common.CheckpointWriter(cfg.output, enabled=info.is_main)
-    _common.seed_everything(cfg.seed)
-    ds = open_dataset(cfg.data, cfg.partition, in_memory=cfg.in_memory)
-    if cfg.n_images is not None:
-        ds = ArrayDataset(ds.path, ds.key, in_memory=cfg.in_memory, indices=np.arange(min(cfg.n_images, len(ds))))
-    _, h, w = ds.image_shape
-    box = crop_box(cfg, h, w)
-
-    ckpt = None
-    if resume is None and auto_resume and storage.exists(writer.location("last.pth")):
-        resume = writer.location("last.pth")
-    if resume is not None:
-        ckpt = load_checkpoint(str(resume))
-        opt = ckpt["opt"] if isinstance(ckpt.get("opt"), Params) else Params(**(ckpt.get("opt") or {}))
-        if getattr(opt, "model_type", None) != "autoencoder":
-            raise CheckpointError(f"cannot resume from {resume}: not an autoencoder checkpoint")
-        # the architecture and normalisation of the checkpoint win; the step budget is this run's
-        for key in ("num_steps", "num_checkpoints", "learning_rate", "batch_size", "output"):
-            setattr(opt, key, _common.plain(getattr(cfg, key)))
-        box = list(opt.crop_box)
-    else:
-        mean = std = None
-        if cfg.standardize:
-            mean, std = _norm_stats(ds, box, cfg.demean, seed=cfg.seed)
-        opt = _ae_opt(cfg, ds, box, mean, std)
-    model = build_autoencoder(opt).to(dev)
-    helper = AutoencoderEncoder(model, opt, fingerprint="train", name="train")
-    optimizer = torch.optim.Adam(model.parameters(), lr=float(opt.learning_rate))
-    step = 0
-    if ckpt is not None:
-        model.load_state_dict(strip_module(ckpt["model"]))
-        if ckpt.get("optimizer"):
-            optimizer.load_state_dict(ckpt["optimizer"])
-        step = int(ckpt.get("step") or 0)
-        log.info("resuming from %s at step %d", resume, step)
-    amp_dtype = _common.autocast_dtype(precision, dev)
-    scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-    train_model: torch.nn.Module = model
-    if info.distributed:
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None)
-
-    num_steps = int(opt.num_steps)
-    per_epoch = max(1, num_steps // max(1, int(opt.num_checkpoints)))
-    curve_path = writer.local("learning_curve.csv")
-    curve = _common.LearningCurve.read(curve_path, up_to_epoch=step // per_epoch) if ckpt is not None \
-        else _common.LearningCurve()
-    summary = AutoencoderSummary(last=writer.location("last.pth"), folder=cfg.output, steps=step,
-                                 epochs_done=step // per_epoch)
-    if info.is_main:
-        with open(writer.local("opts.json"), "w") as f:
-            json.dump(opt.dict, f, indent=2)
-        writer.publish("opts.json")
-    remaining = max(0, num_steps - step)
-    bsz = max(1, int(opt.batch_size) // info.world)
-    gen = torch.Generator().manual_seed(int(cfg.seed) * 1_000_003 + step)
-    if info.distributed:  # each rank draws its own random batches
-        gen.manual_seed(int(cfg.seed) * 1_000_003 + step + 7919 * info.rank)
-    sampler = RandomSampler(ds, replacement=True, num_samples=max(1, remaining * bsz), generator=gen)
-    workers = 0 if ds.in_memory else min(cfg.num_workers, max((os.cpu_count() or 1) - 1, 0))
-    loader = DataLoader(ds, batch_size=bsz, sampler=sampler, num_workers=workers, collate_fn=collate_batch,
-                        pin_memory=dev.type == "cuda")
-    log.info("autoencoder %s -> %d numbers on %s: %d images %s, crop %s, %d steps of %d", opt.input_shape,
-             opt.num_dense, dev, len(ds), list(ds.image_shape), box, remaining, bsz)
-
-    def save(epoch: int) -> None:
-        state = _common.checkpoint_state(opt, model, optimizer, epoch, step=step)
-        summary.checkpoints += writer.save_all(state, [f"ckpt_epoch_{epoch}.pth", "last.pth"], curve,
-                                               title="autoencoder (LogCosh)", steps_per_epoch=per_epoch,
-                                               is_main=info.is_main)
-
-    model.train()
-    bar = tqdm(total=num_steps, initial=step, desc="autoencoder", unit="step", disable=not (progress and info.is_main),
-               dynamic_ncols=True)
-    t0 = time.perf_counter()
-    epoch_losses: list[float] = []
-    try:
-        for batch in loader if remaining else []:
-            if deadline is not None and time.monotonic() > deadline:
-                summary.stopped_early = True
-                break
-            x = batch[0] if isinstance(batch, tuple) else batch
-            x = helper.prepare(x.to(dev, non_blocking=True))
-            with _common.autocast(dev, amp_dtype):
-                out = train_model(x)
-            loss = logcosh(out, x)
-            _common.optimise(loss, optimizer, scaler)
-            step += 1
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise NenyaError(f"the autoencoder loss became {value} at step {step}; lower learning_rate "
-                                 "or check the data for NaNs")
-            summary.first_loss = value if summary.first_loss is None else summary.first_loss
-            summary.images += x.shape[0] * info.world
-            epoch_losses.append(value)
-            epoch = (step - 1) // per_epoch + 1
-            elapsed = time.perf_counter() - t0
-            if info.is_main:
-                curve.add("train_step", epoch, step, value, lr=optimizer.param_groups[0]["lr"],
-                          images_per_s=summary.images / max(elapsed, 1e-9))
-            bar.update(1)
-            bar.set_postfix(loss=f"{value:.4g}", img_s=f"{summary.images / max(elapsed, 1e-9):.1f}")
-            if step % per_epoch == 0 or step == num_steps:
-                (mean_loss,) = _common.all_reduce_mean([float(np.mean(epoch_losses))], dev)
-                if info.is_main:
-                    curve.add("train_epoch", epoch, step, mean_loss)
-                log.info("checkpoint %d at step %d: loss %.5g", epoch, step, mean_loss)
-                epoch_losses = []
-                summary.epochs_done = epoch
-                save(epoch)
-            if step >= num_steps:
-                break
-    finally:
-        bar.close()
-        ds.close()
-    summary.steps = step
-    summary.seconds = time.perf_counter() - t0
-    if epoch_losses:
-        summary.final_loss = float(np.mean(epoch_losses[-5:]))
-    elif curve.rows:
-        summary.final_loss = [r["loss"] for r in curve.rows if r["kind"] == "train_step"][-1] \
-            if any(r["kind"] == "train_step" for r in curve.rows) else None
-    if summary.stopped_early or not storage.exists(writer.location("last.pth")):
-        summary.epochs_done = max(summary.epochs_done, math.ceil(step / per_epoch))
-        save(summary.epochs_done)
-    if summary.final_loss is None:
-        summary.final_loss = summary.first_loss
-    return summary
+    deadline = time.monotonic() + max_seconds if max_seconds is not None else None
+    run = _ae_start(cfg, resume=resume, auto_resume=auto_resume, device=device, precision=precision,
+                    deadline=deadline)
+    loader, remaining = _ae_loader(run, cfg)
+    _ae_loop(run, loader, remaining, progress)
+    _ae_finish(run)
+    return run.summary
 
 
 # --------------------------------------------------------------------------- overfit search
 @dataclass
 class OverfitRow:
+    """One setting of the overfit search and how it did."""
     nlayers: int
     poolsize: int
     numfilters: int
@@ -347,6 +433,7 @@ class OverfitRow:
 
 @dataclass
 class OverfitResult:
+    """The settings tried, the loss threshold, and the chosen (smallest fitting) setting."""
     rows: list[OverfitRow]
     threshold: float
     best: OverfitRow | None
@@ -369,6 +456,7 @@ class OverfitResult:
         return "\n".join(lines)
 
     def write_csv(self, path: str | os.PathLike) -> None:
+        """The rows as CSV (folders created)."""
         fields = [f.name for f in dataclasses.fields(OverfitRow)]
         os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with storage.atomic_local(str(path)) as tmp:
@@ -377,6 +465,41 @@ class OverfitResult:
                 w.writeheader()
                 for r in self.rows:
                     w.writerow(dataclasses.asdict(r))
+
+
+def _overfit_input(raw: torch.Tensor, box: list[int], demean: bool, standardize: bool) -> torch.Tensor:
+    """The images of an overfit test as the model sees them: cropped, scaled, demeaned, standardised."""
+    x = crop_batch(raw, box).float()
+    if raw.dtype == torch.uint8:
+        x = x / 255.0
+    if x.dim() == 3:
+        x = x[:, None]
+    if demean:
+        x = x - x.mean(dim=(1, 2, 3), keepdim=True)
+    if standardize:
+        mean = x.mean(dim=(0, 2, 3), keepdim=True)
+        std = x.std(dim=(0, 2, 3), keepdim=True, unbiased=False).clamp_min(1e-12)
+        x = (x - mean) / std
+    return x
+
+
+def _overfit_one(row: OverfitRow, x: torch.Tensor, *, num_steps: int, learning_rate: float, seed: int) -> None:
+    """Fit a fresh autoencoder of ``row``'s architecture to ``x`` (one full batch); fill ``params``
+    and ``final_loss`` (the LogCosh loss of ``x`` after training)."""
+    torch.manual_seed(seed)
+    model = ConvAutoencoder(list(x.shape[1:]), nlayers=row.nlayers, poolsize=row.poolsize, numfilters=row.numfilters,
+                            num_dense=row.num_dense).to(x.device)
+    row.params = sum(p.numel() for p in model.parameters())
+    optim = torch.optim.Adam(model.parameters(), lr=learning_rate)
+    model.train()
+    for _ in range(num_steps):
+        loss = logcosh(model(x), x)
+        optim.zero_grad(set_to_none=True)
+        loss.backward()
+        optim.step()
+    model.eval()
+    with torch.no_grad():
+        row.final_loss = float(logcosh(model(x), x))
 
 
 def overfit_search(data: str, *, partition: str = "train", n_images: int = 4,
@@ -394,7 +517,7 @@ def overfit_search(data: str, *, partition: str = "train", n_images: int = 4,
     training. The chosen setting is the one with the fewest ``num_dense`` whose loss is at most
     ``threshold`` (ties: fewer parameters, then lower loss). The table goes to ``output`` as CSV.
     """
-    _, dev = _common.setup_distributed(device)
+    _, dev = common.setup_distributed(device)
     ds = open_dataset(data, partition, in_memory=True)
     n = min(n_images, len(ds))
     raw = ds.__getitems__(np.arange(n))
@@ -418,31 +541,8 @@ def overfit_search(data: str, *, partition: str = "train", n_images: int = 4,
         if pooled_size(box[1] - box[0], ps, nl) < 1 or pooled_size(box[3] - box[2], ps, nl) < 1:
             row.note = f"image too small for {nl} layers of pool {ps}"
             continue
-        x = crop_batch(raw, box).float()
-        if raw.dtype == torch.uint8:
-            x = x / 255.0
-        if x.dim() == 3:
-            x = x[:, None]
-        if demean:
-            x = x - x.mean(dim=(1, 2, 3), keepdim=True)
-        if standardize:
-            mean = x.mean(dim=(0, 2, 3), keepdim=True)
-            std = x.std(dim=(0, 2, 3), keepdim=True, unbiased=False).clamp_min(1e-12)
-            x = (x - mean) / std
-        x = x.to(dev)
-        torch.manual_seed(seed)
-        model = ConvAutoencoder(list(x.shape[1:]), nlayers=nl, poolsize=ps, numfilters=nf, num_dense=nd).to(dev)
-        row.params = sum(p.numel() for p in model.parameters())
-        optim = torch.optim.Adam(model.parameters(), lr=learning_rate)
-        model.train()
-        for _ in range(num_steps):
-            loss = logcosh(model(x), x)
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            optim.step()
-        model.eval()
-        with torch.no_grad():
-            row.final_loss = float(logcosh(model(x), x))
+        x = _overfit_input(raw, box, demean, standardize).to(dev)
+        _overfit_one(row, x, num_steps=num_steps, learning_rate=learning_rate, seed=seed)
         row.reaches = math.isfinite(row.final_loss) and row.final_loss <= threshold
         bar.set_postfix(loss=f"{row.final_loss:.4g}")
     bar.close()
@@ -487,10 +587,95 @@ def read_input(spec: str) -> np.ndarray:
 
 @dataclass
 class Reconstruction:
+    """What :func:`reconstruct` wrote: the .npy, the PNGs, the shape and the input kind."""
     npy: str
     pngs: list[str]
     shape: tuple[int, ...]
     kind: str
+
+
+def _as_images(arr: np.ndarray) -> tuple[np.ndarray, bool]:
+    """Images as (N, C, H, W), and whether the input was one image."""
+    if arr.ndim == 2:
+        return arr[None, None], True
+    if arr.ndim == 3:
+        return arr[None], True
+    if arr.ndim != 4:
+        raise InputError(f"images must be (H, W), (C, H, W) or (N, C, H, W); got {arr.shape}")
+    return arr, False
+
+
+def _decode(enc: AutoencoderEncoder, arr: np.ndarray, kind: str) -> tuple[np.ndarray, np.ndarray, str, bool]:
+    """Decode an embedding, or an image through its embedding, back to the input's units.
+
+    Returns:
+        ``(reconstruction (N, C, h, w) float32, the input as decoded (images as (N, C, H, W)),
+        the kind, whether the input was one item)``.
+    """
+    opt = enc.opt
+    nd = int(opt.num_dense)
+    if kind == "auto":
+        image_like = arr.ndim >= 2 and tuple(arr.shape[-2:]) in (tuple(opt.raw_shape[1:]), tuple(opt.input_shape[1:]))
+        kind = "embedding" if arr.ndim in (1, 2) and arr.shape[-1] == nd and not image_like else "image"
+    offset = None
+    if kind == "embedding":
+        if arr.shape[-1] != nd or arr.ndim not in (1, 2):
+            raise InputError(f"an embedding must be ({nd},) or (N, {nd}) for this model; got {arr.shape}")
+        single = arr.ndim == 1
+        z = torch.as_tensor(np.atleast_2d(arr), dtype=torch.float32, device=enc.device)
+    elif kind == "image":
+        arr, single = _as_images(arr)
+        x = torch.as_tensor(arr)
+        z = enc.encode(x)
+        if enc.preprocess.demean:
+            cropped = crop_batch(x, enc.crop_box).float()
+            cropped = cropped / 255.0 if x.dtype == torch.uint8 else cropped
+            offset = cropped.mean(dim=(1, 2, 3), keepdim=True)
+    else:
+        raise ValueError(f"kind must be auto, embedding or image; got {kind!r}")
+    with torch.inference_mode():
+        out = enc.autoencoder.eval().decode(z.float()).float().cpu()
+    pre = enc.preprocess
+    if pre.std is not None:
+        out = out * torch.tensor(pre.std).view(1, -1, 1, 1)
+    if pre.mean is not None:
+        out = out + torch.tensor(pre.mean).view(1, -1, 1, 1)
+    if offset is not None:
+        out = out + offset.cpu()
+    return out.numpy().astype(np.float32), arr, kind, single
+
+
+def _write_pngs(stem: str, imgs: np.ndarray, cmap: str) -> list[str]:
+    """Channel 0 of (up to 16 of) the reconstructions as PNGs."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    pngs = []
+    for i, img in enumerate(imgs[:16]):
+        png = f"{stem}.png" if len(imgs) == 1 else f"{stem}_{i}.png"
+        ch0 = img[0]
+        lim = float(np.abs(ch0).max()) or 1.0
+        plt.imsave(png, ch0, cmap=cmap, vmin=-lim if ch0.min() < 0 else ch0.min(), vmax=lim)
+        pngs.append(png)
+    return pngs
+
+
+def _write_compare(path: str, enc: AutoencoderEncoder, images: np.ndarray, recon: np.ndarray, cmap: str) -> None:
+    """The first input (cropped) beside its reconstruction, on the input's colour scale."""
+    from matplotlib.figure import Figure
+
+    src = crop_batch(torch.as_tensor(images), enc.crop_box).float().numpy()
+    src = src / 255.0 if images.dtype == np.uint8 else src
+    fig = Figure(figsize=(8, 4), dpi=100)
+    for j, (title, im) in enumerate((("input (cropped)", src[0, 0]), ("reconstruction", recon[0]))):
+        ax = fig.add_subplot(1, 2, j + 1)
+        ax.imshow(im, cmap=cmap, vmin=float(src[0, 0].min()), vmax=float(src[0, 0].max()))
+        ax.set_title(title)
+        ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path)
 
 
 def reconstruct(checkpoint: str | os.PathLike, input: str | np.ndarray, output: str | os.PathLike, *,
@@ -511,76 +696,15 @@ def reconstruct(checkpoint: str | os.PathLike, input: str | np.ndarray, output: 
     Images come out at the cropped size the model was trained on, shape (C, h, w) or (N, C, h, w).
     """
     enc = load_autoencoder(checkpoint, trust_checkpoint=trust_checkpoint).to(device, "fp32", channels_last=False)
-    opt, ae = enc.opt, enc.autoencoder
     arr = read_input(input) if isinstance(input, (str, os.PathLike)) else np.asarray(input)
-    nd = int(opt.num_dense)
-    if kind == "auto":
-        image_like = arr.ndim >= 2 and tuple(arr.shape[-2:]) in (tuple(opt.raw_shape[1:]), tuple(opt.input_shape[1:]))
-        kind = "embedding" if arr.ndim in (1, 2) and arr.shape[-1] == nd and not image_like else "image"
-    single = False
-    if kind == "embedding":
-        if arr.shape[-1] != nd or arr.ndim not in (1, 2):
-            raise InputError(f"an embedding must be ({nd},) or (N, {nd}) for this model; got {arr.shape}")
-        single = arr.ndim == 1
-        z = torch.as_tensor(np.atleast_2d(arr), dtype=torch.float32, device=enc.device)
-        offset = None
-    elif kind == "image":
-        if arr.ndim == 2:
-            arr, single = arr[None, None], True
-        elif arr.ndim == 3:
-            single = True
-            arr = arr[None]
-        elif arr.ndim != 4:
-            raise InputError(f"images must be (H, W), (C, H, W) or (N, C, H, W); got {arr.shape}")
-        x = torch.as_tensor(arr)
-        z = enc.encode(x)
-        offset = None
-        if enc.preprocess.demean:
-            cropped = crop_batch(x, enc.crop_box).float()
-            cropped = cropped / 255.0 if x.dtype == torch.uint8 else cropped
-            offset = cropped.mean(dim=(1, 2, 3), keepdim=True)
-    else:
-        raise ValueError(f"kind must be auto, embedding or image; got {kind!r}")
-    with torch.inference_mode():
-        out = ae.eval().decode(z.float()).float().cpu()
-    pre = enc.preprocess
-    if pre.std is not None:
-        out = out * torch.tensor(pre.std).view(1, -1, 1, 1)
-    if pre.mean is not None:
-        out = out + torch.tensor(pre.mean).view(1, -1, 1, 1)
-    if offset is not None:
-        out = out + offset.cpu()
-    result = out.numpy().astype(np.float32)
-    if single:
-        result = result[0]
+    out, arr, kind, single = _decode(enc, arr, kind)
+    result = out[0] if single else out
     stem = str(output)[:-4] if str(output).endswith(".npy") else str(output)
     os.makedirs(os.path.dirname(os.path.abspath(stem)) or ".", exist_ok=True)
     np.save(stem + ".npy", result)
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
     imgs = result[None] if single else result
-    pngs = []
-    for i, img in enumerate(imgs[:16]):
-        png = f"{stem}.png" if len(imgs) == 1 else f"{stem}_{i}.png"
-        ch0 = img[0]
-        lim = float(np.abs(ch0).max()) or 1.0
-        plt.imsave(png, ch0, cmap=cmap, vmin=-lim if ch0.min() < 0 else ch0.min(), vmax=lim)
-        pngs.append(png)
+    pngs = _write_pngs(stem, imgs, cmap)
     if kind == "image":
-        from matplotlib.figure import Figure
-
-        src = crop_batch(torch.as_tensor(arr), enc.crop_box).float().numpy()
-        src = src / 255.0 if arr.dtype == np.uint8 else src
-        fig = Figure(figsize=(8, 4), dpi=100)
-        for j, (title, im) in enumerate((("input (cropped)", src[0, 0]), ("reconstruction", imgs[0][0]))):
-            ax = fig.add_subplot(1, 2, j + 1)
-            ax.imshow(im, cmap=cmap, vmin=float(src[0, 0].min()), vmax=float(src[0, 0].max()))
-            ax.set_title(title)
-            ax.axis("off")
-        fig.tight_layout()
-        fig.savefig(f"{stem}_compare.png")
+        _write_compare(f"{stem}_compare.png", enc, arr, imgs[0], cmap)
         pngs.append(f"{stem}_compare.png")
     return Reconstruction(npy=stem + ".npy", pngs=pngs, shape=tuple(result.shape), kind=kind)

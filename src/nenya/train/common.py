@@ -1,88 +1,68 @@
-"""Machinery shared by the trainers: ranks, devices and precision, checkpoints, learning curves."""
+"""Machinery shared by the trainers: ranks, devices and precision, checkpoints, learning curves.
+
+Ranks, devices and precision follow the package's one policy (:mod:`nenya.ranks`,
+:mod:`nenya.device`); this module adds what training alone needs on top of it.
+"""
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import hashlib
 import logging
 import math
 import os
 import shutil
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from nenya._errors import NenyaError
+from nenya.device import autocast, resolve_device, resolve_precision
 from nenya.params import Params
 from nenya.pipeline import storage
+from nenya.ranks import Ranks
 
 log = logging.getLogger(__name__)
+
+__all__ = ["CURVE_FIELDS", "CheckpointWriter", "LearningCurve", "all_reduce_mean", "autocast",
+           "autocast_dtype", "checkpoint_state", "optimise", "plain", "plain_params", "seed_everything",
+           "setup_distributed"]
 
 CURVE_FIELDS = ("kind", "epoch", "step", "loss", "loss_avg", "lr", "images_per_s")
 
 
 # --------------------------------------------------------------------------- ranks and devices
-@dataclass(frozen=True)
-class DistInfo:
-    """Where this process sits: rank/world from torchrun's environment (1 process without it)."""
+def setup_distributed(device: str | torch.device | None) -> tuple[Ranks, torch.device]:
+    """Start the process group under torchrun (NCCL on GPUs, gloo on CPU) and pick this rank's device.
 
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
+    The ranks come from :meth:`nenya.ranks.Ranks.current` (one process without torchrun's
+    environment); ``auto`` and ``cuda`` mean ``cuda:LOCAL_RANK`` on a GPU machine, else the CPU.
 
-    @property
-    def is_main(self) -> bool:
-        return self.rank == 0
-
-    @property
-    def distributed(self) -> bool:
-        return self.world > 1
-
-
-def dist_info() -> DistInfo:
-    """Rank, world size and local rank from ``RANK``/``WORLD_SIZE``/``LOCAL_RANK`` (set by torchrun)."""
-    return DistInfo(int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1)),
-                    int(os.environ.get("LOCAL_RANK", 0)))
-
-
-def setup_distributed(device: str | torch.device | None) -> tuple[DistInfo, torch.device]:
-    """Start the process group under torchrun (NCCL on GPUs, gloo on CPU) and pick this rank's device."""
-    info = dist_info()
-    if device is None or str(device) == "auto":
-        device = f"cuda:{info.local_rank}" if torch.cuda.is_available() else "cpu"
-    dev = torch.device(device)
+    Returns:
+        ``(ranks, device)``.
+    """
+    ranks = Ranks.current()
+    dev = resolve_device(ranks.device("auto" if device is None else str(device)))
     if dev.type == "cuda":
-        if not torch.cuda.is_available():
-            raise NenyaError("device 'cuda' was asked for but torch sees no GPU; use --device cpu (or auto)")
         if dev.index is None:
-            dev = torch.device("cuda", info.local_rank)
+            dev = torch.device("cuda", ranks.local_rank)
         torch.cuda.set_device(dev)
-    if info.distributed and not torch.distributed.is_initialized():
+    if ranks.distributed and not torch.distributed.is_initialized():
         torch.distributed.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
-        log.info("rank %d of %d on %s", info.rank, info.world, dev)
-    return info, dev
+        log.info("rank %d of %d on %s", ranks.rank, ranks.world, dev)
+    return ranks, dev
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of ``fp32`` (None), ``bf16`` or ``fp16`` (CUDA only); ``auto`` picks for the device."""
-    if precision == "auto":
-        if device.type != "cuda":
-            return None
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    if precision not in ("fp32", "bf16", "fp16"):
-        raise NenyaError(f"unknown precision {precision!r}; expected fp32, bf16, fp16 or auto")
+    """The autocast dtype of a training precision (None: fp32), by :func:`nenya.device.resolve_precision`.
+
+    ``auto`` means what it means in extraction (bf16 on GPUs and on CPUs with native bf16, else
+    fp32); ``fp16`` trains on CUDA only, since the GradScaler it needs is CUDA's.
+    """
     if precision == "fp16" and device.type != "cuda":
         raise NenyaError("fp16 training needs a CUDA GPU; use --precision bf16 or fp32 on the CPU")
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def autocast(device: torch.device, dtype: torch.dtype | None):
-    if dtype is None:
-        return contextlib.nullcontext()
-    return torch.autocast(device.type, dtype=dtype)
+    return resolve_precision(precision, device)
 
 
 def optimise(loss: torch.Tensor, optimizer: torch.optim.Optimizer, scaler=None) -> None:
@@ -211,16 +191,19 @@ class LearningCurve:
 
     def add(self, kind: str, epoch: int, step: int, loss: float, *, loss_avg: float | None = None,
             lr: float | None = None, images_per_s: float | None = None) -> None:
+        """Add a row (``kind``: train_step, train_epoch, valid_step or valid_epoch)."""
         self.rows.append({"kind": kind, "epoch": int(epoch), "step": int(step), "loss": float(loss),
                           "loss_avg": "" if loss_avg is None else float(loss_avg),
                           "lr": "" if lr is None else float(lr),
                           "images_per_s": "" if images_per_s is None else round(float(images_per_s), 2)})
 
     def epochs(self, kind: str) -> list[tuple[int, float]]:
+        """``(epoch, loss)`` of every row of ``kind``."""
         return [(r["epoch"], r["loss"]) for r in self.rows if r["kind"] == kind]
 
     @classmethod
     def read(cls, path: str, *, up_to_epoch: int | None = None) -> LearningCurve:
+        """The curve of a ``learning_curve.csv`` (empty when absent), up to ``up_to_epoch``."""
         curve = cls()
         if not os.path.exists(path):
             return curve
@@ -235,6 +218,7 @@ class LearningCurve:
         return curve
 
     def write_csv(self, path: str) -> None:
+        """Write the rows as CSV, atomically."""
         with storage.atomic_local(path) as tmp:
             with open(tmp, "w", newline="") as f:
                 w = csv.DictWriter(f, fieldnames=CURVE_FIELDS)
@@ -272,6 +256,7 @@ class LearningCurve:
 
 
 def seed_everything(seed: int) -> None:
+    """Seed Python's, numpy's and torch's global generators."""
     import random
 
     random.seed(seed)

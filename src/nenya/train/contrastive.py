@@ -25,13 +25,19 @@ import torch
 from torch.utils.data import DataLoader, RandomSampler, SequentialSampler
 from tqdm.auto import tqdm
 
-from nenya._errors import CheckpointError, InputError, NenyaError
-from nenya.encoders.weights import load_checkpoint, strip_module
+from nenya._errors import InputError, NenyaError
+from nenya.device import autocast
+from nenya.encoders.named import resolve_opts
+from nenya.encoders.supcon import build_model
+from nenya.encoders.weights import fit_state, load_checkpoint
+from nenya.models.resnet_big import SupConResNet
 from nenya.params import Params, option_preprocess, parse_decay_epochs
 from nenya.pipeline import storage
-from nenya.train import _common
+from nenya.ranks import Ranks
+from nenya.train import common
 from nenya.train.augment import AugmentConfig, two_views
 from nenya.train.data import ArrayDataset, collate_batch, load_labels, open_dataset
+from nenya.train.losses import SupConLoss
 
 log = logging.getLogger(__name__)
 
@@ -66,9 +72,11 @@ class TrainSummary:
 
     @property
     def images_per_s(self) -> float:
+        """Training images per second over the epochs run."""
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
     def line(self) -> str:
+        """One line for the CLI: epochs, steps, speed, losses."""
         parts = [f"epochs {self.start_epoch}-{self.epochs_done}" if self.epochs_done >= self.start_epoch
                  else "no epoch run", f"{self.steps} steps", f"{self.images} images in {self.seconds:.1f} s",
                  f"{self.images_per_s:.1f} images/s"]
@@ -84,17 +92,15 @@ class TrainSummary:
 # --------------------------------------------------------------------------- options
 def prepare_opt(opt: Params | str | os.PathLike | dict[str, Any]) -> Params:
     """Options from a Params, a dict or an opts JSON, with defaults filled in and Nenya's derived
-    names (``model_name``, ``model_folder``, warm-up values) computed by ``option_preprocess``."""
-    if isinstance(opt, Params):
-        p = Params()
-        p.__dict__.update(dict(opt.dict))
-    elif isinstance(opt, dict):
-        p = Params(**opt)
-    else:
-        p = Params(opt)
-    for key, value in DEFAULTS.items():
-        if getattr(p, key, None) is None:
-            setattr(p, key, value)
+    names (``model_name``, ``model_folder``, warm-up values) computed by ``option_preprocess``.
+
+    The options are read by :func:`nenya.encoders.named.resolve_opts` (the one resolver), with
+    :data:`DEFAULTS` for the keys left out; the caller's object is never changed.
+
+    Raises:
+        NenyaError: an unknown ``ssl_method``, or SupCon without ``label_column``.
+    """
+    p = resolve_opts(opt, defaults=DEFAULTS)
     if getattr(p, "batch_size_valid", None) is None:
         p.batch_size_valid = p.batch_size_train
     if getattr(p, "random_cropjitter", None) is None and getattr(p, "random_jitter", None) is not None:
@@ -129,7 +135,28 @@ def output_folder(opt: Params, output: str | os.PathLike | None = None) -> str:
     return storage.join(getattr(opt, "s3_outdir", None) or ".", opt.model_folder)
 
 
-# --------------------------------------------------------------------------- schedules (Nenya's util)
+# --------------------------------------------------------------------------- model, optimiser, schedules
+def set_model(opt: Params, cuda_use: bool = True) -> tuple[SupConResNet, SupConLoss]:
+    """The SupConResNet of ``opt`` and its SupCon loss (temperature ``opt.temp``).
+
+    Unlike Nenya, the encoder is never wrapped in DataParallel (which put ``module.`` into
+    saved names); use DDP under torchrun for several GPUs.
+
+    Args:
+        opt: the options (``ssl_model``, ``feat_dim``, ``nchannels``, ``temp``).
+        cuda_use: move both to the GPU when one is available.
+
+    Returns:
+        ``(model, criterion)``, on the GPU when ``cuda_use`` and one is available.
+    """
+    model = build_model(opt)
+    criterion = SupConLoss(temperature=float(getattr(opt, "temp", None) or 0.07))
+    if cuda_use and torch.cuda.is_available():
+        model, criterion = model.cuda(), criterion.cuda()
+        torch.backends.cudnn.benchmark = True
+    return model, criterion
+
+
 def set_optimizer(opt: Params, model: torch.nn.Module) -> torch.optim.SGD:
     """SGD with momentum and weight decay (``learning_rate``, ``momentum``, ``weight_decay``)."""
     return torch.optim.SGD(model.parameters(), lr=float(opt.learning_rate), momentum=float(opt.momentum),
@@ -170,12 +197,49 @@ def warmup_learning_rate(opt: Params, epoch: int, batch_id: int, total_batches: 
 # --------------------------------------------------------------------------- one epoch
 @dataclass
 class EpochResult:
+    """What one pass over a loader did: mean loss, Nenya's per-step lists, images, time."""
+
     loss: float = float("nan")
     step_losses: list[float] = field(default_factory=list)
     avg_losses: list[float] = field(default_factory=list)
     images: int = 0
     seconds: float = 0.0
     stopped: bool = False
+
+
+@dataclass(frozen=True)
+class EpochSetup:
+    """How :func:`run_epoch` makes one pass: where, how precisely, when to stop, what to record.
+
+    Attributes:
+        device: where the model is.
+        aug: the augmentation chain for raw batches (None when the loader yields two views).
+        generator: seeds the augmentations (a CPU generator).
+        noise_generator: seeds the Gaussian noise (a generator on ``device``).
+        update: train (SGD steps, train mode) or validate (eval mode, no gradients).
+        amp_dtype: autocast dtype of the forward pass (None: fp32).
+        scaler: the fp16 GradScaler, if any.
+        deadline: stop (``stopped=True``) past this ``time.monotonic()`` value.
+        max_batches: stop after this many batches.
+        curve: the learning curve that gets a row per step.
+        global_step: optimiser steps before this pass (the ``step`` of train rows).
+        progress: show a tqdm bar.
+        desc: the label of the bar and of the log lines.
+    """
+
+    device: torch.device
+    aug: AugmentConfig | None = None
+    generator: torch.Generator | None = None
+    noise_generator: torch.Generator | None = None
+    update: bool = True
+    amp_dtype: torch.dtype | None = None
+    scaler: Any = None
+    deadline: float | None = None
+    max_batches: int | None = None
+    curve: common.LearningCurve | None = None
+    global_step: int = 0
+    progress: bool = False
+    desc: str = "train"
 
 
 def _views_and_labels(batch: Any, aug: AugmentConfig | None, device: torch.device,
@@ -195,76 +259,111 @@ def _views_and_labels(batch: Any, aug: AugmentConfig | None, device: torch.devic
     return two_views(x, aug, gen, noise_gen), labels, x.shape[0]
 
 
-def run_epoch(loader: Any, model: torch.nn.Module, criterion: torch.nn.Module,
-              optimizer: torch.optim.Optimizer | None, epoch: int, opt: Params, *, device: torch.device,
-              aug: AugmentConfig | None = None, generator: torch.Generator | None = None,
-              noise_generator: torch.Generator | None = None, update: bool = True,
-              amp_dtype: torch.dtype | None = None, scaler: Any = None, deadline: float | None = None,
-              max_batches: int | None = None, curve: _common.LearningCurve | None = None, global_step: int = 0,
-              progress: bool = False, desc: str = "train") -> EpochResult:
-    """One pass over ``loader``: SimCLR/SupCon loss of two views per image, SGD steps when ``update``.
+def _step(batch: Any, idx: int, total: int, model: torch.nn.Module, criterion: torch.nn.Module,
+          optimizer: torch.optim.Optimizer | None, epoch: int, opt: Params, setup: EpochSetup) -> tuple[float, int]:
+    """One batch: the contrastive loss of two views per image, and an SGD step when training.
 
-    Stops early (``stopped=True``) at ``deadline`` (a ``time.monotonic()`` value) or after
-    ``max_batches``. Returns the mean loss and Nenya's per-step and running-average lists.
+    Returns:
+        ``(loss, images in the batch)``.
     """
-    model.train(update)
-    total = len(loader) if max_batches is None else min(len(loader), max_batches)
-    res = EpochResult()
-    loss_sum, seen = 0.0, 0
-    t0 = time.perf_counter()
-    bar = tqdm(total=total, desc=desc, unit="batch", disable=not progress, leave=update, dynamic_ncols=True)
-    grad = torch.enable_grad() if update else torch.no_grad()
+    views, labels, bsz = _views_and_labels(batch, setup.aug, setup.device, setup.generator, setup.noise_generator)
+    stepping = setup.update and optimizer is not None
+    if stepping:
+        warmup_learning_rate(opt, epoch, idx, total, optimizer)
+    with autocast(setup.device, setup.amp_dtype):
+        features = model(views)
+    f1, f2 = torch.split(features.float(), [bsz, bsz], dim=0)
+    features = torch.stack([f1, f2], dim=1)
+    loss = criterion(features, labels) if labels is not None else criterion(features)
+    if stepping:
+        common.optimise(loss, optimizer, setup.scaler)
+    value = float(loss.detach())
+    if not math.isfinite(value):
+        raise NenyaError(f"the {setup.desc} loss became {value} at epoch {epoch}, batch {idx}; lower "
+                         "learning_rate, or use fp32 / bf16 instead of fp16")
+    return value, bsz
+
+
+class _EpochMeter:
+    """The running loss of one pass, reported to its result, the learning curve, the bar and the log."""
+
+    def __init__(self, setup: EpochSetup, epoch: int, total: int, optimizer: torch.optim.Optimizer | None,
+                 print_freq: int) -> None:
+        self.setup, self.epoch, self.total, self.optimizer, self.print_freq = setup, epoch, total, optimizer, print_freq
+        self.result = EpochResult()
+        self.loss_sum, self.seen = 0.0, 0
+        self.t0 = time.perf_counter()
+        self.bar = tqdm(total=total, desc=setup.desc, unit="batch", disable=not setup.progress, leave=setup.update,
+                        dynamic_ncols=True)
+
+    def add(self, idx: int, value: float, bsz: int) -> None:
+        """Count batch ``idx`` (loss ``value`` over ``bsz`` images)."""
+        s = self.setup
+        self.loss_sum += value * bsz
+        self.seen += bsz
+        avg = self.loss_sum / self.seen
+        self.result.step_losses.append(value)
+        self.result.avg_losses.append(avg)
+        elapsed = time.perf_counter() - self.t0
+        if s.curve is not None:
+            lr = self.optimizer.param_groups[0]["lr"] if (s.update and self.optimizer is not None) else None
+            s.curve.add("train_step" if s.update else "valid_step", self.epoch,
+                        s.global_step + idx + 1 if s.update else idx, value, loss_avg=avg, lr=lr,
+                        images_per_s=self.seen / elapsed if elapsed > 0 else None)
+        rate = self.seen / max(elapsed, 1e-9)
+        self.bar.update(1)
+        self.bar.set_postfix(loss=f"{value:.3f}", avg=f"{avg:.3f}", img_s=f"{rate:.1f}")
+        if self.print_freq and (idx + 1) % self.print_freq == 0:
+            log.info("%s: [%d][%d/%d] loss %.4f (%.4f) %.1f images/s", s.desc, self.epoch, idx + 1, self.total,
+                     value, avg, rate)
+
+    def close(self) -> None:
+        """Close the progress bar."""
+        self.bar.close()
+
+    def finish(self) -> EpochResult:
+        """The result, with the mean loss, the images seen and the time taken."""
+        res = self.result
+        res.images, res.seconds = self.seen, time.perf_counter() - self.t0
+        res.loss = self.loss_sum / self.seen if self.seen else float("nan")
+        return res
+
+
+def run_epoch(loader: Any, model: torch.nn.Module, criterion: torch.nn.Module,
+              optimizer: torch.optim.Optimizer | None, epoch: int, opt: Params, setup: EpochSetup) -> EpochResult:
+    """One pass over ``loader``: SimCLR/SupCon loss of two views per image, SGD steps when ``setup.update``.
+
+    Stops early (``stopped=True``) at ``setup.deadline`` (a ``time.monotonic()`` value) or after
+    ``setup.max_batches``. Returns the mean loss and Nenya's per-step and running-average lists.
+
+    Example:
+        >>> res = run_epoch(loader, model, criterion, optimizer, 1, opt,
+        ...                 EpochSetup(torch.device("cpu"), aug=AugmentConfig.from_opt(opt)))  # doctest: +SKIP
+    """
+    model.train(setup.update)
+    total = len(loader) if setup.max_batches is None else min(len(loader), setup.max_batches)
+    meter = _EpochMeter(setup, epoch, total, optimizer, print_freq=int(opt.get("print_freq", 0) or 0))
     try:
-        with grad:
+        with torch.enable_grad() if setup.update else torch.no_grad():
             for idx, batch in enumerate(loader):
                 if idx >= total:
                     break
-                if deadline is not None and time.monotonic() > deadline:
-                    res.stopped = True
+                if setup.deadline is not None and time.monotonic() > setup.deadline:
+                    meter.result.stopped = True
                     break
-                views, labels, bsz = _views_and_labels(batch, aug, device, generator, noise_generator)
-                if update and optimizer is not None:
-                    warmup_learning_rate(opt, epoch, idx, total, optimizer)
-                with _common.autocast(device, amp_dtype):
-                    features = model(views)
-                f1, f2 = torch.split(features.float(), [bsz, bsz], dim=0)
-                features = torch.stack([f1, f2], dim=1)
-                loss = criterion(features, labels) if labels is not None else criterion(features)
-                if update and optimizer is not None:
-                    _common.optimise(loss, optimizer, scaler)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise NenyaError(f"the {desc} loss became {value} at epoch {epoch}, batch {idx}; lower "
-                                     "learning_rate, or use fp32 / bf16 instead of fp16")
-                loss_sum += value * bsz
-                seen += bsz
-                res.step_losses.append(value)
-                res.avg_losses.append(loss_sum / seen)
-                elapsed = time.perf_counter() - t0
-                if curve is not None:
-                    lr = optimizer.param_groups[0]["lr"] if (update and optimizer is not None) else None
-                    curve.add("train_step" if update else "valid_step", epoch,
-                              global_step + idx + 1 if update else idx, value, loss_avg=loss_sum / seen, lr=lr,
-                              images_per_s=seen / elapsed if elapsed > 0 else None)
-                bar.update(1)
-                bar.set_postfix(loss=f"{value:.3f}", avg=f"{loss_sum / seen:.3f}", img_s=f"{seen / max(elapsed, 1e-9):.1f}")
-                print_freq = int(opt.get("print_freq", 0) or 0)
-                if print_freq and (idx + 1) % print_freq == 0:
-                    log.info("%s: [%d][%d/%d] loss %.4f (%.4f) %.1f images/s", desc, epoch, idx + 1, total, value,
-                             loss_sum / seen, seen / max(elapsed, 1e-9))
+                value, bsz = _step(batch, idx, total, model, criterion, optimizer, epoch, opt, setup)
+                meter.add(idx, value, bsz)
     finally:
-        bar.close()
-    res.images, res.seconds = seen, time.perf_counter() - t0
-    res.loss = loss_sum / seen if seen else float("nan")
-    return res
+        meter.close()
+    return meter.finish()
 
 
 # --------------------------------------------------------------------------- data
-def _loader(ds: ArrayDataset, batch_size: int, *, shuffle: bool, epoch: int, seed: int, info: _common.DistInfo,
+def _loader(ds: ArrayDataset, batch_size: int, *, shuffle: bool, epoch: int, seed: int, ranks: Ranks,
             num_workers: int, device: torch.device) -> DataLoader:
     sampler: Any
-    if info.distributed:
-        sampler = torch.utils.data.distributed.DistributedSampler(ds, num_replicas=info.world, rank=info.rank,
+    if ranks.distributed:
+        sampler = torch.utils.data.distributed.DistributedSampler(ds, num_replicas=ranks.world, rank=ranks.rank,
                                                                   shuffle=shuffle, seed=seed, drop_last=shuffle)
         sampler.set_epoch(epoch)
     elif shuffle:
@@ -272,13 +371,18 @@ def _loader(ds: ArrayDataset, batch_size: int, *, shuffle: bool, epoch: int, see
     else:
         sampler = SequentialSampler(ds)
     workers = 0 if ds.in_memory else min(int(num_workers), max((os.cpu_count() or 1) - 1, 0))
-    drop_last = shuffle and len(ds) // max(info.world, 1) >= 2 * batch_size
+    drop_last = shuffle and len(ds) // max(ranks.world, 1) >= 2 * batch_size
     return DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=workers,
                       collate_fn=collate_batch, pin_memory=device.type == "cuda",
                       persistent_workers=False)
 
 
-def _open_partitions(opt: Params, info: _common.DistInfo) -> tuple[ArrayDataset, ArrayDataset | None]:
+def _per_rank(batch_size: Any, ranks: Ranks) -> int:
+    """Each rank's share of a global batch size (at least 1)."""
+    return max(1, int(batch_size) // ranks.world)
+
+
+def _open_partitions(opt: Params) -> tuple[ArrayDataset, ArrayDataset | None]:
     path = data_file(opt)
     local = storage.fetch(path)
     if not os.path.exists(local):
@@ -298,14 +402,19 @@ def _open_partitions(opt: Params, info: _common.DistInfo) -> tuple[ArrayDataset,
     valid_ds = open_dataset(local, valid_key, in_memory=in_memory) if valid_key in keys else None
     if valid_ds is None:
         log.warning("%s has no %r partition: no validation loss", path, valid_key)
-    column = getattr(opt, "label_column", None)
     if opt.ssl_method == "SupCon":
-        for ds in (train_ds, valid_ds):
-            if ds is not None:
-                labels, names = load_labels(ds, column)
-                ds.labels = torch.from_numpy(labels)
-                log.info("SupCon labels from %r: %d classes (%s)", column, len(names), ", ".join(names[:8]))
+        _attach_labels(opt, train_ds, valid_ds)
     return train_ds, valid_ds
+
+
+def _attach_labels(opt: Params, *datasets: ArrayDataset | None) -> None:
+    """SupCon: give each dataset the integer classes of ``opt.label_column``."""
+    column = getattr(opt, "label_column", None)
+    for ds in datasets:
+        if ds is not None:
+            labels, names = load_labels(ds, column)
+            ds.labels = torch.from_numpy(labels)
+            log.info("SupCon labels from %r: %d classes (%s)", column, len(names), ", ".join(names[:8]))
 
 
 def _partition_names(local: str) -> list[str]:
@@ -316,15 +425,75 @@ def _partition_names(local: str) -> list[str]:
 
 
 # --------------------------------------------------------------------------- the trainer
+@dataclass(frozen=True)
+class _Limits:
+    """When a run stops: deadlines (``time.monotonic()`` values) and batch caps."""
+
+    deadline: float | None = None
+    train_deadline: float | None = None
+    max_train_batches: int | None = None
+    max_valid_batches: int | None = None
+
+
+@dataclass
+class _Run:
+    """The state one training run's steps share (made by :func:`_start`)."""
+
+    opt: Params
+    ranks: Ranks
+    device: torch.device
+    writer: common.CheckpointWriter
+    model: torch.nn.Module
+    train_model: torch.nn.Module
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    amp_dtype: torch.dtype | None
+    scaler: Any
+    curve: common.LearningCurve
+    summary: TrainSummary
+    train_ds: ArrayDataset
+    valid_ds: ArrayDataset | None
+    aug: AugmentConfig
+    limits: _Limits
+    progress: bool
+    global_step: int = 0
+    steps_per_epoch: int | None = None
+
+
+def _limits(opt: Params, t_start: float, max_seconds: float | None, debug: bool, max_train_batches: int | None,
+            max_valid_batches: int | None) -> _Limits:
+    """The run's limits; ``debug`` also cuts ``opt.epochs`` (and says so)."""
+    # the time limit covers everything: training stops at 85% of it to leave time for validation
+    deadline = t_start + max_seconds if max_seconds is not None else None
+    train_deadline = t_start + 0.85 * max_seconds if max_seconds is not None else None
+    if debug:
+        max_train_batches = min(max_train_batches or DEBUG_LIMITS[0], DEBUG_LIMITS[0])
+        max_valid_batches = min(max_valid_batches or DEBUG_LIMITS[1], DEBUG_LIMITS[1])
+        opt.epochs = min(int(opt.epochs), DEBUG_LIMITS[2])
+        log.warning("debug=True: %d epochs of at most %d batches (valid %d), written to a _debug folder",
+                    opt.epochs, max_train_batches, max_valid_batches)
+    return _Limits(deadline, train_deadline, max_train_batches, max_valid_batches)
+
+
+def _model_and_optimiser(opt: Params, dev: torch.device
+                         ) -> tuple[torch.nn.Module, torch.nn.Module, torch.optim.Optimizer]:
+    """The model and loss of the opts on ``dev``, and their SGD optimiser."""
+    model, criterion = set_model(opt, cuda_use=False)
+    model.to(dev)
+    criterion.to(dev)
+    if dev.type == "cuda":
+        model.to(memory_format=torch.channels_last)
+        torch.backends.cudnn.benchmark = True
+    return model, criterion, set_optimizer(opt, model)
+
+
 def _load_resume(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any
                  ) -> tuple[int, int]:
+    """Load a checkpoint's model (strictly, by :func:`fit_state`), optimiser and scaler state;
+    returns ``(epochs done, optimiser steps done)``."""
     ckpt = load_checkpoint(path)
-    state = strip_module(ckpt["model"])
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as e:
-        raise CheckpointError(f"cannot resume from {path}: it does not fit the model of the opts "
-                              f"({str(e).splitlines()[0]}); check ssl_model, feat_dim and nchannels") from None
+    fit_state(model, ckpt["model"], source=f"cannot resume: {path}", what="the model of the opts",
+              advice="Check ssl_model, feat_dim and nchannels.")
     if ckpt.get("optimizer"):
         optimizer.load_state_dict(ckpt["optimizer"])
     else:
@@ -335,43 +504,37 @@ def _load_resume(path: str, model: torch.nn.Module, optimizer: torch.optim.Optim
     return epoch, int(ckpt.get("step") or 0)
 
 
-def train_run(opt: Params | str | os.PathLike | dict[str, Any], *, max_seconds: float | None = None,
-              progress: bool = True, resume: str | os.PathLike | None = None, auto_resume: bool = False,
-              output: str | os.PathLike | None = None, device: str | None = "auto", precision: str = "fp32",
-              debug: bool = False, max_train_batches: int | None = None, max_valid_batches: int | None = None,
-              ) -> TrainSummary:
-    """Train and return a :class:`TrainSummary` (see :func:`train` for the arguments)."""
-    t_start = time.monotonic()
-    # the time limit covers everything: training stops at 85% of it to leave time for validation
-    deadline = t_start + max_seconds if max_seconds is not None else None
-    train_deadline = t_start + 0.85 * max_seconds if max_seconds is not None else None
-    opt = prepare_opt(opt)
-    if debug:
-        max_train_batches = min(max_train_batches or DEBUG_LIMITS[0], DEBUG_LIMITS[0])
-        max_valid_batches = min(max_valid_batches or DEBUG_LIMITS[1], DEBUG_LIMITS[1])
-        opt.epochs = min(int(opt.epochs), DEBUG_LIMITS[2])
-        log.warning("debug=True: %d epochs of at most %d batches (valid %d), written to a _debug folder",
-                    opt.epochs, max_train_batches, max_valid_batches)
-    info, dev = _common.setup_distributed(device if device is not None else "auto")
+def _distributed(model: torch.nn.Module, opt: Params, ranks: Ranks, dev: torch.device
+                 ) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """``(model, the module to train)``: DDP (with SyncBatchNorm when ``syncBN``) over several ranks."""
+    if not ranks.distributed:
+        return model, model
+    if opt.get("syncBN") and dev.type == "cuda":
+        model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+    return model, torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+
+
+def _write_opts(opt: Params, writer: common.CheckpointWriter, ranks: Ranks) -> None:
+    """Rank 0 writes the options as ``opts.json`` into the model folder."""
+    if ranks.is_main:
+        if not writer.remote:
+            os.makedirs(writer.stage, exist_ok=True)
+        opt.save(writer.local("opts.json"))
+        writer.publish("opts.json")
+
+
+def _start(opt: Params, limits: _Limits, *, output: str | os.PathLike | None, device: str | None, precision: str,
+           debug: bool, resume: str | os.PathLike | None, auto_resume: bool, progress: bool) -> _Run:
+    """Everything before the first epoch: ranks and device, model, resume point, data, opts.json."""
+    ranks, dev = common.setup_distributed(device if device is not None else "auto")
     folder = output_folder(opt, output)
     if debug:
         folder = folder.rstrip("/") + "_debug"
-    writer = _common.CheckpointWriter(folder, enabled=info.is_main)
-    seed = int(opt.seed)
-    _common.seed_everything(seed)
-
-    from nenya.train_util import set_model
-
-    model, criterion = set_model(opt, cuda_use=False)
-    model.to(dev)
-    criterion.to(dev)
-    if dev.type == "cuda":
-        model.to(memory_format=torch.channels_last)
-        torch.backends.cudnn.benchmark = True
-    optimizer = set_optimizer(opt, model)
-    amp_dtype = _common.autocast_dtype(precision, dev)
+    writer = common.CheckpointWriter(folder, enabled=ranks.is_main)
+    common.seed_everything(int(opt.seed))
+    model, criterion, optimizer = _model_and_optimiser(opt, dev)
+    amp_dtype = common.autocast_dtype(precision, dev)
     scaler = torch.amp.GradScaler("cuda") if amp_dtype == torch.float16 else None
-
     start_epoch, global_step = 1, 0
     if resume is None and auto_resume and storage.exists(writer.location("last.pth")):
         resume = writer.location("last.pth")
@@ -379,101 +542,127 @@ def train_run(opt: Params | str | os.PathLike | dict[str, Any], *, max_seconds: 
         done, global_step = _load_resume(str(resume), model, optimizer, scaler)
         start_epoch = done + 1
         log.info("resuming from %s after epoch %d (step %d)", resume, done, global_step)
-    curve_path = writer.local("learning_curve.csv")
-    curve = _common.LearningCurve.read(curve_path, up_to_epoch=start_epoch - 1) if resume is not None \
-        else _common.LearningCurve()
-
-    train_model: torch.nn.Module = model
-    if info.distributed:
-        if opt.get("syncBN") and dev.type == "cuda":
-            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-        train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None)
-
-    train_ds, valid_ds = _open_partitions(opt, info)
-    aug = AugmentConfig.from_opt(opt)
-    bsz = max(1, int(opt.batch_size_train) // info.world)
-    vbsz = max(1, int(opt.batch_size_valid) // info.world)
-    if info.is_main:
-        if not writer.remote:
-            os.makedirs(writer.stage, exist_ok=True)
-        opt.save(writer.local("opts.json"))
-        writer.publish("opts.json")
+    curve = common.LearningCurve.read(writer.local("learning_curve.csv"), up_to_epoch=start_epoch - 1) \
+        if resume is not None else common.LearningCurve()
+    model, train_model = _distributed(model, opt, ranks, dev)
+    train_ds, valid_ds = _open_partitions(opt)
+    _write_opts(opt, writer, ranks)
     summary = TrainSummary(last=writer.location("last.pth"), folder=folder, start_epoch=start_epoch,
                            epochs_done=start_epoch - 1, steps=global_step)
-    epochs = int(opt.epochs)
-    valid_freq, save_freq = int(opt.valid_freq), int(opt.save_freq)
     log.info("training %s (%s) on %s: %d images, batch %d x %d rank(s), epochs %d-%d, %s", opt.ssl_model,
-             opt.ssl_method, train_ds.name, len(train_ds), bsz, info.world, start_epoch, epochs, dev)
+             opt.ssl_method, train_ds.name, len(train_ds), _per_rank(opt.batch_size_train, ranks), ranks.world,
+             start_epoch, int(opt.epochs), dev)
+    return _Run(opt, ranks, dev, writer, model, train_model, criterion, optimizer, amp_dtype, scaler, curve, summary,
+                train_ds, valid_ds, AugmentConfig.from_opt(opt), limits, progress, global_step)
 
-    def save(epoch: int, names: list[str]) -> None:
-        state = _common.checkpoint_state(opt, model, optimizer, epoch, step=global_step,
-                                         **({"scaler": scaler.state_dict()} if scaler is not None else {}))
-        summary.checkpoints += writer.save_all(state, names, curve, title=f"{opt.ssl_method} {opt.ssl_model}",
-                                               steps_per_epoch=steps_per_epoch, is_main=info.is_main)
 
-    steps_per_epoch = None
-    epoch = start_epoch - 1
+def _fit_epoch(run: _Run, epoch: int) -> tuple[EpochResult, float]:
+    """The training pass of ``epoch``; returns its result and learning rate."""
+    opt, ranks, lim, seed = run.opt, run.ranks, run.limits, int(run.opt.seed)
+    loader = _loader(run.train_ds, _per_rank(opt.batch_size_train, ranks), shuffle=True, epoch=epoch, seed=seed,
+                     ranks=ranks, num_workers=int(opt.num_workers), device=run.device)
+    run.steps_per_epoch = len(loader) if lim.max_train_batches is None else min(len(loader), lim.max_train_batches)
+    lr = adjust_learning_rate(opt, run.optimizer, epoch)
+    setup = EpochSetup(
+        run.device, aug=run.aug, generator=torch.Generator().manual_seed(seed * 7919 + epoch * 104729 + ranks.rank),
+        noise_generator=torch.Generator(device=run.device).manual_seed(seed * 31 + epoch * 131 + ranks.rank),
+        update=True, amp_dtype=run.amp_dtype, scaler=run.scaler,
+        deadline=lim.train_deadline if run.valid_ds is not None else lim.deadline, max_batches=lim.max_train_batches,
+        curve=run.curve if ranks.is_main else None, global_step=run.global_step,
+        progress=run.progress and ranks.is_main, desc=f"epoch {epoch}/{int(opt.epochs)}")
+    res = run_epoch(loader, run.train_model, run.criterion, run.optimizer, epoch, opt, setup)
+    run.global_step += len(res.step_losses)
+    s = run.summary
+    s.steps, s.images = run.global_step, s.images + res.images * ranks.world
+    s.seconds += res.seconds
+    return res, lr
+
+
+def _validate(run: _Run, epoch: int) -> None:
+    """The validation pass after ``epoch``: its mean loss into the summary, the curve and the log."""
+    opt, ranks, seed = run.opt, run.ranks, int(run.opt.seed)
+    loader = _loader(run.valid_ds, _per_rank(opt.batch_size_valid, ranks), shuffle=False, epoch=0, seed=seed,
+                     ranks=ranks, num_workers=int(opt.num_workers), device=run.device)
+    setup = EpochSetup(
+        run.device, aug=run.aug, generator=torch.Generator().manual_seed(seed + 12345 + ranks.rank),
+        noise_generator=torch.Generator(device=run.device).manual_seed(seed + 54321 + ranks.rank), update=False,
+        amp_dtype=run.amp_dtype, deadline=run.limits.deadline, max_batches=run.limits.max_valid_batches,
+        curve=run.curve if ranks.is_main else None, progress=run.progress and ranks.is_main, desc=f"valid {epoch}")
+    vres = run_epoch(loader, run.model, run.criterion, None, epoch, opt, setup)
+    if vres.step_losses:
+        (vloss,) = common.all_reduce_mean([vres.loss], run.device)
+        run.summary.valid_loss = vloss
+        if ranks.is_main:
+            run.curve.add("valid_epoch", epoch, run.global_step, vloss)
+        log.info("epoch %d: valid loss %.4f", epoch, vloss)
+
+
+def _save(run: _Run, epoch: int, names: list[str]) -> None:
+    """Save the run's state as each of ``names`` (and the learning curve)."""
+    opt = run.opt
+    extra = {"scaler": run.scaler.state_dict()} if run.scaler is not None else {}
+    state = common.checkpoint_state(opt, run.model, run.optimizer, epoch, step=run.global_step, **extra)
+    run.summary.checkpoints += run.writer.save_all(state, names, run.curve, title=f"{opt.ssl_method} {opt.ssl_model}",
+                                                   steps_per_epoch=run.steps_per_epoch, is_main=run.ranks.is_main)
+
+
+def _epoch(run: _Run, epoch: int) -> bool:
+    """Train, validate and save ``epoch``; False when the run stops after it (the time limit)."""
+    res, lr = _fit_epoch(run, epoch)
+    summary, ranks, deadline = run.summary, run.ranks, run.limits.deadline
+    if not res.step_losses:  # the time ran out before this epoch's first batch
+        summary.stopped_early = True
+        return False
+    (mean_loss,) = common.all_reduce_mean([res.loss], run.device)
+    summary.train_loss, summary.epochs_done = mean_loss, epoch
+    rate = res.images * ranks.world / max(res.seconds, 1e-9)
+    if ranks.is_main:
+        run.curve.add("train_epoch", epoch, run.global_step, mean_loss, lr=lr, images_per_s=rate)
+    log.info("epoch %d: train loss %.4f, %.1f s, %.1f images/s%s", epoch, mean_loss, res.seconds, rate,
+             " (stopped at the time limit)" if res.stopped else "")
+    if run.valid_ds is not None and epoch % int(run.opt.valid_freq) == 0 and \
+            not (deadline and time.monotonic() > deadline):
+        _validate(run, epoch)
+    if res.stopped:
+        summary.stopped_early = True
+        return False
+    names = ["last.pth"]
+    if epoch % int(run.opt.save_freq) == 0:
+        names.insert(0, f"ckpt_epoch_{epoch}.pth")
+    _save(run, epoch, names)
+    return True
+
+
+def _finish(run: _Run) -> None:
+    """Close the data; under torchrun, wait for every rank."""
+    run.train_ds.close()
+    if run.valid_ds is not None:
+        run.valid_ds.close()
+    if run.ranks.distributed and torch.distributed.is_initialized():
+        torch.distributed.barrier()
+
+
+def train_run(opt: Params | str | os.PathLike | dict[str, Any], *, max_seconds: float | None = None,
+              progress: bool = True, resume: str | os.PathLike | None = None, auto_resume: bool = False,
+              output: str | os.PathLike | None = None, device: str | None = "auto", precision: str = "fp32",
+              debug: bool = False, max_train_batches: int | None = None, max_valid_batches: int | None = None,
+              ) -> TrainSummary:
+    """Train and return a :class:`TrainSummary` (see :func:`train` for the arguments)."""
+    t_start = time.monotonic()
+    opt = prepare_opt(opt)
+    limits = _limits(opt, t_start, max_seconds, debug, max_train_batches, max_valid_batches)
+    run = _start(opt, limits, output=output, device=device, precision=precision, debug=debug, resume=resume,
+                 auto_resume=auto_resume, progress=progress)
     try:
-        for epoch in range(start_epoch, epochs + 1):
-            loader = _loader(train_ds, bsz, shuffle=True, epoch=epoch, seed=seed, info=info,
-                             num_workers=int(opt.num_workers), device=dev)
-            steps_per_epoch = len(loader) if max_train_batches is None else min(len(loader), max_train_batches)
-            lr = adjust_learning_rate(opt, optimizer, epoch)
-            gen = torch.Generator().manual_seed(seed * 7919 + epoch * 104729 + info.rank)
-            noise_gen = torch.Generator(device=dev).manual_seed(seed * 31 + epoch * 131 + info.rank)
-            res = run_epoch(loader, train_model, criterion, optimizer, epoch, opt, device=dev, aug=aug,
-                            generator=gen, noise_generator=noise_gen, update=True, amp_dtype=amp_dtype,
-                            scaler=scaler, deadline=train_deadline if valid_ds is not None else deadline,
-                            max_batches=max_train_batches,
-                            curve=curve if info.is_main else None, global_step=global_step,
-                            progress=progress and info.is_main, desc=f"epoch {epoch}/{epochs}")
-            global_step += len(res.step_losses)
-            summary.steps, summary.images = global_step, summary.images + res.images * info.world
-            summary.seconds += res.seconds
-            if not res.step_losses:  # the time ran out before this epoch's first batch
-                summary.stopped_early = True
-                epoch -= 1
+        for epoch in range(run.summary.start_epoch, int(opt.epochs) + 1):
+            if not _epoch(run, epoch):
                 break
-            (mean_loss,) = _common.all_reduce_mean([res.loss], dev)
-            summary.train_loss, summary.epochs_done = mean_loss, epoch
-            if info.is_main:
-                curve.add("train_epoch", epoch, global_step, mean_loss, lr=lr,
-                          images_per_s=res.images * info.world / max(res.seconds, 1e-9))
-            log.info("epoch %d: train loss %.4f, %.1f s, %.1f images/s%s", epoch, mean_loss, res.seconds,
-                     res.images * info.world / max(res.seconds, 1e-9), " (stopped at the time limit)" if res.stopped
-                     else "")
-            if valid_ds is not None and epoch % valid_freq == 0 and not (deadline and time.monotonic() > deadline):
-                vloader = _loader(valid_ds, vbsz, shuffle=False, epoch=0, seed=seed, info=info,
-                                  num_workers=int(opt.num_workers), device=dev)
-                vgen = torch.Generator().manual_seed(seed + 12345 + info.rank)
-                vnoise = torch.Generator(device=dev).manual_seed(seed + 54321 + info.rank)
-                vres = run_epoch(vloader, model, criterion, None, epoch, opt, device=dev, aug=aug, generator=vgen,
-                                 noise_generator=vnoise, update=False, amp_dtype=amp_dtype, deadline=deadline,
-                                 max_batches=max_valid_batches, curve=curve if info.is_main else None,
-                                 progress=progress and info.is_main, desc=f"valid {epoch}")
-                if vres.step_losses:
-                    (vloss,) = _common.all_reduce_mean([vres.loss], dev)
-                    summary.valid_loss = vloss
-                    if info.is_main:
-                        curve.add("valid_epoch", epoch, global_step, vloss)
-                    log.info("epoch %d: valid loss %.4f", epoch, vloss)
-            if res.stopped:
-                summary.stopped_early = True
-                break
-            names = ["last.pth"]
-            if epoch % save_freq == 0:
-                names.insert(0, f"ckpt_epoch_{epoch}.pth")
-            save(epoch, names)
-        if summary.stopped_early or not storage.exists(writer.location("last.pth")):
-            save(max(epoch, start_epoch - 1), ["last.pth"])
+        # epochs_done is the last epoch finished (or cut short by the time limit)
+        if run.summary.stopped_early or not storage.exists(run.writer.location("last.pth")):
+            _save(run, run.summary.epochs_done, ["last.pth"])
     finally:
-        train_ds.close()
-        if valid_ds is not None:
-            valid_ds.close()
-        if info.distributed and torch.distributed.is_initialized():
-            torch.distributed.barrier()
-    return summary
+        _finish(run)
+    return run.summary
 
 
 def train(opt: Params | str | os.PathLike | dict[str, Any], *, max_seconds: float | None = None,

@@ -85,6 +85,7 @@ class ArrayDataset(Dataset):
 
     @property
     def name(self) -> str:
+        """``path`` (``.npy``) or ``path:key``."""
         return self.path if self.is_npy else f"{self.path}:{self.key}"
 
     def __len__(self) -> int:
@@ -130,6 +131,7 @@ class ArrayDataset(Dataset):
         return state
 
     def close(self) -> None:
+        """Close this process's file handle (it reopens on the next read)."""
         if self._h5 is not None:
             self._h5.close()
         self._mm = None
