@@ -178,3 +178,19 @@ def test_non_finite_cutouts_are_skipped_not_written(opt, opts_file, checkpoint, 
     assert list(status["id"]) == [f"train/{i}" for i in range(21)] + [f"valid/{i}" for i in range(37)]
     bad = status[status.status != "ok"]
     assert bad.to_dict("list") == {"id": ["valid/4", "valid/7"], "status": ["skipped:non-finite values"] * 2}
+
+
+def test_dataset_reads_any_rows_in_any_order(preproc):
+    dset = HDF5RGBDataset(str(preproc), "valid", nchannels=1)
+    raw = read_partition(preproc, "valid")
+    for rows in ([9, 2, 9, 30], [36, 0], [3, 4, 5, 6], [0, 35]):  # shuffled, repeated, a slab, far apart
+        items = dset.__getitems__(rows)
+        np.testing.assert_array_equal(np.stack([img for img, _ in items]), raw[rows])
+        assert [meta for _, meta in items] == [dset[r][1] for r in rows]
+    assert dset.__getitems__([]) == []
+    with pytest.raises(IndexError):
+        dset[37]
+    sub = HDF5RGBDataset(str(preproc), "valid", allowed_indices=[1, 3, 4, 30], nchannels=1)
+    with pytest.raises(IndexError, match="outside"):
+        HDF5RGBDataset(str(preproc), "valid", allowed_indices=[1, 40]).__getitems__([1])
+    np.testing.assert_array_equal(np.stack([img for img, _ in sub.__getitems__([3, 0])]), raw[[30, 1]])

@@ -17,19 +17,12 @@ from collections.abc import Sequence
 import numpy as np
 
 from nenya._errors import InputError
-from nenya.params import Params, option_preprocess
+from nenya.encoders.named import NAMED_MODELS, load_opt, resolve_opts, resolve_weights
+from nenya.params import Params
 
 log = logging.getLogger(__name__)
 
 __all__ = ["get_latents", "calc_DT", "umap_image"]
-
-
-def _as_opt(opt: Params | str | os.PathLike) -> Params:
-    if isinstance(opt, Params):
-        return opt
-    from nenya.io import NAMED_MODELS, load_opt
-
-    return load_opt(str(opt))[0] if str(opt) in NAMED_MODELS else option_preprocess(Params(opt))
 
 
 def get_latents(img: np.ndarray, model_file: str, opt: Params | str | os.PathLike, *,
@@ -50,7 +43,7 @@ def get_latents(img: np.ndarray, model_file: str, opt: Params | str | os.PathLik
 
     from nenya.encoders.supcon import SupConEncoder
 
-    opt = _as_opt(opt)
+    opt = resolve_opts(opt)
     a = np.asarray(img, dtype=np.float32)
     if a.ndim == 2:
         a = a[None]
@@ -136,7 +129,6 @@ def umap_image(nenya_model: str, img: np.ndarray) -> tuple[np.ndarray, np.ndarra
         fitted on gets its stored position; any other image UMAP's ``transform``.
     """
     from nenya import nenya_umap
-    from nenya.io import NAMED_MODELS, load_opt, resolve_weights
 
     opt, model_file = load_opt(nenya_model)
     if nenya_model in NAMED_MODELS:

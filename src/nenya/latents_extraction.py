@@ -16,14 +16,15 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
-from nenya._errors import WeightsNotFoundError
+from nenya.encoders.named import find_weights, latents_dir, resolve_opts
 from nenya.encoders.supcon import SupConEncoder
 from nenya.extract import DEBUG_BATCHES, extract_preproc
-from nenya.params import Params, option_preprocess
+from nenya.params import Params
 from nenya.pipeline import storage
+from nenya.pipeline.items import Shard
 from nenya.pipeline.runner import RunOptions, run
 from nenya.sinks.memory import ArraySink
-from nenya.sources.h5files import LazyH5, as_strings, check_images, metadata_columns, read_rows
+from nenya.sources.h5files import open_checked
 from nenya.sources.hdf5 import HDF5PreprocSource, latents_name
 
 log = logging.getLogger(__name__)
@@ -35,14 +36,18 @@ class HDF5RGBDataset(Dataset):
     """One partition of a preproc file as a torch ``Dataset`` of (image, metadata).
 
     Images come out as (nchannels, H, W) float32: the cutout repeated to 3 channels by default,
-    as Nenya's production models expect. The file is opened lazily in each process, and
-    ``__getitems__`` lets a DataLoader read a whole batch as one contiguous slab.
+    as Nenya's production models expect. Rows are read by :class:`~nenya.sources.hdf5.HDF5PreprocSource`
+    (the reader extraction uses), which opens the file lazily in each process; ``__getitems__``
+    lets a DataLoader read a whole batch as one contiguous slab.
 
     Args:
         file_path: a local preproc HDF5 file.
         partition: ``"valid"`` or ``"train"`` (any dataset name).
         allowed_indices: rows to expose, in increasing order (default: all).
         nchannels: channels to repeat each cutout to (1 keeps it as is).
+
+    Raises:
+        KeyError: the file has no such partition.
     """
 
     def __init__(self, file_path: str, partition: str, allowed_indices: Sequence[int] | np.ndarray | None = None,
@@ -51,15 +56,15 @@ class HDF5RGBDataset(Dataset):
         self.partition = partition
         self.meta_dset = f"{partition}_metadata"
         self.nchannels = nchannels
-        self._h5 = LazyH5(self.file_path)
-        f = self._h5.file
-        if partition not in f:
-            raise KeyError(f"{file_path} has no partition {partition!r}; it holds {sorted(f.keys())}")
-        check_images(self.file_path, partition, f[partition])
-        self._n = f[partition].shape[0]
-        self._columns = metadata_columns(f, partition)
+        with open_checked(self.file_path) as f:
+            if partition not in f:
+                raise KeyError(f"{file_path} has no partition {partition!r}; it holds {sorted(f.keys())}")
+        self._source = HDF5PreprocSource([self.file_path], partitions=(partition,))
+        # one shard per partition: only the sizes and metadata columns of the plan are wanted here
+        group = self._source.plan(shard_size=2**62).groups[0]
+        self._n = group.partitions[partition]
+        self._columns = list(group.metadata_columns.get(partition, []))
         self.allowed_indices = None if allowed_indices is None else np.asarray(allowed_indices, dtype=np.int64)
-        self._h5.close()  # the parent keeps no handle: each worker opens its own
 
     def __len__(self) -> int:
         return self._n if self.allowed_indices is None else len(self.allowed_indices)
@@ -70,20 +75,22 @@ class HDF5RGBDataset(Dataset):
 
     def __getitems__(self, indices: Sequence[int]) -> list[tuple[np.ndarray, dict[str, str]]]:
         rows = self._rows(indices)
-        order = np.argsort(rows, kind="stable")
-        f = self._h5.file
-        data = np.empty((len(rows),) + f[self.partition].shape[1:], f[self.partition].dtype)
-        data[order] = read_rows(f[self.partition], rows[order])
-        if data.ndim == 3:
-            data = data[:, None]
-        data = data.astype(np.float32, copy=False)
+        if len(rows) == 0:
+            return []
+        uniq, inverse = np.unique(rows, return_inverse=True)
+        if uniq[0] < 0 or uniq[-1] >= self._n:
+            raise IndexError(f"row {int(uniq[0] if uniq[0] < 0 else uniq[-1])} is outside {self.file_path}:"
+                             f"{self.partition}, which has {self._n} rows")
+        batches = [batch for start, stop in _spans(uniq)
+                   for batch in self._source.read(Shard(self.file_path, self.partition, 0, start, stop), stop - start)]
+        take = np.searchsorted(np.concatenate([b.rows for b in batches]), uniq)[inverse]
+        data = np.concatenate([b.data for b in batches])[take]
         if self.nchannels != data.shape[1]:
             data = np.repeat(data, self.nchannels // data.shape[1], axis=1)
         metas: list[dict[str, str]] = [{} for _ in rows]
         if self._columns:
-            table = np.empty((len(rows), len(self._columns)), dtype=object)
-            table[order] = as_strings(read_rows(f[self.meta_dset], rows[order]))
-            metas = [dict(zip(self._columns, r)) for r in table]
+            columns = [np.concatenate([b.metadata[c] for b in batches])[take].tolist() for c in self._columns]
+            metas = [dict(zip(self._columns, values)) for values in zip(*columns)]
         return list(zip(data, metas))
 
     def __getitem__(self, index: int) -> tuple[np.ndarray, dict[str, str]]:
@@ -92,6 +99,16 @@ class HDF5RGBDataset(Dataset):
         if not 0 <= index < len(self):
             raise IndexError(index)
         return self.__getitems__([index])[0]
+
+
+def _spans(rows: np.ndarray) -> list[tuple[int, int]]:
+    """``[start, stop)`` spans covering increasing unique ``rows``: one slab when they are dense (at
+    least a quarter of the span, as :func:`~nenya.sources.h5files.read_rows` reads), else one per run."""
+    lo, hi = int(rows[0]), int(rows[-1]) + 1
+    if hi - lo <= 4 * len(rows):
+        return [(lo, hi)]
+    runs = np.split(rows, np.flatnonzero(np.diff(rows) != 1) + 1)
+    return [(int(r[0]), int(r[-1]) + 1) for r in runs]
 
 
 def build_loader(data_file: str, dataset: str, batch_size: int = 1, num_workers: int = 1,
@@ -119,12 +136,8 @@ def calc_latent(model: torch.nn.Module, image_tensor: torch.Tensor | np.ndarray,
     return out.float().cpu().numpy()
 
 
-def _opt(opt: Params | str | os.PathLike) -> Params:
-    if isinstance(opt, Params):
-        return opt
-    from nenya.io import NAMED_MODELS, load_opt
-
-    return load_opt(str(opt))[0] if str(opt) in NAMED_MODELS else option_preprocess(Params(opt))
+# the resolver the CLI used under this module's name; nenya.encoders.named.resolve_opts is the one to call
+_opt = resolve_opts
 
 
 def prep(opt: Params) -> tuple[str, list[str]]:
@@ -132,37 +145,18 @@ def prep(opt: Params) -> tuple[str, list[str]]:
 
     The model is ``last.pth`` in the working folder when present (as Nenya did), else a named
     model's weights (see :mod:`nenya.io`), else ``<s3_outdir>/<model_folder>/last.pth``, fetched
-    to the cache when remote.
+    to the cache when remote (:func:`nenya.encoders.named.find_weights`).
 
     Returns:
         ``(model_file, existing)``: a local model path and the base names of the ``.h5`` files
         in ``<s3_outdir>/<latents_folder>``.
-    """
-    from nenya.io import named_weights_path
 
-    candidates = ["last.pth"]
-    if getattr(opt, "model_root", None) and opt.model_name:
-        candidates.append(named_weights_path(opt))
-    if opt.model_folder:
-        candidates.append(storage.join(opt.s3_outdir or ".", opt.model_folder, "last.pth"))
-    model_file = None
-    for c in candidates:
-        try:
-            if storage.exists(c):
-                model_file = storage.fetch(c)
-                break
-        except Exception as e:  # unreachable or unauthorised remote: try the next place
-            log.debug("cannot reach %s: %s", c, e)
-    if model_file is None:
-        raise WeightsNotFoundError(
-            f"no model weights found for {opt.model_name}; looked for {', '.join(candidates)}. "
-            "Put the model's last.pth in one of these places (or set NENYA_MODEL_DIR, see nenya.io)")
+    Raises:
+        WeightsNotFoundError: no weights in any of those places.
+    """
+    model_file = find_weights(opt)
     existing = [n for n in storage.listdir_names(latents_dir(opt)) if n.endswith(".h5")]
     return model_file, existing
-
-
-def latents_dir(opt: Params) -> str:
-    return storage.join(opt.s3_outdir or ".", opt.latents_folder or "latents")
 
 
 def _run_options(opt: Params, *, progress: bool = True, description: str = "extract") -> RunOptions:
@@ -192,7 +186,7 @@ def model_latents_extract(opt: Params, data_file: str, model_path: str, remove_m
     Returns:
         ``{partition: (N, feat_dim) float32}``, rows in input order.
     """
-    opt = _opt(opt)
+    opt = resolve_opts(opt)
     options = _run_options(opt)
     encoder = SupConEncoder.from_checkpoint(model_path, opt, remove_module=remove_module).to(options.device, options.precision)
     if in_loader is not None:
@@ -209,7 +203,8 @@ def model_latents_extract(opt: Params, data_file: str, model_path: str, remove_m
     return sink.arrays[str(data_file)]
 
 
-def _extract_loader(loader, encoder, data_file, partitions, debug) -> dict[str, np.ndarray]:
+def _extract_loader(loader: DataLoader, encoder: SupConEncoder, data_file: str | None, partitions: Sequence[str],
+                    debug: bool) -> dict[str, np.ndarray]:
     out = []
     for i, item in enumerate(loader):
         if debug and i >= DEBUG_BATCHES:
@@ -220,7 +215,7 @@ def _extract_loader(loader, encoder, data_file, partitions, debug) -> dict[str, 
     latents = np.concatenate(out) if out else np.zeros((0, encoder.dim), np.float32)
     present = list(partitions)[:1]
     if data_file is not None and os.path.exists(str(data_file)):
-        with LazyH5(str(data_file)).file as f:
+        with open_checked(str(data_file)) as f:
             present = [p for p in partitions if p in f] or present
     return {p: latents for p in present}
 
@@ -243,7 +238,7 @@ def main(opt_path: str | os.PathLike, pp_files: Sequence[str] | str, clobber: bo
     Returns:
         The locations of the latents files written.
     """
-    opt = _opt(opt_path)
+    opt = resolve_opts(opt_path)
     files = [str(pp_files)] if isinstance(pp_files, (str, os.PathLike)) else [str(p) for p in pp_files]
     model_file, existing = prep(opt)
     out_dir = latents_dir(opt)

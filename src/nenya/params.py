@@ -62,6 +62,7 @@ class Params:
         return self.__dict__
 
     def get(self, key: str, default: Any = None) -> Any:
+        """The value of ``key``, or ``default`` when it is missing or None."""
         value = self.__dict__.get(key)
         return default if value is None else value
 
