@@ -25,7 +25,9 @@ import pandas as pd
 
 from nenya._errors import InputError, NenyaError
 from nenya.analysis.plots import cells_on_grid, grid_umap
-from nenya.params import Params, option_preprocess
+from nenya.config import config_value
+from nenya.encoders.named import resolve_opts
+from nenya.params import Params
 from nenya.pipeline import storage
 
 log = logging.getLogger(__name__)
@@ -76,8 +78,6 @@ def DT_interval(inp: tuple[float, float] | str | None) -> tuple[float, float]:
 
 def umap_dir() -> Path:
     """The local folder of fitted UMAPs (see the module docstring)."""
-    from nenya.io import config_value
-
     value = config_value("umap_dir", "NENYA_UMAP_DIR")
     return Path(value) if value else storage.cache_dir() / "umap"
 
@@ -206,6 +206,7 @@ class _LatentsRows:
             raise InputError(f"latents file not found: {url}; extract it first (nenya extract / latents_extraction.main)")
 
     def read(self, partition: str, pp_idx: np.ndarray) -> np.ndarray:
+        """The vectors of rows ``pp_idx`` of ``partition`` (any order, repeats allowed), float32."""
         from nenya.sources.h5files import open_checked, read_rows
 
         with open_checked(self.local) as f:
@@ -232,6 +233,113 @@ class _LatentsRows:
             if f"{partition}_valid" in f and not f[f"{partition}_valid"][:][pos].all():
                 log.warning("%s: some rows of %s were skipped at extraction (zero vectors)", self.url, partition)
         return out
+
+
+def _apply_cuts(tbl: pd.DataFrame, DT_cut: str | None, alpha_cut: tuple[float, float] | None,
+                cut_column: str | None, cut_range: tuple[float, float] | None) -> pd.DataFrame:
+    """The rows of ``tbl`` inside every (lower, upper] cut, renumbered from 0."""
+    tbl = tbl.reset_index(drop=True)
+    keep = np.ones(len(tbl), dtype=bool)
+    if DT_cut is not None and DT_cut != "all":
+        keep &= _keep_range(tbl[_col(tbl, "DT40", "DT")], DT_interval(DT_cut))
+    if alpha_cut is not None:
+        keep &= _keep_range(tbl[_col(tbl, "min_slope")], alpha_cut)
+    if cut_column is not None:
+        if cut_range is None:
+            raise ValueError("cut_column needs cut_range=(lower, upper)")
+        keep &= _keep_range(tbl[_col(tbl, cut_column)], cut_range)
+    tbl = tbl[keep].reset_index(drop=True)
+    log.info("after the cuts, %d cutouts to work on", len(tbl))
+    if len(tbl) < 3:
+        raise InputError(f"only {len(tbl)} row(s) of the table pass the cuts (DT_cut={DT_cut}, alpha_cut={alpha_cut}, "
+                         f"{cut_column}={cut_range}); UMAP needs more")
+    return tbl
+
+
+def _pp_columns(tbl: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(pp_type, pp_idx, pp_file)`` of each row (Ulmo's ``ulmo_pp_*`` names are read too)."""
+    ftype = tbl[_col(tbl, "pp_type", "ulmo_pp_type")].astype(int).to_numpy()
+    fidx = tbl[_col(tbl, "pp_idx", "ulmo_pp_idx")].astype(np.int64).to_numpy()
+    ffile = tbl[_col(tbl, "pp_file", "ulmo_pp_file")].astype(str).to_numpy()
+    bad = ~np.isin(ftype, (0, 1))
+    if bad.any():
+        raise InputError(f"{int(bad.sum())} row(s) have pp_type not in (0 valid, 1 train); cut them out first")
+    return ftype, fidx, ffile
+
+
+class _Vectors:
+    """The latent vectors of a cut table's rows, read file by file and partition by partition."""
+
+    def __init__(self, ffile: np.ndarray, ftype: np.ndarray, fidx: np.ndarray, opt: Params | None,
+                 latents: str | Mapping[str, str] | None) -> None:
+        files = list(pd.unique(ffile))
+        self.fidx = fidx
+        self.readers = {f: _LatentsRows(_latents_for(f, opt, latents)) for f in files}
+        groups = [(f, p, np.flatnonzero((ffile == f) & (ftype == t)))
+                  for f in files for t, p in ((0, "valid"), (1, "train"))]
+        #: (pp_file, partition, table rows) of every non-empty group
+        self.groups = [g for g in groups if len(g[2])]
+
+    def read(self, f: str, partition: str, rows: np.ndarray) -> np.ndarray:
+        """The vectors of table ``rows`` (all of file ``f``, ``partition``)."""
+        return self.readers[f].read(partition, self.fidx[rows])
+
+    def remove_copies(self) -> None:
+        """Delete the local copies of remote latents files (never the user's own files)."""
+        import shutil
+
+        for rd in self.readers.values():
+            if rd.local != rd.url and storage.is_remote(rd.url):
+                shutil.rmtree(os.path.dirname(rd.local), ignore_errors=True)
+
+
+def _fit_umap(vectors: _Vectors, n: int, ntrain: int, seed: int, umap_kwargs: Mapping[str, Any] | None,
+              umap_savefile: str | None) -> tuple[Any, np.ndarray]:
+    """Fit UMAP on a random ``ntrain`` of the ``n`` rows; returns the reducer and the rows it was fitted on,
+    in the order of ``reducer.embedding_``."""
+    import warnings
+
+    from nenya.analysis.umap import make_umap
+
+    rng = np.random.default_rng(seed)
+    ntrain = min(int(ntrain), n)
+    is_train = np.zeros(n, dtype=bool)
+    is_train[np.sort(rng.choice(n, ntrain, replace=False))] = True
+    parts, order = [], []
+    for f, p, rows in vectors.groups:
+        r = rows[is_train[rows]]
+        if len(r):
+            parts.append(vectors.read(f, p, r))
+            order.append(r)
+    x = np.concatenate(parts)
+    del parts
+    kwargs = dict(umap_kwargs or {})
+    kwargs.setdefault("n_neighbors", min(15, ntrain - 1))
+    reducer = make_umap(seed=seed, **kwargs)
+    log.info("training UMAP on a random %d of %d vectors", ntrain, n)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*n_jobs value.*")
+        reducer.fit(x)
+    if umap_savefile is not None:
+        save_umap(reducer, umap_savefile)
+    return reducer, np.concatenate(order)
+
+
+def _place(reducer: Any, vectors: _Vectors, n: int, fitted_rows: np.ndarray, chunk_size: int) -> np.ndarray:
+    """(n, 2) UMAP positions: the fitted rows keep their fitted place, the others are transformed."""
+    from nenya.analysis.umap import transform_chunked
+
+    us = np.full((n, 2), np.nan, np.float32)
+    placed = np.zeros(n, dtype=bool)
+    if len(fitted_rows):
+        us[fitted_rows] = reducer.embedding_
+        placed[fitted_rows] = True
+    for f, p, rows in vectors.groups:
+        rows = rows[~placed[rows]]
+        for a in range(0, len(rows), chunk_size):
+            r = rows[a:a + chunk_size]
+            us[r] = transform_chunked(reducer, vectors.read(f, p, r), chunk=chunk_size)
+    return us
 
 
 def umap_subset(modis_tbl: pd.DataFrame | str, opt_path: str | Params | None, outfile: str,
@@ -273,95 +381,29 @@ def umap_subset(modis_tbl: pd.DataFrame | str, opt_path: str | Params | None, ou
     Returns:
         The cut table with ``US0`` and ``US1``.
     """
-    import shutil
-    import warnings
-
-    from nenya.analysis.latents import write_table
-    from nenya.analysis.umap import make_umap, transform_chunked
+    from nenya.analysis.latents import read_table, write_table
 
     if isinstance(modis_tbl, (str, os.PathLike)):
-        from nenya.analysis.latents import read_table
-
         modis_tbl = read_table(str(modis_tbl))
-    opt = None
-    if opt_path is not None:
-        opt = opt_path if isinstance(opt_path, Params) else option_preprocess(Params(opt_path))
-    tbl = modis_tbl.reset_index(drop=True)
-    keep = np.ones(len(tbl), dtype=bool)
-    if DT_cut is not None and DT_cut != "all":
-        keep &= _keep_range(tbl[_col(tbl, "DT40", "DT")], DT_interval(DT_cut))
-    if alpha_cut is not None:
-        keep &= _keep_range(tbl[_col(tbl, "min_slope")], alpha_cut)
-    if cut_column is not None:
-        if cut_range is None:
-            raise ValueError("cut_column needs cut_range=(lower, upper)")
-        keep &= _keep_range(tbl[_col(tbl, cut_column)], cut_range)
-    tbl = tbl[keep].reset_index(drop=True)
-    log.info("after the cuts, %d cutouts to work on", len(tbl))
-    if len(tbl) < 3:
-        raise InputError(f"only {len(tbl)} row(s) of the table pass the cuts (DT_cut={DT_cut}, alpha_cut={alpha_cut}, "
-                         f"{cut_column}={cut_range}); UMAP needs more")
-    ftype = tbl[_col(tbl, "pp_type", "ulmo_pp_type")].astype(int).to_numpy()
-    fidx = tbl[_col(tbl, "pp_idx", "ulmo_pp_idx")].astype(np.int64).to_numpy()
-    ffile = tbl[_col(tbl, "pp_file", "ulmo_pp_file")].astype(str).to_numpy()
-    bad = ~np.isin(ftype, (0, 1))
-    if bad.any():
-        raise InputError(f"{int(bad.sum())} row(s) have pp_type not in (0 valid, 1 train); cut them out first")
-    files = list(pd.unique(ffile))
+    opt = resolve_opts(opt_path) if opt_path is not None else None
+    tbl = _apply_cuts(modis_tbl, DT_cut, alpha_cut, cut_column, cut_range)
+    ftype, fidx, ffile = _pp_columns(tbl)
     if debug:
-        files = files[:2]
-        sel = np.isin(ffile, files)
+        sel = np.isin(ffile, list(pd.unique(ffile))[:2])
         tbl, ftype, fidx, ffile = tbl[sel].reset_index(drop=True), ftype[sel], fidx[sel], ffile[sel]
-    readers = {f: _LatentsRows(_latents_for(f, opt, latents)) for f in files}
-    groups = [(f, p, np.flatnonzero((ffile == f) & (ftype == t))) for f in files for t, p in ((0, "valid"), (1, "train"))]
-    groups = [g for g in groups if len(g[2])]
+    vectors = _Vectors(ffile, ftype, fidx, opt, latents)
     n = len(tbl)
     try:
         if train_umap:
-            rng = np.random.default_rng(seed)
-            ntrain = min(int(ntrain), n)
-            chosen = np.sort(rng.choice(n, ntrain, replace=False))
-            is_train = np.zeros(n, dtype=bool)
-            is_train[chosen] = True
-            parts, order = [], []
-            for f, p, rows in groups:
-                r = rows[is_train[rows]]
-                if len(r):
-                    parts.append(readers[f].read(p, fidx[r]))
-                    order.append(r)
-            x = np.concatenate(parts)
-            fitted_rows = np.concatenate(order)
-            del parts
-            kwargs = dict(umap_kwargs or {})
-            kwargs.setdefault("n_neighbors", min(15, ntrain - 1))
-            reducer = make_umap(seed=seed, **kwargs)
-            log.info("training UMAP on a random %d of %d vectors", ntrain, n)
-            with warnings.catch_warnings():
-                warnings.filterwarnings("ignore", message=".*n_jobs value.*")
-                reducer.fit(x)
-            del x
-            if umap_savefile is not None:
-                save_umap(reducer, umap_savefile)
+            reducer, fitted_rows = _fit_umap(vectors, n, ntrain, seed, umap_kwargs, umap_savefile)
         else:
             if umap_savefile is None:
                 raise ValueError("train_umap=False needs umap_savefile: the UMAP to load")
-            reducer = load_umap(umap_savefile)
-            fitted_rows = np.zeros(0, dtype=np.int64)
-        us = np.full((n, 2), np.nan, np.float32)
-        placed = np.zeros(n, dtype=bool)
-        if len(fitted_rows):
-            us[fitted_rows] = reducer.embedding_
-            placed[fitted_rows] = True
-        for f, p, rows in groups:
-            rows = rows[~placed[rows]]
-            for a in range(0, len(rows), chunk_size):
-                r = rows[a:a + chunk_size]
-                us[r] = transform_chunked(reducer, readers[f].read(p, fidx[r]), chunk=chunk_size)
+            reducer, fitted_rows = load_umap(umap_savefile), np.zeros(0, dtype=np.int64)
+        us = _place(reducer, vectors, n, fitted_rows, chunk_size)
     finally:
         if remove:
-            for rd in readers.values():
-                if rd.local != rd.url and storage.is_remote(rd.url):
-                    shutil.rmtree(os.path.dirname(rd.local), ignore_errors=True)
+            vectors.remove_copies()
     tbl["US0"], tbl["US1"] = us[:, 0], us[:, 1]
     if not debug:
         write_table(tbl, outfile)
