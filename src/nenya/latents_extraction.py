@@ -136,10 +136,6 @@ def calc_latent(model: torch.nn.Module, image_tensor: torch.Tensor | np.ndarray,
     return out.float().cpu().numpy()
 
 
-# the resolver the CLI used under this module's name; nenya.encoders.named.resolve_opts is the one to call
-_opt = resolve_opts
-
-
 def prep(opt: Params) -> tuple[str, list[str]]:
     """Find the model and the latents files already made for it.
 
