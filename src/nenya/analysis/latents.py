@@ -54,6 +54,7 @@ def _to_numeric(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def numeric_columns(df: pd.DataFrame) -> list[str]:
+    """The columns of ``df`` holding numbers (booleans excluded)."""
     return [c for c in df.columns if pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])]
 
 
@@ -88,6 +89,7 @@ def _fixed_list_to_numpy(col: pa.ChunkedArray | pa.Array, path: str) -> np.ndarr
 
 
 def pc_list_lengths(col: pa.Array) -> np.ndarray:
+    """The length of each list in an Arrow list column, as a NumPy array."""
     import pyarrow.compute as pc
 
     return pc.list_value_length(col).to_numpy(zero_copy_only=False)
@@ -120,6 +122,7 @@ class Latents:
 
     @property
     def n(self) -> int:
+        """Number of vectors (skipped items left out)."""
         return len(self.ids)
 
     def __len__(self) -> int:
@@ -193,6 +196,7 @@ class Latents:
         return int(hits[0])
 
     def close(self) -> None:
+        """Close the file and remove any local copies made for reading it."""
         for t in self._tmp:
             import shutil
 

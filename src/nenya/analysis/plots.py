@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -32,6 +32,8 @@ def _save(fig, path: str, dpi: int = 100) -> str:
 
 
 def is_categorical(values: pd.Series | np.ndarray, max_levels: int = 40) -> bool:
+    """Whether ``values`` are coloured by category: text or booleans, or integers with at most
+    ``min(max_levels, 20)`` distinct values."""
     s = pd.Series(values)
     if not pd.api.types.is_numeric_dtype(s) or pd.api.types.is_bool_dtype(s):
         return True
@@ -114,7 +116,8 @@ def scatter_plot(x: np.ndarray, y: np.ndarray, path: str, *, color: np.ndarray |
     return _save(fig, path)
 
 
-def gallery_plot(U0: np.ndarray, U1: np.ndarray, images, path: str, *, nxy: int = 16, min_pts: int = 1,
+def gallery_plot(U0: np.ndarray, U1: np.ndarray, images: Callable[[np.ndarray], Sequence[np.ndarray | None]],
+                 path: str, *, nxy: int = 16, min_pts: int = 1,
                  seed: int = 0, kind: str = "anomaly", title: str | None = None, vmax: float | None = None,
                  xlabel: str = "U0", ylabel: str = "U1") -> str:
     """One image per occupied cell of Nenya's UMAP grid, drawn in place over the plane.

@@ -10,7 +10,7 @@ import json
 import logging
 import os
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
@@ -20,6 +20,9 @@ from nenya._errors import InputError
 from nenya.analysis.latents import Latents, local_target
 from nenya.pipeline import storage
 from nenya.sinks.parquet import ABOUT_KEY, about_of
+
+if TYPE_CHECKING:
+    from nenya.encoders import EncoderOptions
 
 log = logging.getLogger(__name__)
 
@@ -60,10 +63,12 @@ class LatentIndex:
 
     @property
     def n(self) -> int:
+        """Number of vectors in the index."""
         return int(self.index.ntotal)
 
     @property
     def dim(self) -> int:
+        """Length of each vector."""
         return int(self.index.d)
 
     def _prepare(self, q: np.ndarray) -> np.ndarray:
@@ -224,7 +229,7 @@ def load_index(path: str, *, ef_search: int | None = None, nprobe: int | None = 
 
 
 def encode_query_image(path: str, spec: str, *, opt: str | None = None, trust_checkpoint: bool = False,
-                       options=None) -> np.ndarray:
+                       options: EncoderOptions | None = None) -> np.ndarray:
     """The latent vector (1, dim) of one query image, by the model that made the latents.
 
     For SupCon/Nenya models the image is a ``.npy`` cutout, (H, W) or (C, H, W); for photo models
@@ -251,7 +256,7 @@ def encode_query_image(path: str, spec: str, *, opt: str | None = None, trust_ch
         transform = encoder.preprocess.image
         if transform is None:
             raise InputError(f"{encoder.name} encodes arrays, not image files: give the query as a .npy cutout")
-        from nenya.preprocess.cpu import decode_image
+        from nenya.preprocess import decode_image
 
         with open(local, "rb") as f:
             arr = decode_image(f.read(), transform=transform)

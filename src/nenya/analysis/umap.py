@@ -88,7 +88,7 @@ def __getattr__(name: str):  # lets pickle find NenyaUMAP (defined on first use:
 
 
 def make_umap(*, n_neighbors: int = 15, min_dist: float = 0.1, seed: int | None = 42, metric: str = "euclidean",
-              n_epochs: int | None = None):
+              n_epochs: int | None = None) -> Any:
     """``umap.UMAP`` with Nenya's settings (2 components, euclidean, ``random_state=42``).
 
     For fewer than 4096 points umap-learn computes all pairwise distances; the returned model has
@@ -101,7 +101,7 @@ def make_umap(*, n_neighbors: int = 15, min_dist: float = 0.1, seed: int | None 
                      random_state=seed, n_epochs=n_epochs)
 
 
-def transform_chunked(reducer, data: np.ndarray | Latents, *, chunk: int = 50_000,
+def transform_chunked(reducer: Any, data: np.ndarray | Latents, *, chunk: int = 50_000,
                       rows: np.ndarray | None = None) -> np.ndarray:
     """``reducer.transform`` over slabs of ``chunk`` rows (all rows, or only ``rows`` of an array)."""
     with warnings.catch_warnings():
