@@ -140,11 +140,11 @@ class ImageLookup:
                     data = fh.read()
             with Image.open(io.BytesIO(data)) as im:
                 im.draft("RGB", (self.size * 2, self.size * 2))
-                im = im.convert("RGB")
-                w, h = im.size
+                rgb = im.convert("RGB")
+                w, h = rgb.size
                 s = min(w, h)
-                im = im.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
-                return np.asarray(im.resize((self.size, self.size), Image.BILINEAR))
+                rgb = rgb.crop(((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s))
+                return np.asarray(rgb.resize((self.size, self.size), Image.Resampling.BILINEAR))
         except Exception as e:  # one unreadable photo must not stop a plot
             log.warning("cannot read image %s: %s", path, e)
             return None

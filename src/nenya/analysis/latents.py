@@ -151,7 +151,7 @@ class Latents:
                         yield start, v
                         start += len(v)
         elif self.format == "npy":
-            arr = np.load(self._npy_path, mmap_mode="r")
+            arr = self._npy()
             for a in range(0, self.n, chunk):
                 yield a, np.asarray(arr[a:a + chunk], dtype=np.float32)
         else:
@@ -162,6 +162,11 @@ class Latents:
                     v = _fixed_list_to_numpy(batch.column(0), self.path)
                     yield start, v
                     start += len(v)
+
+    def _npy(self) -> np.ndarray:
+        """The vectors of a .npy latents file, memory-mapped."""
+        assert self._npy_path is not None  # open_latents sets it for every .npy file
+        return np.load(self._npy_path, mmap_mode="r")
 
     def vectors(self, rows: Sequence[int] | np.ndarray | None = None, *, chunk: int = 65536) -> np.ndarray:
         """All vectors (N, D) float32, or those of ``rows`` (any order) read slab by slab."""
@@ -174,7 +179,7 @@ class Latents:
         if len(rows) and (rows.min() < 0 or rows.max() >= self.n):
             raise IndexError(f"rows out of range for {self.path} ({self.n} vectors)")
         if self.format == "npy":
-            arr = np.load(self._npy_path, mmap_mode="r")
+            arr = self._npy()
             order = np.argsort(rows, kind="stable")
             out = np.empty((len(rows), self.dim), np.float32)
             out[order] = arr[rows[order]]

@@ -116,7 +116,7 @@ def scatter_plot(x: np.ndarray, y: np.ndarray, path: str, *, color: np.ndarray |
     return _save(fig, path)
 
 
-def gallery_plot(U0: np.ndarray, U1: np.ndarray, images: Callable[[np.ndarray], Sequence[np.ndarray | None]],
+def gallery_plot(U0: np.ndarray, U1: np.ndarray, images: Callable[[list[int]], Sequence[np.ndarray | None]],
                  path: str, *, nxy: int = 16, min_pts: int = 1,
                  seed: int = 0, kind: str = "anomaly", title: str | None = None, vmax: float | None = None,
                  xlabel: str = "U0", ylabel: str = "U1") -> str:
@@ -138,15 +138,17 @@ def gallery_plot(U0: np.ndarray, U1: np.ndarray, images: Callable[[np.ndarray], 
     ax = fig.add_subplot()
     dx, dy = grid["dxv"], grid["dyv"]
     drawn = [(p, im) for p, im in zip(picks, imgs) if im is not None]
+    lim = 1.0  # the anomaly colour scale is [-lim, lim]
     if kind == "anomaly" and drawn:
         if vmax is None:
             vmax = float(np.nanpercentile(np.abs(np.concatenate([np.ravel(im) for _, im in drawn])), 99)) or 1.0
+        lim = vmax
     mappable = None
     for (ix, iy, _), im in drawn:
         x0, y0 = grid["xval"][ix], grid["yval"][iy]
         extent = (x0, x0 + dx * 0.95, y0, y0 + dy * 0.95)
         if kind == "anomaly":
-            mappable = ax.imshow(im, extent=extent, origin="lower", cmap=ANOMALY_CMAP, vmin=-vmax, vmax=vmax,
+            mappable = ax.imshow(im, extent=extent, origin="lower", cmap=ANOMALY_CMAP, vmin=-lim, vmax=lim,
                                  interpolation="nearest")
         else:
             ax.imshow(im, extent=extent, interpolation="bilinear")

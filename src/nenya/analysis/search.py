@@ -92,7 +92,7 @@ class LatentIndex:
             pad = k - rows.shape[1]
             rows = np.pad(rows, ((0, 0), (0, pad)), constant_values=-1)
             scores = np.pad(scores, ((0, 0), (0, pad)), constant_values=np.nan)
-        ids = np.where(rows >= 0, self.ids[np.clip(rows, 0, None)], None)
+        ids: np.ndarray = np.where(rows >= 0, self.ids[np.clip(rows, 0, None)], None)  # type: ignore[assignment]  # numpy's stubs miss where(cond, x, None)
         return ids, scores.astype(np.float32), rows.astype(np.int64)
 
     def vector(self, id_: str) -> np.ndarray:
@@ -173,6 +173,7 @@ def build_index(data: np.ndarray | Latents, ids: np.ndarray | list[str] | None =
     if kind == "auto":
         kind = "flat" if n <= AUTO_FLAT_MAX else "hnsw"
     params: dict = {}
+    index: Any  # a flat, HNSW or IVF faiss index
     if kind == "flat":
         index = faiss.IndexFlatL2(d) if metric == "l2" else faiss.IndexFlatIP(d)
         index.add(x)
@@ -207,7 +208,7 @@ def load_index(path: str, *, ef_search: int | None = None, nprobe: int | None = 
     if not storage.exists(idp):
         raise InputError(f"{path} has no ids table {storage.basename(idp)} next to it; rebuild it with `nenya index`")
     local = storage.fetch(path)
-    index = faiss.read_index(local)
+    index: Any = faiss.read_index(local)  # HNSW attributes are not on faiss.Index
     fs, p = storage.url_to_fs(idp)
     with fs.open(p, "rb") as fh:
         table = pq.read_table(fh)

@@ -49,7 +49,7 @@ def _cache_numba() -> None:
             except ImportError:
                 continue
             for obj in list(vars(module).values()):
-                if isinstance(obj, Dispatcher) and isinstance(obj._cache, NullCache):
+                if isinstance(obj, Dispatcher) and isinstance(obj._cache, NullCache):  # type: ignore[attr-defined]  # numba internals, guarded by the except below
                     obj.enable_caching()
     except Exception as e:  # a numba without these internals: just compile as usual
         log.debug("numba caching not enabled: %s", e)

@@ -182,6 +182,7 @@ def _image_args(p) -> None:
 
 
 def _xy(df, args) -> tuple[str, str]:
+    cols: tuple[str, str] | None
     if args.x and args.y:
         cols = (args.x, args.y)
     else:
@@ -303,7 +304,8 @@ def _encode_query(args, about: dict | None):
     from nenya.analysis.search import encode_query_image
     from nenya.encoders.base import options_from_about
 
-    recorded = (about or {}).get("model")
+    about = about or {}
+    recorded = about.get("model")
     spec = args.model or recorded
     if not spec:
         raise NenyaError("--image needs --model SPEC: these latents do not record the model that made them "

@@ -162,7 +162,7 @@ def cmd_train_contrastive(args: argparse.Namespace) -> int:
         if value is not None:
             setattr(opt, key, value)
     if args.data is not None:
-        opt.data_folder = None
+        setattr(opt, "data_folder", None)  # noqa: B010  # Params holds whatever keys the opts JSON has
     summary = train_run(opt, max_seconds=args.max_seconds, progress=not args.no_progress, resume=args.resume,
                         auto_resume=args.auto_resume, output=args.output, device=args.device,
                         precision=args.precision, debug=args.debug, max_train_batches=args.max_train_batches,
