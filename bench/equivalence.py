@@ -42,9 +42,9 @@ def make_inputs(root: Path) -> dict[str, str]:
     from nenya.train_util import set_model
 
     try:
-        from nenya.demo import write_preproc
-    except ImportError:  # pragma: no cover - the sample-data module was renamed
-        from nenya.sample_data import write_preproc  # type: ignore[no-redef]
+        from nenya.sample_data import write_preproc
+    except ImportError:  # the code before issue 12 named it nenya.demo
+        from nenya.demo import write_preproc  # type: ignore[no-redef]
 
     data = root / "data"
     data.mkdir(parents=True)

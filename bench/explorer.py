@@ -22,7 +22,7 @@ import pandas as pd
 from _report import HERE, add_save_args, load_average, markdown_table, report
 from nenya.analysis import write_explorer
 from nenya.analysis.images import ImageLookup
-from nenya.demo import write_preproc
+from nenya.sample_data import write_preproc
 
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
         "--disable-background-networking", "--disable-component-update", "--disable-sync"]

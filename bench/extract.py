@@ -40,10 +40,10 @@ import h5py
 import numpy as np
 import torch
 
-from nenya.demo import write_preproc
 from nenya.encoders.supcon import SupConEncoder, build_model
 from nenya.params import Params
 from nenya.pipeline.runner import RunOptions, run
+from nenya.sample_data import write_preproc
 from nenya.sinks.hdf5 import NenyaLatentsSink
 from nenya.sources.hdf5 import HDF5PreprocSource, latents_name
 

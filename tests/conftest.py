@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from nenya.demo import write_preproc
 from nenya.params import Params, option_preprocess
+from nenya.sample_data import write_preproc
 from nenya.train_util import set_model
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst"

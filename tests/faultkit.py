@@ -88,7 +88,7 @@ def make_model(folder: Path, *, seed: int = 0) -> Path:
 def make_job(folder: Path, *, fmt: str = "h5", n_valid: int = 160, n_train: int = 96, workers: int = 0,
              ckpt: Path | None = None, seed: int = 3, **kwargs) -> Job:
     """A tiny job in ``folder``: ``x_preproc.h5`` (16x16 cutouts) and a checkpoint (made when not given)."""
-    from nenya.demo import write_preproc
+    from nenya.sample_data import write_preproc
 
     folder.mkdir(parents=True, exist_ok=True)
     data = folder / "x_preproc.h5"

@@ -10,8 +10,8 @@ import pytest
 from conftest import make_opts, save_checkpoint
 from nenya import nenya_umap
 from nenya.analyze_image import calc_DT, umap_image
-from nenya.demo import write_preproc
 from nenya.params import Params, option_preprocess
+from nenya.sample_data import write_preproc
 
 
 def test_dt_bins_follow_nenya():

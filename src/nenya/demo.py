@@ -1,74 +1,74 @@
-"""Synthetic SST-like cutouts for the demo and the tests: fronts, eddies, filaments, noise."""
+"""``nenya demo``: sample SST cutouts -> a briefly trained contrastive model -> latents through the
+documented API -> a UMAP plot, a gallery and the explorer page.
+
+The synthetic cutouts themselves live in :mod:`nenya.sample_data`; ``write_preproc``,
+``make_cutouts`` and ``CLASSES`` stay importable from here, where earlier docs named them."""
 
 from __future__ import annotations
 
+import json
 import os
+import time
 
-import h5py
-import numpy as np
+from nenya.sample_data import CLASSES, make_cutouts, write_preproc
 
-CLASSES = ("front", "eddy", "filament", "noise")
-
-
-def _smooth_noise(rng: np.random.Generator, n: int, size: int, scale: float) -> np.ndarray:
-    """Gaussian random fields with a red spectrum (larger ``scale`` = smoother)."""
-    k = np.fft.fftfreq(size)
-    kk = np.sqrt(k[:, None] ** 2 + k[None, :] ** 2)
-    spectrum = np.exp(-((kk * scale) ** 2))
-    white = rng.standard_normal((n, size, size))
-    field = np.fft.ifft2(np.fft.fft2(white) * spectrum).real
-    return field / (field.std(axis=(1, 2), keepdims=True) + 1e-12)
+__all__ = ["CLASSES", "demo_opts", "make_cutouts", "run_demo", "write_preproc"]
 
 
-def make_cutouts(n: int, *, size: int = 64, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """``n`` demeaned float32 cutouts (n, size, size) in kelvin, and their class index.
+def demo_opts(folder: str, model: str = "resnet18") -> dict:
+    """Nenya-style opts of the demo model (also used by the tests to make small checkpoints)."""
+    return {
+        "ssl_method": "SimCLR", "ssl_model": model, "feat_dim": 128, "nchannels": 3,
+        "batch_size_train": 64, "batch_size_valid": 128, "num_workers": 1, "epochs": 1,
+        "learning_rate": 0.05, "lr_decay_epochs": "700,800,900", "lr_decay_rate": 0.1, "weight_decay": 0.0001,
+        "momentum": 0.9, "temp": 0.07, "cosine": True, "warm": False, "trial": 0, "random_jitter": [40, 5],
+        "flip": True, "rotate": True, "demean": True, "model_root": "demo", "s3_outdir": os.path.abspath(folder),
+    }
 
-    Each holds a smooth background plus one pattern: a front (a tanh step at a random angle),
-    an eddy (a warm or cold Gaussian core), a filament (a narrow band), or noise only.
+
+def run_demo(folder: str = "nenya-demo", *, n: int = 2000, model: str = "resnet18",
+             train_seconds: float = 100.0) -> dict[str, str]:
+    """Make everything under ``folder`` and print where it went. Returns the paths.
+
+    Steps: ``n`` synthetic 64x64 SST cutouts (fronts, eddies, filaments, noise) in a Nenya preproc
+    file; SimCLR training of a SupCon ResNet for ``train_seconds`` on the ``train`` partition
+    (``nenya train contrastive``, Nenya's checkpoint format); latents of both partitions through
+    Nenya's documented ``latents_extraction.main``; then UMAP, a gallery and the explorer page.
     """
-    rng = np.random.default_rng(seed)
-    labels = rng.integers(0, len(CLASSES), n)
-    yy, xx = np.mgrid[0:size, 0:size].astype(np.float64) - (size - 1) / 2
-    out = 0.15 * _smooth_noise(rng, n, size, scale=12.0)
-    for i, c in enumerate(labels):
-        amp = rng.uniform(0.5, 2.0)
-        theta = rng.uniform(0, 2 * np.pi)
-        dist = xx * np.cos(theta) + yy * np.sin(theta) - rng.uniform(-8, 8)
-        if CLASSES[c] == "front":
-            out[i] += amp * np.tanh(dist / rng.uniform(1.5, 4.0))
-        elif CLASSES[c] == "eddy":
-            cx, cy = rng.uniform(-12, 12, 2)
-            r = rng.uniform(5, 12)
-            out[i] += rng.choice([-1, 1]) * amp * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r**2))
-        elif CLASSES[c] == "filament":
-            out[i] += amp * np.exp(-(dist**2) / (2 * rng.uniform(1.0, 2.5) ** 2))
-        else:
-            out[i] += 0.3 * _smooth_noise(rng, 1, size, scale=3.0)[0]
-    out -= out.mean(axis=(1, 2), keepdims=True)
-    return out.astype(np.float32), labels
+    import h5py
 
+    from nenya.analysis import demo_outputs
+    from nenya.latents_extraction import main as extract_main
+    from nenya.train.contrastive import train
 
-def write_preproc(path: str | os.PathLike, *, n_valid: int = 1000, n_train: int = 0, size: int = 64, seed: int = 0,
-                  channel_axis: bool = True) -> str:
-    """Write a Nenya preproc file: ``valid`` (and ``train``) cutouts with ``*_metadata`` tables."""
-    rng = np.random.default_rng(seed + 1)
-    with h5py.File(path, "w") as f:
-        for part, n, s in (("valid", n_valid, seed), ("train", n_train, seed + 7)):
-            if n <= 0:
-                continue
-            imgs, labels = make_cutouts(n, size=size, seed=s)
-            f.create_dataset(part, data=imgs[:, None] if channel_axis else imgs)
-            dt = np.percentile(imgs[:, 12:52, 12:52], 90, axis=(1, 2)) - np.percentile(imgs[:, 12:52, 12:52], 10, axis=(1, 2))
-            cols = ["lat", "lon", "datetime", "DT40", "pattern", "pp_idx"]
-            days = rng.integers(0, 3650, n)
-            table = np.column_stack([
-                np.round(rng.uniform(-60, 60, n), 4).astype(str),
-                np.round(rng.uniform(-180, 180, n), 4).astype(str),
-                (np.datetime64("2010-01-01") + days).astype(str),
-                np.round(dt, 4).astype(str),
-                np.asarray(CLASSES)[labels],
-                np.arange(n).astype(str),
-            ]).astype("S")
-            meta = f.create_dataset(f"{part}_metadata", data=table)
-            meta.attrs["columns"] = [c.encode() for c in cols]
-    return str(path)
+    t0 = time.perf_counter()
+    folder = os.path.abspath(folder)
+    os.makedirs(folder, exist_ok=True)
+    data = os.path.join(folder, "data", "MODIS_demo_preproc.h5")
+    os.makedirs(os.path.dirname(data), exist_ok=True)
+    n_train = n // 4
+    write_preproc(data, n_valid=n - n_train, n_train=n_train, seed=0)
+    print(f"sample data:  {data} ({n - n_train} valid + {n_train} train synthetic SST cutouts, 64x64)", flush=True)
+
+    opts = demo_opts(folder, model)
+    opts.update(images_file=data, num_workers=0, save_freq=1, valid_freq=1, cosine=False)
+    opts_file = os.path.join(folder, "opts.json")
+    with open(opts_file, "w") as f:
+        json.dump(opts, f, indent=2)
+    print(f"options:      {opts_file}")
+    print(f"training:     SimCLR {model} for up to {train_seconds:.0f} s on the train partition ...", flush=True)
+    ckpt = train(opts_file, max_seconds=train_seconds)
+    print(f"model:        {ckpt} (Nenya checkpoint format; learning curve next to it)", flush=True)
+
+    latents = extract_main(opts_file, [data], clobber=True)[0]
+    with h5py.File(latents, "r") as f:
+        shapes = ", ".join(f"{k} {f[k].shape}" for k in ("train", "valid") if k in f)
+    print(f"latents:      {latents} ({shapes})", flush=True)
+
+    pictures = demo_outputs(latents, data, os.path.join(folder, "explore"))
+    print(f"UMAP plot:    {pictures['umap_plot']}")
+    print(f"gallery:      {pictures['gallery']}")
+    print(f"explorer:     {pictures['explorer']} (open it in a browser; works offline)")
+    print(f"done in {time.perf_counter() - t0:.0f} s. Next: nenya extract {data} --opts {opts_file} "
+          f"--format parquet --output {os.path.join(folder, 'parquet')}")
+    return {"data": data, "model": ckpt, "opts": opts_file, "latents": latents, **pictures}

@@ -19,7 +19,7 @@ def register(sub) -> None:
 
 
 def cmd_demo(args) -> int:
-    from nenya.demo_job import run_demo
+    from nenya.demo import run_demo
 
     run_demo(args.folder, n=args.n, model=args.model, train_seconds=args.train_seconds)
     return 0

@@ -27,7 +27,7 @@ from nenya.preprocess import device as dd
 from nenya.preprocess.cpu import decode_image
 from nenya.preprocess.cpu import resize_crop as pil_resize_crop
 from nenya.sources.images import ImageFolderSource
-from test_collections import picture, save, small_encoder
+from photokit import picture, save, small_encoder
 
 OPTS = RunOptions(batch_size=4, shard_size=8, num_workers=0, device="cpu", progress=False)
 

@@ -15,7 +15,7 @@ from nenya.encoders import load_encoder
 from nenya.encoders.base import EncoderOptions, options_from_about
 from nenya.extract import extract_collection, extract_preproc
 from nenya.pipeline.runner import RunOptions
-from test_collections import picture, save
+from photokit import picture, save
 
 OPTS = RunOptions(batch_size=4, shard_size=8, num_workers=0, device="cpu", progress=False)
 

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import io
-import os
 import subprocess
 import sys
 
@@ -20,20 +19,9 @@ from nenya.encoders.base import EncoderOptions
 from nenya.extract import extract_collection
 from nenya.pipeline.runner import RunOptions
 from nenya.preprocess.cpu import decode_image
+from photokit import picture, save, small_encoder
 
 OPTS = RunOptions(batch_size=4, shard_size=4, num_workers=0, device="cpu", progress=False)
-
-
-def picture(seed: int, size=(40, 52)) -> Image.Image:
-    """A smooth random picture (JPEG-friendly), different per seed."""
-    rng = np.random.default_rng(seed)
-    small = rng.integers(0, 255, (5, 6, 3), dtype=np.uint8)
-    return Image.fromarray(small).resize((size[1], size[0]), Image.BILINEAR)
-
-
-def save(im: Image.Image, path, fmt: str, **kw) -> None:
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    im.save(path, fmt, **kw)
 
 
 @pytest.fixture
@@ -66,11 +54,6 @@ def corpus(tmp_path):
     bad = {"h_truncated.jpg": "truncated", "i_empty.png": "empty file", "j_random.jpg": "not an image",
            "k_text.png": "not an image", "l_huge.png": "pixel limit"}
     return root, sorted(good), bad
-
-
-def small_encoder(**kw):
-    torch.manual_seed(0)
-    return load_encoder("timm:resnet18", options=EncoderOptions(size=32, **kw)).to("cpu")
 
 
 def test_folder_with_bad_files_cli(corpus, tmp_path, monkeypatch):

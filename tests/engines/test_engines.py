@@ -27,7 +27,7 @@ from nenya.pipeline.runner import RunOptions
 from nenya.sinks import WriteContext
 from nenya.sinks.parquet import ParquetSink
 from nenya.sources.hdf5 import HDF5PreprocSource
-from test_collections import picture, save, small_encoder
+from photokit import picture, save, small_encoder
 
 BATCH, SHARD = 4, 8  # preproc: valid 37 -> 5 shards, train 21 -> 3: 8 shards for 2 ranks
 OPTS = RunOptions(batch_size=BATCH, shard_size=SHARD, num_workers=0, device="cpu", progress=False)

@@ -22,10 +22,10 @@ import numpy as np
 import pytest
 import torch
 
-from nenya.demo import write_preproc
-from nenya.demo_job import demo_opts
+from nenya.demo import demo_opts
 from nenya.params import Params, option_preprocess
 from nenya.pipeline import storage
+from nenya.sample_data import write_preproc
 from s3server import s3, s3_server  # noqa: F401  (pytest fixtures)
 
 pytestmark = pytest.mark.s3

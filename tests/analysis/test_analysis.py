@@ -16,7 +16,7 @@ from PIL import Image
 from nenya.analysis import build_index, hdbscan, kmeans, open_latents, pca, read_latents, read_table
 from nenya.analysis.images import ImageLookup
 from nenya.analysis.plots import gallery_plot, neighbours_plot, scatter_plot
-from nenya.demo import write_preproc
+from nenya.sample_data import write_preproc
 
 
 def _colours(path) -> int:

@@ -11,10 +11,10 @@ import pytest
 import torch
 
 from conftest import make_opts, read_partition, reference_latents
-from nenya.demo import CLASSES, make_cutouts
 from nenya.encoders.weights import load_checkpoint
 from nenya.latents_extraction import model_latents_extract
 from nenya.params import Params, option_preprocess
+from nenya.sample_data import CLASSES, make_cutouts
 from nenya.train.contrastive import train, train_run
 from nenya.train_util import set_model
 

@@ -12,7 +12,7 @@ from PIL import Image
 
 from nenya.analysis import write_explorer
 from nenya.analysis.images import ImageLookup
-from nenya.demo import write_preproc
+from nenya.sample_data import write_preproc
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",

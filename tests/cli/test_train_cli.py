@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from conftest import make_opts
-from nenya.demo import make_cutouts
+from nenya.sample_data import make_cutouts
 
 # one intra-op thread: tiny models, and a busy 2-core machine makes OpenMP spin-waits costly
 ENV = dict(os.environ, TQDM_DISABLE="1", OMP_NUM_THREADS="1")

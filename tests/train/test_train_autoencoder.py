@@ -9,11 +9,11 @@ import pytest
 import torch
 from PIL import Image
 
-from nenya.demo import make_cutouts, write_preproc
 from nenya.encoders import load_encoder
 from nenya.encoders.autoencoder import AutoencoderEncoder
 from nenya.encoders.weights import load_checkpoint
 from nenya.models.autoencoder import ConvAutoencoder
+from nenya.sample_data import make_cutouts, write_preproc
 from nenya.train.autoencoder import AutoencoderConfig, logcosh, overfit_search, reconstruct, train_autoencoder
 
 

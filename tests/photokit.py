@@ -1,0 +1,34 @@
+"""Small pictures and a tiny photo encoder, shared by the tests of sources, engines, preprocess and the pipeline.
+
+(``tests/`` has no ``__init__.py``; the root ``conftest.py`` puts ``tests/`` on ``sys.path``.)
+"""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+
+from nenya.encoders import load_encoder
+from nenya.encoders.base import EncoderOptions
+
+
+def picture(seed: int, size=(40, 52)) -> Image.Image:
+    """A smooth random picture (JPEG-friendly), different per seed."""
+    rng = np.random.default_rng(seed)
+    small = rng.integers(0, 255, (5, 6, 3), dtype=np.uint8)
+    return Image.fromarray(small).resize((size[1], size[0]), Image.BILINEAR)
+
+
+def save(im: Image.Image, path, fmt: str, **kw) -> None:
+    """Save ``im`` at ``path``, making its folder."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    im.save(path, fmt, **kw)
+
+
+def small_encoder(**kw):
+    """timm's resnet18 at 32x32 with seeded random weights, on the CPU."""
+    torch.manual_seed(0)
+    return load_encoder("timm:resnet18", options=EncoderOptions(size=32, **kw)).to("cpu")
