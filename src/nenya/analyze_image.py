@@ -13,6 +13,7 @@ import logging
 import os
 import warnings
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 
@@ -136,7 +137,7 @@ def umap_image(nenya_model: str, img: np.ndarray) -> tuple[np.ndarray, np.ndarra
     latents, pp_img = get_latents(img, model_file, opt)
     jitter = opt.get("random_jitter") or opt.get("random_cropjitter") or [40, 5]
     a = np.asarray(img)
-    DT = calc_DT(a if a.ndim == 2 else a.reshape(a.shape[-2:]) if a.shape[0] == 1 else a[0], jitter)
+    DT = cast(float, calc_DT(a if a.ndim == 2 else a.reshape(a.shape[-2:]) if a.shape[0] == 1 else a[0], jitter))  # one image: one DT
     log.info("image has DT = %.4g", DT)
     reducer, table_file = nenya_umap.load(nenya_model, DT=DT)
     embedding = _stored_position(reducer, latents)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import functools
 import gc
 import logging
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 if TYPE_CHECKING:  # torch is imported where it is used: the CLI builds its parser without it
     import torch
@@ -87,7 +87,7 @@ def compile_model(model: nn.Module, name: str) -> nn.Module | None:
     import torch
 
     try:
-        return torch.compile(model)
+        return cast("nn.Module", torch.compile(model))
     except Exception as e:
         log.warning("torch.compile failed for %s (%s: %s); running it eagerly", name, type(e).__name__,
                     str(e).strip().splitlines()[0] if str(e).strip() else "")

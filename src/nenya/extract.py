@@ -133,6 +133,7 @@ def _jpeg_on_device(decode: str, encoder: Encoder, engine: Engine) -> bool:
         raise ValueError(f"decode must be 'cpu' or 'gpu', got {decode!r}")
     if decode == "cpu":
         return False
+    why: str | None
     if not engine.decodes_on_device:
         why = f"the {type(engine).__name__} decodes in its workers' reader threads"
     else:

@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from nenya.encoders.base import Encoder
 from nenya.encoders.named import find_weights, latents_dir, resolve_opts
 from nenya.encoders.supcon import SupConEncoder
 from nenya.extract import DEBUG_BATCHES, extract_preproc
@@ -199,7 +200,7 @@ def model_latents_extract(opt: Params, data_file: str, model_path: str, remove_m
     return sink.arrays[str(data_file)]
 
 
-def _extract_loader(loader: DataLoader, encoder: SupConEncoder, data_file: str | None, partitions: Sequence[str],
+def _extract_loader(loader: DataLoader, encoder: Encoder, data_file: str | None, partitions: Sequence[str],
                     debug: bool) -> dict[str, np.ndarray]:
     out = []
     for i, item in enumerate(loader):

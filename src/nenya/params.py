@@ -6,7 +6,7 @@ import json
 import math
 import os
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 #: Keys that read as None when an opts file does not set them (as in Nenya).
 DEFAULT_NONE_KEYS = (
@@ -42,6 +42,11 @@ class Params:
         if json_path is not None:
             self.update(json_path)
         self.__dict__.update(values)
+
+    if TYPE_CHECKING:  # options are read from JSON, so every attribute name is allowed
+        def __getattr__(self, name: str) -> Any: ...
+
+        def __setattr__(self, name: str, value: Any) -> None: ...
 
     def save(self, json_path: str | os.PathLike) -> None:
         """Write the options as JSON."""

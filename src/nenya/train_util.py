@@ -167,7 +167,7 @@ class NenyaDataset(ArrayDataset):
         super().__init__(data_path, data_key, in_memory=False)
         self.transform = transform
 
-    def __getitem__(self, index: int) -> Any:  # type: ignore[override]
+    def __getitem__(self, index: int) -> Any:
         image = super().__getitem__(index).numpy()
         return self.transform(image.transpose(1, 2, 0)) if self.transform is not None else image
 
@@ -178,7 +178,7 @@ class _TwoViews:
     def __init__(self, cfg: AugmentConfig) -> None:
         self.cfg = cfg
 
-    def __call__(self, batch: torch.Tensor) -> list[torch.Tensor]:
+    def __call__(self, batch: Any) -> list[torch.Tensor]:
         return [augment(batch, self.cfg), augment(batch, self.cfg)]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from typing import Any, TypeVar
 
 import torch
 from torch import nn
@@ -13,6 +14,8 @@ from nenya.encoders.options import EncoderOptions
 from nenya.preprocess import ImageTransform, Preprocess, normalise
 
 log = logging.getLogger(__name__)
+
+_E = TypeVar("_E", bound="Encoder")
 
 # ImageTransform, Preprocess (nenya.preprocess) and the precision policy (nenya.device) keep their old names here
 __all__ = ["PRECISIONS", "Encoder", "EncoderOptions", "ImageTransform", "Preprocess", "options_from_about", "resolve_device",
@@ -62,8 +65,8 @@ class Encoder:
                 "dim": self.dim, "grid": list(self.grid) if self.grid else None, "precision": self.precision,
                 "preprocess": repr(self.preprocess), "nenya_version": nenya.__version__}
 
-    def to(self, device: str | torch.device | None = "auto", precision: str = "fp32", *,
-           channels_last: bool = True, compile: bool = False) -> Encoder:
+    def to(self: _E, device: str | torch.device | None = "auto", precision: str = "fp32", *,
+           channels_last: bool = True, compile: bool = False) -> _E:
         """Move to ``device`` with ``precision``.
 
         Args:
@@ -84,7 +87,7 @@ class Encoder:
         self.autocast_dtype = resolve_precision(precision, self.device)
         self.model.to(self.device)
         if channels_last:
-            self.model.to(memory_format=torch.channels_last)
+            self.model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
         self._compiled_model = compile_model(self.model, self.name) if compile else None
         self.compiled = self._compiled_model is not None
         return self
@@ -162,5 +165,5 @@ def options_from_about(about: dict) -> EncoderOptions:
     import dataclasses
 
     known = {f.name for f in dataclasses.fields(EncoderOptions)}
-    values = {k: tuple(v) if isinstance(v, list) else v for k, v in (about.get("options") or {}).items() if k in known}
+    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in (about.get("options") or {}).items() if k in known}
     return EncoderOptions(**values)

@@ -167,7 +167,7 @@ def _pooled_model(name: str, model: nn.Module, state, pool: str | None,
                          "the model, or safetensors)")
     if pool in ("avg", "max"):
         try:
-            model.reset_classifier(0, global_pool=pool)
+            model.reset_classifier(0, global_pool=pool)  # type: ignore[operator]  # a timm model method
         except (TypeError, ValueError, AssertionError, KeyError) as e:
             raise NenyaError(f"timm:{name} does not take global_pool={pool!r} ({_first_line(e)}); try "
                              "--pool gem or --pool none, or --layer K") from None
@@ -233,9 +233,10 @@ def _probe(net: nn.Module, pre: Preprocess, name: str) -> torch.Tensor:
 def _map_size(net: nn.Module, pre: Preprocess) -> tuple[int, int]:
     """(rows, cols) of the feature map that a tile encoder flattens."""
     inner = net.inner if isinstance(net, PooledMap) else net
+    assert pre.image is not None, "a tile encoder takes images"
     h, w = pre.image.size
     x = torch.zeros(1, pre.in_channels, h, w)
-    f = getattr(inner, net.method)(x) if isinstance(net, PooledMap) and net.method else inner(x)
+    f = getattr(inner, str(net.method))(x) if isinstance(net, PooledMap) and net.method else inner(x)
     if isinstance(f, (list, tuple)):
         f = f[0]
     if isinstance(net, PooledMap) and net.nhwc:

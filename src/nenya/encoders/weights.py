@@ -64,7 +64,7 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> dict[str
         raise CheckpointError(f"checkpoint not found: {path}")
     if local.endswith(".safetensors"):
         return _load_safetensors(local)
-    aliases = [(Params, p) for p in OPTION_CLASS_PATHS]
+    aliases: list[Any] = [(Params, p) for p in OPTION_CLASS_PATHS]
     try:
         with torch.serialization.safe_globals(aliases):
             ckpt = torch.load(local, map_location="cpu", weights_only=True)

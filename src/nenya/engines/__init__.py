@@ -104,6 +104,7 @@ def choose_engine(name: str, ranks: Ranks | None, *, devices: int | None = None)
         raise NenyaError("--engine torchrun needs RANK and WORLD_SIZE in the environment: start it with "
                          "`torchrun --nproc-per-node N -m nenya extract ...`, or use --devices N")
     if name == "local" and distributed:
+        assert ranks is not None
         raise NenyaError(f"WORLD_SIZE={ranks.world} is set but --engine local would make every rank encode "
                          "everything; use --engine auto (or torchrun)")
     return name

@@ -205,7 +205,7 @@ class RayEngine:
         load = {i: 0 for i in range(len(actors))}
 
         def submit() -> None:
-            for i in sorted(load, key=load.get):
+            for i in sorted(load, key=lambda i: load[i]):
                 while pending and load[i] < self.in_flight:
                     shard = pending.pop()
                     running[actors[i].encode.remote(shard)] = (i, shard, actors[i])

@@ -138,8 +138,7 @@ def expand(patterns: list[str]) -> list[str]:
             out.extend(proto + m if proto and not m.startswith(proto) else m for m in matches)
         else:
             out.append(pat)
-    seen: set[str] = set()
-    return [p for p in out if not (p in seen or seen.add(p))]
+    return list(dict.fromkeys(out))  # unique, first-seen order
 
 
 def fsync_path(path: str | os.PathLike) -> None:

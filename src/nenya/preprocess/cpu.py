@@ -140,7 +140,7 @@ def decode_image(data: bytes, *, transform: ImageTransform, max_pixels: int = DE
     if ImageFile.LOAD_TRUNCATED_IMAGES:  # pragma: no cover - someone else's global setting
         log.debug("ImageFile.LOAD_TRUNCATED_IMAGES is set elsewhere; truncated files may decode partially")
     try:
-        im = Image.open(io.BytesIO(data))
+        im: Image.Image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError as e:
         raise SkipItem(f"pixel limit: {_bomb_size(e)} > {max_pixels}") from None
     except UnidentifiedImageError:

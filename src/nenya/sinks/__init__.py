@@ -9,12 +9,15 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import numpy as np
 
-from nenya.pipeline.items import Batch, Plan, Shard
+from nenya.pipeline.items import Batch, Group, Plan, Shard
 from nenya.pipeline.registry import Registry
+
+if TYPE_CHECKING:
+    from nenya.sinks._parts import LockHolder
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,23 @@ class Sink(ABC):
         """Resume by id: the ids an existing output already accounts for, after which new rows are
         appended (empty when there is no output to extend, or the sink does not append)."""
         return set()
+
+    # -- coordination between ranks: only sinks with ``supports_ranks`` implement these -------
+    def lock_holder(self, group: Group, rank: int) -> LockHolder | None:
+        """Who holds rank ``rank``'s lock on ``group`` in this run (None: nobody since the run began)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support ranks")
+
+    def post(self, group: Group, name: str, body: dict) -> None:
+        """Leave a small JSON note ``name`` for the other ranks of this job next to ``group``'s output."""
+        raise NotImplementedError(f"{type(self).__name__} does not support ranks")
+
+    def read_post(self, group: Group, name: str) -> dict | None:
+        """The note ``name`` on ``group`` left by :meth:`post` (None: not there yet)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support ranks")
+
+    def remove_post(self, group: Group, name: str) -> None:
+        """Remove the note ``name`` on ``group`` (no error when it is not there)."""
+        raise NotImplementedError(f"{type(self).__name__} does not support ranks")
 
 
 def vectors_of(table, column: str = "vector") -> np.ndarray:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import mmap
+from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -58,8 +59,7 @@ class ArraySource(Source):
         if len(self.ids) != n:
             raise InputError(f"{len(self.ids)} ids for {n} images; give one id per image")
         if len(set(self.ids)) != n:
-            seen: set[str] = set()
-            dup = next(i for i in self.ids if i in seen or seen.add(i))
+            dup = next(i for i, c in Counter(self.ids).items() if c > 1)
             raise InputError(f"ids are not unique, e.g. {dup!r}; give unique ids")
         self.metadata: dict[str, np.ndarray] = {}
         for name, col in (metadata or {}).items():

@@ -178,6 +178,7 @@ class PathTableSource(_ImageItems):
         return os.path.normpath(os.path.join(self._base, p))
 
     def _locations(self, a: int, b: int) -> list[str | None]:
+        assert self._paths is not None, "plan() lists the paths first"
         return [self._resolve(p) for p in self._paths[a:b].to_pylist()]
 
     def fingerprint(self) -> str:

@@ -218,6 +218,7 @@ class _AERun:
 
 def _ae_data(cfg: AutoencoderConfig) -> tuple[ArrayDataset, list[int]]:
     """The training images (the first ``n_images`` when set) and the crop box of ``cfg``."""
+    assert cfg.data is not None, "checked by train_autoencoder"
     ds = open_dataset(cfg.data, cfg.partition, in_memory=cfg.in_memory)
     if cfg.n_images is not None:
         ds = ArrayDataset(ds.path, ds.key, in_memory=cfg.in_memory, indices=np.arange(min(cfg.n_images, len(ds))))
@@ -531,7 +532,7 @@ def overfit_search(data: str, *, partition: str = "train", n_images: int = 4,
         row = OverfitRow(nl, ps, nf, nd)
         rows.append(row)
         cfg = AutoencoderConfig(data=data, nlayers=nl, poolsize=ps, numfilters=nf, num_dense=nd, crop=crop,
-                                crop_offset=tuple(crop_offset), demean=demean, standardize=standardize)
+                                crop_offset=(int(crop_offset[0]), int(crop_offset[1])), demean=demean, standardize=standardize)
         h, w = raw.shape[-2:]
         try:
             box = crop_box(cfg, h, w)

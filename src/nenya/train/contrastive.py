@@ -269,6 +269,7 @@ def _step(batch: Any, idx: int, total: int, model: torch.nn.Module, criterion: t
     views, labels, bsz = _views_and_labels(batch, setup.aug, setup.device, setup.generator, setup.noise_generator)
     stepping = setup.update and optimizer is not None
     if stepping:
+        assert optimizer is not None
         warmup_learning_rate(opt, epoch, idx, total, optimizer)
     with autocast(setup.device, setup.amp_dtype):
         features = model(views)
@@ -276,6 +277,7 @@ def _step(batch: Any, idx: int, total: int, model: torch.nn.Module, criterion: t
     features = torch.stack([f1, f2], dim=1)
     loss = criterion(features, labels) if labels is not None else criterion(features)
     if stepping:
+        assert optimizer is not None
         common.optimise(loss, optimizer, setup.scaler)
     value = float(loss.detach())
     if not math.isfinite(value):
@@ -409,7 +411,7 @@ def _open_partitions(opt: Params) -> tuple[ArrayDataset, ArrayDataset | None]:
 
 def _attach_labels(opt: Params, *datasets: ArrayDataset | None) -> None:
     """SupCon: give each dataset the integer classes of ``opt.label_column``."""
-    column = getattr(opt, "label_column", None)
+    column = str(opt.label_column)  # set: prepare_opt refuses SupCon without it
     for ds in datasets:
         if ds is not None:
             labels, names = load_labels(ds, column)
@@ -482,7 +484,7 @@ def _model_and_optimiser(opt: Params, dev: torch.device
     model.to(dev)
     criterion.to(dev)
     if dev.type == "cuda":
-        model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)  # type: ignore[call-overload]  # torch's stubs omit it
         torch.backends.cudnn.benchmark = True
     return model, criterion, set_optimizer(opt, model)
 
@@ -581,6 +583,7 @@ def _fit_epoch(run: _Run, epoch: int) -> tuple[EpochResult, float]:
 def _validate(run: _Run, epoch: int) -> None:
     """The validation pass after ``epoch``: its mean loss into the summary, the curve and the log."""
     opt, ranks, seed = run.opt, run.ranks, int(run.opt.seed)
+    assert run.valid_ds is not None, "called only when there is a validation partition"
     loader = _loader(run.valid_ds, _per_rank(opt.batch_size_valid, ranks), shuffle=False, epoch=0, seed=seed,
                      ranks=ranks, num_workers=int(opt.num_workers), device=run.device)
     setup = EpochSetup(

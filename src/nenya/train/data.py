@@ -98,7 +98,7 @@ class ArrayDataset(Dataset):
         if self.is_npy:
             if self._mm is None or self._pid != os.getpid():
                 self._mm, self._pid = np.load(self.path, mmap_mode="r"), os.getpid()
-            src = read_rows(self._mm, rows[order])  # type: ignore[arg-type]
+            src = read_rows(self._mm, rows[order])
         else:
             assert self._h5 is not None
             src = read_rows(self._h5.file[self.key], rows[order])
@@ -109,7 +109,7 @@ class ArrayDataset(Dataset):
             out = out.astype(np.float32, copy=False)
         return np.ascontiguousarray(out)
 
-    def __getitems__(self, indices: Sequence[int]) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+    def __getitems__(self, indices: Sequence[int] | np.ndarray) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         """A batch (B, C, H, W); ``(batch, labels)`` when :attr:`labels` is set."""
         idx = np.asarray(indices, dtype=np.int64)
         x = self._data[torch.from_numpy(idx)] if self._data is not None else torch.from_numpy(self._read(idx))
@@ -223,8 +223,10 @@ def load_image_folder(path: str, *, batch_size: int = 256) -> np.ndarray:
     return arr
 
 
-def _upright_size(location: str) -> tuple[int, int] | None:
+def _upright_size(location: str | None) -> tuple[int, int] | None:
     """(height, width) of an image as displayed (EXIF orientation applied), from its header only."""
+    if location is None:
+        return None
     import io
 
     from PIL import Image

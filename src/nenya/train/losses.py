@@ -42,6 +42,7 @@ class SupConLoss(nn.Module):
                 raise ValueError("number of labels does not match number of features")
             mask = torch.eq(labels, labels.T).float().to(device)
         else:
+            assert mask is not None
             mask = mask.float().to(device)
 
         contrast_count = features.shape[1]
