@@ -40,11 +40,21 @@ def machine_line() -> str:
         mem = f", {kb / 2**20:.0f} GiB RAM"
     except (OSError, StopIteration, ValueError):
         pass
-    isa = [name for flag, name in (("avx2", "AVX2"), ("avx512f", "AVX-512"), ("avx512_bf16", "AVX512-BF16"),
-                                   ("amx_bf16", "AMX-BF16")) if flag in flags]
-    return (f"{cpu} ({', '.join(isa) or 'ISA unknown'}), {os.cpu_count()} logical cores ({usable} usable){mem}; "
-            f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
-            f"nenya {nenya.__version__}, device cpu")
+    isa = [
+        name
+        for flag, name in (
+            ("avx2", "AVX2"),
+            ("avx512f", "AVX-512"),
+            ("avx512_bf16", "AVX512-BF16"),
+            ("amx_bf16", "AMX-BF16"),
+        )
+        if flag in flags
+    ]
+    return (
+        f"{cpu} ({', '.join(isa) or 'ISA unknown'}), {os.cpu_count()} logical cores ({usable} usable){mem}; "
+        f"Python {platform.python_version()}, torch {torch.__version__} ({torch.get_num_threads()} threads), "
+        f"nenya {nenya.__version__}, device cpu"
+    )
 
 
 def append_results(path: Path, title: str, lines: list[str]) -> None:

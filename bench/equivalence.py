@@ -52,11 +52,28 @@ def make_inputs(root: Path) -> dict[str, str]:
     with h5py.File(preproc, "r") as f:  # the input itself must not change between runs
         inputs_digest = _sha(f["valid"][:].tobytes() + f["train"][:].tobytes() + f["valid_metadata"][:].tobytes())
 
-    opts = {"ssl_method": "SimCLR", "ssl_model": "resnet18", "feat_dim": 32, "nchannels": 3,
-            "batch_size_train": 64, "batch_size_valid": 8, "num_workers": 1, "learning_rate": 0.05,
-            "lr_decay_rate": 0.1, "weight_decay": 0.0001, "momentum": 0.9, "temp": 0.07, "cosine": True,
-            "warm": False, "trial": 1, "epochs": 2, "lr_decay_epochs": "700,800", "random_jitter": [8, 2],
-            "model_root": "EQ", "s3_outdir": str(root)}
+    opts = {
+        "ssl_method": "SimCLR",
+        "ssl_model": "resnet18",
+        "feat_dim": 32,
+        "nchannels": 3,
+        "batch_size_train": 64,
+        "batch_size_valid": 8,
+        "num_workers": 1,
+        "learning_rate": 0.05,
+        "lr_decay_rate": 0.1,
+        "weight_decay": 0.0001,
+        "momentum": 0.9,
+        "temp": 0.07,
+        "cosine": True,
+        "warm": False,
+        "trial": 1,
+        "epochs": 2,
+        "lr_decay_epochs": "700,800",
+        "random_jitter": [8, 2],
+        "model_root": "EQ",
+        "s3_outdir": str(root),
+    }
     opts_file = root / "opts.json"
     opts_file.write_text(json.dumps(opts))
     opt = option_preprocess(Params(str(opts_file)))
@@ -87,8 +104,13 @@ def make_inputs(root: Path) -> dict[str, str]:
         where = photos / ("sub" if i % 3 == 0 else "") / f"p{i:03d}.{'jpg' if i % 2 else 'png'}"
         img.save(where, quality=90) if i % 2 else img.save(where)
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
-    return {"preproc": str(preproc), "ckpt": str(ckpt), "weights": str(weights), "photos": str(photos),
-            "inputs_digest": inputs_digest}
+    return {
+        "preproc": str(preproc),
+        "ckpt": str(ckpt),
+        "weights": str(weights),
+        "photos": str(photos),
+        "inputs_digest": inputs_digest,
+    }
 
 
 def nenya(*args: str) -> None:
@@ -100,16 +122,60 @@ def nenya(*args: str) -> None:
 
 def run_all(root: Path, paths: dict[str, str]) -> None:
     for fmt in ("h5", "parquet", "npy"):
-        nenya("extract", paths["preproc"], "--model", f"supcon:{paths['ckpt']}", "--format", fmt,
-              "--batch-size", "16", "--shard-size", "64", "-o", str(root / f"out_{fmt}"))
+        nenya(
+            "extract",
+            paths["preproc"],
+            "--model",
+            f"supcon:{paths['ckpt']}",
+            "--format",
+            fmt,
+            "--batch-size",
+            "16",
+            "--shard-size",
+            "64",
+            "-o",
+            str(root / f"out_{fmt}"),
+        )
     for ext in ("parquet", "npy"):
-        nenya("extract", "--source", f"images:{paths['photos']}", "--model", "timm:resnet18", "--weights",
-              paths["weights"], "--size", "48", "--resize", "56", "--batch-size", "8", "--shard-size", "16",
-              "-o", str(root / f"photos_out/vectors.{ext}"))
+        nenya(
+            "extract",
+            "--source",
+            f"images:{paths['photos']}",
+            "--model",
+            "timm:resnet18",
+            "--weights",
+            paths["weights"],
+            "--size",
+            "48",
+            "--resize",
+            "56",
+            "--batch-size",
+            "8",
+            "--shard-size",
+            "16",
+            "-o",
+            str(root / f"photos_out/vectors.{ext}"),
+        )
     # tiles: one vector per spatial cell
-    nenya("extract", "--source", f"images:{paths['photos']}", "--model", "timm:resnet18", "--weights",
-          paths["weights"], "--size", "64", "--layer", "3", "--pool", "none", "--batch-size", "8",
-          "-o", str(root / "photos_out/tiles.parquet"))
+    nenya(
+        "extract",
+        "--source",
+        f"images:{paths['photos']}",
+        "--model",
+        "timm:resnet18",
+        "--weights",
+        paths["weights"],
+        "--size",
+        "64",
+        "--layer",
+        "3",
+        "--pool",
+        "none",
+        "--batch-size",
+        "8",
+        "-o",
+        str(root / "photos_out/tiles.parquet"),
+    )
 
 
 def _clean(text: str, root: Path) -> str:
@@ -166,9 +232,11 @@ def main() -> int:
         return 0
     ref = json.loads(Path(args.compare).read_text())
     differ = sorted(k for k in set(ref) | set(result) if ref.get(k) != result.get(k))
-    print(f"| outputs compared | digests | same | different |\n|---|---|---|---|\n"
-          f"| h5, Parquet, npy (cutouts); Parquet, npy, tiles (photos) | {len(ref)} | "
-          f"{len(ref) - len(differ)} | {len(differ)} |")
+    print(
+        f"| outputs compared | digests | same | different |\n|---|---|---|---|\n"
+        f"| h5, Parquet, npy (cutouts); Parquet, npy, tiles (photos) | {len(ref)} | "
+        f"{len(ref) - len(differ)} | {len(differ)} |"
+    )
     for k in differ:
         print(f"  differs: {k}: {ref.get(k)} -> {result.get(k)}")
     return 1 if differ else 0

@@ -24,8 +24,16 @@ from nenya.analysis import write_explorer
 from nenya.analysis.images import ImageLookup
 from nenya.sample_data import write_preproc
 
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _page(folder: Path, n: int, *, n_images: int, thumbs: int, k: int) -> tuple[str, float]:
@@ -36,12 +44,27 @@ def _page(folder: Path, n: int, *, n_images: int, thumbs: int, k: int) -> tuple[
     centres = np.array([[0, 0], [8, 1], [3, 7], [-5, 5]], dtype=np.float32)
     xy = centres[cls] + rng.normal(size=(n, 2)).astype(np.float32)
     vectors = (np.eye(4, 16)[cls] * 3 + rng.normal(size=(n, 16))).astype(np.float32)
-    table = pd.DataFrame({"id": [f"valid/{i}" for i in range(n)], "partition": "valid",
-                          "row": np.arange(n) % n_images, "label": np.array(["a", "b", "c", "d"])[cls],
-                          "DT40": rng.gamma(2, 1, n)})
+    table = pd.DataFrame(
+        {
+            "id": [f"valid/{i}" for i in range(n)],
+            "partition": "valid",
+            "row": np.arange(n) % n_images,
+            "label": np.array(["a", "b", "c", "d"])[cls],
+            "DT40": rng.gamma(2, 1, n),
+        }
+    )
     t = time.perf_counter()
-    path = write_explorer(str(folder / "page.html"), xy[:, 0], xy[:, 1], table, vectors=vectors,
-                          images=ImageLookup(table, images=pre), color="label", k=k, max_thumbs=thumbs)
+    path = write_explorer(
+        str(folder / "page.html"),
+        xy[:, 0],
+        xy[:, 1],
+        table,
+        vectors=vectors,
+        images=ImageLookup(table, images=pre),
+        color="label",
+        k=k,
+        max_thumbs=thumbs,
+    )
     return path, time.perf_counter() - t
 
 
@@ -67,8 +90,13 @@ def _measure(path: str, chromium: str, sweeps: int) -> dict:
                 hover.append(stats["hoverMs"])
         finally:
             browser.close()
-    return {"load_s": load_s, "draw_ms": max(draw), "hover_ms": max(hover),
-            "draw_med": float(np.median(draw)), "hover_med": float(np.median(hover))}
+    return {
+        "load_s": load_s,
+        "draw_ms": max(draw),
+        "hover_ms": max(hover),
+        "draw_med": float(np.median(draw)),
+        "hover_med": float(np.median(hover)),
+    }
 
 
 def main() -> None:
@@ -89,11 +117,22 @@ def main() -> None:
         m = _measure(path, args.chromium, args.sweeps)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    rows = [[f"{args.n:,}", f"{size_mb:.1f}", f"{write_s:.1f}", f"{m['load_s']:.2f}",
-             f"{m['draw_med']:.1f} / {m['draw_ms']:.1f}", f"{m['hover_med']:.2f} / {m['hover_ms']:.2f}"]]
-    lines = [f"{args.n:,} points in four clusters, {args.thumbs} thumbnails, k={args.k}; headless Chromium "
-             f"1200x800; redraw and hover over {args.sweeps} pointer moves (median / worst); "
-             f"load average {load_average()}.", ""]
+    rows = [
+        [
+            f"{args.n:,}",
+            f"{size_mb:.1f}",
+            f"{write_s:.1f}",
+            f"{m['load_s']:.2f}",
+            f"{m['draw_med']:.1f} / {m['draw_ms']:.1f}",
+            f"{m['hover_med']:.2f} / {m['hover_ms']:.2f}",
+        ]
+    ]
+    lines = [
+        f"{args.n:,} points in four clusters, {args.thumbs} thumbnails, k={args.k}; headless Chromium "
+        f"1200x800; redraw and hover over {args.sweeps} pointer moves (median / worst); "
+        f"load average {load_average()}.",
+        "",
+    ]
     lines += markdown_table(["points", "page MB", "write s", "load s", "redraw ms", "hover ms"], rows)
     report(args, f"explorer.py (n={args.n})", lines)
 

@@ -71,8 +71,16 @@ class OriginalHDF5RGBDataset(torch.utils.data.Dataset):
         return np.repeat(data, 3, axis=0)
 
 
-def original_loop(model: torch.nn.Module, file_path: str, partition: str, n: int, batch_size: int, out_path: str,
-                  max_batches: int | None = None, device: torch.device = torch.device("cpu")) -> np.ndarray:
+def original_loop(
+    model: torch.nn.Module,
+    file_path: str,
+    partition: str,
+    n: int,
+    batch_size: int,
+    out_path: str,
+    max_batches: int | None = None,
+    device: torch.device = torch.device("cpu"),
+) -> np.ndarray:
     dataset = OriginalHDF5RGBDataset(file_path, partition, n)
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, shuffle=False, drop_last=False, num_workers=1)
     latents = []
@@ -96,7 +104,7 @@ def prepare_batches(images: np.ndarray, batch_size: int) -> list[torch.Tensor]:
     if data.dim() == 3:
         data = data[:, None]
     for a in range(0, len(data), batch_size):
-        x = data[a:a + batch_size].float()
+        x = data[a : a + batch_size].float()
         x = x - x.mean(dim=(1, 2, 3), keepdim=True)
         x = x.expand(-1, 3, -1, -1).contiguous(memory_format=torch.channels_last)
         batches.append(x)
@@ -115,21 +123,33 @@ def ceiling(model: torch.nn.Module, batches: list[torch.Tensor], autocast) -> to
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--n", type=int, default=1024, help="number of cutouts (default 1024)")
-    ap.add_argument("--model", default="resnet50", choices=["resnet18", "resnet50"],
-                    help="SupConResNet backbone (default resnet50, Nenya's)")
+    ap.add_argument(
+        "--model",
+        default="resnet50",
+        choices=["resnet18", "resnet50"],
+        help="SupConResNet backbone (default resnet50, Nenya's)",
+    )
     ap.add_argument("--feat-dim", type=int, default=256, help="latent size (default 256)")
     ap.add_argument("--batch-size", type=int, default=128, help="images per forward pass (default 128)")
-    ap.add_argument("--precision", default="fp32,bf16",
-                    help="comma-separated precisions of (a) and (b) (default fp32,bf16); (c) is always fp32")
+    ap.add_argument(
+        "--precision",
+        default="fp32,bf16",
+        help="comma-separated precisions of (a) and (b) (default fp32,bf16); (c) is always fp32",
+    )
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]: where all three paths run")
     ap.add_argument("--compile", action="store_true", help="(a) and (b) with Encoder.to(..., compile=True)")
     ap.add_argument("--warmup", type=int, default=32, help="items each path runs once before timing (default 32)")
     ap.add_argument("--repeat", type=int, default=1, help="time each path R times, interleaved (default 1)")
-    ap.add_argument("--stat", default="best", choices=["best", "median"],
-                    help="which of the R timings gives images/s and the ratio (default best)")
+    ap.add_argument(
+        "--stat",
+        default="best",
+        choices=["best", "median"],
+        help="which of the R timings gives images/s and the ratio (default best)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in this process")
-    ap.add_argument("--file", default=None,
-                    help="benchmark this preproc file instead of a generated one (its first --n rows)")
+    ap.add_argument(
+        "--file", default=None, help="benchmark this preproc file instead of a generated one (its first --n rows)"
+    )
     ap.add_argument("--partition", default="valid", help="partition of --file (default valid)")
     ap.add_argument("--tmpdir", default=None, help="where the generated file and outputs go (default: system temp)")
     add_save_args(ap, RESULTS)
@@ -169,15 +189,22 @@ def main(argv: list[str] | None = None) -> int:
         opt = Params(None, ssl_model=args.model, feat_dim=args.feat_dim, nchannels=3)
         model = build_model(opt).eval()
         original_model = copy.deepcopy(model).eval().to(device)  # plain NCHW, as the original loop ran it
-        encoders = {p: SupConEncoder(copy.deepcopy(model), opt, fingerprint=f"bench-random-{args.model}-seed0",
-                                     name=f"supcon:random-{args.model}").to(device, p, compile=args.compile)
-                    for p in precisions}  # channels_last; a copy each, so compiled graphs do not mix
+        encoders = {
+            p: SupConEncoder(
+                copy.deepcopy(model),
+                opt,
+                fingerprint=f"bench-random-{args.model}-seed0",
+                name=f"supcon:random-{args.model}",
+            ).to(device, p, compile=args.compile)
+            for p in precisions
+        }  # channels_last; a copy each, so compiled graphs do not mix
         batches = [b.to(device) for b in prepare_batches(images, args.batch_size)]
         del images
 
         def nenya_run(prec: str, out_dir: str, limit: int | None):
-            opts = RunOptions(batch_size=args.batch_size, num_workers=1, device=args.device, precision=prec,
-                              progress=False)
+            opts = RunOptions(
+                batch_size=args.batch_size, num_workers=1, device=args.device, precision=prec, progress=False
+            )
             source = HDF5PreprocSource([path], partitions=(part,), limit=limit)
             try:
                 return run(source, encoders[prec], NenyaLatentsSink(out_dir, overwrite=True), opts)
@@ -195,13 +222,24 @@ def main(argv: list[str] | None = None) -> int:
 
         # -- warm-up: --warmup items each -------------------------------------------------------
         warm = max(1, min(args.n, args.warmup))
-        print(f"warming up ({args.model}, batch {args.batch_size}, {'/'.join(precisions)}, {device}, "
-              f"{torch.get_num_threads()} threads, {warm} items each) ...", flush=True)
+        print(
+            f"warming up ({args.model}, batch {args.batch_size}, {'/'.join(precisions)}, {device}, "
+            f"{torch.get_num_threads()} threads, {warm} items each) ...",
+            flush=True,
+        )
         for p in precisions:
             ceiling(net(p), [b[:warm] for b in batches[:1]], autocast_for(p))
             nenya_run(p, os.path.join(tmp, f"warm-nenya-{p}"), limit=warm)
-        original_loop(original_model, path, part, warm, args.batch_size, os.path.join(tmp, "warm-original.h5"),
-                      max_batches=1, device=device)
+        original_loop(
+            original_model,
+            path,
+            part,
+            warm,
+            args.batch_size,
+            os.path.join(tmp, "warm-original.h5"),
+            max_batches=1,
+            device=device,
+        )
 
         # -- timed runs, interleaved ------------------------------------------------------------
         keys = [f"{k}:{p}" for p in precisions for k in ("ceiling", "nenya")] + ["original:fp32"]
@@ -230,8 +268,10 @@ def main(argv: list[str] | None = None) -> int:
             lat_c = original_loop(original_model, path, part, args.n, args.batch_size, out_path, device=device)
             seconds["original:fp32"].append(time.perf_counter() - t)
             os.remove(out_path)
-            print(f"  repeat {r + 1}/{args.repeat}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in seconds.items()),
-                  flush=True)
+            print(
+                f"  repeat {r + 1}/{args.repeat}: " + ", ".join(f"{k} {v[-1]:.2f} s" for k, v in seconds.items()),
+                flush=True,
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -249,11 +289,31 @@ def main(argv: list[str] | None = None) -> int:
         path_kind, prec = k.split(":")
         v = seconds[k]
         ceil = rate[f"ceiling:{prec}"] if f"ceiling:{prec}" in rate else rate[f"ceiling:{base}"]
-        rows.append([labels[path_kind], prec, f"{rate[k]:.1f}", f"{args.n / min(v):.1f}",
-                     f"{args.n / statistics.median(v):.1f}", f"{pick(v):.2f}", f"{rate[k] / ceil:.3f}",
-                     f"{rate[k] / rate[f'{path_kind}:{base}']:.2f}" if f"{path_kind}:{base}" in rate else ""])
-    table = markdown_table(["path", "precision", f"images/s ({args.stat})", "best", "median", "seconds",
-                            "ratio to ceiling (same precision)", f"speed vs {base}"], rows)
+        rows.append(
+            [
+                labels[path_kind],
+                prec,
+                f"{rate[k]:.1f}",
+                f"{args.n / min(v):.1f}",
+                f"{args.n / statistics.median(v):.1f}",
+                f"{pick(v):.2f}",
+                f"{rate[k] / ceil:.3f}",
+                f"{rate[k] / rate[f'{path_kind}:{base}']:.2f}" if f"{path_kind}:{base}" in rate else "",
+            ]
+        )
+    table = markdown_table(
+        [
+            "path",
+            "precision",
+            f"images/s ({args.stat})",
+            "best",
+            "median",
+            "seconds",
+            "ratio to ceiling (same precision)",
+            f"speed vs {base}",
+        ],
+        rows,
+    )
 
     def maxdiff(a: np.ndarray, b: np.ndarray) -> float:
         return float(np.abs(a - b).max()) if a.shape == b.shape else float("inf")
@@ -268,27 +328,35 @@ def main(argv: list[str] | None = None) -> int:
         d = maxdiff(lat_b[p], lat_a[p])
         tol = 1e-4 if p == "fp32" else 2e-2
         ok &= d <= tol
-        checks.append(f"- latents (b) vs (a) at {p}: shape {lat_b[p].shape} vs {lat_a[p].shape}, max |diff| {d:.3g} "
-                      f"-> {'OK' if d <= tol else 'FAIL'} (tolerance {tol:g})")
+        checks.append(
+            f"- latents (b) vs (a) at {p}: shape {lat_b[p].shape} vs {lat_a[p].shape}, max |diff| {d:.3g} "
+            f"-> {'OK' if d <= tol else 'FAIL'} (tolerance {tol:g})"
+        )
     if "fp32" in precisions:
-        checks.append(f"- latents (c) vs (a) fp32: max |diff| {maxdiff(lat_c, lat_a['fp32']):.3g} (informational: "
-                      "the original loop does not demean, runs NCHW)")
+        checks.append(
+            f"- latents (c) vs (a) fp32: max |diff| {maxdiff(lat_c, lat_a['fp32']):.3g} (informational: "
+            "the original loop does not demean, runs NCHW)"
+        )
         for p in precisions:
             if p != "fp32":
                 cos = cosine(lat_b[p], lat_b["fp32"])
-                checks.append(f"- **{p} vs fp32 latents of (b)**: cosine similarity mean {cos.mean():.6f}, "
-                              f"min {cos.min():.6f}, max |diff| {maxdiff(lat_b[p], lat_b['fp32']):.3g}; "
-                              f"speed {p}/fp32: nenya {rate[f'nenya:{p}'] / rate['nenya:fp32']:.2f}x, "
-                              f"ceiling {rate[f'ceiling:{p}'] / rate['ceiling:fp32']:.2f}x")
+                checks.append(
+                    f"- **{p} vs fp32 latents of (b)**: cosine similarity mean {cos.mean():.6f}, "
+                    f"min {cos.min():.6f}, max |diff| {maxdiff(lat_b[p], lat_b['fp32']):.3g}; "
+                    f"speed {p}/fp32: nenya {rate[f'nenya:{p}'] / rate['nenya:fp32']:.2f}x, "
+                    f"ceiling {rate[f'ceiling:{p}'] / rate['ceiling:fp32']:.2f}x"
+                )
     for p in precisions:
         best = summaries[p][int(np.argmin(seconds[f"nenya:{p}"]))]
         stages = ", ".join(f"{k} {v:.2f} s" for k, v in best.timings.items())
         enc_s = best.timings.get("encode", 0.0)
-        checks.append(f"- nenya stages at {p} (fastest run; read = waiting for the reader worker, encode includes "
-                      f".cpu().numpy()): {stages}; run total {best.seconds:.2f} s ({best.rate:.1f} images/s); "
-                      f"pipeline share outside the model = {(best.seconds - enc_s) / best.seconds:.1%} of the run "
-                      "(load-robust: end-to-end / its own encode time "
-                      f"= {enc_s / best.seconds:.3f})")
+        checks.append(
+            f"- nenya stages at {p} (fastest run; read = waiting for the reader worker, encode includes "
+            f".cpu().numpy()): {stages}; run total {best.seconds:.2f} s ({best.rate:.1f} images/s); "
+            f"pipeline share outside the model = {(best.seconds - enc_s) / best.seconds:.1%} of the run "
+            "(load-robust: end-to-end / its own encode time "
+            f"= {enc_s / best.seconds:.3f})"
+        )
     load = load_average()
     lines = [
         f"{args.n} cutouts (64x64, {'file ' + os.path.basename(path) if args.file else 'synthetic'}), "

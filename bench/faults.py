@@ -59,17 +59,31 @@ def main() -> int:
         with fk.Zygote() if args.mode == "fork" else nullcontext() as zygote:
             for i, fmt in enumerate(formats):
                 target = args.kills // len(formats) + (i < args.kills % len(formats))
-                job = fk.make_job(tmp / fmt, fmt=fmt, n_valid=args.n * 3 // 4, n_train=args.n - args.n * 3 // 4,
-                                  workers=args.workers, ckpt=ckpt)
+                job = fk.make_job(
+                    tmp / fmt,
+                    fmt=fmt,
+                    n_valid=args.n * 3 // 4,
+                    n_train=args.n - args.n * 3 // 4,
+                    workers=args.workers,
+                    ckpt=ckpt,
+                )
                 ref = fk.reference(job, tmp / fmt / "ref", zygote=zygote)
                 t0 = time.perf_counter()
                 kills = runs = cycles = 0
-                bad = {"lost": 0, "duplicated": 0, "unreadable": 0, "mismatched": 0, "status": 0, "left": 0,
-                       "failed": 0}
+                bad = {
+                    "lost": 0,
+                    "duplicated": 0,
+                    "unreadable": 0,
+                    "mismatched": 0,
+                    "status": 0,
+                    "left": 0,
+                    "failed": 0,
+                }
                 while kills < target:
                     folder = tmp / fmt / f"c{cycles}"
-                    c = fk.kill_cycle(job, folder, ref, rng, kills=min(args.kills_per_cycle, target - kills),
-                                      zygote=zygote)
+                    c = fk.kill_cycle(
+                        job, folder, ref, rng, kills=min(args.kills_per_cycle, target - kills), zygote=zygote
+                    )
                     kills, runs, cycles = kills + c.kills, runs + c.runs, cycles + 1
                     r = c.report
                     for k in ("lost", "duplicated", "unreadable", "mismatched", "status", "left"):
@@ -82,21 +96,47 @@ def main() -> int:
                         shutil.rmtree(folder, ignore_errors=True)
                     print(f"\r{fmt}: {kills}/{target} kills, {runs} runs, {cycles} cycles", end="", file=sys.stderr)
                 print(file=sys.stderr)
-                rows.append([fmt, str(kills), str(runs), str(bad["lost"]), str(bad["duplicated"]),
-                             str(bad["unreadable"]), str(bad["mismatched"]), str(bad["status"]), str(bad["left"]),
-                             str(bad["failed"]), f"{time.perf_counter() - t0:.0f}"])
+                rows.append(
+                    [
+                        fmt,
+                        str(kills),
+                        str(runs),
+                        str(bad["lost"]),
+                        str(bad["duplicated"]),
+                        str(bad["unreadable"]),
+                        str(bad["mismatched"]),
+                        str(bad["status"]),
+                        str(bad["left"]),
+                        str(bad["failed"]),
+                        f"{time.perf_counter() - t0:.0f}",
+                    ]
+                )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    header = ["format", "kills", "runs", "lost", "duplicated", "unreadable", "mismatched", "status errors",
-              "left behind", "failed reruns", "seconds"]
+    header = [
+        "format",
+        "kills",
+        "runs",
+        "lost",
+        "duplicated",
+        "unreadable",
+        "mismatched",
+        "status errors",
+        "left behind",
+        "failed reruns",
+        "seconds",
+    ]
     table = markdown_table(header, rows)
     print("\n".join(table))
     if not args.no_save:
-        note = [f"Random SIGKILLs of `nenya extract` (resnet18 SupCon, feat_dim 16, {args.n} 16x16 cutouts per "
-                f"input, --batch-size 16 --shard-size 32 --workers {args.workers}, one torch thread), "
-                f"{args.kills_per_cycle} kills in a row per cycle then a completing rerun, runs by {args.mode}; "
-                "each output compared with an uninterrupted reference (vectors bit-identical). \"left behind\": "
-                "work folders, temporaries or locks remaining after the completing rerun.", ""]
+        note = [
+            f"Random SIGKILLs of `nenya extract` (resnet18 SupCon, feat_dim 16, {args.n} 16x16 cutouts per "
+            f"input, --batch-size 16 --shard-size 32 --workers {args.workers}, one torch thread), "
+            f"{args.kills_per_cycle} kills in a row per cycle then a completing rerun, runs by {args.mode}; "
+            'each output compared with an uninterrupted reference (vectors bit-identical). "left behind": '
+            "work folders, temporaries or locks remaining after the completing rerun.",
+            "",
+        ]
         if problems:
             note += ["", "Problems:", ""] + [f"- {p[:400]}" for p in problems[:10]]
         append_results(RESULTS, "Fault injection (bench/faults.py)", note + table)

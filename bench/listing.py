@@ -51,14 +51,17 @@ def make_table(folder: Path, rows: int) -> pa.Table:
     for i in range(10):
         Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(imgs / f"img{i}.png")
     idx = np.arange(rows)
-    return pa.table({
-        "id": pa.array(np.char.add("item", idx.astype(str)).astype(object), pa.string()),
-        "path": pa.array(np.char.add(np.char.add("imgs/img", (idx % 10).astype(str)), ".png").astype(object),
-                         pa.string()),
-        "label": pa.array(idx % 7, pa.int64()),
-        "score": pa.array(rng.random(rows)),
-        "site": pa.array(np.char.add("site-", (idx % 123).astype(str)).astype(object), pa.string()),
-    })
+    return pa.table(
+        {
+            "id": pa.array(np.char.add("item", idx.astype(str)).astype(object), pa.string()),
+            "path": pa.array(
+                np.char.add(np.char.add("imgs/img", (idx % 10).astype(str)), ".png").astype(object), pa.string()
+            ),
+            "label": pa.array(idx % 7, pa.int64()),
+            "score": pa.array(rng.random(rows)),
+            "site": pa.array(np.char.add("site-", (idx % 123).astype(str)).astype(object), pa.string()),
+        }
+    )
 
 
 def time_table(path: Path, *, shard_size: int, batch_size: int, transform: ImageTransform) -> dict[str, float]:
@@ -71,8 +74,14 @@ def time_table(path: Path, *, shard_size: int, batch_size: int, transform: Image
     assert batch.status is None and len(batch) == min(batch_size, plan.total), batch.status
     blob = pickle.dumps(src)
     t3 = time.perf_counter()
-    return {"plan": t1 - t0, "first": t2 - t1, "to_first": t2 - t0, "pickle": t3 - t2, "pickle_mb": len(blob) / 2**20,
-            "shards": len(plan.shards)}
+    return {
+        "plan": t1 - t0,
+        "first": t2 - t1,
+        "to_first": t2 - t0,
+        "pickle": t3 - t2,
+        "pickle_mb": len(blob) / 2**20,
+        "shards": len(plan.shards),
+    }
 
 
 def time_folder(folder: Path, files: int, *, shard_size: int) -> tuple[float, int]:
@@ -108,9 +117,16 @@ def main() -> None:
         for fmt, path in (("CSV", csv_path), ("Parquet", pq_path)):
             r = time_table(path, shard_size=args.shard_size, batch_size=args.batch_size, transform=transform)
             size_mb = path.stat().st_size / 2**20
-            rows.append([f"{fmt} table, {args.rows:,} rows ({size_mb:.0f} MiB)", f"{r['plan']:.2f}",
-                         f"{r['first']:.2f}", f"**{r['to_first']:.2f}**", f"{r['pickle']:.2f} ({r['pickle_mb']:.0f} MiB)",
-                         f"{r['shards']:,}"])
+            rows.append(
+                [
+                    f"{fmt} table, {args.rows:,} rows ({size_mb:.0f} MiB)",
+                    f"{r['plan']:.2f}",
+                    f"{r['first']:.2f}",
+                    f"**{r['to_first']:.2f}**",
+                    f"{r['pickle']:.2f} ({r['pickle_mb']:.0f} MiB)",
+                    f"{r['shards']:,}",
+                ]
+            )
             print(rows[-1], flush=True)
         if args.files:
             secs, n = time_folder(work, args.files, shard_size=args.shard_size)
@@ -128,8 +144,9 @@ def main() -> None:
                 "inherit the source without pickling). Folder: `ImageFolderSource.plan()` over empty files "
                 "(names from directory entries only). Target: first batch < 10 s on 2 cores.",
             ]
-            append_results(RESULTS, "Listing: path tables and folders to the first batch (bench/listing.py)",
-                           lines + notes)
+            append_results(
+                RESULTS, "Listing: path tables and folders to the first batch (bench/listing.py)", lines + notes
+            )
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

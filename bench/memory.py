@@ -69,14 +69,16 @@ def write_input(path: str, n: int, *, metadata: bool, side: int = 64, chunk: int
             if meta is not None:
                 m = b - a
                 days = rng.integers(0, 3650, m)
-                meta[a:b] = np.column_stack([
-                    np.round(rng.uniform(-60, 60, m), 4).astype(str),
-                    np.round(rng.uniform(-180, 180, m), 4).astype(str),
-                    (np.datetime64("2010-01-01") + days).astype(str),
-                    np.round(rng.uniform(0, 5, m), 4).astype(str),
-                    np.full(m, "MODIS_R2019_2010_95clear_128x128_preproc.h5"),
-                    np.arange(a, b).astype(str),
-                ]).astype("S48")
+                meta[a:b] = np.column_stack(
+                    [
+                        np.round(rng.uniform(-60, 60, m), 4).astype(str),
+                        np.round(rng.uniform(-180, 180, m), 4).astype(str),
+                        (np.datetime64("2010-01-01") + days).astype(str),
+                        np.round(rng.uniform(0, 5, m), 4).astype(str),
+                        np.full(m, "MODIS_R2019_2010_95clear_128x128_preproc.h5"),
+                        np.arange(a, b).astype(str),
+                    ]
+                ).astype("S48")
 
 
 # -- the child: one extraction in a fresh process ----------------------------------------------
@@ -92,8 +94,11 @@ def child(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     if args.format == "baseline":  # imports only: what every run costs before it reads anything
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        print(json.dumps({"items": 0, "seconds": 0.0, "rate": 0.0, "timings": {}, "self_peak_mb": peak,
-                          "workers_peak_mb": 0.0}))
+        print(
+            json.dumps(
+                {"items": 0, "seconds": 0.0, "rate": 0.0, "timings": {}, "self_peak_mb": peak, "workers_peak_mb": 0.0}
+            )
+        )
         return 0
     if args.format == "parquet":
         from nenya.sinks.parquet import ParquetSink as SinkClass
@@ -101,24 +106,42 @@ def child(args: argparse.Namespace) -> int:
         from nenya.sinks.hdf5 import NenyaLatentsSink as SinkClass
 
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(3, 8, 3, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(8, 16))
-    encoder = Encoder(model, name="tiny", dim=16, preprocess=Preprocess(in_channels=3, demean=True),
-                      fingerprint="bench-memory-tiny-seed0").to("cpu", "fp32")
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 16)
+    )
+    encoder = Encoder(
+        model,
+        name="tiny",
+        dim=16,
+        preprocess=Preprocess(in_channels=3, demean=True),
+        fingerprint="bench-memory-tiny-seed0",
+    ).to("cpu", "fp32")
     source = HDF5PreprocSource([args.file], partitions=("valid",))
     sink = SinkClass(args.out, overwrite=True)
-    opts = RunOptions(batch_size=args.batch_size, num_workers=args.workers, device="cpu", progress=False,
-                      **({"shard_size": args.shard_size} if args.shard_size else {}))
+    opts = RunOptions(
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        device="cpu",
+        progress=False,
+        **({"shard_size": args.shard_size} if args.shard_size else {}),
+    )
     try:
         summary = run(source, encoder, sink, opts)
     finally:
         source.close()
-    print(json.dumps({
-        "items": summary.items, "seconds": summary.seconds, "rate": summary.rate, "timings": summary.timings.as_dict(),
-        "outputs": summary.outputs,
-        "self_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
-        "workers_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
-    }))
+    print(
+        json.dumps(
+            {
+                "items": summary.items,
+                "seconds": summary.seconds,
+                "rate": summary.rate,
+                "timings": summary.timings.as_dict(),
+                "outputs": summary.outputs,
+                "self_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
+                "workers_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+            }
+        )
+    )
     return 0
 
 
@@ -180,7 +203,9 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawTextHelpFormatter)
     ap.add_argument("--sizes", default="1000,100000", help="comma-separated N (default 1000,100000)")
     ap.add_argument("--format", default="h5", help="h5 (NenyaLatentsSink), parquet (ParquetSink) or h5,parquet")
-    ap.add_argument("--side", type=int, default=64, help="cutout side in px (default 64; 16 for 1M items on a small disk)")
+    ap.add_argument(
+        "--side", type=int, default=64, help="cutout side in px (default 64; 16 for 1M items on a small disk)"
+    )
     ap.add_argument("--batch-size", type=int, default=128, help="RunOptions.batch_size (default 128)")
     ap.add_argument("--workers", type=int, default=1, help="RunOptions.num_workers (default 1)")
     ap.add_argument("--shard-size", type=int, default=None, help="RunOptions.shard_size (default: nenya's)")
@@ -215,10 +240,19 @@ def main(argv: list[str] | None = None) -> int:
     free = shutil.disk_usage(tmp).free
     if free < need:
         shutil.rmtree(tmp, ignore_errors=True)
-        raise SystemExit(f"{tmp}: {free / 2**30:.1f} GiB free but the largest input and its outputs need about "
-                         f"{need / 2**30:.1f} GiB; pass --tmpdir on a bigger disk")
-    me = [sys.executable, os.path.abspath(__file__), "--child", "--batch-size", str(args.batch_size),
-          "--workers", str(args.workers)]
+        raise SystemExit(
+            f"{tmp}: {free / 2**30:.1f} GiB free but the largest input and its outputs need about "
+            f"{need / 2**30:.1f} GiB; pass --tmpdir on a bigger disk"
+        )
+    me = [
+        sys.executable,
+        os.path.abspath(__file__),
+        "--child",
+        "--batch-size",
+        str(args.batch_size),
+        "--workers",
+        str(args.workers),
+    ]
     me += ["--threads", str(args.threads)] if args.threads else []
     me += ["--shard-size", str(args.shard_size)] if args.shard_size else []
 
@@ -230,16 +264,21 @@ def main(argv: list[str] | None = None) -> int:
             path = os.path.join(tmp, f"mem{n}_preproc.h5")
             t = time.perf_counter()
             write_input(path, n, metadata=not args.no_metadata, side=args.side)
-            print(f"N={n}: wrote {os.path.getsize(path) / MB:.0f} MB input in {time.perf_counter() - t:.1f} s",
-                  flush=True)
+            print(
+                f"N={n}: wrote {os.path.getsize(path) / MB:.0f} MB input in {time.perf_counter() - t:.1f} s", flush=True
+            )
             for fmt in formats:
                 out = os.path.join(tmp, f"out-{n}-{fmt}")
-                res, wall, tree, pss = measure(me + ["--format", fmt, "--file", path, "--out", out],
-                                               args.poll, args.pss)
+                res, wall, tree, pss = measure(
+                    me + ["--format", fmt, "--file", path, "--out", out], args.poll, args.pss
+                )
                 check = check_output(res, n, fmt)
                 results.append({"n": n, "format": fmt, "wall": wall, "tree": tree, "pss": pss, "check": check, **res})
-                print(f"  {fmt}: {res['seconds']:.1f} s, main peak {res['self_peak_mb']:.0f} MB, worker peak "
-                      f"{res['workers_peak_mb']:.0f} MB, tree peak {tree:.0f} MB, output {check}", flush=True)
+                print(
+                    f"  {fmt}: {res['seconds']:.1f} s, main peak {res['self_peak_mb']:.0f} MB, worker peak "
+                    f"{res['workers_peak_mb']:.0f} MB, tree peak {tree:.0f} MB, output {check}",
+                    flush=True,
+                )
                 shutil.rmtree(out, ignore_errors=True)
             os.remove(path)
     finally:
@@ -262,15 +301,24 @@ def main(argv: list[str] | None = None) -> int:
             worst = max(d_main, d_tree)
             verdict = f"≤{target} MB: {'PASS' if worst <= target else 'FAIL'}"
             verdicts.append(worst <= target)
-        row = [r["format"], f"{r['n']:,}", f"{r['seconds']:.1f}", f"{r['rate']:.0f}",
-               f"{r['seconds'] / max(1, r['n']) * 1e6:.0f}", f"{r['self_peak_mb']:.0f}",
-               f"{r['workers_peak_mb']:.0f}", f"{r['tree']:.0f}"]
+        row = [
+            r["format"],
+            f"{r['n']:,}",
+            f"{r['seconds']:.1f}",
+            f"{r['rate']:.0f}",
+            f"{r['seconds'] / max(1, r['n']) * 1e6:.0f}",
+            f"{r['self_peak_mb']:.0f}",
+            f"{r['workers_peak_mb']:.0f}",
+            f"{r['tree']:.0f}",
+        ]
         row += [f"{r['pss']:.0f}"] if args.pss else []
         row += [f"{d_main:+.0f}", f"{d_tree:+.0f}"] + ([f"{r['pss'] - first['pss']:+.0f}"] if args.pss else [])
         row += [verdict, r["check"]]
         rows.append(row)
-    stage_lines = [f"- {r['format']} N={r['n']:,}: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["timings"].items())
-                   for r in results]
+    stage_lines = [
+        f"- {r['format']} N={r['n']:,}: " + ", ".join(f"{k} {v:.1f} s" for k, v in r["timings"].items())
+        for r in results
+    ]
     lines = [
         f"Tiny encoder (Conv2d(3,8,3,s4)+ReLU+pool+Linear(8,16)) through nenya's runner; random float32 {args.side}x{args.side} inputs"
         f"{'' if args.no_metadata else ' with a 6-column valid_metadata table'}; batch {args.batch_size}, "

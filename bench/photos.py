@@ -97,17 +97,34 @@ def child(args: argparse.Namespace) -> int:
             os.makedirs(folder, exist_ok=True)
             for f in files:
                 os.symlink(os.path.join(args.folder, f), os.path.join(folder, f))
-        opts = RunOptions(batch_size=args.batch_size, num_workers=args.workers, device=args.device,
-                          precision=args.child_precision, progress=False)
+        opts = RunOptions(
+            batch_size=args.batch_size,
+            num_workers=args.workers,
+            device=args.device,
+            precision=args.child_precision,
+            progress=False,
+        )
         warm = os.path.join(args.out, "warm")  # warm-up: one batch, in its own folder of links
         os.makedirs(warm, exist_ok=True)
         for f in files[: min(len(files), args.batch_size)]:
             os.symlink(os.path.join(args.folder, f), os.path.join(warm, f))
-        extract_collection(f"images:{warm}", enc, os.path.join(args.out, "warm.parquet"), overwrite=True,
-                           options=opts, decode=args.decode)
+        extract_collection(
+            f"images:{warm}",
+            enc,
+            os.path.join(args.out, "warm.parquet"),
+            overwrite=True,
+            options=opts,
+            decode=args.decode,
+        )
         t0 = time.perf_counter()
-        summary = extract_collection(f"images:{folder}", enc, os.path.join(args.out, "vectors.parquet"),
-                                     overwrite=True, options=opts, decode=args.decode)
+        summary = extract_collection(
+            f"images:{folder}",
+            enc,
+            os.path.join(args.out, "vectors.parquet"),
+            overwrite=True,
+            options=opts,
+            decode=args.decode,
+        )
         t = time.perf_counter() - t0
         import pyarrow.parquet as pq
 
@@ -129,8 +146,10 @@ def child(args: argparse.Namespace) -> int:
         order = np.argsort([os.path.basename(str(i)) for i in ids])[: args.n]
         data = torch.from_numpy(data[order])
         with torch.inference_mode():  # preprocessed beforehand, exactly as Encoder.encode does
-            batches = [enc.prepare(data[a:a + args.batch_size].to(dev)).contiguous(memory_format=torch.channels_last)
-                       for a in range(0, len(data), args.batch_size)]
+            batches = [
+                enc.prepare(data[a : a + args.batch_size].to(dev)).contiguous(memory_format=torch.channels_last)
+                for a in range(0, len(data), args.batch_size)
+            ]
         model = getattr(enc, "_compiled_model", None) or enc.model
 
         def go():
@@ -156,8 +175,14 @@ def child(args: argparse.Namespace) -> int:
 
         tv = import_torchvision()
         T = tv.transforms
-        transform = T.Compose([T.Resize(256), T.CenterCrop(224), T.ToTensor(),
-                               T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225])])
+        transform = T.Compose(
+            [
+                T.Resize(256),
+                T.CenterCrop(224),
+                T.ToTensor(),
+                T.Normalize(mean=[0.485, 0.456, 0.406], std=[0.229, 0.224, 0.225]),
+            ]
+        )
 
         class Photos(torch.utils.data.Dataset):
             def __len__(self):
@@ -168,8 +193,9 @@ def child(args: argparse.Namespace) -> int:
                     return transform(im.convert("RGB"))
 
         model = enc.model.to(memory_format=torch.contiguous_format)  # NCHW, as such loops run
-        loader = torch.utils.data.DataLoader(Photos(), batch_size=args.batch_size, shuffle=False,
-                                             num_workers=args.workers)
+        loader = torch.utils.data.DataLoader(
+            Photos(), batch_size=args.batch_size, shuffle=False, num_workers=args.workers
+        )
         with torch.no_grad():
             model(torch.zeros(2, 3, 224, 224, device=dev))  # warm-up
             t0 = time.perf_counter()
@@ -179,9 +205,17 @@ def child(args: argparse.Namespace) -> int:
             t = time.perf_counter() - t0
         items, stages = len(vectors), {}
     np.save(os.path.join(args.out, "vectors.npy"), vectors)
-    print(json.dumps({"items": int(items), "seconds": t, "timings": stages,
-                      "self_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                      "workers_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024}))
+    print(
+        json.dumps(
+            {
+                "items": int(items),
+                "seconds": t,
+                "timings": stages,
+                "self_peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                "workers_peak_mb": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024,
+            }
+        )
+    )
     return 0
 
 
@@ -194,8 +228,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--bf16-n", type=int, default=32, help="images the non-fp32 runs use (default 32)")
     ap.add_argument("--device", default="cpu", help="cpu (default) or cuda[:N]")
     ap.add_argument("--compile", action="store_true", help="(a) and (b) with Encoder.to(..., compile=True)")
-    ap.add_argument("--decode", choices=["cpu", "gpu"], default="cpu",
-                    help="where (b) decodes JPEGs: cpu readers (default) or gpu (nvjpeg; needs --device cuda)")
+    ap.add_argument(
+        "--decode",
+        choices=["cpu", "gpu"],
+        default="cpu",
+        help="where (b) decodes JPEGs: cpu readers (default) or gpu (nvjpeg; needs --device cuda)",
+    )
     ap.add_argument("--threads", type=int, default=None, help="torch.set_num_threads in each measured process")
     ap.add_argument("--poll", type=float, default=0.05, help="RSS polling interval in seconds (default 0.05)")
     ap.add_argument("--tmpdir", default=None, help="where the JPEGs and outputs go (default: system temp)")
@@ -221,24 +259,54 @@ def main(argv: list[str] | None = None) -> int:
         plan = [("ceiling", "fp32", args.n), ("nenya", "fp32", args.n), ("original", "fp32", args.n)]
         for p in precisions:
             if p != "fp32":
-                plan += [("ceiling", "fp32", args.bf16_n), ("ceiling", p, args.bf16_n), ("nenya", "fp32", args.bf16_n),
-                         ("nenya", p, args.bf16_n)]
+                plan += [
+                    ("ceiling", "fp32", args.bf16_n),
+                    ("ceiling", p, args.bf16_n),
+                    ("nenya", "fp32", args.bf16_n),
+                    ("nenya", p, args.bf16_n),
+                ]
         plan = list(dict.fromkeys(plan))
         for kind, prec, n in plan:
             out = os.path.join(tmp, f"out-{kind}-{prec}-{n}")
             os.makedirs(out)
-            cmd = [sys.executable, os.path.abspath(__file__), "--child", kind, "--child-precision", prec,
-                   "--folder", folder, "--out", out, "--n", str(min(n, args.n)), "--batch-size", str(args.batch_size),
-                   "--workers", str(args.workers), "--device", args.device]
+            cmd = [
+                sys.executable,
+                os.path.abspath(__file__),
+                "--child",
+                kind,
+                "--child-precision",
+                prec,
+                "--folder",
+                folder,
+                "--out",
+                out,
+                "--n",
+                str(min(n, args.n)),
+                "--batch-size",
+                str(args.batch_size),
+                "--workers",
+                str(args.workers),
+                "--device",
+                args.device,
+            ]
             cmd += ["--threads", str(args.threads)] if args.threads else []
             cmd += ["--compile"] if args.compile and kind != "original" else []
             cmd += ["--decode", args.decode] if kind == "nenya" else []
             res, wall, tree, _ = measure(cmd, args.poll, False)
-            res.update(kind=kind, precision=prec, n=min(n, args.n), tree=tree, wall=wall,
-                       vectors=np.load(os.path.join(out, "vectors.npy")))
+            res.update(
+                kind=kind,
+                precision=prec,
+                n=min(n, args.n),
+                tree=tree,
+                wall=wall,
+                vectors=np.load(os.path.join(out, "vectors.npy")),
+            )
             runs.append(res)
-            print(f"  {kind} {prec} n={res['n']}: {res['items'] / res['seconds']:.1f} images/s, "
-                  f"main peak {res['self_peak_mb']:.0f} MB, tree peak {tree:.0f} MB", flush=True)
+            print(
+                f"  {kind} {prec} n={res['n']}: {res['items'] / res['seconds']:.1f} images/s, "
+                f"main peak {res['self_peak_mb']:.0f} MB, tree peak {tree:.0f} MB",
+                flush=True,
+            )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -246,20 +314,46 @@ def main(argv: list[str] | None = None) -> int:
     def find(kind, prec, n):
         return next(r for r in runs if (r["kind"], r["precision"], r["n"]) == (kind, prec, n))
 
-    labels = {"ceiling": "(a) ceiling: model alone, decoded batches in memory",
-              "nenya": "(b) nenya extract_collection: JPEG folder -> Parquet",
-              "original": "(c) original-style loop (PIL + torchvision transform, NCHW)"}
+    labels = {
+        "ceiling": "(a) ceiling: model alone, decoded batches in memory",
+        "nenya": "(b) nenya extract_collection: JPEG folder -> Parquet",
+        "original": "(c) original-style loop (PIL + torchvision transform, NCHW)",
+    }
     rows = []
     for r in runs:
         rate = r["items"] / r["seconds"]
         ceil = find("ceiling", r["precision"], r["n"])
         c_rate = ceil["items"] / ceil["seconds"]
         fp = next((x for x in runs if (x["kind"], x["precision"], x["n"]) == (r["kind"], "fp32", r["n"])), None)
-        rows.append([labels[r["kind"]], r["precision"], f"{r['n']}", f"{rate:.2f}", f"{r['seconds']:.1f}",
-                     f"{rate / c_rate:.3f}", f"{rate / (fp['items'] / fp['seconds']):.2f}" if fp else "",
-                     f"{r['self_peak_mb']:.0f}", f"{r['workers_peak_mb']:.0f}", f"{r['tree']:.0f}"])
-    table = markdown_table(["path", "precision", "images", "images/s", "seconds", "ratio to ceiling",
-                            "speed vs fp32", "main peak MB", "reader peak MB", "tree peak MB"], rows)
+        rows.append(
+            [
+                labels[r["kind"]],
+                r["precision"],
+                f"{r['n']}",
+                f"{rate:.2f}",
+                f"{r['seconds']:.1f}",
+                f"{rate / c_rate:.3f}",
+                f"{rate / (fp['items'] / fp['seconds']):.2f}" if fp else "",
+                f"{r['self_peak_mb']:.0f}",
+                f"{r['workers_peak_mb']:.0f}",
+                f"{r['tree']:.0f}",
+            ]
+        )
+    table = markdown_table(
+        [
+            "path",
+            "precision",
+            "images",
+            "images/s",
+            "seconds",
+            "ratio to ceiling",
+            "speed vs fp32",
+            "main peak MB",
+            "reader peak MB",
+            "tree peak MB",
+        ],
+        rows,
+    )
 
     def cosine(a, b):
         a, b = a.astype(np.float64), b.astype(np.float64)
@@ -268,24 +362,34 @@ def main(argv: list[str] | None = None) -> int:
     notes = []
     a, b, c = (find(k, "fp32", args.n)["vectors"] for k in ("ceiling", "nenya", "original"))
     ok = a.shape == b.shape and float(np.abs(a - b).max()) <= 1e-3 * max(1.0, float(np.abs(a).max()))
-    notes.append(f"- vectors (b) vs (a) fp32: shape {b.shape} vs {a.shape}, max |diff| "
-                 f"{float(np.abs(a - b).max()) if a.shape == b.shape else float('inf'):.3g} -> {'OK' if ok else 'FAIL'}")
+    notes.append(
+        f"- vectors (b) vs (a) fp32: shape {b.shape} vs {a.shape}, max |diff| "
+        f"{float(np.abs(a - b).max()) if a.shape == b.shape else float('inf'):.3g} -> {'OK' if ok else 'FAIL'}"
+    )
     if c.shape == a.shape:
-        notes.append(f"- vectors (c) vs (a) fp32: cosine similarity mean {cosine(a, c).mean():.4f} (informational: "
-                     "torchvision's PIL resize antialiases differently from nenya's reader)")
+        notes.append(
+            f"- vectors (c) vs (a) fp32: cosine similarity mean {cosine(a, c).mean():.4f} (informational: "
+            "torchvision's PIL resize antialiases differently from nenya's reader)"
+        )
     for p in precisions:
         if p != "fp32":
-            cos = cosine(find("nenya", p, min(args.bf16_n, args.n))["vectors"],
-                         find("nenya", "fp32", min(args.bf16_n, args.n))["vectors"])
-            notes.append(f"- **{p} vs fp32 vectors of (b)** ({min(args.bf16_n, args.n)} images): cosine similarity "
-                         f"mean {cos.mean():.6f}, min {cos.min():.6f}")
+            cos = cosine(
+                find("nenya", p, min(args.bf16_n, args.n))["vectors"],
+                find("nenya", "fp32", min(args.bf16_n, args.n))["vectors"],
+            )
+            notes.append(
+                f"- **{p} vs fp32 vectors of (b)** ({min(args.bf16_n, args.n)} images): cosine similarity "
+                f"mean {cos.mean():.6f}, min {cos.min():.6f}"
+            )
     for r in runs:
         if r["timings"]:
             enc_s = r["timings"].get("encode", 0.0)
-            notes.append(f"- nenya stages {r['precision']} n={r['n']}: "
-                         + ", ".join(f"{k} {v:.2f} s" for k, v in r["timings"].items())
-                         + f"; share outside the model {(r['seconds'] - enc_s) / r['seconds']:.1%} of "
-                         f"{r['seconds']:.1f} s (load-robust: end-to-end / own encode time = {enc_s / r['seconds']:.3f})")
+            notes.append(
+                f"- nenya stages {r['precision']} n={r['n']}: "
+                + ", ".join(f"{k} {v:.2f} s" for k, v in r["timings"].items())
+                + f"; share outside the model {(r['seconds'] - enc_s) / r['seconds']:.1%} of "
+                f"{r['seconds']:.1f} s (load-robust: end-to-end / own encode time = {enc_s / r['seconds']:.3f})"
+            )
     load = load_average()
     lines = [
         f"{args.n} synthetic JPEGs (320-640 px sides, quality 90, {size / 2**20:.1f} MiB), torchvision:resnet50 "
@@ -301,8 +405,7 @@ def main(argv: list[str] | None = None) -> int:
         "",
         *notes,
     ]
-    report(args, f"photos.py (resnet50 224 px, {'+'.join(precisions)}, {args.device}, "
-                       f"n={args.n})", lines)
+    report(args, f"photos.py (resnet50 224 px, {'+'.join(precisions)}, {args.device}, n={args.n})", lines)
     return 0 if ok else 1
 
 

@@ -1,6 +1,6 @@
 """Similarity search: build and query times and recall@10 of nenya's FAISS indexes on random vectors.
 
-    python bench/search.py --n 100000 --dim 32 --queries 500
+python bench/search.py --n 100000 --dim 32 --queries 500
 """
 
 from __future__ import annotations
@@ -25,9 +25,14 @@ def main() -> None:
     rng = np.random.default_rng(0)
     x = rng.normal(size=(args.n, args.dim)).astype(np.float32)
     q = rng.normal(size=(args.queries, args.dim)).astype(np.float32)
-    configs = [("flat", {}), ("hnsw", {"m": 32, "ef_search": 64}), ("hnsw", {"m": 32, "ef_search": 128}),
-               ("hnsw", {"m": 32, "ef_search": 256}), ("ivf", {"nlist": 256, "nprobe": 64}),
-               ("ivf", {"nlist": 256, "nprobe": 128})]
+    configs = [
+        ("flat", {}),
+        ("hnsw", {"m": 32, "ef_search": 64}),
+        ("hnsw", {"m": 32, "ef_search": 128}),
+        ("hnsw", {"m": 32, "ef_search": 256}),
+        ("ivf", {"nlist": 256, "nprobe": 64}),
+        ("ivf", {"nlist": 256, "nprobe": 128}),
+    ]
     rows, exact, built = [], None, {}
     for kind, params in configs:
         key = (kind, params.get("m"), params.get("nlist"))
@@ -49,12 +54,22 @@ def main() -> None:
             exact = got
         recall = np.mean([len(set(a) & set(b)) / args.k for a, b in zip(exact, got)])
         desc = ", ".join(f"{k}={v}" for k, v in params.items()) or "exact"
-        rows.append([kind, desc, "—" if np.isnan(build_s) else f"{build_s:.1f}",
-                     f"{1000 * search_s / args.queries:.3f}", f"{recall:.3f}"])
+        rows.append(
+            [
+                kind,
+                desc,
+                "—" if np.isnan(build_s) else f"{build_s:.1f}",
+                f"{1000 * search_s / args.queries:.3f}",
+                f"{recall:.3f}",
+            ]
+        )
         print(rows[-1], flush=True)
     table = markdown_table(["index", "params", "build s", "ms/query", f"recall@{args.k}"], rows)
-    lines = [f"{args.n:,} random N(0,1) vectors of {args.dim}-d, {args.queries} random queries, k={args.k}; "
-             "recall against the exact flat index; build once per (kind, M / nlist), searched in one batch.", ""] + table
+    lines = [
+        f"{args.n:,} random N(0,1) vectors of {args.dim}-d, {args.queries} random queries, k={args.k}; "
+        "recall against the exact flat index; build once per (kind, M / nlist), searched in one batch.",
+        "",
+    ] + table
     print(machine_line())
     print("\n".join(table))
     if not args.no_write:

@@ -33,11 +33,26 @@ def _isolate(monkeypatch, tmp_path_factory):
 
 def make_opts(folder: Path, *, ssl_model: str = "resnet18", feat_dim: int = 16, nchannels: int = 3, **extra) -> Path:
     opts = {
-        "ssl_method": "SimCLR", "ssl_model": ssl_model, "feat_dim": feat_dim, "nchannels": nchannels,
-        "batch_size_train": 64, "batch_size_valid": 8, "num_workers": 1, "learning_rate": 0.05,
-        "lr_decay_rate": 0.1, "weight_decay": 0.0001, "momentum": 0.9, "temp": 0.07, "cosine": True,
-        "warm": False, "trial": 1, "epochs": 2, "lr_decay_epochs": "700,800", "random_jitter": [8, 2],
-        "model_root": "TEST", "s3_outdir": str(folder),
+        "ssl_method": "SimCLR",
+        "ssl_model": ssl_model,
+        "feat_dim": feat_dim,
+        "nchannels": nchannels,
+        "batch_size_train": 64,
+        "batch_size_valid": 8,
+        "num_workers": 1,
+        "learning_rate": 0.05,
+        "lr_decay_rate": 0.1,
+        "weight_decay": 0.0001,
+        "momentum": 0.9,
+        "temp": 0.07,
+        "cosine": True,
+        "warm": False,
+        "trial": 1,
+        "epochs": 2,
+        "lr_decay_epochs": "700,800",
+        "random_jitter": [8, 2],
+        "model_root": "TEST",
+        "s3_outdir": str(folder),
     }
     opts.update(extra)
     path = folder / "opts.json"
@@ -92,8 +107,9 @@ def preproc(tmp_path) -> Path:
 def preproc_nochannel(tmp_path) -> Path:
     """The newer layout: (N, H, W) with no channel axis."""
     (tmp_path / "nc").mkdir()
-    return Path(write_preproc(tmp_path / "nc" / "nochan_preproc.h5", n_valid=19, n_train=0, size=16, seed=4,
-                              channel_axis=False))
+    return Path(
+        write_preproc(tmp_path / "nc" / "nochan_preproc.h5", n_valid=19, n_train=0, size=16, seed=4, channel_axis=False)
+    )
 
 
 def reference_latents(model: torch.nn.Module, cutouts: np.ndarray, nchannels: int = 3) -> np.ndarray:

@@ -60,10 +60,30 @@ class Job:
     extra: tuple[str, ...] = ()
 
     def args(self, output: str | os.PathLike, *more: str) -> list[str]:
-        return [sys.executable, "-m", "nenya", "extract", str(self.preproc), "--model", f"supcon:{self.ckpt}",
-                "--output", str(output), "--format", self.fmt, "--batch-size", str(self.batch_size),
-                "--shard-size", str(self.shard_size), "--workers", str(self.workers), "--device", "cpu",
-                "--no-progress", *self.extra, *more]
+        return [
+            sys.executable,
+            "-m",
+            "nenya",
+            "extract",
+            str(self.preproc),
+            "--model",
+            f"supcon:{self.ckpt}",
+            "--output",
+            str(output),
+            "--format",
+            self.fmt,
+            "--batch-size",
+            str(self.batch_size),
+            "--shard-size",
+            str(self.shard_size),
+            "--workers",
+            str(self.workers),
+            "--device",
+            "cpu",
+            "--no-progress",
+            *self.extra,
+            *more,
+        ]
 
     @property
     def output_name(self) -> str:
@@ -85,8 +105,17 @@ def make_model(folder: Path, *, seed: int = 0) -> Path:
     return path
 
 
-def make_job(folder: Path, *, fmt: str = "h5", n_valid: int = 160, n_train: int = 96, workers: int = 0,
-             ckpt: Path | None = None, seed: int = 3, **kwargs) -> Job:
+def make_job(
+    folder: Path,
+    *,
+    fmt: str = "h5",
+    n_valid: int = 160,
+    n_train: int = 96,
+    workers: int = 0,
+    ckpt: Path | None = None,
+    seed: int = 3,
+    **kwargs,
+) -> Job:
     """A tiny job in ``folder``: ``x_preproc.h5`` (16x16 cutouts) and a checkpoint (made when not given)."""
     from nenya.sample_data import write_preproc
 
@@ -108,7 +137,9 @@ def env(**extra: str) -> dict[str, str]:
     return e
 
 
-def cli(args: list[str], *, faults: str | None = None, timeout: float = 300, **extra: str) -> subprocess.CompletedProcess:
+def cli(
+    args: list[str], *, faults: str | None = None, timeout: float = 300, **extra: str
+) -> subprocess.CompletedProcess:
     """Run a CLI command to its end (``faults``: a NENYA_FAULTS spec)."""
     e = env(**extra) if faults is None else env(NENYA_FAULTS=faults, **extra)
     return subprocess.run(args, capture_output=True, text=True, env=e, timeout=timeout)
@@ -157,8 +188,11 @@ def read_output(folder: str | os.PathLike, name: str) -> Output:
         else:
             t = pq.read_table(path)
             out.ids = t.column("id").to_pylist()
-            out.vectors = np.stack(t.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32) \
-                if t.num_rows else out.vectors
+            out.vectors = (
+                np.stack(t.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)
+                if t.num_rows
+                else out.vectors
+            )
     except Exception as e:  # noqa: BLE001 - anything that fails to open counts as unreadable
         out.unreadable.append(f"{path}: {type(e).__name__}: {e}")
     try:
@@ -293,8 +327,14 @@ class Zygote:
         self.proc: subprocess.Popen | None = None
 
     def __enter__(self) -> Zygote:
-        self.proc = subprocess.Popen([sys.executable, "-c", self.CODE], stdin=subprocess.PIPE,
-                                     stdout=subprocess.PIPE, text=True, env=env(), bufsize=1)
+        self.proc = subprocess.Popen(
+            [sys.executable, "-c", self.CODE],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            env=env(),
+            bufsize=1,
+        )
         return self
 
     def __exit__(self, *exc) -> None:
@@ -408,8 +448,15 @@ def _reap_group(pgid: int, *, grace: float = 10.0) -> None:
         pass
 
 
-def run_and_kill(args: list[str], delay: float, *, err_path: Path, faults: str | None = None,
-                 sig: int = signal.SIGKILL, zygote: Zygote | None = None) -> tuple[bool, int, str]:
+def run_and_kill(
+    args: list[str],
+    delay: float,
+    *,
+    err_path: Path,
+    faults: str | None = None,
+    sig: int = signal.SIGKILL,
+    zygote: Zygote | None = None,
+) -> tuple[bool, int, str]:
     """Start the command, send ``sig`` to its main process ``delay`` s after the model is loaded.
 
     Returns (the signal landed while it ran, exit status, stderr)."""
@@ -444,8 +491,17 @@ class Cycle:
     log: list[str] = field(default_factory=list)
 
 
-def kill_cycle(job: Job, folder: str | os.PathLike, ref: Reference, rng: random.Random, *, kills: int = 1,
-               faults: str | None = None, max_runs: int = 20, zygote: Zygote | None = None) -> Cycle:
+def kill_cycle(
+    job: Job,
+    folder: str | os.PathLike,
+    ref: Reference,
+    rng: random.Random,
+    *,
+    kills: int = 1,
+    faults: str | None = None,
+    max_runs: int = 20,
+    zygote: Zygote | None = None,
+) -> Cycle:
     """SIGKILL the command ``kills`` times in a row at random moments (or let ``faults`` kill it at
     a named point: then once), rerun until it completes, and compare with the reference."""
     folder = Path(folder)
@@ -502,6 +558,24 @@ def manifest_texts(folder: str | os.PathLike) -> list[str]:
     return [p.read_text() for p in Path(folder).rglob("manifest.json")]
 
 
-__all__ = ["Job", "Output", "Report", "Reference", "Cycle", "Zygote", "make_job", "make_model", "cli", "env", "reference",
-           "read_output", "read_status_csv", "leftovers", "compare", "run_and_kill", "kill_cycle", "summary_counts",
-           "manifest_texts"]
+__all__ = [
+    "Job",
+    "Output",
+    "Report",
+    "Reference",
+    "Cycle",
+    "Zygote",
+    "make_job",
+    "make_model",
+    "cli",
+    "env",
+    "reference",
+    "read_output",
+    "read_status_csv",
+    "leftovers",
+    "compare",
+    "run_and_kill",
+    "kill_cycle",
+    "summary_counts",
+    "manifest_texts",
+]

@@ -92,8 +92,14 @@ def s3_server():
 def s3(s3_server, monkeypatch):
     """A fresh bucket on the session's server, with this process pointed at it (restored afterwards)."""
     env = server_env(s3_server)
-    for name in ("AWS_PROFILE", "AWS_DEFAULT_PROFILE", "AWS_SESSION_TOKEN", "AWS_SECURITY_TOKEN", "AWS_REGION",
-                 "AWS_ENDPOINT_URL_S3"):
+    for name in (
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_SESSION_TOKEN",
+        "AWS_SECURITY_TOKEN",
+        "AWS_REGION",
+        "AWS_ENDPOINT_URL_S3",
+    ):
         monkeypatch.delenv(name, raising=False)
     for name, value in env.items():
         monkeypatch.setenv(name, value)
@@ -108,8 +114,9 @@ def s3(s3_server, monkeypatch):
     monkeypatch.setitem(fsspec.config.conf, "s3", {"endpoint_url": s3_server})
     s3fs.S3FileSystem.clear_instance_cache()
 
-    client = boto3.client("s3", endpoint_url=s3_server, region_name=REGION,
-                          aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY)
+    client = boto3.client(
+        "s3", endpoint_url=s3_server, region_name=REGION, aws_access_key_id=ACCESS_KEY, aws_secret_access_key=SECRET_KEY
+    )
     bucket = f"nenya-test-{uuid.uuid4().hex[:12]}"
     client.create_bucket(Bucket=bucket)
     fs = s3fs.S3FileSystem(endpoint_url=s3_server, key=ACCESS_KEY, secret=SECRET_KEY, skip_instance_cache=True)

@@ -15,7 +15,9 @@ def _dt_reference(fields: np.ndarray, c: int) -> np.ndarray:
     out = []
     for f in fields:
         h, w = f.shape
-        win = np.sort(f[h // 2 - c // 2:h // 2 + c // 2, w // 2 - c // 2:w // 2 + c // 2].ravel().astype(np.float64))
+        win = np.sort(
+            f[h // 2 - c // 2 : h // 2 + c // 2, w // 2 - c // 2 : w // 2 + c // 2].ravel().astype(np.float64)
+        )
 
         def pct(q, win=win):
             pos = q / 100 * (len(win) - 1)

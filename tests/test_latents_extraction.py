@@ -31,8 +31,9 @@ def test_no_channel_axis_and_partitions_present(opt, checkpoint, preproc_nochann
     path, model = checkpoint
     out = model_latents_extract(opt, str(preproc_nochannel), str(path))
     assert list(out) == ["valid"]  # train absent from the file
-    np.testing.assert_allclose(out["valid"], reference_latents(model, read_partition(preproc_nochannel, "valid")),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        out["valid"], reference_latents(model, read_partition(preproc_nochannel, "valid")), atol=1e-5
+    )
 
 
 def test_allowed_indices_and_single_partition(opt, checkpoint, preproc):
@@ -67,7 +68,9 @@ def test_dataset_items_and_metadata(preproc):
     assert img.shape == (3, 16, 16) and img.dtype == np.float32
     np.testing.assert_array_equal(img[2], raw[0])
     with h5py.File(preproc) as f:
-        table = pd.DataFrame(f["valid_metadata"][:].astype(str), columns=list(f["valid_metadata"].attrs["columns"].astype(str)))
+        table = pd.DataFrame(
+            f["valid_metadata"][:].astype(str), columns=list(f["valid_metadata"].attrs["columns"].astype(str))
+        )
     assert meta == table.iloc[5].to_dict()
     sub = HDF5RGBDataset(str(preproc), "valid", allowed_indices=[2, 9])
     assert len(sub) == 2
@@ -114,7 +117,9 @@ def test_main_writes_nenya_layout_skips_and_keeps_input(opt, opts_file, checkpoi
         np.testing.assert_allclose(f["valid"][:], ref_latents, atol=1e-5)
     with h5py.File(preproc, "r") as f:
         src = pd.DataFrame(f["valid_metadata"][:].astype(str), columns=list(f["valid_metadata"].attrs["columns"]))
-    pd.testing.assert_frame_equal(meta.set_axis([c.decode() if isinstance(c, bytes) else c for c in meta.columns], axis=1), src)
+    pd.testing.assert_frame_equal(
+        meta.set_axis([c.decode() if isinstance(c, bytes) else c for c in meta.columns], axis=1), src
+    )
     mtime = os.path.getmtime(expected)
     assert main(str(opts_file), [str(preproc)]) == []  # exists: skipped
     assert os.path.getmtime(expected) == mtime

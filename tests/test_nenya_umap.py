@@ -70,12 +70,15 @@ def umap_setup(tmp_path, monkeypatch):
     with h5py.File(pre) as f:
         for t, p in ((0, "valid"), (1, "train")):
             dt = calc_DT(f[p][:], opt.random_jitter)
-            rows += [{"pp_file": pre, "pp_type": t, "pp_idx": i, "DT40": float(d), "lat": 0.0} for i, d in enumerate(dt)]
+            rows += [
+                {"pp_file": pre, "pp_type": t, "pp_idx": i, "DT40": float(d), "lat": 0.0} for i, d in enumerate(dt)
+            ]
     table = pd.DataFrame(rows)
     key = table.DT40.map(nenya_umap.DT_key).value_counts().index[0]
     pkl, out = nenya_umap.umap_paths(str(opts_file), key)
-    cut = nenya_umap.umap_subset(table, str(opts_file), out, DT_cut=key, umap_savefile=pkl, ntrain=10_000,
-                                 chunk_size=37)
+    cut = nenya_umap.umap_subset(
+        table, str(opts_file), out, DT_cut=key, umap_savefile=pkl, ntrain=10_000, chunk_size=37
+    )
     return {"opts": str(opts_file), "pre": pre, "key": key, "cut": cut, "pkl": pkl, "out": out, "table": table}
 
 

@@ -52,9 +52,14 @@ def test_warm_forced_for_large_batches_and_list_decay(tmp_path):
     assert opt.warmup_from == 0.01 and 0 < opt.warmup_to < opt.learning_rate
 
 
-@pytest.mark.parametrize("name,root,outdir", [("v4", "MODIS_R2019_v4", "s3://modis-l2/SSL/"),
-                                              ("v5", "MODIS_R2019_v4", "s3://modis-l2/SSL/"),
-                                              ("viirs_v1", "VIIRS_v1", "s3://viirs/Nenya/")])
+@pytest.mark.parametrize(
+    "name,root,outdir",
+    [
+        ("v4", "MODIS_R2019_v4", "s3://modis-l2/SSL/"),
+        ("v5", "MODIS_R2019_v4", "s3://modis-l2/SSL/"),
+        ("viirs_v1", "VIIRS_v1", "s3://viirs/Nenya/"),
+    ],
+)
 def test_named_models(name, root, outdir):
     opt, path = load_opt(name)
     assert opt.model_name == V4_NAME

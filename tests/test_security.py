@@ -61,8 +61,11 @@ def test_malicious_checkpoint_never_runs(good_ckpt, tmp_path, kind, named):
     from nenya.latents_extraction import model_latents_extract
 
     opt = load_checkpoint(good_ckpt)["opt"]
-    calls = [lambda: load_checkpoint(evil), lambda: SupConEncoder.from_checkpoint(evil),
-             lambda: model_latents_extract(opt, data, str(evil))]
+    calls = [
+        lambda: load_checkpoint(evil),
+        lambda: SupConEncoder.from_checkpoint(evil),
+        lambda: model_latents_extract(opt, data, str(evil)),
+    ]
     for call in calls:
         with pytest.raises(CheckpointError, match=rf"refusing to load {evil}.*{named}.*--trust-checkpoint"):
             call()
@@ -192,9 +195,24 @@ def test_no_secret_in_logs_manifests_errors_or_outputs(s3, good_ckpt, tmp_path):
         cmd = ["python", "-m", "nenya", "-vv", "extract", *args]
         return subprocess.run([fk.sys.executable, *cmd[1:]], capture_output=True, text=True, env=e, timeout=300)
 
-    base = [s3.url("in/x_preproc.h5"), "--model", "supcon:" + s3.url("m/last.pth"), "--output", s3.url("out"),
-            "--format", "parquet", "--batch-size", "8", "--shard-size", "8", "--workers", "0", "--device", "cpu",
-            "--no-progress"]
+    base = [
+        s3.url("in/x_preproc.h5"),
+        "--model",
+        "supcon:" + s3.url("m/last.pth"),
+        "--output",
+        s3.url("out"),
+        "--format",
+        "parquet",
+        "--batch-size",
+        "8",
+        "--shard-size",
+        "8",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     texts = []
     killed = run(*base, faults="marker.written@2=kill")  # leaves its manifest in the cache
     assert killed.returncode == -9, killed.stderr
@@ -213,7 +231,7 @@ def test_no_secret_in_logs_manifests_errors_or_outputs(s3, good_ckpt, tmp_path):
         if p.is_file():
             texts.append(p.read_bytes().decode("latin-1"))
     for t in texts:
-        assert SECRET not in t and TOKEN not in t, t[max(0, t.find(SECRET) - 300):][:600]
+        assert SECRET not in t and TOKEN not in t, t[max(0, t.find(SECRET) - 300) :][:600]
 
 
 def test_usage_error_does_not_echo_a_url_password(tmp_path, monkeypatch):

@@ -19,11 +19,13 @@ FACES = ("nenya.train_util", "nenya.latents_extraction", "nenya.analyze_image", 
 
 
 def test_the_trainers_never_import_the_documented_faces():
-    code = ("import sys\n"
-            "import nenya.train, nenya.train.contrastive, nenya.train.autoencoder, nenya.train.common\n"
-            "import nenya.train.data, nenya.train.augment, nenya.train.losses, nenya.models.autoencoder\n"
-            "import nenya.models.resnet_big\n"
-            f"print([m for m in {FACES!r} if m in sys.modules])\n")
+    code = (
+        "import sys\n"
+        "import nenya.train, nenya.train.contrastive, nenya.train.autoencoder, nenya.train.common\n"
+        "import nenya.train.data, nenya.train.augment, nenya.train.losses, nenya.models.autoencoder\n"
+        "import nenya.models.resnet_big\n"
+        f"print([m for m in {FACES!r} if m in sys.modules])\n"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
@@ -37,8 +39,17 @@ def test_the_face_shows_the_trainers_names():
 
 @pytest.fixture
 def small_opt(tmp_path, preproc) -> Params:
-    path = make_opts(tmp_path, images_file=str(preproc), batch_size_train=8, batch_size_valid=8, feat_dim=8,
-                     num_workers=0, flip=True, rotate=True, print_freq=0)
+    path = make_opts(
+        tmp_path,
+        images_file=str(preproc),
+        batch_size_train=8,
+        batch_size_valid=8,
+        feat_dim=8,
+        num_workers=0,
+        flip=True,
+        rotate=True,
+        print_freq=0,
+    )
     return option_preprocess(Params(path))
 
 
@@ -51,8 +62,16 @@ def test_train_model_trains_and_validates_one_epoch(small_opt, tmp_path):
     assert len(steps) == len(avgs) == len(loader) and np.isfinite(loss)
     np.testing.assert_allclose(avgs[-1], loss, rtol=1e-6)
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    vloss, vsteps, _ = train_util.train_model(train_util.nenya_loader(small_opt, valid=True), model, criterion, None,
-                                              1, small_opt, cuda_use=False, update_model=False)
+    vloss, vsteps, _ = train_util.train_model(
+        train_util.nenya_loader(small_opt, valid=True),
+        model,
+        criterion,
+        None,
+        1,
+        small_opt,
+        cuda_use=False,
+        update_model=False,
+    )
     assert vsteps and np.isfinite(vloss) and not model.training
     for k, v in model.state_dict().items():
         assert torch.equal(v, before[k]), k  # validation changes nothing

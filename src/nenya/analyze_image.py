@@ -26,8 +26,9 @@ log = logging.getLogger(__name__)
 __all__ = ["get_latents", "calc_DT", "umap_image"]
 
 
-def get_latents(img: np.ndarray, model_file: str, opt: Params | str | os.PathLike, *,
-                trust_checkpoint: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def get_latents(
+    img: np.ndarray, model_file: str, opt: Params | str | os.PathLike, *, trust_checkpoint: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """The latents of one image, exactly as extraction computes them.
 
     Args:
@@ -88,7 +89,7 @@ def calc_DT(images: np.ndarray, random_jitter: Sequence[int], verbose: bool = Fa
     xc, yc = fields.shape[-2] // 2, fields.shape[-1] // 2
     if c <= 0 or c > min(fields.shape[-2:]):
         raise InputError(f"random_jitter[0] = {c} does not fit images of {fields.shape[-2:]}")
-    window = fields[:, xc - c // 2:xc + c // 2, yc - c // 2:yc + c // 2]
+    window = fields[:, xc - c // 2 : xc + c // 2, yc - c // 2 : yc + c // 2]
     if verbose:
         log.info("DT over rows %d:%d, columns %d:%d", xc - c // 2, xc + c // 2, yc - c // 2, yc + c // 2)
     t90 = np.percentile(window, 90.0, axis=(1, 2))
@@ -137,7 +138,9 @@ def umap_image(nenya_model: str, img: np.ndarray) -> tuple[np.ndarray, np.ndarra
     latents, pp_img = get_latents(img, model_file, opt)
     jitter = opt.get("random_jitter") or opt.get("random_cropjitter") or [40, 5]
     a = np.asarray(img)
-    DT = cast(float, calc_DT(a if a.ndim == 2 else a.reshape(a.shape[-2:]) if a.shape[0] == 1 else a[0], jitter))  # one image: one DT
+    DT = cast(
+        float, calc_DT(a if a.ndim == 2 else a.reshape(a.shape[-2:]) if a.shape[0] == 1 else a[0], jitter)
+    )  # one image: one DT
     log.info("image has DT = %.4g", DT)
     reducer, table_file = nenya_umap.load(nenya_model, DT=DT)
     embedding = _stored_position(reducer, latents)

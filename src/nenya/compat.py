@@ -78,8 +78,10 @@ def import_torchvision() -> ModuleType:
             raise
         except RuntimeError as e:
             if _MISSING_OP not in str(e) or _SCHEMA_LIBRARY:
-                raise NenyaError(f"torchvision fails to import ({e}); install the torchvision build that "
-                                 f"matches torch {torch.__version__}") from e
+                raise NenyaError(
+                    f"torchvision fails to import ({e}); install the torchvision build that "
+                    f"matches torch {torch.__version__}"
+                ) from e
         for name in [m for m in sys.modules if m == "torchvision" or m.startswith("torchvision.")]:
             del sys.modules[name]
         lib = torch.library.Library("torchvision", "DEF")  # noqa: TOR901 - kept alive below
@@ -91,8 +93,10 @@ def import_torchvision() -> ModuleType:
         try:
             tv = importlib.import_module("torchvision")
         except Exception as e:
-            raise NenyaError(f"torchvision fails to import even with its operator schemas defined ({e}); "
-                             f"install the torchvision build that matches torch {torch.__version__}") from e
+            raise NenyaError(
+                f"torchvision fails to import even with its operator schemas defined ({e}); "
+                f"install the torchvision build that matches torch {torch.__version__}"
+            ) from e
         log.warning("torchvision's compiled ops do not match this torch build; its models work, detection ops will not")
         return tv
 

@@ -18,16 +18,35 @@ __all__ = ["CLASSES", "demo_opts", "make_cutouts", "run_demo", "write_preproc"]
 def demo_opts(folder: str, model: str = "resnet18") -> dict:
     """Nenya-style opts of the demo model (also used by the tests to make small checkpoints)."""
     return {
-        "ssl_method": "SimCLR", "ssl_model": model, "feat_dim": 128, "nchannels": 3,
-        "batch_size_train": 64, "batch_size_valid": 128, "num_workers": 1, "epochs": 1,
-        "learning_rate": 0.05, "lr_decay_epochs": "700,800,900", "lr_decay_rate": 0.1, "weight_decay": 0.0001,
-        "momentum": 0.9, "temp": 0.07, "cosine": True, "warm": False, "trial": 0, "random_jitter": [40, 5],
-        "flip": True, "rotate": True, "demean": True, "model_root": "demo", "s3_outdir": os.path.abspath(folder),
+        "ssl_method": "SimCLR",
+        "ssl_model": model,
+        "feat_dim": 128,
+        "nchannels": 3,
+        "batch_size_train": 64,
+        "batch_size_valid": 128,
+        "num_workers": 1,
+        "epochs": 1,
+        "learning_rate": 0.05,
+        "lr_decay_epochs": "700,800,900",
+        "lr_decay_rate": 0.1,
+        "weight_decay": 0.0001,
+        "momentum": 0.9,
+        "temp": 0.07,
+        "cosine": True,
+        "warm": False,
+        "trial": 0,
+        "random_jitter": [40, 5],
+        "flip": True,
+        "rotate": True,
+        "demean": True,
+        "model_root": "demo",
+        "s3_outdir": os.path.abspath(folder),
     }
 
 
-def run_demo(folder: str = "nenya-demo", *, n: int = 2000, model: str = "resnet18",
-             train_seconds: float = 100.0) -> dict[str, str]:
+def run_demo(
+    folder: str = "nenya-demo", *, n: int = 2000, model: str = "resnet18", train_seconds: float = 100.0
+) -> dict[str, str]:
     """Make everything under ``folder`` and print where it went. Returns the paths.
 
     Steps: ``n`` synthetic 64x64 SST cutouts (fronts, eddies, filaments, noise) in a Nenya preproc
@@ -69,6 +88,8 @@ def run_demo(folder: str = "nenya-demo", *, n: int = 2000, model: str = "resnet1
     print(f"UMAP plot:    {pictures['umap_plot']}")
     print(f"gallery:      {pictures['gallery']}")
     print(f"explorer:     {pictures['explorer']} (open it in a browser; works offline)")
-    print(f"done in {time.perf_counter() - t0:.0f} s. Next: nenya extract {data} --opts {opts_file} "
-          f"--format parquet --output {os.path.join(folder, 'parquet')}")
+    print(
+        f"done in {time.perf_counter() - t0:.0f} s. Next: nenya extract {data} --opts {opts_file} "
+        f"--format parquet --output {os.path.join(folder, 'parquet')}"
+    )
     return {"data": data, "model": ckpt, "opts": opts_file, "latents": latents, **pictures}

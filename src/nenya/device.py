@@ -58,8 +58,11 @@ def is_oom(error: BaseException) -> bool:
     """Whether ``error`` is an allocator's out-of-memory error (CUDA, MPS, CPU)."""
     import torch
 
-    oom_types = tuple(t for t in (getattr(torch, "OutOfMemoryError", None),
-                                  getattr(torch.cuda, "OutOfMemoryError", None)) if isinstance(t, type))
+    oom_types = tuple(
+        t
+        for t in (getattr(torch, "OutOfMemoryError", None), getattr(torch.cuda, "OutOfMemoryError", None))
+        if isinstance(t, type)
+    )
     if oom_types and isinstance(error, oom_types):
         return True
     return isinstance(error, RuntimeError) and any(m in str(error).lower() for m in OOM_MESSAGES)
@@ -89,8 +92,12 @@ def compile_model(model: nn.Module, name: str) -> nn.Module | None:
     try:
         return cast("nn.Module", torch.compile(model))
     except Exception as e:
-        log.warning("torch.compile failed for %s (%s: %s); running it eagerly", name, type(e).__name__,
-                    str(e).strip().splitlines()[0] if str(e).strip() else "")
+        log.warning(
+            "torch.compile failed for %s (%s: %s); running it eagerly",
+            name,
+            type(e).__name__,
+            str(e).strip().splitlines()[0] if str(e).strip() else "",
+        )
         return None
 
 
@@ -127,9 +134,11 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
             return torch.bfloat16
         return None  # fp32: bf16 is only fast on CPUs with native support
     if precision == "bf16" and device.type == "cpu" and not cpu_has_native_bf16():
-        log.warning("bf16 was asked for on a CPU without native bf16 (no AVX512-BF16/AMX): it will likely be "
-                    "slower than fp32 here (about 4-5x on AVX2 CPUs), with latents that differ slightly; "
-                    "use --precision fp32 (or auto) on this machine")
+        log.warning(
+            "bf16 was asked for on a CPU without native bf16 (no AVX512-BF16/AMX): it will likely be "
+            "slower than fp32 here (about 4-5x on AVX2 CPUs), with latents that differ slightly; "
+            "use --precision fp32 (or auto) on this machine"
+        )
     return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 

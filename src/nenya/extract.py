@@ -27,9 +27,18 @@ log = logging.getLogger(__name__)
 DEBUG_BATCHES = 3
 
 
-def extract_preproc(files: Sequence[str], encoder: Encoder, output: str, *, fmt: str = "h5",
-                    partitions: Sequence[str] = DEFAULT_PARTITIONS, clobber: bool = False, debug: bool = False,
-                    options: RunOptions = RunOptions(), engine: Engine | None = None) -> RunSummary:
+def extract_preproc(
+    files: Sequence[str],
+    encoder: Encoder,
+    output: str,
+    *,
+    fmt: str = "h5",
+    partitions: Sequence[str] = DEFAULT_PARTITIONS,
+    clobber: bool = False,
+    debug: bool = False,
+    options: RunOptions = RunOptions(),
+    engine: Engine | None = None,
+) -> RunSummary:
     """Extract every partition of each preproc file into ``output`` (folder or URL).
 
     Files whose output already exists are skipped unless ``clobber``; a debug run reads
@@ -76,8 +85,10 @@ def split_output(output: str, fmt: str | None = None) -> tuple[str, str, str]:
         folder, name = os.path.split(os.path.abspath(storage.local_path(out)))
     fmt = fmt or by_ext.get(os.path.splitext(name)[1].lower())
     if fmt is None:
-        raise ValueError(f"cannot tell the output format of {out!r}; name it "
-                         f"{' or '.join('*' + e for e in sorted(by_ext))}, or give --format")
+        raise ValueError(
+            f"cannot tell the output format of {out!r}; name it "
+            f"{' or '.join('*' + e for e in sorted(by_ext))}, or give --format"
+        )
     return folder or ".", storage.safe_name(name), fmt
 
 
@@ -86,15 +97,29 @@ def open_collection(spec: str, options: SourceOptions) -> Source:
     kind, where = split_spec(spec)
     if kind not in sources or not hasattr(sources.get(kind), "from_spec"):
         usable = [n for n in sources.names() if hasattr(sources.get(n), "from_spec")]
-        raise ValueError(f"unknown source {spec!r}; use one of {', '.join(k + ':...' for k in usable)} "
-                         "(images:FOLDER, table:FILE.csv|.parquet), or give Nenya preproc .h5 files as arguments")
+        raise ValueError(
+            f"unknown source {spec!r}; use one of {', '.join(k + ':...' for k in usable)} "
+            "(images:FOLDER, table:FILE.csv|.parquet), or give Nenya preproc .h5 files as arguments"
+        )
     return sources.get(kind).from_spec(where, options)
 
 
-def extract_collection(spec: str, encoder: Encoder, output: str, *, fmt: str | None = None, overwrite: bool = False,
-                       dtype: str = "float32", options: RunOptions = RunOptions(), path_column: str = "path",
-                       id_column: str | None = None, columns: Sequence[str] | None = None,
-                       max_pixels: int | None = None, engine: Engine | None = None, decode: str = "cpu") -> RunSummary:
+def extract_collection(
+    spec: str,
+    encoder: Encoder,
+    output: str,
+    *,
+    fmt: str | None = None,
+    overwrite: bool = False,
+    dtype: str = "float32",
+    options: RunOptions = RunOptions(),
+    path_column: str = "path",
+    id_column: str | None = None,
+    columns: Sequence[str] | None = None,
+    max_pixels: int | None = None,
+    engine: Engine | None = None,
+    decode: str = "cpu",
+) -> RunSummary:
     """Encode an image folder or path table (any ``--source`` kind) into one output file.
 
     When the output exists, only ids it does not account for are encoded and added after its
@@ -113,10 +138,18 @@ def extract_collection(spec: str, encoder: Encoder, output: str, *, fmt: str | N
     engine = engine or default_engine()
     sink = sinks.get(fmt)(folder, overwrite=overwrite, name=name, **({"dtype": dtype} if dtype != "float32" else {}))
     skip = sink.resume_ids()
-    source = open_collection(spec, SourceOptions(
-        transform=encoder.preprocess.image, skip_ids=frozenset(skip), path_column=path_column, id_column=id_column,
-        columns=None if columns is None else tuple(columns), max_pixels=max_pixels,
-        jpeg_on_device=_jpeg_on_device(decode, encoder, engine)))
+    source = open_collection(
+        spec,
+        SourceOptions(
+            transform=encoder.preprocess.image,
+            skip_ids=frozenset(skip),
+            path_column=path_column,
+            id_column=id_column,
+            columns=None if columns is None else tuple(columns),
+            max_pixels=max_pixels,
+            jpeg_on_device=_jpeg_on_device(decode, encoder, engine),
+        ),
+    )
     if skip:
         log.info("%s exists with %d ids: encoding only new ones", storage.join(folder, name), len(skip))
     try:

@@ -15,13 +15,7 @@ from __future__ import annotations
 import os
 
 from nenya.config import config_file, config_value, model_dir
-from nenya.encoders.named import (
-    NAMED_MODELS,
-    load_opt,
-    named_opts_file,
-    named_weights_path,
-    resolve_weights,
-)
+from nenya.encoders.named import NAMED_MODELS, load_opt, named_opts_file, named_weights_path, resolve_weights
 from nenya.pipeline import storage
 
 
@@ -45,5 +39,16 @@ def list_of_bucket_files(path: str) -> list[str]:
     return storage.listdir_names(path)
 
 
-__all__ = ["NAMED_MODELS", "config_file", "config_value", "download_file_from_s3", "list_of_bucket_files", "load_opt",
-           "model_dir", "named_opts_file", "named_weights_path", "resolve_weights", "upload_file_to_s3"]
+__all__ = [
+    "NAMED_MODELS",
+    "config_file",
+    "config_value",
+    "download_file_from_s3",
+    "list_of_bucket_files",
+    "load_opt",
+    "model_dir",
+    "named_opts_file",
+    "named_weights_path",
+    "resolve_weights",
+    "upload_file_to_s3",
+]

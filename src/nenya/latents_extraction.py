@@ -51,8 +51,14 @@ class HDF5RGBDataset(Dataset):
         KeyError: the file has no such partition.
     """
 
-    def __init__(self, file_path: str, partition: str, allowed_indices: Sequence[int] | np.ndarray | None = None,
-                 *, nchannels: int = 3) -> None:
+    def __init__(
+        self,
+        file_path: str,
+        partition: str,
+        allowed_indices: Sequence[int] | np.ndarray | None = None,
+        *,
+        nchannels: int = 3,
+    ) -> None:
         self.file_path = str(file_path)
         self.partition = partition
         self.meta_dset = f"{partition}_metadata"
@@ -80,10 +86,15 @@ class HDF5RGBDataset(Dataset):
             return []
         uniq, inverse = np.unique(rows, return_inverse=True)
         if uniq[0] < 0 or uniq[-1] >= self._n:
-            raise IndexError(f"row {int(uniq[0] if uniq[0] < 0 else uniq[-1])} is outside {self.file_path}:"
-                             f"{self.partition}, which has {self._n} rows")
-        batches = [batch for start, stop in _spans(uniq)
-                   for batch in self._source.read(Shard(self.file_path, self.partition, 0, start, stop), stop - start)]
+            raise IndexError(
+                f"row {int(uniq[0] if uniq[0] < 0 else uniq[-1])} is outside {self.file_path}:"
+                f"{self.partition}, which has {self._n} rows"
+            )
+        batches = [
+            batch
+            for start, stop in _spans(uniq)
+            for batch in self._source.read(Shard(self.file_path, self.partition, 0, start, stop), stop - start)
+        ]
         take = np.searchsorted(np.concatenate([b.rows for b in batches]), uniq)[inverse]
         data = np.concatenate([b.data for b in batches])[take]
         if self.nchannels != data.shape[1]:
@@ -112,17 +123,29 @@ def _spans(rows: np.ndarray) -> list[tuple[int, int]]:
     return [(int(r[0]), int(r[-1]) + 1) for r in runs]
 
 
-def build_loader(data_file: str, dataset: str, batch_size: int = 1, num_workers: int = 1,
-                 allowed_indices: Sequence[int] | np.ndarray | None = None, *, nchannels: int = 3
-                 ) -> tuple[HDF5RGBDataset, DataLoader]:
+def build_loader(
+    data_file: str,
+    dataset: str,
+    batch_size: int = 1,
+    num_workers: int = 1,
+    allowed_indices: Sequence[int] | np.ndarray | None = None,
+    *,
+    nchannels: int = 3,
+) -> tuple[HDF5RGBDataset, DataLoader]:
     """A DataLoader over one partition (``dataset``) of a preproc file, in row order.
 
     Returns:
         ``(dset, loader)``; each batch is ``(images (B, nchannels, H, W), metadata dict of lists)``.
     """
     dset = HDF5RGBDataset(data_file, partition=dataset, allowed_indices=allowed_indices, nchannels=nchannels)
-    loader = DataLoader(dset, batch_size=batch_size, shuffle=False, drop_last=False,
-                        num_workers=num_workers, pin_memory=torch.cuda.is_available())
+    loader = DataLoader(
+        dset,
+        batch_size=batch_size,
+        shuffle=False,
+        drop_last=False,
+        num_workers=num_workers,
+        pin_memory=torch.cuda.is_available(),
+    )
     return dset, loader
 
 
@@ -159,15 +182,26 @@ def prep(opt: Params) -> tuple[str, list[str]]:
 def _run_options(opt: Params, *, progress: bool = True, description: str = "extract") -> RunOptions:
     cpus = os.cpu_count() or 1
     workers = int(opt.get("num_workers", 1))
-    return RunOptions(batch_size=int(opt.get("batch_size_valid", 128)), num_workers=min(workers, max(cpus - 1, 0)),
-                      device="cpu" if opt.get("cuda_use", True) is False else "auto",
-                      precision=opt.get("precision", "fp32"), progress=progress, description=description)
+    return RunOptions(
+        batch_size=int(opt.get("batch_size_valid", 128)),
+        num_workers=min(workers, max(cpus - 1, 0)),
+        device="cpu" if opt.get("cuda_use", True) is False else "auto",
+        precision=opt.get("precision", "fp32"),
+        progress=progress,
+        description=description,
+    )
 
 
-def model_latents_extract(opt: Params, data_file: str, model_path: str, remove_module: bool = True,
-                          in_loader: DataLoader | None = None, partitions: Sequence[str] = ("train", "valid"),
-                          allowed_indices: Sequence[int] | np.ndarray | None = None, debug: bool = False,
-                          ) -> dict[str, np.ndarray]:
+def model_latents_extract(
+    opt: Params,
+    data_file: str,
+    model_path: str,
+    remove_module: bool = True,
+    in_loader: DataLoader | None = None,
+    partitions: Sequence[str] = ("train", "valid"),
+    allowed_indices: Sequence[int] | np.ndarray | None = None,
+    debug: bool = False,
+) -> dict[str, np.ndarray]:
     """Latents of every requested partition present in ``data_file``.
 
     Args:
@@ -185,7 +219,9 @@ def model_latents_extract(opt: Params, data_file: str, model_path: str, remove_m
     """
     opt = resolve_opts(opt)
     options = _run_options(opt)
-    encoder = SupConEncoder.from_checkpoint(model_path, opt, remove_module=remove_module).to(options.device, options.precision)
+    encoder = SupConEncoder.from_checkpoint(model_path, opt, remove_module=remove_module).to(
+        options.device, options.precision
+    )
     if in_loader is not None:
         return _extract_loader(in_loader, encoder, data_file, partitions, debug)
     limit = DEBUG_BATCHES * options.batch_size if debug else None
@@ -200,8 +236,9 @@ def model_latents_extract(opt: Params, data_file: str, model_path: str, remove_m
     return sink.arrays[str(data_file)]
 
 
-def _extract_loader(loader: DataLoader, encoder: Encoder, data_file: str | None, partitions: Sequence[str],
-                    debug: bool) -> dict[str, np.ndarray]:
+def _extract_loader(
+    loader: DataLoader, encoder: Encoder, data_file: str | None, partitions: Sequence[str], debug: bool
+) -> dict[str, np.ndarray]:
     out = []
     for i, item in enumerate(loader):
         if debug and i >= DEBUG_BATCHES:
@@ -217,8 +254,9 @@ def _extract_loader(loader: DataLoader, encoder: Encoder, data_file: str | None,
     return {p: latents for p in present}
 
 
-def main(opt_path: str | os.PathLike, pp_files: Sequence[str] | str, clobber: bool = False, debug: bool = False,
-         ) -> list[str]:
+def main(
+    opt_path: str | os.PathLike, pp_files: Sequence[str] | str, clobber: bool = False, debug: bool = False
+) -> list[str]:
     """Write a Nenya latents file for each preproc file.
 
     Each ``X_preproc_Y.h5`` (local path or URL) becomes ``X_latents_Y.h5`` under

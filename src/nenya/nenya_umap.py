@@ -32,8 +32,22 @@ from nenya.pipeline import storage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["umap_DT", "DT_bins", "DT_key", "DT_interval", "umap_dir", "umap_paths", "umap_prefix", "umap_subset",
-           "load", "save_umap", "load_umap", "grid_umap", "cutouts_on_umap_grid", "UMAPFileError"]
+__all__ = [
+    "umap_DT",
+    "DT_bins",
+    "DT_key",
+    "DT_interval",
+    "umap_dir",
+    "umap_paths",
+    "umap_prefix",
+    "umap_subset",
+    "load",
+    "save_umap",
+    "load_umap",
+    "grid_umap",
+    "cutouts_on_umap_grid",
+    "UMAPFileError",
+]
 
 #: DT bins of the DT-subset UMAPs: key -> (lower, upper], in kelvin. "all" means no cut.
 DT_bins: dict[str, tuple[float, float]] = {
@@ -128,15 +142,21 @@ def load_umap(path: str | os.PathLike) -> Any:
     folder = umap_dir().resolve()
     p = Path(path).expanduser().resolve()
     if folder != p.parent and folder not in p.parents:
-        raise UMAPFileError(f"{path} is outside the UMAP dir {folder}; nenya unpickles UMAPs only from there "
-                            "(set NENYA_UMAP_DIR to the folder that holds your UMAP files)")
+        raise UMAPFileError(
+            f"{path} is outside the UMAP dir {folder}; nenya unpickles UMAPs only from there "
+            "(set NENYA_UMAP_DIR to the folder that holds your UMAP files)"
+        )
     if not p.is_file():
-        raise UMAPFileError(f"UMAP file not found: {p}. Fit one with nenya.nenya_umap.umap_subset(..., "
-                            f"umap_savefile={p.name!r}) or copy your UMAP files into {folder}")
+        raise UMAPFileError(
+            f"UMAP file not found: {p}. Fit one with nenya.nenya_umap.umap_subset(..., "
+            f"umap_savefile={p.name!r}) or copy your UMAP files into {folder}"
+        )
     companion = Path(str(p) + ".sha256")
     if not companion.is_file() or companion.read_text().strip() != _digest(p):
-        raise UMAPFileError(f"{p} was not written by nenya (its {companion.name} is missing or does not match); "
-                            "refit it with umap_subset, which writes both files")
+        raise UMAPFileError(
+            f"{p} was not written by nenya (its {companion.name} is missing or does not match); "
+            "refit it with umap_subset, which writes both files"
+        )
     with open(p, "rb") as f:
         return pickle.load(f)  # noqa: S301 - only nenya's own files in the user's UMAP dir (checked above)
 
@@ -154,8 +174,9 @@ def load(model_name: str, DT: float | None = None, use_s3: bool = False) -> tupl
         ``(umap, table_file)``.
     """
     if use_s3:
-        raise ValueError("UMAPs are loaded from the local UMAP dir only (see nenya.nenya_umap.umap_dir); "
-                         "download them there first")
+        raise ValueError(
+            "UMAPs are loaded from the local UMAP dir only (see nenya.nenya_umap.umap_dir); download them there first"
+        )
     key = "all" if DT is None else DT_key(float(DT))
     pkl, table = umap_paths(model_name, key)
     if not os.path.exists(pkl) and key != "all":
@@ -172,7 +193,9 @@ def _col(tbl: pd.DataFrame, *names: str) -> str:
     for n in names:
         if n in tbl.columns:
             return n
-    raise InputError(f"the table has none of the columns {', '.join(names)}; columns: {', '.join(map(str, tbl.columns[:20]))}")
+    raise InputError(
+        f"the table has none of the columns {', '.join(names)}; columns: {', '.join(map(str, tbl.columns[:20]))}"
+    )
 
 
 def _keep_range(values: pd.Series, rng: Sequence[float]) -> np.ndarray:
@@ -191,8 +214,10 @@ def _latents_for(pp_file: str, opt: Params | None, latents: str | Mapping[str, s
     if isinstance(latents, str):
         return storage.join(latents, latents_name(pp_file))
     if opt is None or not opt.latents_folder:
-        raise InputError("say where the latents files are: latents=FOLDER or a {pp_file: latents_file} mapping, "
-                         "or an opts file with s3_outdir and the model options")
+        raise InputError(
+            "say where the latents files are: latents=FOLDER or a {pp_file: latents_file} mapping, "
+            "or an opts file with s3_outdir and the model options"
+        )
     return storage.join(opt.s3_outdir or ".", opt.latents_folder, latents_name(pp_file))
 
 
@@ -203,7 +228,9 @@ class _LatentsRows:
         self.url = url
         self.local = storage.fetch(url) if storage.is_remote(url) else storage.local_path(url)
         if not os.path.exists(self.local):
-            raise InputError(f"latents file not found: {url}; extract it first (nenya extract / latents_extraction.main)")
+            raise InputError(
+                f"latents file not found: {url}; extract it first (nenya extract / latents_extraction.main)"
+            )
 
     def read(self, partition: str, pp_idx: np.ndarray) -> np.ndarray:
         """The vectors of rows ``pp_idx`` of ``partition`` (any order, repeats allowed), float32."""
@@ -224,8 +251,10 @@ class _LatentsRows:
                     raise InputError(f"{self.url}:{partition} lacks rows such as {int(pos[~found][0])} of the table")
                 pos = order[at]
             if len(pos) and (pos.min() < 0 or pos.max() >= dset.shape[0]):
-                raise InputError(f"pp_idx up to {int(pos.max())} but {self.url}:{partition} has {dset.shape[0]} rows; "
-                                 "is the table from the same preproc files?")
+                raise InputError(
+                    f"pp_idx up to {int(pos.max())} but {self.url}:{partition} has {dset.shape[0]} rows; "
+                    "is the table from the same preproc files?"
+                )
             order = np.argsort(pos, kind="stable")
             out = np.empty((len(pos), dset.shape[1]), np.float32)
             uniq, inv = np.unique(pos[order], return_inverse=True)
@@ -235,8 +264,13 @@ class _LatentsRows:
         return out
 
 
-def _apply_cuts(tbl: pd.DataFrame, DT_cut: str | None, alpha_cut: tuple[float, float] | None,
-                cut_column: str | None, cut_range: tuple[float, float] | None) -> pd.DataFrame:
+def _apply_cuts(
+    tbl: pd.DataFrame,
+    DT_cut: str | None,
+    alpha_cut: tuple[float, float] | None,
+    cut_column: str | None,
+    cut_range: tuple[float, float] | None,
+) -> pd.DataFrame:
     """The rows of ``tbl`` inside every (lower, upper] cut, renumbered from 0."""
     tbl = tbl.reset_index(drop=True)
     keep = np.ones(len(tbl), dtype=bool)
@@ -251,8 +285,10 @@ def _apply_cuts(tbl: pd.DataFrame, DT_cut: str | None, alpha_cut: tuple[float, f
     tbl = tbl[keep].reset_index(drop=True)
     log.info("after the cuts, %d cutouts to work on", len(tbl))
     if len(tbl) < 3:
-        raise InputError(f"only {len(tbl)} row(s) of the table pass the cuts (DT_cut={DT_cut}, alpha_cut={alpha_cut}, "
-                         f"{cut_column}={cut_range}); UMAP needs more")
+        raise InputError(
+            f"only {len(tbl)} row(s) of the table pass the cuts (DT_cut={DT_cut}, alpha_cut={alpha_cut}, "
+            f"{cut_column}={cut_range}); UMAP needs more"
+        )
     return tbl
 
 
@@ -270,13 +306,20 @@ def _pp_columns(tbl: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 class _Vectors:
     """The latent vectors of a cut table's rows, read file by file and partition by partition."""
 
-    def __init__(self, ffile: np.ndarray, ftype: np.ndarray, fidx: np.ndarray, opt: Params | None,
-                 latents: str | Mapping[str, str] | None) -> None:
+    def __init__(
+        self,
+        ffile: np.ndarray,
+        ftype: np.ndarray,
+        fidx: np.ndarray,
+        opt: Params | None,
+        latents: str | Mapping[str, str] | None,
+    ) -> None:
         files = list(pd.unique(ffile))
         self.fidx = fidx
         self.readers = {f: _LatentsRows(_latents_for(f, opt, latents)) for f in files}
-        groups = [(f, p, np.flatnonzero((ffile == f) & (ftype == t)))
-                  for f in files for t, p in ((0, "valid"), (1, "train"))]
+        groups = [
+            (f, p, np.flatnonzero((ffile == f) & (ftype == t))) for f in files for t, p in ((0, "valid"), (1, "train"))
+        ]
         #: (pp_file, partition, table rows) of every non-empty group
         self.groups = [g for g in groups if len(g[2])]
 
@@ -293,8 +336,9 @@ class _Vectors:
                 shutil.rmtree(os.path.dirname(rd.local), ignore_errors=True)
 
 
-def _fit_umap(vectors: _Vectors, n: int, ntrain: int, seed: int, umap_kwargs: Mapping[str, Any] | None,
-              umap_savefile: str | None) -> tuple[Any, np.ndarray]:
+def _fit_umap(
+    vectors: _Vectors, n: int, ntrain: int, seed: int, umap_kwargs: Mapping[str, Any] | None, umap_savefile: str | None
+) -> tuple[Any, np.ndarray]:
     """Fit UMAP on a random ``ntrain`` of the ``n`` rows; returns the reducer and the rows it was fitted on,
     in the order of ``reducer.embedding_``."""
     import warnings
@@ -337,18 +381,32 @@ def _place(reducer: Any, vectors: _Vectors, n: int, fitted_rows: np.ndarray, chu
     for f, p, rows in vectors.groups:
         rows = rows[~placed[rows]]
         for a in range(0, len(rows), chunk_size):
-            r = rows[a:a + chunk_size]
+            r = rows[a : a + chunk_size]
             us[r] = transform_chunked(reducer, vectors.read(f, p, r), chunk=chunk_size)
     return us
 
 
-def umap_subset(modis_tbl: pd.DataFrame | str, opt_path: str | Params | None, outfile: str,
-                DT_cut: str | None = None, alpha_cut: tuple[float, float] | None = None, ntrain: int = 200_000,
-                remove: bool = True, umap_savefile: str | None = None, train_umap: bool = True,
-                local: bool = True, CF: bool = False, debug: bool = False, *,
-                latents: str | Mapping[str, str] | None = None, cut_column: str | None = None,
-                cut_range: tuple[float, float] | None = None, chunk_size: int = 50_000, seed: int = 42,
-                umap_kwargs: Mapping[str, Any] | None = None) -> pd.DataFrame:
+def umap_subset(
+    modis_tbl: pd.DataFrame | str,
+    opt_path: str | Params | None,
+    outfile: str,
+    DT_cut: str | None = None,
+    alpha_cut: tuple[float, float] | None = None,
+    ntrain: int = 200_000,
+    remove: bool = True,
+    umap_savefile: str | None = None,
+    train_umap: bool = True,
+    local: bool = True,
+    CF: bool = False,
+    debug: bool = False,
+    *,
+    latents: str | Mapping[str, str] | None = None,
+    cut_column: str | None = None,
+    cut_range: tuple[float, float] | None = None,
+    chunk_size: int = 50_000,
+    seed: int = 42,
+    umap_kwargs: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
     """Fit a UMAP on a subset of a table's cutouts and write ``US0``/``US1`` for every row of the subset.
 
     Rows are matched to latent vectors through ``pp_file`` (the preproc file; its latents file is
@@ -394,12 +452,7 @@ def umap_subset(modis_tbl: pd.DataFrame | str, opt_path: str | Params | None, ou
     vectors = _Vectors(ffile, ftype, fidx, opt, latents)
     n = len(tbl)
     try:
-        if train_umap:
-            reducer, fitted_rows = _fit_umap(vectors, n, ntrain, seed, umap_kwargs, umap_savefile)
-        else:
-            if umap_savefile is None:
-                raise ValueError("train_umap=False needs umap_savefile: the UMAP to load")
-            reducer, fitted_rows = load_umap(umap_savefile), np.zeros(0, dtype=np.int64)
+        reducer, fitted_rows = _reducer(vectors, n, ntrain, seed, umap_kwargs, umap_savefile, train_umap)
         us = _place(reducer, vectors, n, fitted_rows, chunk_size)
     finally:
         if remove:
@@ -411,9 +464,19 @@ def umap_subset(modis_tbl: pd.DataFrame | str, opt_path: str | Params | None, ou
     return tbl
 
 
+def _reducer(vectors, n, ntrain, seed, umap_kwargs, umap_savefile, train_umap: bool):
+    """(UMAP, rows it was fitted on): fitted here on a subset, or loaded from ``umap_savefile``."""
+    if train_umap:
+        return _fit_umap(vectors, n, ntrain, seed, umap_kwargs, umap_savefile)
+    if umap_savefile is None:
+        raise ValueError("train_umap=False needs umap_savefile: the UMAP to load")
+    return load_umap(umap_savefile), np.zeros(0, dtype=np.int64)
+
+
 # -- the UMAP grid -------------------------------------------------------------------------------
-def cutouts_on_umap_grid(tbl: pd.DataFrame, nxy: int, umap_keys: tuple[str, str], min_pts: int = 1,
-                         *, seed: int = 0) -> tuple[pd.DataFrame, list[pd.Series | None], dict]:
+def cutouts_on_umap_grid(
+    tbl: pd.DataFrame, nxy: int, umap_keys: tuple[str, str], min_pts: int = 1, *, seed: int = 0
+) -> tuple[pd.DataFrame, list[pd.Series | None], dict]:
     """One random row per cell of :func:`grid_umap` (None for cells with fewer than ``min_pts`` rows).
 
     Returns:

@@ -10,8 +10,18 @@ from typing import TYPE_CHECKING, Any
 
 #: Keys that read as None when an opts file does not set them (as in Nenya).
 DEFAULT_NONE_KEYS = (
-    "nenya_data", "data_folder", "lr_decay_epochs", "model_name", "cosine", "warmup_from",
-    "warmup_to", "warmup_epochs", "model_folder", "latents_folder", "cuda_use", "valid_freq",
+    "nenya_data",
+    "data_folder",
+    "lr_decay_epochs",
+    "model_name",
+    "cosine",
+    "warmup_from",
+    "warmup_to",
+    "warmup_epochs",
+    "model_folder",
+    "latents_folder",
+    "cuda_use",
+    "valid_freq",
     "save_freq",
 )
 
@@ -44,6 +54,7 @@ class Params:
         self.__dict__.update(values)
 
     if TYPE_CHECKING:  # options are read from JSON, so every attribute name is allowed
+
         def __getattr__(self, name: str) -> Any: ...
 
         def __setattr__(self, name: str, value: Any) -> None: ...
@@ -128,9 +139,10 @@ def option_preprocess(opt: Params) -> Params:
         opt.warmup_from = 0.01
         opt.warm_epochs = 10
         if opt.get("cosine") and getattr(opt, "epochs", None):
-            eta_min = opt.learning_rate * (opt.lr_decay_rate ** 3)
-            opt.warmup_to = eta_min + (opt.learning_rate - eta_min) * (
-                1 + math.cos(math.pi * opt.warm_epochs / opt.epochs)) / 2
+            eta_min = opt.learning_rate * (opt.lr_decay_rate**3)
+            opt.warmup_to = (
+                eta_min + (opt.learning_rate - eta_min) * (1 + math.cos(math.pi * opt.warm_epochs / opt.epochs)) / 2
+            )
         elif getattr(opt, "learning_rate", None) is not None:
             opt.warmup_to = opt.learning_rate
     if opt.model_name is not None:

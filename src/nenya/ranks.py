@@ -49,9 +49,11 @@ class Ranks:
             local_rank = int(env.get("LOCAL_RANK", str(rank)))
             local_world = int(env.get("LOCAL_WORLD_SIZE", str(world)))
         except ValueError:
-            raise NenyaError("RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE must be integers; got "
-                             f"{env.get('RANK')!r}, {env.get('WORLD_SIZE')!r}, {env.get('LOCAL_RANK')!r}, "
-                             f"{env.get('LOCAL_WORLD_SIZE')!r}") from None
+            raise NenyaError(
+                "RANK, WORLD_SIZE, LOCAL_RANK and LOCAL_WORLD_SIZE must be integers; got "
+                f"{env.get('RANK')!r}, {env.get('WORLD_SIZE')!r}, {env.get('LOCAL_RANK')!r}, "
+                f"{env.get('LOCAL_WORLD_SIZE')!r}"
+            ) from None
         if world < 1 or not 0 <= rank < world:
             raise NenyaError(f"RANK={rank} is not within WORLD_SIZE={world}; launch with torchrun or --devices N")
         run_id = env.get("TORCHELASTIC_RUN_ID", "")
@@ -79,8 +81,10 @@ class Ranks:
         if device in ("auto", "cuda") and torch.cuda.is_available():
             n = torch.cuda.device_count()
             if self.local_rank >= n:
-                raise NenyaError(f"LOCAL_RANK {self.local_rank} but this machine has {n} GPU(s); start at most "
-                                 f"{n} processes per machine (--nproc-per-node / --devices)")
+                raise NenyaError(
+                    f"LOCAL_RANK {self.local_rank} but this machine has {n} GPU(s); start at most "
+                    f"{n} processes per machine (--nproc-per-node / --devices)"
+                )
             return f"cuda:{self.local_rank}"
         return device
 
@@ -90,7 +94,6 @@ class Ranks:
         return max(1, cores // self.local_world)
 
 
-
 def launch(argv: list[str], n: int, *, env: dict[str, str] | None = None) -> int:
     """Run ``nenya <argv>`` as ``n`` local ranks (``--devices N``); return the first failing exit code.
 
@@ -98,8 +101,7 @@ def launch(argv: list[str], n: int, *, env: dict[str, str] | None = None) -> int
     stops them all.
     """
     base = dict(os.environ if env is None else env)
-    base.update(WORLD_SIZE=str(n), LOCAL_WORLD_SIZE=str(n), NENYA_JOB_ID=uuid.uuid4().hex,
-                MASTER_ADDR="127.0.0.1")
+    base.update(WORLD_SIZE=str(n), LOCAL_WORLD_SIZE=str(n), NENYA_JOB_ID=uuid.uuid4().hex, MASTER_ADDR="127.0.0.1")
     procs = []
     for r in range(n):
         e = dict(base, RANK=str(r), LOCAL_RANK=str(r))
@@ -141,4 +143,3 @@ def launch(argv: list[str], n: int, *, env: dict[str, str] | None = None) -> int
         if rc == 0 and p.returncode != 0:
             rc = p.returncode if p.returncode > 0 else 128 - p.returncode
     return rc
-

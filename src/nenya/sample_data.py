@@ -48,8 +48,15 @@ def make_cutouts(n: int, *, size: int = 64, seed: int = 0) -> tuple[np.ndarray, 
     return out.astype(np.float32), labels
 
 
-def write_preproc(path: str | os.PathLike, *, n_valid: int = 1000, n_train: int = 0, size: int = 64, seed: int = 0,
-                  channel_axis: bool = True) -> str:
+def write_preproc(
+    path: str | os.PathLike,
+    *,
+    n_valid: int = 1000,
+    n_train: int = 0,
+    size: int = 64,
+    seed: int = 0,
+    channel_axis: bool = True,
+) -> str:
     """Write a Nenya preproc file: ``valid`` (and ``train``) cutouts with ``*_metadata`` tables."""
     rng = np.random.default_rng(seed + 1)
     with h5py.File(path, "w") as f:
@@ -58,17 +65,21 @@ def write_preproc(path: str | os.PathLike, *, n_valid: int = 1000, n_train: int 
                 continue
             imgs, labels = make_cutouts(n, size=size, seed=s)
             f.create_dataset(part, data=imgs[:, None] if channel_axis else imgs)
-            dt = np.percentile(imgs[:, 12:52, 12:52], 90, axis=(1, 2)) - np.percentile(imgs[:, 12:52, 12:52], 10, axis=(1, 2))
+            dt = np.percentile(imgs[:, 12:52, 12:52], 90, axis=(1, 2)) - np.percentile(
+                imgs[:, 12:52, 12:52], 10, axis=(1, 2)
+            )
             cols = ["lat", "lon", "datetime", "DT40", "pattern", "pp_idx"]
             days = rng.integers(0, 3650, n)
-            table = np.column_stack([
-                np.round(rng.uniform(-60, 60, n), 4).astype(str),
-                np.round(rng.uniform(-180, 180, n), 4).astype(str),
-                (np.datetime64("2010-01-01") + days).astype(str),
-                np.round(dt, 4).astype(str),
-                np.asarray(CLASSES)[labels],
-                np.arange(n).astype(str),
-            ]).astype("S")
+            table = np.column_stack(
+                [
+                    np.round(rng.uniform(-60, 60, n), 4).astype(str),
+                    np.round(rng.uniform(-180, 180, n), 4).astype(str),
+                    (np.datetime64("2010-01-01") + days).astype(str),
+                    np.round(dt, 4).astype(str),
+                    np.asarray(CLASSES)[labels],
+                    np.arange(n).astype(str),
+                ]
+            ).astype("S")
             meta = f.create_dataset(f"{part}_metadata", data=table)
             meta.attrs["columns"] = [c.encode() for c in cols]
     return str(path)

@@ -33,14 +33,35 @@ from nenya.train.data import ArrayDataset, open_dataset
 from nenya.train.losses import SupConLoss
 
 __all__ = [
-    "set_model", "option_preprocess", "SupConLoss", "SupConResNet", "set_optimizer", "adjust_learning_rate",
-    "warmup_learning_rate", "save_model", "train_model", "nenya_loader", "NenyaDataset", "TwoCropTransform",
-    "AverageMeter", "RandomFlip", "RandomRotate", "JitterCrop", "GaussianNoise", "Demean", "ThreeChannel",
+    "set_model",
+    "option_preprocess",
+    "SupConLoss",
+    "SupConResNet",
+    "set_optimizer",
+    "adjust_learning_rate",
+    "warmup_learning_rate",
+    "save_model",
+    "train_model",
+    "nenya_loader",
+    "NenyaDataset",
+    "TwoCropTransform",
+    "AverageMeter",
+    "RandomFlip",
+    "RandomRotate",
+    "JitterCrop",
+    "GaussianNoise",
+    "Demean",
+    "ThreeChannel",
 ]
 
 
-def save_model(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, opt: Params, epoch: int,
-               save_file: str | os.PathLike) -> None:
+def save_model(
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    opt: Params,
+    epoch: int,
+    save_file: str | os.PathLike,
+) -> None:
     """Write Nenya's checkpoint ``{'opt', 'model', 'optimizer', 'epoch'}`` atomically (folders created)."""
     inner = model.module if isinstance(model, torch.nn.parallel.DistributedDataParallel) else model
     folder = os.path.dirname(os.path.abspath(save_file))
@@ -48,9 +69,16 @@ def save_model(model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, 
     CheckpointWriter(folder).save(checkpoint_state(opt, inner, optimizer, epoch), os.path.basename(save_file))
 
 
-def train_model(train_loader: Any, model: torch.nn.Module, criterion: torch.nn.Module,
-                optimizer: torch.optim.Optimizer | None, epoch: int, opt: Params, cuda_use: bool = True,
-                update_model: bool = True) -> tuple[float, list[float], list[float]]:
+def train_model(
+    train_loader: Any,
+    model: torch.nn.Module,
+    criterion: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    epoch: int,
+    opt: Params,
+    cuda_use: bool = True,
+    update_model: bool = True,
+) -> tuple[float, list[float], list[float]]:
     """One epoch (Nenya's ``train_model``); with ``update_model=False`` a validation pass (eval mode, no gradients).
 
     ``train_loader`` yields Nenya's two views ``[view1, view2]`` (as :func:`nenya_loader` makes) or raw
@@ -60,8 +88,9 @@ def train_model(train_loader: Any, model: torch.nn.Module, criterion: torch.nn.M
         ``(mean loss, per-step losses, running-average losses)``.
     """
     device = torch.device("cuda" if cuda_use and torch.cuda.is_available() else "cpu")
-    setup = EpochSetup(device, aug=AugmentConfig.from_opt(opt), update=update_model,
-                       desc="train" if update_model else "valid")
+    setup = EpochSetup(
+        device, aug=AugmentConfig.from_opt(opt), update=update_model, desc="train" if update_model else "valid"
+    )
     res = run_epoch(train_loader, model, criterion, optimizer, epoch, opt, setup)
     return res.loss, res.step_losses, res.avg_losses
 
@@ -99,8 +128,17 @@ class JitterCrop:
         self.crop_dim, self.jitter_lim = crop_dim, jitter_lim
 
     def __call__(self, image: np.ndarray) -> np.ndarray:
-        return _one(image, AugmentConfig(flip=False, rotate=False, crop=self.crop_dim, jitter=self.jitter_lim,
-                                         demean=False, nchannels=_channels(image)))
+        return _one(
+            image,
+            AugmentConfig(
+                flip=False,
+                rotate=False,
+                crop=self.crop_dim,
+                jitter=self.jitter_lim,
+                demean=False,
+                nchannels=_channels(image),
+            ),
+        )
 
 
 class GaussianNoise:
@@ -191,5 +229,6 @@ def nenya_loader(opt: Params, valid: bool = False) -> DataLoader:
     ds = open_dataset(data_file(opt), key, in_memory=opt.get("data_in_memory", "auto"))
     bsz = int(opt.get("batch_size_valid" if valid else "batch_size_train", 64))
     workers = 0 if ds.in_memory else int(opt.get("num_workers", 0))
-    return DataLoader(ds, batch_size=bsz, shuffle=True, num_workers=workers,
-                      collate_fn=_TwoViews(AugmentConfig.from_opt(opt)))
+    return DataLoader(
+        ds, batch_size=bsz, shuffle=True, num_workers=workers, collate_fn=_TwoViews(AugmentConfig.from_opt(opt))
+    )

@@ -44,8 +44,14 @@ def layouts(tmp_path):
     keep = np.r_[np.delete(np.arange(40), 7)]
     ids = [f"valid/{i}" for i in keep] + [f"train/{i}" for i in range(21)]
     vecs = np.concatenate([v[keep], t])
-    table = pa.table({"id": ids, "partition": [i.split("/")[0] for i in ids], "row": [int(i.split("/")[1]) for i in ids],
-                      "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.astype(np.float16).reshape(-1)), 16)})
+    table = pa.table(
+        {
+            "id": ids,
+            "partition": [i.split("/")[0] for i in ids],
+            "row": [int(i.split("/")[1]) for i in ids],
+            "vector": pa.FixedSizeListArray.from_arrays(pa.array(vecs.astype(np.float16).reshape(-1)), 16),
+        }
+    )
     pq.write_table(table, tmp_path / "x.parquet")
     np.save(tmp_path / "y.npy", vecs)
     pq.write_table(table.drop(["vector"]), tmp_path / "y.parquet")
@@ -123,8 +129,11 @@ def test_flat_search_is_exact(metric, tmp_path):
         d = ((q[:, None, :] - x[None]) ** 2).sum(-1)
         ref = np.argsort(d, axis=1)[:, :10]
     else:
-        xx, qq = (x, q) if metric == "ip" else (x / np.linalg.norm(x, axis=1, keepdims=True),
-                                                 q / np.linalg.norm(q, axis=1, keepdims=True))
+        xx, qq = (
+            (x, q)
+            if metric == "ip"
+            else (x / np.linalg.norm(x, axis=1, keepdims=True), q / np.linalg.norm(q, axis=1, keepdims=True))
+        )
         ref = np.argsort(-(qq @ xx.T), axis=1)[:, :10]
     np.testing.assert_array_equal(rows, ref)
     assert ids[0, 0] == str(ref[0, 0])
@@ -153,11 +162,24 @@ def test_hnsw_recall_at_10_on_100k():
 def test_plots_are_not_blank(tmp_path):
     rng = np.random.default_rng(5)
     pre = write_preproc(tmp_path / "g_preproc.h5", n_valid=300, size=16, seed=1)
-    table = pd.DataFrame({"partition": "valid", "row": np.arange(300), "U0": rng.normal(size=300),
-                          "U1": rng.normal(size=300), "c": rng.integers(0, 3, 300), "v": rng.normal(size=300)})
+    table = pd.DataFrame(
+        {
+            "partition": "valid",
+            "row": np.arange(300),
+            "U0": rng.normal(size=300),
+            "U1": rng.normal(size=300),
+            "c": rng.integers(0, 3, 300),
+            "v": rng.normal(size=300),
+        }
+    )
     for col in ("c", "v", None):
-        out = scatter_plot(table.U0, table.U1, str(tmp_path / f"s_{col}.png"), color=None if col is None else table[col],
-                           color_name=col)
+        out = scatter_plot(
+            table.U0,
+            table.U1,
+            str(tmp_path / f"s_{col}.png"),
+            color=None if col is None else table[col],
+            color_name=col,
+        )
         assert _colours(out) > 20
     lookup = ImageLookup(table, images=pre)
     g = gallery_plot(table.U0.to_numpy(), table.U1.to_numpy(), lookup.get, str(tmp_path / "g.png"), nxy=6)
@@ -183,8 +205,9 @@ def test_photo_thumbnails_from_path_column(tmp_path):
 
 
 def _nenya(*args, cwd=None) -> subprocess.CompletedProcess:
-    r = subprocess.run([sys.executable, "-m", "nenya", *map(str, args)], capture_output=True, text=True, cwd=cwd,
-                       timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "nenya", *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
     assert r.returncode == 0, r.stderr
     return r
 
@@ -195,8 +218,9 @@ def test_cli_subcommands(tmp_path, layouts):
     h5 = str(layouts["h5"])
     out = _nenya("pca", h5, "-n", "3").stdout.strip().splitlines()[-1]
     assert out.endswith("x_latents_pca.parquet") and {"id", "PC0", "PC2", "DT40"} <= set(pd.read_parquet(out).columns)
-    out = _nenya("cluster", h5, "--method", "kmeans,hdbscan", "-k", "3", "--min-cluster-size", "5",
-                 "-o", tmp_path / "cl.parquet").stdout.strip()
+    out = _nenya(
+        "cluster", h5, "--method", "kmeans,hdbscan", "-k", "3", "--min-cluster-size", "5", "-o", tmp_path / "cl.parquet"
+    ).stdout.strip()
     df = pd.read_parquet(out)
     assert out == str(tmp_path / "cl.parquet") and df["kmeans"].nunique() == 3 and "hdbscan" in df
     out = _nenya("umap", str(layouts["npy"]), "--output", f"{tmp_path}/um/").stdout.strip()
@@ -214,8 +238,9 @@ def test_cli_subcommands(tmp_path, layouts):
     assert _colours(png) > 20
     png = _nenya("plot", "gallery", out, "--images", pre, "--nxy", "5").stdout.strip()
     assert _colours(png) > 100
-    png = _nenya("plot", "neighbours", h5, "--id", "valid/0", "-k", "3", "--images", pre,
-                 "-o", tmp_path / "nb.png").stdout.strip()
+    png = _nenya(
+        "plot", "neighbours", h5, "--id", "valid/0", "-k", "3", "--images", pre, "-o", tmp_path / "nb.png"
+    ).stdout.strip()
     assert png == str(tmp_path / "nb.png") and _colours(png) > 50
     html = _nenya("explore", h5, "--coords", out, "--images", pre, "-o", tmp_path / "ex.html").stdout.strip()
     text = open(html, encoding="utf-8").read()

@@ -15,11 +15,18 @@ from nenya.analysis.images import ImageLookup
 from nenya.sample_data import write_preproc
 
 CHROMIUM = "/usr/bin/chromium"
-ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-        "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
-pytestmark = [pytest.mark.browser,
-              pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")]
+pytestmark = [pytest.mark.browser, pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")]
 
 
 def _page_data(tmp_path, n: int, *, n_images: int = 300, thumbs: int = 2000, k: int = 6):
@@ -29,13 +36,28 @@ def _page_data(tmp_path, n: int, *, n_images: int = 300, thumbs: int = 2000, k: 
     centres = np.array([[0, 0], [8, 1], [3, 7], [-5, 5]], dtype=np.float32)
     xy = centres[cls] + rng.normal(size=(n, 2)).astype(np.float32)
     vectors = (np.eye(4, 16)[cls] * 3 + rng.normal(size=(n, 16))).astype(np.float32)
-    table = pd.DataFrame({"id": [f"valid/{i}" for i in range(n)], "partition": "valid",
-                          "row": np.arange(n) % n_images, "label": np.array(["a", "b", "c", "d"])[cls],
-                          "DT40": rng.gamma(2, 1, n)})
+    table = pd.DataFrame(
+        {
+            "id": [f"valid/{i}" for i in range(n)],
+            "partition": "valid",
+            "row": np.arange(n) % n_images,
+            "label": np.array(["a", "b", "c", "d"])[cls],
+            "DT40": rng.gamma(2, 1, n),
+        }
+    )
     table.loc[0, "id"] = "../x</script><b>"  # hostile ids stay text
     table.loc[1, "id"] = "nul\x00id"
-    out = write_explorer(str(tmp_path / "page.html"), xy[:, 0], xy[:, 1], table, vectors=vectors,
-                         images=ImageLookup(table, images=pre), color="label", k=k, max_thumbs=thumbs)
+    out = write_explorer(
+        str(tmp_path / "page.html"),
+        xy[:, 0],
+        xy[:, 1],
+        table,
+        vectors=vectors,
+        images=ImageLookup(table, images=pre),
+        color="label",
+        k=k,
+        max_thumbs=thumbs,
+    )
     return out, xy, table
 
 

@@ -16,8 +16,9 @@ ENV = dict(os.environ, TQDM_DISABLE="1")
 
 
 def nenya(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "nenya", *map(str, args)], capture_output=True, text=True,
-                          cwd=cwd, env=ENV, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "nenya", *map(str, args)], capture_output=True, text=True, cwd=cwd, env=ENV, timeout=600
+    )
 
 
 def test_help_reads_well():
@@ -31,20 +32,39 @@ def test_help_reads_well():
 
 def test_extract_with_checkpoint(checkpoint, preproc, tmp_path):
     path, model = checkpoint
-    r = nenya("extract", preproc, "--model", f"supcon:{path}", "--output", tmp_path / "out", "--no-progress",
-              "--batch-size", 16)
+    r = nenya(
+        "extract",
+        preproc,
+        "--model",
+        f"supcon:{path}",
+        "--output",
+        tmp_path / "out",
+        "--no-progress",
+        "--batch-size",
+        16,
+    )
     assert r.returncode == 0, r.stderr
     out = tmp_path / "out" / "tiny_latents_test.h5"
     assert str(out) in r.stdout and "images/s" in r.stdout
-    np.testing.assert_allclose(read_partition(out, "valid"), reference_latents(model, read_partition(preproc, "valid")),
-                               atol=1e-5)
+    np.testing.assert_allclose(
+        read_partition(out, "valid"), reference_latents(model, read_partition(preproc, "valid")), atol=1e-5
+    )
     again = nenya("extract", preproc, "--model", f"supcon:{path}", "--output", tmp_path / "out")
     assert again.returncode == 0 and "nothing to do" in again.stdout
 
 
 def test_extract_with_opts_alone_and_glob(opt, opts_file, checkpoint, preproc, tmp_path):
-    r = nenya("extract", str(preproc.parent / "*_preproc_*.h5"), "--opts", opts_file, "--format", "parquet",
-              "--partitions", "valid", cwd=tmp_path)
+    r = nenya(
+        "extract",
+        str(preproc.parent / "*_preproc_*.h5"),
+        "--opts",
+        opts_file,
+        "--format",
+        "parquet",
+        "--partitions",
+        "valid",
+        cwd=tmp_path,
+    )
     assert r.returncode == 0, r.stderr
     out = tmp_path / opt.latents_folder / "tiny_latents_test.parquet"
     assert out.exists()
@@ -62,11 +82,13 @@ def test_clear_errors(checkpoint, preproc, tmp_path):
 def test_malicious_checkpoint_refused_from_cli(checkpoint, preproc, tmp_path):
     marker = tmp_path / "pwned"
     evil = tmp_path / "evil.pth"
-    code = ("import os, torch\n"
-            "class P:\n"
-            f"    def __reduce__(self): return (os.makedirs, ({str(marker)!r},))\n"
-            f"sd = torch.load({str(checkpoint[0])!r}, weights_only=False)['model']\n"
-            f"torch.save({{'opt': P(), 'model': sd}}, {str(evil)!r})\n")
+    code = (
+        "import os, torch\n"
+        "class P:\n"
+        f"    def __reduce__(self): return (os.makedirs, ({str(marker)!r},))\n"
+        f"sd = torch.load({str(checkpoint[0])!r}, weights_only=False)['model']\n"
+        f"torch.save({{'opt': P(), 'model': sd}}, {str(evil)!r})\n"
+    )
     subprocess.run([sys.executable, "-c", code], check=True)
     r = nenya("extract", preproc, "--model", f"supcon:{evil}", "--output", tmp_path / "o")
     assert r.returncode == 2 and "refusing to load" in r.stderr and "--trust-checkpoint" in r.stderr

@@ -98,7 +98,9 @@ def test_timm_layer_pooled_and_gem():
     with torch.no_grad():
         (fmap,) = ref(model_input(enc, raw))
     torch.testing.assert_close(enc.encode(raw), fmap.mean(dim=(2, 3)), rtol=0, atol=1e-5)
-    gem = load_encoder("timm:resnet18", options=EncoderOptions(size=64, pool="gem")).to("cpu", "fp32", channels_last=False)
+    gem = load_encoder("timm:resnet18", options=EncoderOptions(size=64, pool="gem")).to(
+        "cpu", "fp32", channels_last=False
+    )
     full = timm.create_model("resnet18", num_classes=0).eval()
     full.load_state_dict(gem.model.inner.state_dict())
     with torch.no_grad():
@@ -107,7 +109,9 @@ def test_timm_layer_pooled_and_gem():
 
 
 def test_timm_global_pool_max():
-    enc = load_encoder("timm:resnet18", options=EncoderOptions(size=64, pool="max")).to("cpu", "fp32", channels_last=False)
+    enc = load_encoder("timm:resnet18", options=EncoderOptions(size=64, pool="max")).to(
+        "cpu", "fp32", channels_last=False
+    )
     raw = batch_for(enc, photos(1))
     with torch.no_grad():
         f = enc.model.forward_features(model_input(enc, raw))
@@ -136,8 +140,10 @@ def test_timm_pretrained_without_network_is_a_clear_error(monkeypatch, tmp_path)
 
 
 def test_timm_fingerprint_tracks_options():
-    fp = {o: load_encoder("timm:resnet18", options=o).fingerprint for o in
-          (EncoderOptions(size=64), EncoderOptions(size=64, pool="max"), EncoderOptions(size=96))}
+    fp = {
+        o: load_encoder("timm:resnet18", options=o).fingerprint
+        for o in (EncoderOptions(size=64), EncoderOptions(size=64, pool="max"), EncoderOptions(size=96))
+    }
     assert len(set(fp.values())) == 3
     assert load_encoder("timm:resnet18", options=EncoderOptions(size=64)).fingerprint == fp[EncoderOptions(size=64)]
 
@@ -170,8 +176,10 @@ def test_timm_weights_file(tmp_path, resnet18_weights, fname):
 
 
 def test_timm_weights_for_an_inner_layer(tmp_path, resnet18_weights):
-    enc = load_encoder("timm:resnet18", options=EncoderOptions(size=64, layer=3, pool="none",
-                                                               weights=str(tmp_path / "r18.safetensors")))
+    enc = load_encoder(
+        "timm:resnet18",
+        options=EncoderOptions(size=64, layer=3, pool="none", weights=str(tmp_path / "r18.safetensors")),
+    )
     enc.to("cpu", "fp32", channels_last=False)
     raw = batch_for(enc, photos(1))
     with torch.no_grad():
@@ -186,7 +194,9 @@ def test_weights_that_do_not_fit_are_refused(tmp_path, resnet18_weights):
     torch.save({"conv1.weight": torch.zeros(3, 3)}, tmp_path / "wrong.pth")
     for layer in (None, 2):
         with pytest.raises(CheckpointError, match="does not fit timm:resnet18"):
-            load_encoder("timm:resnet18", options=EncoderOptions(size=64, layer=layer, weights=str(tmp_path / "wrong.pth")))
+            load_encoder(
+                "timm:resnet18", options=EncoderOptions(size=64, layer=layer, weights=str(tmp_path / "wrong.pth"))
+            )
     with pytest.raises(CheckpointError, match="does not fit timm:resnet34"):
         load_encoder("timm:resnet34", options=EncoderOptions(size=64, weights=str(tmp_path / "r18.pth")))
 
@@ -266,8 +276,7 @@ def test_torchscript_round_trip(tmp_path):
     torch.manual_seed(0)
     model = Tiny().eval()
     torch.jit.script(model).save(str(tmp_path / "tiny.pt"))
-    enc = load_encoder(f"torchscript:{tmp_path / 'tiny.pt'}",
-                       options=EncoderOptions(size=32, mean=(0.5,), std=(0.25,)))
+    enc = load_encoder(f"torchscript:{tmp_path / 'tiny.pt'}", options=EncoderOptions(size=32, mean=(0.5,), std=(0.25,)))
     enc.to("cpu", "fp32", channels_last=False)
     assert enc.dim == 8 and enc.grid is None and enc.preprocess.image.size == (32, 32)
     raw = batch_for(enc, photos(2))
@@ -289,8 +298,9 @@ def test_torchscript_feature_map_as_tiles(tmp_path):
         f = model(raw.float() / 255)
     torch.testing.assert_close(enc.encode(raw), f.flatten(2).transpose(1, 2), rtol=0, atol=1e-6)
     pooled = load_encoder(f"torchscript:{tmp_path / 'map.pt'}", options=EncoderOptions(size=32))
-    torch.testing.assert_close(pooled.to("cpu", "fp32", channels_last=False).encode(raw), f.mean(dim=(2, 3)),
-                               rtol=0, atol=1e-6)
+    torch.testing.assert_close(
+        pooled.to("cpu", "fp32", channels_last=False).encode(raw), f.mean(dim=(2, 3)), rtol=0, atol=1e-6
+    )
 
 
 def test_torchscript_errors(tmp_path):

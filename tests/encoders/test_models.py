@@ -14,15 +14,30 @@ from nenya.train_util import set_model
 
 def test_parameter_names_match_nenya_checkpoints():
     keys = set(SupConResNet("resnet50", feat_dim=256).state_dict())
-    for k in ["encoder.conv1.weight", "encoder.bn1.running_mean", "encoder.layer1.0.conv1.weight",
-              "encoder.layer1.0.shortcut.0.weight", "encoder.layer4.2.conv3.weight", "head.0.weight",
-              "head.0.bias", "head.2.weight", "head.2.bias"]:
+    for k in [
+        "encoder.conv1.weight",
+        "encoder.bn1.running_mean",
+        "encoder.layer1.0.conv1.weight",
+        "encoder.layer1.0.shortcut.0.weight",
+        "encoder.layer4.2.conv3.weight",
+        "head.0.weight",
+        "head.0.bias",
+        "head.2.weight",
+        "head.2.bias",
+    ]:
         assert k in keys, k
     assert not any("maxpool" in k or "fc." in k for k in keys)
 
 
-@pytest.mark.parametrize("name,dim,blocks", [("resnet18", 512, [2, 2, 2, 2]), ("resnet34", 512, [3, 4, 6, 3]),
-                                             ("resnet50", 2048, [3, 4, 6, 3]), ("resnet101", 2048, [3, 4, 23, 3])])
+@pytest.mark.parametrize(
+    "name,dim,blocks",
+    [
+        ("resnet18", 512, [2, 2, 2, 2]),
+        ("resnet34", 512, [3, 4, 6, 3]),
+        ("resnet50", 2048, [3, 4, 6, 3]),
+        ("resnet101", 2048, [3, 4, 23, 3]),
+    ],
+)
 def test_architectures(name, dim, blocks):
     m = SupConResNet(name, feat_dim=32).eval()
     assert [len(getattr(m.encoder, f"layer{i}")) for i in range(1, 5)] == blocks

@@ -23,8 +23,9 @@ class Picky(nn.Module):
         super().__init__()
         self.fits, self.message = fits, message
         self.sizes: list[int] = []
-        self.net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                                 nn.Linear(8, 5))
+        self.net = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 5)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.sizes.append(len(x))
@@ -34,17 +35,23 @@ class Picky(nn.Module):
 
 
 def encoder(model: nn.Module, dim: int = 5, **to) -> Encoder:
-    return Encoder(model, name="picky", dim=dim, preprocess=Preprocess(in_channels=3, demean=True),
-                   fingerprint="test").to("cpu", **to)
+    return Encoder(
+        model, name="picky", dim=dim, preprocess=Preprocess(in_channels=3, demean=True), fingerprint="test"
+    ).to("cpu", **to)
 
 
 def batch(n: int, seed: int = 1) -> torch.Tensor:
     return torch.from_numpy(np.random.default_rng(seed).standard_normal((n, 1, 12, 12), dtype=np.float32))
 
 
-@pytest.mark.parametrize("message", ["CUDA out of memory. Tried to allocate 2.00 GiB",
-                                     "MPS backend out of memory (MPS allocated: 1 GB)",
-                                     "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory"])
+@pytest.mark.parametrize(
+    "message",
+    [
+        "CUDA out of memory. Tried to allocate 2.00 GiB",
+        "MPS backend out of memory (MPS allocated: 1 GB)",
+        "[enforce fail at alloc_cpu.cpp:117] DefaultCPUAllocator: can't allocate memory",
+    ],
+)
 def test_oom_backoff_keeps_order_and_values(message, caplog):
     torch.manual_seed(0)
     model = Picky(fits=5, message=message)

@@ -32,8 +32,16 @@ from photokit import picture, save, small_encoder
 BATCH, SHARD = 4, 8  # preproc: valid 37 -> 5 shards, train 21 -> 3: 8 shards for 2 ranks
 OPTS = RunOptions(batch_size=BATCH, shard_size=SHARD, num_workers=0, device="cpu", progress=False)
 ENV = dict(os.environ, TQDM_DISABLE="1", RAY_USAGE_STATS_ENABLED="0")
-for _k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "NENYA_JOB_ID", "TORCHELASTIC_RUN_ID",
-           "NENYA_FAULTS", "RAY_ADDRESS"):
+for _k in (
+    "RANK",
+    "WORLD_SIZE",
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "NENYA_JOB_ID",
+    "TORCHELASTIC_RUN_ID",
+    "NENYA_FAULTS",
+    "RAY_ADDRESS",
+):
     ENV.pop(_k, None)
 # Ranks on CPU use fewer threads than the local run, which may reorder float sums: equal to
 # within a few ulps of float32 (in practice the files have been bitwise equal).
@@ -45,8 +53,25 @@ def cli(*args) -> list[str]:
 
 
 def preproc_args(preproc, checkpoint, opts_file, out, fmt="parquet"):
-    return ["extract", preproc, "--model", f"supcon:{checkpoint[0]}", "--opts", opts_file, "--output", out,
-            "--format", fmt, "--batch-size", BATCH, "--shard-size", SHARD, "--workers", 0, "--no-progress"]
+    return [
+        "extract",
+        preproc,
+        "--model",
+        f"supcon:{checkpoint[0]}",
+        "--opts",
+        opts_file,
+        "--output",
+        out,
+        "--format",
+        fmt,
+        "--batch-size",
+        BATCH,
+        "--shard-size",
+        SHARD,
+        "--workers",
+        0,
+        "--no-progress",
+    ]
 
 
 def env_with(os_env=None, **kw) -> dict:
@@ -60,9 +85,16 @@ def ranks(args, world: int, cwd=None, **per_rank_env) -> list[subprocess.Complet
     procs = []
     for r in range(world):
         extra = per_rank_env.get(f"rank{r}", {})
-        procs.append(subprocess.Popen(cli(*args), env=env_with(RANK=r, WORLD_SIZE=world, LOCAL_RANK=r,
-                                                               LOCAL_WORLD_SIZE=world, **extra),
-                                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=cwd))
+        procs.append(
+            subprocess.Popen(
+                cli(*args),
+                env=env_with(RANK=r, WORLD_SIZE=world, LOCAL_RANK=r, LOCAL_WORLD_SIZE=world, **extra),
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=cwd,
+            )
+        )
     out = []
     for p in procs:
         stdout, stderr = p.communicate(timeout=300)
@@ -110,8 +142,13 @@ def test_devices_h5_equals_local(opt, preproc, checkpoint, opts_file, tmp_path):
     enc = SupConEncoder.from_checkpoint(checkpoint[0], opt).to("cpu")
     ref = extract_preproc([str(preproc)], enc, str(tmp_path / "ref"), options=OPTS).outputs[0]
     out = tmp_path / "dev"
-    r = subprocess.run(cli(*preproc_args(preproc, checkpoint, opts_file, out, "h5"), "--devices", 2),
-                       capture_output=True, text=True, env=ENV, timeout=300)
+    r = subprocess.run(
+        cli(*preproc_args(preproc, checkpoint, opts_file, out, "h5"), "--devices", 2),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     assert "rank 0 of 2" in r.stdout and "rank 1 of 2" in r.stdout
     with h5py.File(ref) as a, h5py.File(out / "tiny_latents_test.h5") as b:
@@ -130,9 +167,32 @@ def test_devices_image_folder_equals_local(tmp_path):
     ref_path = tmp_path / "ref.parquet"
     extract_collection(f"images:{root}", small_encoder(), str(ref_path), options=opts)
     out = tmp_path / "dev" / "v.parquet"
-    r = subprocess.run(cli("extract", "--source", f"images:{root}", "--model", "timm:resnet18", "--size", 32,
-                           "--batch-size", 2, "--shard-size", 2, "--workers", 0, "--no-progress", "-o", out,
-                           "--devices", 2), capture_output=True, text=True, env=ENV, timeout=300)
+    r = subprocess.run(
+        cli(
+            "extract",
+            "--source",
+            f"images:{root}",
+            "--model",
+            "timm:resnet18",
+            "--size",
+            32,
+            "--batch-size",
+            2,
+            "--shard-size",
+            2,
+            "--workers",
+            0,
+            "--no-progress",
+            "-o",
+            out,
+            "--devices",
+            2,
+        ),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     ref, got = pd.read_parquet(ref_path), pd.read_parquet(out)
     assert len(got) == 6
@@ -186,8 +246,13 @@ def test_rank_locks_share_one_job_and_refuse_another(preproc, tmp_path):
 
 
 def test_engine_flags_are_checked(preproc, checkpoint, opts_file, tmp_path):
-    r = subprocess.run(cli(*preproc_args(preproc, checkpoint, opts_file, tmp_path / "o"), "--engine", "torchrun"),
-                       capture_output=True, text=True, env=ENV, timeout=300)
+    r = subprocess.run(
+        cli(*preproc_args(preproc, checkpoint, opts_file, tmp_path / "o"), "--engine", "torchrun"),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=300,
+    )
     assert r.returncode == 2 and "torchrun --nproc-per-node" in r.stderr
     from nenya.engines.torchrun import Ranks
 
@@ -247,16 +312,39 @@ def ray_cluster():
         pytest.skip("the ray command is not installed")
     temp_dir = tempfile.mkdtemp(prefix="nr", dir="/tmp")  # short: Ray's socket paths are length-limited
     port = _free_port()
-    common = ["--num-cpus", "1", "--num-gpus", "0", "--object-store-memory", "100000000", "--disable-usage-stats",
-              "--temp-dir", temp_dir]
+    common = [
+        "--num-cpus",
+        "1",
+        "--num-gpus",
+        "0",
+        "--object-store-memory",
+        "100000000",
+        "--disable-usage-stats",
+        "--temp-dir",
+        temp_dir,
+    ]
     env = dict(ENV)
     try:
-        for extra in (["--head", "--port", port, "--include-dashboard", "false",
-                       "--ray-client-server-port", _free_port()],
-                      ["--address", f"127.0.0.1:{port}"]):
-            r = subprocess.run([ray_bin, "start", *map(str, extra), *common, "--dashboard-agent-listen-port",
-                                str(_free_port()), "--metrics-export-port", str(_free_port())],
-                               capture_output=True, text=True, env=env, timeout=240)
+        for extra in (
+            ["--head", "--port", port, "--include-dashboard", "false", "--ray-client-server-port", _free_port()],
+            ["--address", f"127.0.0.1:{port}"],
+        ):
+            r = subprocess.run(
+                [
+                    ray_bin,
+                    "start",
+                    *map(str, extra),
+                    *common,
+                    "--dashboard-agent-listen-port",
+                    str(_free_port()),
+                    "--metrics-export-port",
+                    str(_free_port()),
+                ],
+                capture_output=True,
+                text=True,
+                env=env,
+                timeout=240,
+            )
             assert r.returncode == 0, r.stdout + r.stderr
         yield _Cluster(f"127.0.0.1:{port}", temp_dir)
     finally:
@@ -290,9 +378,22 @@ def ray_cluster():
 def test_ray_two_nodes_equal_local(ray_cluster, preproc, checkpoint, opts_file, reference, tmp_path):
     out = tmp_path / "ray"
     t = time.perf_counter()
-    r = subprocess.run(cli("-v", *preproc_args(preproc, checkpoint, opts_file, out), "--engine", "ray",
-                           "--address", ray_cluster, "--actors", 2),
-                       capture_output=True, text=True, env=ENV, timeout=400)
+    r = subprocess.run(
+        cli(
+            "-v",
+            *preproc_args(preproc, checkpoint, opts_file, out),
+            "--engine",
+            "ray",
+            "--address",
+            ray_cluster,
+            "--actors",
+            2,
+        ),
+        capture_output=True,
+        text=True,
+        env=ENV,
+        timeout=400,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "encoded by 2 actor(s) on 2 node(s)" in r.stderr  # one actor per one-CPU node
     final = out / "tiny_latents_test.parquet"
@@ -303,14 +404,28 @@ def test_ray_two_nodes_equal_local(ray_cluster, preproc, checkpoint, opts_file, 
 
 
 @pytest.mark.ray
-def test_ray_actor_killed_mid_run_is_replaced_and_nothing_is_lost(ray_cluster, preproc, checkpoint, opts_file,
-                                                                  reference, tmp_path):
+def test_ray_actor_killed_mid_run_is_replaced_and_nothing_is_lost(
+    ray_cluster, preproc, checkpoint, opts_file, reference, tmp_path
+):
     import psutil
 
     out = tmp_path / "ray-kill"
-    proc = subprocess.Popen(cli("-v", *preproc_args(preproc, checkpoint, opts_file, out), "--engine", "ray",
-                                "--address", ray_cluster, "--actors", 2),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV)
+    proc = subprocess.Popen(
+        cli(
+            "-v",
+            *preproc_args(preproc, checkpoint, opts_file, out),
+            "--engine",
+            "ray",
+            "--address",
+            ray_cluster,
+            "--actors",
+            2,
+        ),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=ENV,
+    )
     killed, deadline = None, time.monotonic() + 300
     try:
         while killed is None and proc.poll() is None and time.monotonic() < deadline:

@@ -68,16 +68,49 @@ def test_search_by_image_encodes_the_query_as_the_latents_were_made(photos, tmp_
     assert cli.main(["index", out]) == 0
     index = str(tmp_path / "v.faiss")
     # no --model: the index records the model and --size 48 (the model's default would be 224 px)
-    assert cli.main(["search", index, "--image", str(photos / "p3.jpg"), "-k", "2", "-o", str(tmp_path / "s.parquet")]) == 0
+    assert (
+        cli.main(["search", index, "--image", str(photos / "p3.jpg"), "-k", "2", "-o", str(tmp_path / "s.parquet")])
+        == 0
+    )
     hits = pd.read_parquet(tmp_path / "s.parquet")
     assert hits["id"].iloc[0] == "p3.jpg" and hits["score"].iloc[0] < 1e-6
     # naming the same model picks up the recorded options too
-    assert cli.main(["search", out, "--image", str(photos / "p3.jpg"), "--model", "timm:resnet18", "-k", "1",
-                     "-o", str(tmp_path / "s2.parquet")]) == 0
+    assert (
+        cli.main(
+            [
+                "search",
+                out,
+                "--image",
+                str(photos / "p3.jpg"),
+                "--model",
+                "timm:resnet18",
+                "-k",
+                "1",
+                "-o",
+                str(tmp_path / "s2.parquet"),
+            ]
+        )
+        == 0
+    )
     assert pd.read_parquet(tmp_path / "s2.parquet")["score"].iloc[0] < 1e-6
     with caplog.at_level(logging.WARNING):  # another model: a warning, and the user's choice is honoured
-        assert cli.main(["search", out, "--image", str(photos / "p3.jpg"), "--model", "timm:resnet34", "-k", "1",
-                         "-o", str(tmp_path / "s3.parquet")]) == 0
+        assert (
+            cli.main(
+                [
+                    "search",
+                    out,
+                    "--image",
+                    str(photos / "p3.jpg"),
+                    "--model",
+                    "timm:resnet34",
+                    "-k",
+                    "1",
+                    "-o",
+                    str(tmp_path / "s3.parquet"),
+                ]
+            )
+            == 0
+        )
     assert "made by timm:resnet18 but the query is encoded by timm:resnet34" in caplog.text
     far = pd.read_parquet(tmp_path / "s3.parquet")["score"].iloc[0]
     assert np.isfinite(far) and far > 1e-3
@@ -93,8 +126,9 @@ def test_the_record_never_holds_a_password_or_secret_token(monkeypatch):
     assert "pa55word" not in text and "tok-SECRET-123456" not in text and "s3://***@bucket/opts.json" in text
 
 
-def test_nenya_latents_record_the_checkpoint_so_cutout_queries_need_no_model(tmp_path, preproc, checkpoint, opt,
-                                                                              monkeypatch):
+def test_nenya_latents_record_the_checkpoint_so_cutout_queries_need_no_model(
+    tmp_path, preproc, checkpoint, opt, monkeypatch
+):
     import h5py
 
     from nenya.encoders.supcon import SupConEncoder

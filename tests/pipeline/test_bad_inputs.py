@@ -90,11 +90,14 @@ def test_missing_partition(encoder, clean, tmp_path):
 
 
 # -- wrong dtypes and shapes ------------------------------------------------------------------------
-@pytest.mark.parametrize("shape,dtype,match", [
-    ((10, 256), "f4", r"has shape \(10, 256\); expected \(N, H, W\) or \(N, C, H, W\)"),
-    ((4, 1, 1, 16, 16), "f4", r"has shape \(4, 1, 1, 16, 16\)"),
-    ((4, 1, 16, 16), "S4", r"has dtype \|S4; expected float32"),
-])
+@pytest.mark.parametrize(
+    "shape,dtype,match",
+    [
+        ((10, 256), "f4", r"has shape \(10, 256\); expected \(N, H, W\) or \(N, C, H, W\)"),
+        ((4, 1, 1, 16, 16), "f4", r"has shape \(4, 1, 1, 16, 16\)"),
+        ((4, 1, 16, 16), "S4", r"has dtype \|S4; expected float32"),
+    ],
+)
 def test_wrong_layout_is_refused(encoder, tmp_path, shape, dtype, match):
     bad = tmp_path / "w_preproc.h5"
     with h5py.File(bad, "w") as f:
@@ -106,15 +109,19 @@ def test_wrong_layout_is_refused(encoder, tmp_path, shape, dtype, match):
 
 def test_integer_cutouts_are_read_as_float(encoder, clean, tmp_path):
     """Integer pixels are numbers: read as float32, same vectors as the same values stored as float32."""
+
     def to_int(f):
         v = np.round(f["valid"][:] * 10)
         del f["valid"]
         f.create_dataset("valid", data=v.astype(np.int16))
+
     ints = _copy_with(clean, tmp_path / "i" / "i_preproc.h5", to_int)
+
     def to_float(f):
         v = f["valid"][:].astype(np.float32)
         del f["valid"]
         f.create_dataset("valid", data=v)
+
     floats = _copy_with(ints, tmp_path / "f" / "f_preproc.h5", to_float)
     a = _latents(Path(_extract([ints], encoder, tmp_path / "oi").outputs[0]))
     b = _latents(Path(_extract([floats], encoder, tmp_path / "of").outputs[0]))
@@ -137,8 +144,10 @@ def _poison(f):
 @pytest.mark.parametrize("fmt", ["h5", "parquet"])
 def test_non_finite_cutouts_are_skipped_with_reason(encoder, clean, tmp_path, fmt):
     bad = _copy_with(clean, tmp_path / "nan" / "a_preproc.h5", _poison)
-    ref = fk.read_output(Path(_extract([clean], encoder, tmp_path / "ref", fmt=fmt).outputs[0]).parent,
-                         f"a_latents.{'h5' if fmt == 'h5' else 'parquet'}")
+    ref = fk.read_output(
+        Path(_extract([clean], encoder, tmp_path / "ref", fmt=fmt).outputs[0]).parent,
+        f"a_latents.{'h5' if fmt == 'h5' else 'parquet'}",
+    )
     out_path = Path(_extract([bad], encoder, tmp_path / "out", fmt=fmt).outputs[0])
     got = fk.read_output(out_path.parent, out_path.name)
     status = dict(got.status)
@@ -166,11 +175,23 @@ def test_max_skip_fraction_exceeded(encoder, tmp_path):
         v[::3] = np.nan  # a third of the cutouts
         f["valid"][:] = v
     with pytest.raises(NenyaError, match=r"items skipped so far, more than --max-skip-fraction 0.1"):
-        _extract([data], encoder, tmp_path / "out", options=RunOptions(
-            batch_size=16, shard_size=32, num_workers=0, device="cpu", progress=False, max_skip_fraction=0.1))
+        _extract(
+            [data],
+            encoder,
+            tmp_path / "out",
+            options=RunOptions(
+                batch_size=16, shard_size=32, num_workers=0, device="cpu", progress=False, max_skip_fraction=0.1
+            ),
+        )
     assert not (tmp_path / "out" / "m_latents.h5").exists()
-    summary = _extract([data], encoder, tmp_path / "out", options=RunOptions(
-        batch_size=16, shard_size=32, num_workers=0, device="cpu", progress=False, max_skip_fraction=0.5))
+    summary = _extract(
+        [data],
+        encoder,
+        tmp_path / "out",
+        options=RunOptions(
+            batch_size=16, shard_size=32, num_workers=0, device="cpu", progress=False, max_skip_fraction=0.5
+        ),
+    )
     # the first run committed whole shards before it stopped: the rerun did the rest
     assert summary.shards_already_done >= 1
     status = fk.read_status_csv(tmp_path / "out" / "m_latents.h5.status.csv")
@@ -210,8 +231,11 @@ def test_full_disk_in_process_npy(encoder, clean, tmp_path, monkeypatch, point):
     out = tmp_path / "npy"
     monkeypatch.setenv("NENYA_FAULTS", f"{point}=enospc")
     source = HDF5PreprocSource([str(clean)])  # the sink names the output: a_latents + .npy
-    with pytest.raises(OutputError, match=rf"no space left on the device while writing {tmp_path}.*"
-                                          rf"{out / 'a_latents.npy'} was not touched"):
+    with pytest.raises(
+        OutputError,
+        match=rf"no space left on the device while writing {tmp_path}.*"
+        rf"{out / 'a_latents.npy'} was not touched",
+    ):
         run(source, encoder, NpySink(out), OPTS)
     assert not (out / "a_latents.npy").exists() and not (out / "a_latents.parquet").exists()
     monkeypatch.delenv("NENYA_FAULTS")

@@ -47,8 +47,7 @@ def _run(kit, fmt: str, folder: Path, *more: str, faults: str | None = None, wor
     if workers is not None:
         job = fk.Job(job.preproc, job.ckpt, fmt=fmt, workers=workers)
     e = fk.env() if faults is None else fk.env(NENYA_FAULTS=faults)
-    p = fk._popen(job.args(folder, *more), e, folder.parent / f"{folder.name}.{time.monotonic_ns()}.err",
-                  kit["zygote"])
+    p = fk._popen(job.args(folder, *more), e, folder.parent / f"{folder.name}.{time.monotonic_ns()}.err", kit["zygote"])
     rc = p.proc.wait(timeout=300)
     return rc, p.stdout(), p.stderr()
 
@@ -84,8 +83,16 @@ def test_random_sigkills_lose_nothing(kit, fmt):
 
 
 # -- every named fault point with `kill` -----------------------------------------------------------
-POINTS = ["read.batch@3", "encode.batch@3", "part.write@2", "part.renamed@2", "marker.written@2",
-          "assemble.write@2", "publish.before", "publish.after"]
+POINTS = [
+    "read.batch@3",
+    "encode.batch@3",
+    "part.write@2",
+    "part.renamed@2",
+    "marker.written@2",
+    "assemble.write@2",
+    "publish.before",
+    "publish.after",
+]
 
 
 @pytest.mark.parametrize("point", POINTS)
@@ -134,8 +141,11 @@ def test_full_disk_is_a_clear_error_and_rerun_completes(kit, point, fmt):
     assert rc == 2, err
     assert "nenya: error: no space left on the device while writing" in err and "Traceback" not in err
     assert f"{dest} was not touched" in err
-    named = str(folder / fk.WORK / dest.name / "valid-000000.arrow") if point.startswith("part") \
+    named = (
+        str(folder / fk.WORK / dest.name / "valid-000000.arrow")
+        if point.startswith("part")
         else str(folder / fk.WORK / dest.name)
+    )
     assert f"writing {named}" in err
     assert not dest.exists() and not Path(str(dest) + ".status.csv").exists()
     rc, out, err = _run(kit, fmt, folder)  # "space freed": the same command again
@@ -204,8 +214,11 @@ def test_dead_reader_process_is_reported_with_input_and_position(kit):
     assert "reader process 0" in err and "signal 9" in err
     # The point fires as the reader makes its 2nd batch (items 16-31); the 1st may still have been in
     # the reader's queue buffer when it died, so the position is a lower bound: 0 or 16.
-    m = re.search(rf"died while reading {re.escape(str(preproc))} partition 'train', at or after item (\d+) "
-                  r"\(shard train-000000, items 0-31\)", err)
+    m = re.search(
+        rf"died while reading {re.escape(str(preproc))} partition 'train', at or after item (\d+) "
+        r"\(shard train-000000, items 0-31\)",
+        err,
+    )
     assert m and int(m.group(1)) in (0, 16), err
     assert "rerun the same command to resume" in err and "Traceback" not in err
     rc, _, err = _run(kit, "h5", folder, workers=1)

@@ -41,15 +41,24 @@ class CountingSource(Source):
         return cls(int(where))
 
     def plan(self, shard_size: int) -> Plan:
-        shards = [Shard("count", "", i, a, min(self.n, a + shard_size)) for i, a in enumerate(range(0, self.n, shard_size))]
+        shards = [
+            Shard("count", "", i, a, min(self.n, a + shard_size)) for i, a in enumerate(range(0, self.n, shard_size))
+        ]
         return Plan([Group("count", "count", "counted", {"": self.n}, {"": ["square"]}, f"n={self.n}")], shards)
 
     def read(self, shard: Shard, batch_size: int):
         for a in range(shard.start, shard.stop, batch_size):
             b = min(shard.stop, a + batch_size)
             pos = np.arange(a, b)
-            yield Batch(shard, [f"item{i}" for i in pos], pos, pos.copy(), np.stack([pixels(i) for i in pos]),
-                        {"square": np.array([str(i * i) for i in pos], dtype=object)}, last=b >= shard.stop)
+            yield Batch(
+                shard,
+                [f"item{i}" for i in pos],
+                pos,
+                pos.copy(),
+                np.stack([pixels(i) for i in pos]),
+                {"square": np.array([str(i * i) for i in pos], dtype=object)},
+                last=b >= shard.stop,
+            )
 
 
 def linear_model(dim: int) -> nn.Module:
@@ -60,8 +69,13 @@ def linear_model(dim: int) -> nn.Module:
 def linear_encoder(rest: str, opt=None, *, options, trust_checkpoint: bool = False, remove_module: bool = True):
     """``linear:DIM``: the one factory signature every encoder kind shares."""
     dim = int(rest)
-    return Encoder(linear_model(dim), name=f"linear:{dim}", dim=dim,
-                   preprocess=Preprocess(in_channels=1, demean=False), fingerprint=f"linear-{dim}")
+    return Encoder(
+        linear_model(dim),
+        name=f"linear:{dim}",
+        dim=dim,
+        preprocess=Preprocess(in_channels=1, demean=False),
+        fingerprint=f"linear-{dim}",
+    )
 
 
 class JsonSink(Sink):
@@ -104,8 +118,24 @@ def toys():
 
 def test_toy_source_encoder_and_sink_run_through_nenya_extract(toys, tmp_path, capsys):
     out = tmp_path / "vectors.jsonl"
-    rc = cli.main(["extract", "--source", f"count:{N}", "--model", f"linear:{DIM}", "-o", str(out),
-                   "--batch-size", "4", "--shard-size", "4", "--workers", "0", "--no-progress"])
+    rc = cli.main(
+        [
+            "extract",
+            "--source",
+            f"count:{N}",
+            "--model",
+            f"linear:{DIM}",
+            "-o",
+            str(out),
+            "--batch-size",
+            "4",
+            "--shard-size",
+            "4",
+            "--workers",
+            "0",
+            "--no-progress",
+        ]
+    )
     assert rc == 0, capsys.readouterr().err
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert [r["id"] for r in rows] == [f"item{i}" for i in range(N)]

@@ -51,13 +51,16 @@ def test_jpeg_decodes_as_pillow_does(rgb):
     np.testing.assert_array_equal(decode_image(data, transform=SAME), chw(expected))
 
 
-@pytest.mark.parametrize("make, expected", [
-    (lambda rgb: b"", "empty file"),
-    (lambda rgb: np.random.default_rng(0).bytes(2000), "not an image"),
-    (lambda rgb: b"just some notes, saved as .jpg by mistake\n", "not an image"),
-    (lambda rgb: encode(Image.fromarray(rgb), "JPEG")[:300], "truncated"),
-    (lambda rgb: encode(Image.fromarray(rgb), "PNG")[:400], "truncated"),
-])
+@pytest.mark.parametrize(
+    "make, expected",
+    [
+        (lambda rgb: b"", "empty file"),
+        (lambda rgb: np.random.default_rng(0).bytes(2000), "not an image"),
+        (lambda rgb: b"just some notes, saved as .jpg by mistake\n", "not an image"),
+        (lambda rgb: encode(Image.fromarray(rgb), "JPEG")[:300], "truncated"),
+        (lambda rgb: encode(Image.fromarray(rgb), "PNG")[:400], "truncated"),
+    ],
+)
 def test_bad_inputs_are_skipped_with_a_reason(rgb, make, expected):
     assert reason(make(rgb)) == expected
 
@@ -70,6 +73,7 @@ def test_pixel_limit_is_checked_from_the_header(rgb):
 
 def png_header_only(width: int, height: int) -> bytes:
     """A PNG whose header claims width x height and that holds no pixel data at all."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 
@@ -111,12 +115,12 @@ def test_grey_and_float_modes():
 
 def test_rgba_is_composited_on_white(rgb):
     alpha = np.zeros((H, W), np.uint8)
-    alpha[:, W // 2:] = 255
+    alpha[:, W // 2 :] = 255
     alpha[0, 0] = 128
     data = encode(Image.fromarray(np.dstack([rgb, alpha]), mode="RGBA"), "PNG")
     out = decode_image(data, transform=SAME)
     np.testing.assert_array_equal(out[:, 1:, : W // 2], 255)  # transparent -> white, whatever the stored colour
-    np.testing.assert_array_equal(out[:, :, W // 2:], chw(rgb)[:, :, W // 2:])  # opaque -> as stored
+    np.testing.assert_array_equal(out[:, :, W // 2 :], chw(rgb)[:, :, W // 2 :])  # opaque -> as stored
     half = rgb[0, 0].astype(float) * 128 / 255 + 255 * (1 - 128 / 255)
     assert np.abs(out[:, 0, 0].astype(float) - half).max() <= 1
 
@@ -158,14 +162,22 @@ def test_resize_and_crop_match_torchvision(rgb):
     im = Image.fromarray(np.random.default_rng(3).integers(0, 256, (57, 83, 3), dtype=np.uint8))
     data = encode(im, "PNG")
     for t, ref in [
-        (ImageTransform(size=(32, 32), resize=36, interpolation="bicubic"),
-         Compose([Resize(36, InterpolationMode.BICUBIC), CenterCrop(32)])),
-        (ImageTransform(size=(30, 50), resize=(40, 60), interpolation="bilinear"),
-         Compose([Resize((40, 60), InterpolationMode.BILINEAR), CenterCrop((30, 50))])),
-        (ImageTransform(size=(64, 96), resize=None),  # smaller than the crop: zero-padded, centred
-         CenterCrop((64, 96))),
-        (ImageTransform(size=(20, 20), resize=20, crop=False, interpolation="bilinear"),
-         Resize((20, 20), InterpolationMode.BILINEAR)),
+        (
+            ImageTransform(size=(32, 32), resize=36, interpolation="bicubic"),
+            Compose([Resize(36, InterpolationMode.BICUBIC), CenterCrop(32)]),
+        ),
+        (
+            ImageTransform(size=(30, 50), resize=(40, 60), interpolation="bilinear"),
+            Compose([Resize((40, 60), InterpolationMode.BILINEAR), CenterCrop((30, 50))]),
+        ),
+        (
+            ImageTransform(size=(64, 96), resize=None),  # smaller than the crop: zero-padded, centred
+            CenterCrop((64, 96)),
+        ),
+        (
+            ImageTransform(size=(20, 20), resize=20, crop=False, interpolation="bilinear"),
+            Resize((20, 20), InterpolationMode.BILINEAR),
+        ),
     ]:
         expected = chw(np.asarray(ref(im)))
         np.testing.assert_array_equal(decode_image(data, transform=t), expected, err_msg=str(t))

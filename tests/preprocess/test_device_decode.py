@@ -62,6 +62,7 @@ def reference_decoder():
         _assert_has_image_ops()
         return lambda datas, device: [t.to(device) for t in decode_jpeg(datas, mode=ImageReadMode.RGB)]
     except Exception:
+
         def pillow(datas, device):
             out = []
             for d in datas:
@@ -69,6 +70,7 @@ def reference_decoder():
                 im.load()  # raises on a file the decoder cannot read, as nvjpeg does
                 out.append(torch.from_numpy(np.array(im.convert("RGB"))).permute(2, 0, 1).to(device))
             return out
+
         return pillow
 
 
@@ -84,13 +86,17 @@ def test_orientation_equals_pillows_exif_transpose(orientation):
 
 
 @pytest.mark.parametrize("shape", [(57, 83), (300, 400), (20, 30)])
-@pytest.mark.parametrize("t", [
-    ImageTransform(size=(32, 32), resize=36, interpolation="bicubic"),
-    ImageTransform(size=(224, 224), resize=256, interpolation="bilinear"),
-    ImageTransform(size=(224, 224), resize=256, interpolation="bicubic"),
-    ImageTransform(size=(30, 50), resize=(40, 60), interpolation="bilinear"),
-    ImageTransform(size=(20, 20), resize=(20, 20), crop=False, interpolation="bilinear"),
-], ids=["bicubic-36-32", "bilinear-256-224", "bicubic-256-224", "bilinear-exact", "no-crop"])
+@pytest.mark.parametrize(
+    "t",
+    [
+        ImageTransform(size=(32, 32), resize=36, interpolation="bicubic"),
+        ImageTransform(size=(224, 224), resize=256, interpolation="bilinear"),
+        ImageTransform(size=(224, 224), resize=256, interpolation="bicubic"),
+        ImageTransform(size=(30, 50), resize=(40, 60), interpolation="bilinear"),
+        ImageTransform(size=(20, 20), resize=(20, 20), crop=False, interpolation="bilinear"),
+    ],
+    ids=["bicubic-36-32", "bilinear-256-224", "bicubic-256-224", "bilinear-exact", "no-crop"],
+)
 def test_tensor_resize_crop_is_within_two_grey_levels_of_pillow(shape, t):
     arr = noisy(shape)
     expected = np.asarray(pil_resize_crop(Image.fromarray(arr), t)).transpose(2, 0, 1).astype(int)
@@ -235,8 +241,22 @@ def test_items_the_device_decoder_rejects_are_decoded_on_the_cpu(jpegs):
 
 def test_cli_decode_gpu_without_cuda_warns_and_decodes_on_the_cpu(jpegs, tmp_path, caplog):
     root, _ = jpegs
-    args = ["extract", "--source", f"images:{root}", "--model", "timm:resnet18", "--size", "32", "--batch-size", "4",
-            "--workers", "0", "--device", "cpu", "--no-progress"]
+    args = [
+        "extract",
+        "--source",
+        f"images:{root}",
+        "--model",
+        "timm:resnet18",
+        "--size",
+        "32",
+        "--batch-size",
+        "4",
+        "--workers",
+        "0",
+        "--device",
+        "cpu",
+        "--no-progress",
+    ]
     assert cli.main(args + ["-o", str(tmp_path / "cpu.parquet")]) == 0
     with caplog.at_level(logging.WARNING):
         assert cli.main(args + ["--decode", "gpu", "-o", str(tmp_path / "gpu.parquet")]) == 0
@@ -263,8 +283,13 @@ def test_nvjpeg_on_cuda_matches_the_cpu_path(jpegs, tmp_path):
     enc = small_encoder()
     cpu = extract_collection(f"images:{root}", enc, str(tmp_path / "cpu.parquet"), options=OPTS)
     enc.to("cuda")
-    gpu = extract_collection(f"images:{root}", enc, str(tmp_path / "gpu.parquet"), decode="gpu",
-                             options=RunOptions(batch_size=4, shard_size=8, num_workers=0, device="cuda", progress=False))
+    gpu = extract_collection(
+        f"images:{root}",
+        enc,
+        str(tmp_path / "gpu.parquet"),
+        decode="gpu",
+        options=RunOptions(batch_size=4, shard_size=8, num_workers=0, device="cuda", progress=False),
+    )
     assert cpu.items == gpu.items and "decode on device" in gpu.timings
     va = np.stack(pd.read_parquet(tmp_path / "cpu.parquet")["vector"].to_numpy())
     vb = np.stack(pd.read_parquet(tmp_path / "gpu.parquet")["vector"].to_numpy())

@@ -118,8 +118,9 @@ def test_h5_is_streamed_per_shard_with_workers(encoder, checkpoint, preproc, tmp
     assert summary.shards == 4 + 3  # valid 37 -> 4 shards of 10, train 21 -> 3
     assert set(summary.timings) >= {"read", "encode", "write"}
     with h5py.File(summary.outputs[0]) as f:
-        np.testing.assert_allclose(f["valid"][:], reference_latents(checkpoint[1], read_partition(preproc, "valid")),
-                                   atol=1e-5)
+        np.testing.assert_allclose(
+            f["valid"][:], reference_latents(checkpoint[1], read_partition(preproc, "valid")), atol=1e-5
+        )
         assert "valid_rows" not in f  # all rows, in order
 
 

@@ -41,8 +41,16 @@ def corpus(tmp_path):
     exif[0x0112] = 6  # orientation: rotate 90 degrees clockwise to display
     save(base, root / "g_exif.png", "PNG", exif=exif.tobytes())
     save(base.transpose(Image.Transpose.ROTATE_270), root / "g_rotated.png", "PNG")  # the same, physically rotated
-    good = ["a_rgb.jpg", "c_cmyk.jpg", "d_rgba.png", "e_palette.png", "f_16bit.png", "g_exif.png", "g_rotated.png",
-            "nested/deeper/b_rgb.png"]
+    good = [
+        "a_rgb.jpg",
+        "c_cmyk.jpg",
+        "d_rgba.png",
+        "e_palette.png",
+        "f_16bit.png",
+        "g_exif.png",
+        "g_rotated.png",
+        "nested/deeper/b_rgb.png",
+    ]
     buf = io.BytesIO()
     picture(7).save(buf, "JPEG")
     (root / "h_truncated.jpg").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
@@ -51,16 +59,40 @@ def corpus(tmp_path):
     (root / "k_text.png").write_text("not an image at all\n")
     save(picture(8, size=(400, 400)), root / "l_huge.png", "PNG")  # over the pixel limit set below
     (root / "notes.txt").write_text("ignored: not an image extension")
-    bad = {"h_truncated.jpg": "truncated", "i_empty.png": "empty file", "j_random.jpg": "not an image",
-           "k_text.png": "not an image", "l_huge.png": "pixel limit"}
+    bad = {
+        "h_truncated.jpg": "truncated",
+        "i_empty.png": "empty file",
+        "j_random.jpg": "not an image",
+        "k_text.png": "not an image",
+        "l_huge.png": "pixel limit",
+    }
     return root, sorted(good), bad
 
 
 def test_folder_with_bad_files_cli(corpus, tmp_path, monkeypatch):
     root, good, bad = corpus
     out = tmp_path / "out" / "vectors.parquet"
-    cmd = [sys.executable, "-m", "nenya", "extract", "--source", f"images:{root}", "--model", "timm:resnet18",
-           "--size", "32", "--batch-size", "4", "--workers", "1", "--max-pixels", "100000", "--output", str(out), "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nenya",
+        "extract",
+        "--source",
+        f"images:{root}",
+        "--model",
+        "timm:resnet18",
+        "--size",
+        "32",
+        "--batch-size",
+        "4",
+        "--workers",
+        "1",
+        "--max-pixels",
+        "100000",
+        "--output",
+        str(out),
+        "--no-progress",
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert f"{len(good) + len(bad)} images in" in r.stdout and f"{len(bad)} skipped" in r.stdout
@@ -150,17 +182,23 @@ def test_path_table_carries_typed_metadata_and_reads_everywhere(tmp_path):
     imgs = tmp_path / "imgs"
     for i in range(5):
         save(picture(i), imgs / f"p{i}.jpg", "JPEG")
-    table = pd.DataFrame({"image_id": [f"id-{i}" for i in range(5)],
-                          "file": [f"imgs/p{i}.jpg" if i % 2 else str(imgs / f"p{i}.jpg") for i in range(5)],
-                          "label": [i % 2 for i in range(5)], "hotel": [f"h{i // 2}" for i in range(5)],
-                          "score": np.linspace(0, 1, 5)})
+    table = pd.DataFrame(
+        {
+            "image_id": [f"id-{i}" for i in range(5)],
+            "file": [f"imgs/p{i}.jpg" if i % 2 else str(imgs / f"p{i}.jpg") for i in range(5)],
+            "label": [i % 2 for i in range(5)],
+            "hotel": [f"h{i // 2}" for i in range(5)],
+            "score": np.linspace(0, 1, 5),
+        }
+    )
     table.loc[4, "file"] = "imgs/missing.jpg"
     csv = tmp_path / "images.csv"
     table.to_csv(csv, index=False)
     enc = small_encoder()
     out = tmp_path / "v16.parquet"
-    extract_collection(f"table:{csv}", enc, str(out), options=OPTS, path_column="file", id_column="image_id",
-                       dtype="float16")
+    extract_collection(
+        f"table:{csv}", enc, str(out), options=OPTS, path_column="file", id_column="image_id", dtype="float16"
+    )
     schema = pq.read_schema(out)
     assert schema.names == ["id", "path", "label", "hotel", "score", "vector"]
     assert schema.field("label").type == pa.int64() and schema.field("score").type == pa.float64()

@@ -197,13 +197,15 @@ def write_table(d: Path, name: str, df: pd.DataFrame) -> Path:
 @pytest.mark.parametrize("name", ["list.csv", "list.parquet"])
 def test_table_relative_and_absolute_paths_and_metadata(table_dir, name):
     d, imgs = table_dir
-    df = pd.DataFrame({
-        "file": ["imgs/two.png", list(imgs)[2], "imgs/one.png", "imgs/missing.png"],
-        "image_id": ["007", "b", "c", "d"],
-        "label": [3, 1, 4, 1],
-        "score": [0.5, 1.5, 2.5, 3.5],
-        "name": ["x", "y", "z", "w"],
-    })
+    df = pd.DataFrame(
+        {
+            "file": ["imgs/two.png", list(imgs)[2], "imgs/one.png", "imgs/missing.png"],
+            "image_id": ["007", "b", "c", "d"],
+            "label": [3, 1, 4, 1],
+            "score": [0.5, 1.5, 2.5, 3.5],
+            "name": ["x", "y", "z", "w"],
+        }
+    )
     src = PathTableSource(write_table(d, name, df), transform=T, path_column="file", id_column="image_id")
     plan = src.plan(3)
     assert plan.groups[0].partitions == {"": 4}

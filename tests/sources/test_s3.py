@@ -104,8 +104,13 @@ def _upload_job(s3, job, tmp_path, *, ckpt: str | None = None) -> dict:
     model_key = f"SSL/{opt.model_folder}/last.pth"
     s3.client.upload_file(ckpt or job["ckpt"], s3.bucket, model_key)
     s3.client.upload_file(job["data"], s3.bucket, "preproc/x_preproc.h5")
-    return {"opts": opts, "opt": opt, "model_key": model_key, "input": s3.url("preproc/x_preproc.h5"),
-            "out_key": f"SSL/{opt.latents_folder}/x_latents.h5"}
+    return {
+        "opts": opts,
+        "opt": opt,
+        "model_key": model_key,
+        "input": s3.url("preproc/x_preproc.h5"),
+        "out_key": f"SSL/{opt.latents_folder}/x_latents.h5",
+    }
 
 
 def _download(s3, key: str, dest) -> str:
@@ -120,8 +125,14 @@ def _check_latents_h5(path: str, ref: dict[str, np.ndarray], source_h5: str) -> 
             assert f[part].dtype == np.float32
             np.testing.assert_allclose(f[part][:], ref[part], atol=ATOL, rtol=0)
             meta = f[f"{part}_metadata"]
-            assert [c.decode() if isinstance(c, bytes) else c for c in meta.attrs["columns"]] == \
-                ["lat", "lon", "datetime", "DT40", "pattern", "pp_idx"]
+            assert [c.decode() if isinstance(c, bytes) else c for c in meta.attrs["columns"]] == [
+                "lat",
+                "lon",
+                "datetime",
+                "DT40",
+                "pattern",
+                "pp_idx",
+            ]
             assert meta.shape == (n, 6)
             np.testing.assert_array_equal(meta[:], src[f"{part}_metadata"][:])
             assert f"{part}_rows" not in f and f"{part}_valid" not in f
@@ -189,8 +200,11 @@ def test_main_skips_existing_s3_output_and_clobber_rewrites(s3, job, isolated):
     time.sleep(1.1)  # LastModified has one-second resolution
     assert main(up["opts"], [up["input"]]) == []
     again = s3.client.head_object(Bucket=s3.bucket, Key=key)
-    assert (again["ETag"], again["LastModified"], again["VersionId"]) == \
-        (first["ETag"], first["LastModified"], first["VersionId"])
+    assert (again["ETag"], again["LastModified"], again["VersionId"]) == (
+        first["ETag"],
+        first["LastModified"],
+        first["VersionId"],
+    )
     assert len(versions()) == 1  # not rewritten, not even with the same bytes
 
     assert main(up["opts"], [up["input"]], clobber=True) == [s3.url(key)]
@@ -205,9 +219,14 @@ def test_main_skips_existing_s3_output_and_clobber_rewrites(s3, job, isolated):
 # -- 3. the command line, in a subprocess configured by environment variables only -----------
 def _cli_env(s3, isolated) -> dict[str, str]:
     env = s3.subprocess_env()
-    env.update(NENYA_CACHE=str(isolated["cache"]), NENYA_MODEL_DIR=str(isolated["tmp"] / "no-named-models"),
-               NENYA_CONFIG=str(isolated["tmp"] / "no-config.json"), PYTHONUNBUFFERED="1",
-               OMP_NUM_THREADS="1", TMPDIR=str(isolated["systmp"]))
+    env.update(
+        NENYA_CACHE=str(isolated["cache"]),
+        NENYA_MODEL_DIR=str(isolated["tmp"] / "no-named-models"),
+        NENYA_CONFIG=str(isolated["tmp"] / "no-config.json"),
+        PYTHONUNBUFFERED="1",
+        OMP_NUM_THREADS="1",
+        TMPDIR=str(isolated["systmp"]),
+    )
     return env
 
 
@@ -231,10 +250,23 @@ def test_cli_extract_s3_to_parquet_subprocess(s3, job, isolated):
     import pyarrow.parquet as pq
 
     s3.client.upload_file(job["data"], s3.bucket, "in/y_preproc.h5")
-    cmd = [sys.executable, "-m", "nenya", "extract", s3.url("in/y_preproc.h5"), "--model", f"supcon:{job['ckpt']}",
-           "--output", s3.url("out"), "--format", "parquet", "--no-progress"]
-    r = subprocess.run(cmd, cwd=isolated["cwd"], env=_cli_env(s3, isolated), capture_output=True, text=True,
-                       timeout=300)
+    cmd = [
+        sys.executable,
+        "-m",
+        "nenya",
+        "extract",
+        s3.url("in/y_preproc.h5"),
+        "--model",
+        f"supcon:{job['ckpt']}",
+        "--output",
+        s3.url("out"),
+        "--format",
+        "parquet",
+        "--no-progress",
+    ]
+    r = subprocess.run(
+        cmd, cwd=isolated["cwd"], env=_cli_env(s3, isolated), capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, f"stdout:\n{r.stdout}\nstderr:\n{r.stderr}"
     assert s3.url("out/y_latents.parquet") in r.stdout.splitlines()
     assert s3.keys("out/") == ["out/y_latents.parquet", "out/y_latents.parquet.status.csv"]
@@ -243,8 +275,18 @@ def test_cli_extract_s3_to_parquet_subprocess(s3, job, isolated):
 
     # through s3fs, as a user would read it
     df = pd.read_parquet(s3.url("out/y_latents.parquet"))
-    assert list(df.columns) == ["id", "partition", "row", "lat", "lon", "datetime", "DT40", "pattern", "pp_idx",
-                                "vector"]
+    assert list(df.columns) == [
+        "id",
+        "partition",
+        "row",
+        "lat",
+        "lon",
+        "datetime",
+        "DT40",
+        "pattern",
+        "pp_idx",
+        "vector",
+    ]
     assert len(df) == N_VALID + N_TRAIN
     assert df["id"].tolist() == [f"{p}/{r}" for p, r in zip(df["partition"], df["row"])]
     assert sorted(df.loc[df.partition == "valid", "row"]) == list(range(N_VALID))
@@ -274,15 +316,37 @@ def test_cli_killed_run_leaves_no_partial_object_and_resumes(s3, job, isolated):
     data = write_preproc(isolated["tmp"] / "z_preproc.h5", n_valid=n_valid, n_train=n_train, seed=11)
     s3.client.upload_file(data, s3.bucket, "big/z_preproc.h5")
     final = "res/z_latents.parquet"
-    cmd = [sys.executable, "-m", "nenya", "extract", s3.url("big/z_preproc.h5"), "--model", f"supcon:{job['ckpt']}",
-           "--output", s3.url("res"), "--format", "parquet", "--no-progress", "--shard-size", str(shard),
-           "--batch-size", str(shard)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "nenya",
+        "extract",
+        s3.url("big/z_preproc.h5"),
+        "--model",
+        f"supcon:{job['ckpt']}",
+        "--output",
+        s3.url("res"),
+        "--format",
+        "parquet",
+        "--no-progress",
+        "--shard-size",
+        str(shard),
+        "--batch-size",
+        str(shard),
+    ]
     env = _cli_env(s3, isolated)
     work = isolated["cache"] / "work"
 
     listings: list[list[str]] = []
-    proc = subprocess.Popen(cmd, cwd=isolated["cwd"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        cmd,
+        cwd=isolated["cwd"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 120
         while not list(work.rglob("*.done.json")):  # the first shard is committed
@@ -472,8 +536,9 @@ def test_image_folder_and_path_table_from_s3_to_s3_equal_local(s3, isolated, tmp
     (local / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n broken")
     for n in names + ["broken.png"]:
         s3.client.upload_file(str(local / n), s3.bucket, f"photos/{n}")
-    pd.DataFrame({"url": [s3.url(f"photos/{n}") for n in names], "name": names, "label": [0, 1, 0, 1]}) \
-        .to_csv(tmp_path / "table.csv", index=False)
+    pd.DataFrame({"url": [s3.url(f"photos/{n}") for n in names], "name": names, "label": [0, 1, 0, 1]}).to_csv(
+        tmp_path / "table.csv", index=False
+    )
     s3.client.upload_file(str(tmp_path / "table.csv"), s3.bucket, "tables/table.csv")
 
     torch.manual_seed(0)
@@ -492,13 +557,24 @@ def test_image_folder_and_path_table_from_s3_to_s3_equal_local(s3, isolated, tmp
     assert dict(zip(status["id"], status["status"]))["broken.png"].startswith("skipped:")
     assert extract_collection(f"images:{s3.url('photos')}", enc, s3.url("vec/photos.parquet"), options=opts).items == 0
 
-    s = extract_collection(f"table:{s3.url('tables/table.csv')}", enc, s3.url("vec/t.npy"), options=opts,
-                           path_column="url", id_column="name")
+    s = extract_collection(
+        f"table:{s3.url('tables/table.csv')}",
+        enc,
+        s3.url("vec/t.npy"),
+        options=opts,
+        path_column="url",
+        id_column="name",
+    )
     assert s.items == 4 and s.skipped == 0
     with s3.fs.open(f"{s3.bucket}/vec/t.npy", "rb") as f:
         vectors = np.load(f)
     meta = pd.read_parquet(s3.url("vec/t.parquet"))
     assert list(meta["id"]) == names and list(meta["label"]) == [0, 1, 0, 1]
     np.testing.assert_allclose(vectors, np.stack(ref["vector"]), atol=1e-6)
-    assert s3.keys("vec/") == ["vec/photos.parquet", "vec/photos.parquet.status.csv", "vec/t.npy",
-                               "vec/t.npy.status.csv", "vec/t.parquet"]
+    assert s3.keys("vec/") == [
+        "vec/photos.parquet",
+        "vec/photos.parquet.status.csv",
+        "vec/t.npy",
+        "vec/t.npy.status.csv",
+        "vec/t.parquet",
+    ]

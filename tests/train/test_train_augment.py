@@ -17,8 +17,14 @@ from nenya.train.contrastive import epoch_learning_rate, prepare_opt, warmup_lea
 
 
 def _theta(flip=(False, False), angle=0.0, shift=(0, 0), size=16, crop=None):
-    return compose_affine(torch.tensor([flip]), torch.tensor([angle], dtype=torch.float64),
-                          torch.tensor([shift], dtype=torch.float64), size, size, crop)
+    return compose_affine(
+        torch.tensor([flip]),
+        torch.tensor([angle], dtype=torch.float64),
+        torch.tensor([shift], dtype=torch.float64),
+        size,
+        size,
+        crop,
+    )
 
 
 def test_flips_and_quarter_turns_are_exact():
@@ -33,8 +39,9 @@ def test_flips_and_quarter_turns_are_exact():
 def test_jitter_crop_is_the_shifted_centre_crop_resized():
     x = torch.randn(1, 1, 64, 64)
     for dy, dx in ((0, 0), (3, -5)):
-        ref = F.interpolate(x[:, :, 12 + dy:52 + dy, 12 + dx:52 + dx], size=(64, 64), mode="bilinear",
-                            align_corners=False)
+        ref = F.interpolate(
+            x[:, :, 12 + dy : 52 + dy, 12 + dx : 52 + dx], size=(64, 64), mode="bilinear", align_corners=False
+        )
         out = warp(x, _theta(shift=(dx, dy), size=64, crop=40))
         # inside the crop the two resamplings agree; at its edge interpolate clamps while we read the neighbours
         torch.testing.assert_close(out[..., 2:-2, 2:-2], ref[..., 2:-2, 2:-2], atol=1e-5, rtol=0)
@@ -68,8 +75,15 @@ def test_options_accept_both_crop_keys_and_decay_forms():
     new = AugmentConfig.from_opt(Params(random_cropjitter=[40, 5], flip=False))
     assert (old.crop, old.jitter, old.nchannels, old.flip) == (40, 5, 1, True)
     assert (new.crop, new.jitter, new.flip, new.rotate, new.demean) == (40, 5, False, True, True)
-    base = {"ssl_model": "resnet18", "feat_dim": 8, "learning_rate": 0.1, "lr_decay_rate": 0.1, "epochs": 10,
-            "cosine": False, "images_file": "x.h5"}
+    base = {
+        "ssl_model": "resnet18",
+        "feat_dim": 8,
+        "learning_rate": 0.1,
+        "lr_decay_rate": 0.1,
+        "epochs": 10,
+        "cosine": False,
+        "images_file": "x.h5",
+    }
     a = prepare_opt({**base, "lr_decay_epochs": "3,6"})
     b = prepare_opt({**base, "lr_decay_epochs": [3, 6]})
     assert a.lr_decay_epochs == b.lr_decay_epochs == [3, 6]
@@ -78,8 +92,18 @@ def test_options_accept_both_crop_keys_and_decay_forms():
 
 
 def test_cosine_and_warmup_follow_nenya():
-    opt = prepare_opt({"ssl_model": "resnet18", "feat_dim": 8, "learning_rate": 0.05, "lr_decay_rate": 0.1,
-                       "epochs": 50, "cosine": True, "warm": True, "batch_size_train": 256})
+    opt = prepare_opt(
+        {
+            "ssl_model": "resnet18",
+            "feat_dim": 8,
+            "learning_rate": 0.05,
+            "lr_decay_rate": 0.1,
+            "epochs": 50,
+            "cosine": True,
+            "warm": True,
+            "batch_size_train": 256,
+        }
+    )
     eta_min = 0.05 * 0.1**3
     assert epoch_learning_rate(opt, 25) == pytest.approx(eta_min + (0.05 - eta_min) * 0.5)
     assert epoch_learning_rate(opt, 50) == pytest.approx(eta_min)

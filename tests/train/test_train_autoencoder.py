@@ -37,8 +37,20 @@ def _one_thread():
 
 
 def _cfg(data, out, **kw):
-    base = dict(data=str(data), nlayers=2, poolsize=2, numfilters=2, num_dense=12, batch_size=8, num_steps=40,
-                num_checkpoints=2, learning_rate=1e-2, output=str(out), crop=[18, None], crop_offset=(1, 0))
+    base = dict(
+        data=str(data),
+        nlayers=2,
+        poolsize=2,
+        numfilters=2,
+        num_dense=12,
+        batch_size=8,
+        num_steps=40,
+        num_checkpoints=2,
+        learning_rate=1e-2,
+        output=str(out),
+        crop=[18, None],
+        crop_offset=(1, 0),
+    )
     base.update(kw)
     return AutoencoderConfig(**base)
 
@@ -63,8 +75,9 @@ def test_loss_falls_and_checkpoints_record_architecture(tmp_path, images):
     assert len(opt.mean) == len(opt.std) == 2 and opt.raw_shape == [2, 20, 37]
 
     # resume: continues the step count and Adam's state
-    more = train_autoencoder(_cfg(path, tmp_path / "ae", num_steps=60, num_checkpoints=3), auto_resume=True,
-                             progress=False)
+    more = train_autoencoder(
+        _cfg(path, tmp_path / "ae", num_steps=60, num_checkpoints=3), auto_resume=True, progress=False
+    )
     ckpt = load_checkpoint(more.last)
     assert more.steps == 60 and ckpt["step"] == 60 and ckpt["epoch"] == 3
     assert int(ckpt["optimizer"]["state"][0]["step"]) == 60
@@ -101,18 +114,39 @@ def test_ae_encoder_equals_the_models_own_embedding_and_reconstructs(tmp_path, i
 
 def test_h5_partitions_and_uint8_images(tmp_path):
     h5 = write_preproc(tmp_path / "p_preproc.h5", n_valid=6, n_train=10, size=16, seed=2)
-    last = train_autoencoder(AutoencoderConfig(data=f"{h5}:train", nlayers=2, poolsize=2, numfilters=1, num_dense=4,
-                                               num_steps=3, num_checkpoints=1, output=str(tmp_path / "h"),
-                                               demean=True), progress=False).last
+    last = train_autoencoder(
+        AutoencoderConfig(
+            data=f"{h5}:train",
+            nlayers=2,
+            poolsize=2,
+            numfilters=1,
+            num_dense=4,
+            num_steps=3,
+            num_checkpoints=1,
+            output=str(tmp_path / "h"),
+            demean=True,
+        ),
+        progress=False,
+    ).last
     enc = load_encoder(f"ae:{last}")
     assert enc.preprocess.demean and enc.opt.input_shape == [1, 16, 16]
     rec = reconstruct(last, f"{h5}:valid:4", tmp_path / "r")
     assert rec.shape == (1, 16, 16)
     u8 = (np.random.default_rng(0).random((6, 3, 16, 16)) * 255).astype(np.uint8)
     np.save(tmp_path / "u8.npy", u8)
-    last = train_autoencoder(AutoencoderConfig(data=str(tmp_path / "u8.npy"), nlayers=1, poolsize=4, numfilters=1,
-                                               num_dense=3, num_steps=2, num_checkpoints=1,
-                                               output=str(tmp_path / "u")), progress=False).last
+    last = train_autoencoder(
+        AutoencoderConfig(
+            data=str(tmp_path / "u8.npy"),
+            nlayers=1,
+            poolsize=4,
+            numfilters=1,
+            num_dense=3,
+            num_steps=2,
+            num_checkpoints=1,
+            output=str(tmp_path / "u"),
+        ),
+        progress=False,
+    ).last
     enc = load_encoder(f"ae:{last}")
     assert 0.3 < enc.opt.mean[0] < 0.7  # statistics of the [0, 1]-scaled images, as Encoder.prepare scales them
     assert enc.encode(torch.from_numpy(u8)).shape == (6, 3)
@@ -120,18 +154,38 @@ def test_h5_partitions_and_uint8_images(tmp_path):
 
 def test_overfit_search_picks_the_smallest_embedding_reaching_the_threshold(tmp_path, images):
     path, _ = images
-    result = overfit_search(str(path), n_images=2, nlayers=[1, 5], poolsize=[2], numfilters=[2], num_dense=[1, 8, 32],
-                            num_steps=80, learning_rate=1e-2, threshold=0.0, output=tmp_path / "t.csv",
-                            progress=False)
+    result = overfit_search(
+        str(path),
+        n_images=2,
+        nlayers=[1, 5],
+        poolsize=[2],
+        numfilters=[2],
+        num_dense=[1, 8, 32],
+        num_steps=80,
+        learning_rate=1e-2,
+        threshold=0.0,
+        output=tmp_path / "t.csv",
+        progress=False,
+    )
     assert len(result.rows) == 6 and result.best is None  # nothing reaches a loss of 0
     too_small = [r for r in result.rows if r.nlayers == 5]
     assert all(not np.isfinite(r.final_loss) and "small" in r.note for r in too_small)
     losses = {r.num_dense: r.final_loss for r in result.rows if r.nlayers == 1}
     threshold = losses[8] * 1.0001  # num_dense 8 reaches it; the smallest num_dense that does wins
     fits = sorted(d for d, v in losses.items() if v <= threshold)
-    result = overfit_search(str(path), n_images=2, nlayers=[1, 5], poolsize=[2], numfilters=[2], num_dense=[1, 8, 32],
-                            num_steps=80, learning_rate=1e-2, threshold=threshold, output=tmp_path / "t.csv",
-                            progress=False)
+    result = overfit_search(
+        str(path),
+        n_images=2,
+        nlayers=[1, 5],
+        poolsize=[2],
+        numfilters=[2],
+        num_dense=[1, 8, 32],
+        num_steps=80,
+        learning_rate=1e-2,
+        threshold=threshold,
+        output=tmp_path / "t.csv",
+        progress=False,
+    )
     assert result.best is not None and result.best.num_dense == fits[0]
     table = result.table()
     assert "smallest embedding" in table and f"num_dense {fits[0]}" in table
@@ -173,8 +227,9 @@ def test_a_folder_of_images_trains_and_extracts(tmp_path, caplog):
     big = np.asarray(Image.open(folder / "scan99_big.png"))
     np.testing.assert_array_equal(arr[names.index("scan99_big.png"), 0], big[3:27, 4:36])
 
-    summary = train_autoencoder(_cfg(folder, tmp_path / "ae", num_steps=6, crop=[None, None], crop_offset=(0, 0)),
-                                progress=False)
+    summary = train_autoencoder(
+        _cfg(folder, tmp_path / "ae", num_steps=6, crop=[None, None], crop_offset=(0, 0)), progress=False
+    )
     enc = load_encoder(f"ae:{summary.last}")
     assert enc.dim == 12 and load_checkpoint(summary.last)["opt"].input_shape == [1, 24, 32]
     v = enc.encode(torch.from_numpy(arr[:3])).numpy()
@@ -199,5 +254,6 @@ def test_resume_from_a_damaged_checkpoint_is_refused(tmp_path, images):
     ckpt["model"].pop(next(iter(ckpt["model"])))
     torch.save(ckpt, tmp_path / "damaged.pth")
     with pytest.raises(CheckpointError, match=r"cannot resume: .*damaged.pth does not fit the autoencoder.*missing"):
-        train_autoencoder(_cfg(path, tmp_path / "ae2", num_steps=4), resume=str(tmp_path / "damaged.pth"),
-                          progress=False)
+        train_autoencoder(
+            _cfg(path, tmp_path / "ae2", num_steps=4), resume=str(tmp_path / "damaged.pth"), progress=False
+        )

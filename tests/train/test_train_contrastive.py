@@ -18,8 +18,16 @@ from nenya.sample_data import CLASSES, make_cutouts
 from nenya.train.contrastive import train, train_run
 from nenya.train_util import set_model
 
-SHORT = {"batch_size_train": 8, "batch_size_valid": 8, "epochs": 2, "save_freq": 1, "valid_freq": 1,
-         "feat_dim": 16, "cosine": True, "warm": False}
+SHORT = {
+    "batch_size_train": 8,
+    "batch_size_valid": 8,
+    "epochs": 2,
+    "save_freq": 1,
+    "valid_freq": 1,
+    "feat_dim": 16,
+    "cosine": True,
+    "warm": False,
+}
 
 
 def _opts(tmp_path, preproc, **extra) -> Params:
@@ -39,8 +47,14 @@ def test_checkpoints_follow_nenya_format_and_extract_unchanged(tmp_path, preproc
     summary = train_run(opt, progress=False, max_valid_batches=2)
     folder = tmp_path / opt.model_folder  # <s3_outdir>/<model_folder>, where prep() looks
     assert summary.last == str(folder / "last.pth") and summary.epochs_done == 2
-    for name in ("ckpt_epoch_1.pth", "ckpt_epoch_2.pth", "last.pth", "learning_curve.csv", "learning_curve.png",
-                 "opts.json"):
+    for name in (
+        "ckpt_epoch_1.pth",
+        "ckpt_epoch_2.pth",
+        "last.pth",
+        "learning_curve.csv",
+        "learning_curve.png",
+        "opts.json",
+    ):
         assert (folder / name).exists(), name
     raw = torch.load(folder / "last.pth", map_location="cpu", weights_only=False)
     assert set(raw) >= {"opt", "model", "optimizer", "epoch"} and raw["epoch"] == 2
@@ -63,8 +77,9 @@ def test_resume_continues_epochs_and_optimiser_exactly(tmp_path, preproc):
     # step decay (not cosine), so that a 1-epoch run has the same schedule as the first epoch of a 2-epoch one
     opt = _opts(tmp_path, preproc, valid_freq=5, cosine=False)
     straight = train_run(opt, progress=False, output=str(tmp_path / "a"))
-    first = train_run(_opts(tmp_path, preproc, epochs=1, valid_freq=5, cosine=False), progress=False,
-                      output=str(tmp_path / "b"))
+    first = train_run(
+        _opts(tmp_path, preproc, epochs=1, valid_freq=5, cosine=False), progress=False, output=str(tmp_path / "b")
+    )
     assert load_checkpoint(first.last)["epoch"] == 1
     resumed = train_run(opt, progress=False, output=str(tmp_path / "b"), auto_resume=True)
     assert resumed.start_epoch == 2 and resumed.epochs_done == 2
@@ -73,13 +88,13 @@ def test_resume_continues_epochs_and_optimiser_exactly(tmp_path, preproc):
     for k in a["model"]:
         torch.testing.assert_close(a["model"][k], b["model"][k], atol=1e-5, rtol=1e-4, msg=k)
     for k, state in a["optimizer"]["state"].items():
-        torch.testing.assert_close(state["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"],
-                                   atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(
+            state["momentum_buffer"], b["optimizer"]["state"][k]["momentum_buffer"], atol=1e-5, rtol=1e-4
+        )
     with open(tmp_path / "b" / "learning_curve.csv") as f:
         epochs = [r["epoch"] for r in csv.DictReader(f) if r["kind"] == "train_epoch"]
     assert epochs == ["1", "2"]
-    again = train_run(opt, progress=False, resume=str(tmp_path / "b" / "ckpt_epoch_2.pth"),
-                      output=str(tmp_path / "b"))
+    again = train_run(opt, progress=False, resume=str(tmp_path / "b" / "ckpt_epoch_2.pth"), output=str(tmp_path / "b"))
     assert again.steps == 4 and again.epochs_done == 2  # nothing left to do
 
 
@@ -93,8 +108,9 @@ def test_time_limit_debug_and_nenya_main(tmp_path, preproc):
     opts_file = make_opts(tmp_path, images_file=str(preproc), **{**SHORT, "epochs": 30})
     last = main(str(opts_file), debug=True)
     assert "_debug" in last and load_checkpoint(last)["epoch"] == 2
-    saved = json.loads((tmp_path / opt.model_folder).with_name(opt.model_name + "_debug").joinpath("opts.json")
-                       .read_text())
+    saved = json.loads(
+        (tmp_path / opt.model_folder).with_name(opt.model_name + "_debug").joinpath("opts.json").read_text()
+    )
     assert saved["ssl_model"] == "resnet18"
 
 
@@ -139,9 +155,24 @@ def test_trained_latents_separate_known_classes(tmp_path):
             f["train"] = xt
             meta = f.create_dataset("train_metadata", data=np.asarray(CLASSES)[yt][:, None].astype("S"))
             meta.attrs["columns"] = [b"pattern"]
-        opt = option_preprocess(Params(make_opts(
-            tmp_path, images_file=str(data), ssl_method="SupCon", label_column="pattern", nchannels=1, feat_dim=32,
-            batch_size_train=32, learning_rate=0.3, temp=0.1, epochs=8, cosine=False, random_jitter=None)))
+        opt = option_preprocess(
+            Params(
+                make_opts(
+                    tmp_path,
+                    images_file=str(data),
+                    ssl_method="SupCon",
+                    label_column="pattern",
+                    nchannels=1,
+                    feat_dim=32,
+                    batch_size_train=32,
+                    learning_rate=0.3,
+                    temp=0.1,
+                    epochs=8,
+                    cosine=False,
+                    random_jitter=None,
+                )
+            )
+        )
         torch.manual_seed(0)
         untrained, _ = set_model(opt, cuda_use=False)
         before = _knn_accuracy(untrained, xv, yv)
@@ -160,6 +191,12 @@ def test_resume_from_a_checkpoint_of_another_model_is_refused(tmp_path, preproc)
     other = _opts(tmp_path, preproc, feat_dim=8)
     model, _ = set_model(other, cuda_use=False)
     save_model(model, None, other, 1, tmp_path / "other" / "last.pth")
-    with pytest.raises(CheckpointError, match=r"cannot resume: .*last.pth does not fit the model of the opts.*feat_dim"):
-        train_run(_opts(tmp_path, preproc), progress=False, output=str(tmp_path / "c"),
-                  resume=str(tmp_path / "other" / "last.pth"))
+    with pytest.raises(
+        CheckpointError, match=r"cannot resume: .*last.pth does not fit the model of the opts.*feat_dim"
+    ):
+        train_run(
+            _opts(tmp_path, preproc),
+            progress=False,
+            output=str(tmp_path / "c"),
+            resume=str(tmp_path / "other" / "last.pth"),
+        )

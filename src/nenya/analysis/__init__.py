@@ -13,15 +13,7 @@ import time
 from nenya.analysis.cluster import hdbscan, kmeans
 from nenya.analysis.explorer import write_explorer
 from nenya.analysis.images import ImageLookup
-from nenya.analysis.latents import (
-    Latents,
-    open_latents,
-    output_path,
-    read_about,
-    read_latents,
-    read_table,
-    write_table,
-)
+from nenya.analysis.latents import Latents, open_latents, output_path, read_about, read_latents, read_table, write_table
 from nenya.analysis.pca import PCAResult, pca
 from nenya.analysis.plots import gallery_plot, neighbours_plot, scatter_plot
 from nenya.analysis.search import LatentIndex, build_index, load_index
@@ -30,10 +22,27 @@ from nenya.analysis.umap import UMAPResult, fit_umap
 log = logging.getLogger(__name__)
 
 __all__ = [
-    "Latents", "open_latents", "read_about", "read_latents", "read_table", "write_table", "output_path",
-    "PCAResult", "pca", "UMAPResult", "fit_umap", "kmeans", "hdbscan",
-    "LatentIndex", "build_index", "load_index",
-    "ImageLookup", "scatter_plot", "gallery_plot", "neighbours_plot", "write_explorer",
+    "Latents",
+    "open_latents",
+    "read_about",
+    "read_latents",
+    "read_table",
+    "write_table",
+    "output_path",
+    "PCAResult",
+    "pca",
+    "UMAPResult",
+    "fit_umap",
+    "kmeans",
+    "hdbscan",
+    "LatentIndex",
+    "build_index",
+    "load_index",
+    "ImageLookup",
+    "scatter_plot",
+    "gallery_plot",
+    "neighbours_plot",
+    "write_explorer",
     "demo_outputs",
 ]
 
@@ -80,15 +89,35 @@ def demo_outputs(latents_path: str, preproc_path: str, out_dir: str) -> dict[str
     skip = {"id", "partition", "row", "path", "U0", "U1"}
     cats = [c for c in table.columns if c not in skip and is_categorical(table[c]) and 1 < table[c].nunique() <= 20]
     color = "pattern" if "pattern" in table.columns else (cats[0] if cats else None)
-    scatter_plot(table["U0"], table["U1"], paths["umap_plot"], color=None if color is None else table[color],
-                 color_name=color, title=f"UMAP of {len(table):,} latents" + (f" by {color}" if color else ""))
+    scatter_plot(
+        table["U0"],
+        table["U1"],
+        paths["umap_plot"],
+        color=None if color is None else table[color],
+        color_name=color,
+        title=f"UMAP of {len(table):,} latents" + (f" by {color}" if color else ""),
+    )
     lookup = ImageLookup(table, images=preproc_path)
     t1 = time.perf_counter()
     gallery_plot(table["U0"].to_numpy(), table["U1"].to_numpy(), lookup.get, paths["gallery"], nxy=16)
     t_gallery = time.perf_counter() - t1
     t1 = time.perf_counter()
-    write_explorer(paths["explorer"], table["U0"].to_numpy(), table["U1"].to_numpy(), table, vectors=vectors,
-                   images=lookup, color=color, title=f"nenya explorer: {os.path.basename(latents_path)}")
-    log.info("demo outputs in %s (%.1f s: UMAP %.1f s, gallery %.1f s, explorer %.1f s)", out_dir,
-             time.perf_counter() - t0, t_umap, t_gallery, time.perf_counter() - t1)
+    write_explorer(
+        paths["explorer"],
+        table["U0"].to_numpy(),
+        table["U1"].to_numpy(),
+        table,
+        vectors=vectors,
+        images=lookup,
+        color=color,
+        title=f"nenya explorer: {os.path.basename(latents_path)}",
+    )
+    log.info(
+        "demo outputs in %s (%.1f s: UMAP %.1f s, gallery %.1f s, explorer %.1f s)",
+        out_dir,
+        time.perf_counter() - t0,
+        t_umap,
+        t_gallery,
+        time.perf_counter() - t1,
+    )
     return paths

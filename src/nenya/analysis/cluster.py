@@ -14,8 +14,9 @@ __all__ = ["kmeans", "hdbscan", "MINIBATCH_ABOVE"]
 MINIBATCH_ABOVE = 50_000
 
 
-def kmeans(vectors: np.ndarray, k: int, *, minibatch: bool | None = None, seed: int = 0,
-           batch_size: int = 4096) -> tuple[np.ndarray, np.ndarray]:
+def kmeans(
+    vectors: np.ndarray, k: int, *, minibatch: bool | None = None, seed: int = 0, batch_size: int = 4096
+) -> tuple[np.ndarray, np.ndarray]:
     """k-means labels (N,) int and centres (k, D).
 
     Args:

@@ -63,8 +63,9 @@ class ImageLookup:
         kind: ``"anomaly"`` (SST cutouts: 2-D float arrays), ``"photo"`` (RGB uint8) or None (no images).
     """
 
-    def __init__(self, table: pd.DataFrame, *, images: str | None = None, image_root: str | None = None,
-                 size: int = 64) -> None:
+    def __init__(
+        self, table: pd.DataFrame, *, images: str | None = None, image_root: str | None = None, size: int = 64
+    ) -> None:
         self.table = table.reset_index(drop=True)
         self.images = images
         self.image_root = image_root
@@ -72,8 +73,10 @@ class ImageLookup:
         self._local: str | None = None
         if images is not None:
             if "row" not in self.table.columns:
-                raise InputError(f"the latents have no 'row' column to match with {images}; "
-                                 "SST latents from `nenya extract` carry partition and row")
+                raise InputError(
+                    f"the latents have no 'row' column to match with {images}; "
+                    "SST latents from `nenya extract` carry partition and row"
+                )
             self.kind: str | None = "anomaly"
         elif "path" in self.table.columns:
             self.kind = "photo"
@@ -83,7 +86,9 @@ class ImageLookup:
     def _preproc(self) -> str:
         if self._local is None:
             assert self.images is not None
-            self._local = storage.fetch(self.images) if storage.is_remote(self.images) else storage.local_path(self.images)
+            self._local = (
+                storage.fetch(self.images) if storage.is_remote(self.images) else storage.local_path(self.images)
+            )
             if not os.path.exists(self._local):
                 raise InputError(f"preproc file not found: {self.images}")
         return self._local
@@ -101,20 +106,27 @@ class ImageLookup:
         from nenya.sources.h5files import open_checked, read_rows
 
         out: list[np.ndarray | None] = [None] * len(rows)
-        parts = (self.table["partition"].astype(str).to_numpy() if "partition" in self.table.columns
-                 else np.full(len(self.table), "valid", dtype=object))
+        parts = (
+            self.table["partition"].astype(str).to_numpy()
+            if "partition" in self.table.columns
+            else np.full(len(self.table), "valid", dtype=object)
+        )
         with open_checked(self._preproc()) as f:
             for p in pd.unique(parts[rows]):
                 if p not in f:
-                    raise InputError(f"{self.images} has no partition {p!r} (it holds {sorted(f.keys())}); "
-                                     "is it the preproc file these latents came from?")
+                    raise InputError(
+                        f"{self.images} has no partition {p!r} (it holds {sorted(f.keys())}); "
+                        "is it the preproc file these latents came from?"
+                    )
                 sel = np.flatnonzero(parts[rows] == p)
                 want = self.table["row"].to_numpy()[rows[sel]].astype(np.int64)
                 order = np.argsort(want, kind="stable")
                 dset = f[p]
                 if len(want) and want.max() >= dset.shape[0]:
-                    raise InputError(f"row {int(want.max())} is beyond the {dset.shape[0]} rows of {self.images}:{p}; "
-                                     "is it the preproc file these latents came from?")
+                    raise InputError(
+                        f"row {int(want.max())} is beyond the {dset.shape[0]} rows of {self.images}:{p}; "
+                        "is it the preproc file these latents came from?"
+                    )
                 uniq, inv = np.unique(want[order], return_inverse=True)
                 data = read_rows(dset, uniq)
                 if data.ndim == 4:

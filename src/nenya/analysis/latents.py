@@ -21,8 +21,16 @@ from nenya.pipeline import storage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Latents", "open_latents", "read_latents", "read_table", "latents_format", "numeric_columns",
-           "output_path", "write_table"]
+__all__ = [
+    "Latents",
+    "open_latents",
+    "read_latents",
+    "read_table",
+    "latents_format",
+    "numeric_columns",
+    "output_path",
+    "write_table",
+]
 
 H5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 PARQUET_SUFFIXES = (".parquet", ".pq")
@@ -38,8 +46,10 @@ def latents_format(path: str | os.PathLike) -> str:
         return "parquet"
     if name.endswith(".npy"):
         return "npy"
-    raise InputError(f"cannot tell the layout of {path}: expected a Nenya _latents.h5 file, a Parquet file "
-                     "with a 'vector' column, or X.npy with its X.parquet table of ids")
+    raise InputError(
+        f"cannot tell the layout of {path}: expected a Nenya _latents.h5 file, a Parquet file "
+        "with a 'vector' column, or X.npy with its X.parquet table of ids"
+    )
 
 
 def _to_numeric(df: pd.DataFrame) -> pd.DataFrame:
@@ -79,13 +89,17 @@ def _fixed_list_to_numpy(col: pa.ChunkedArray | pa.Array, path: str) -> np.ndarr
     if pa.types.is_list(t) or pa.types.is_large_list(t):
         lengths = pc_list_lengths(col)
         if len(lengths) and (lengths.min() != lengths.max()):
-            raise InputError(f"{path}: the 'vector' column holds lists of different lengths "
-                             f"({lengths.min()} to {lengths.max()}); every vector must have the same size")
+            raise InputError(
+                f"{path}: the 'vector' column holds lists of different lengths "
+                f"({lengths.min()} to {lengths.max()}); every vector must have the same size"
+            )
         dim = int(lengths[0]) if len(lengths) else 0
         flat = col.flatten().to_numpy(zero_copy_only=False)
         return np.asarray(flat, dtype=np.float32).reshape(-1, dim)
-    raise InputError(f"{path}: column 'vector' has type {t}; expected a list of float32/float16 "
-                     "(as `nenya extract --format parquet` writes)")
+    raise InputError(
+        f"{path}: column 'vector' has type {t}; expected a list of float32/float16 "
+        "(as `nenya extract --format parquet` writes)"
+    )
 
 
 def pc_list_lengths(col: pa.Array) -> np.ndarray:
@@ -142,7 +156,7 @@ class Latents:
                 for name, keep in self._h5_parts:
                     dset = f[name]
                     for a in range(0, len(keep), chunk):
-                        pos = keep[a:a + chunk]
+                        pos = keep[a : a + chunk]
                         if len(pos) == 0:
                             continue
                         lo, hi = int(pos[0]), int(pos[-1]) + 1
@@ -153,7 +167,7 @@ class Latents:
         elif self.format == "npy":
             arr = self._npy()
             for a in range(0, self.n, chunk):
-                yield a, np.asarray(arr[a:a + chunk], dtype=np.float32)
+                yield a, np.asarray(arr[a : a + chunk], dtype=np.float32)
         else:
             with _open_binary(self.path) as fh:
                 pf = pq.ParquetFile(fh)
@@ -173,7 +187,7 @@ class Latents:
         if rows is None:
             out = np.empty((self.n, self.dim), np.float32)
             for a, v in self.iter_vectors(chunk):
-                out[a:a + len(v)] = v
+                out[a : a + len(v)] = v
             return out
         rows = np.asarray(rows, dtype=np.int64)
         if len(rows) and (rows.min() < 0 or rows.max() >= self.n):
@@ -226,8 +240,10 @@ def _open_h5(path: str, partitions: Sequence[str] | None, metadata: bool) -> Lat
     with open_checked(local) as f:
         wanted = list(partitions) if partitions else [p for p in DEFAULT_PARTITIONS if p in f]
         if not wanted:
-            raise InputError(f"{path} has no 'valid' or 'train' dataset; it holds {sorted(f.keys())}. "
-                             "Is it a Nenya _latents.h5 file? (preproc files hold images, not latents)")
+            raise InputError(
+                f"{path} has no 'valid' or 'train' dataset; it holds {sorted(f.keys())}. "
+                "Is it a Nenya _latents.h5 file? (preproc files hold images, not latents)"
+            )
         ids, frames, parts, dim = [], [], [], None
         for p in wanted:
             if p not in f:
@@ -235,8 +251,10 @@ def _open_h5(path: str, partitions: Sequence[str] | None, metadata: bool) -> Lat
             dset = f[p]
             if not isinstance(dset, h5py.Dataset) or dset.ndim != 2:
                 shape = getattr(dset, "shape", None)
-                raise InputError(f"{path}: dataset {p!r} has shape {shape}; latents are (N, feat_dim). "
-                                 "Is this a preproc file (images)? Extract latents first with `nenya extract`")
+                raise InputError(
+                    f"{path}: dataset {p!r} has shape {shape}; latents are (N, feat_dim). "
+                    "Is this a preproc file (images)? Extract latents first with `nenya extract`"
+                )
             if dim is None:
                 dim = dset.shape[1]
             elif dset.shape[1] != dim:
@@ -262,8 +280,13 @@ def _open_h5(path: str, partitions: Sequence[str] | None, metadata: bool) -> Lat
                 extra = extra.drop(columns=[c for c in ("partition", "row") if c in extra.columns])
                 meta = pd.concat([meta, _to_numeric(extra)], axis=1)
             frames.append(meta)
-    lat = Latents(path, "h5", np.concatenate(ids) if ids else np.array([], dtype=object),
-                  pd.concat(frames, ignore_index=True), int(dim or 0))
+    lat = Latents(
+        path,
+        "h5",
+        np.concatenate(ids) if ids else np.array([], dtype=object),
+        pd.concat(frames, ignore_index=True),
+        int(dim or 0),
+    )
     lat._h5_path = local
     lat._h5_parts = parts
     return lat
@@ -274,8 +297,10 @@ def _open_parquet(path: str, metadata: bool) -> Latents:
         pf = pq.ParquetFile(fh)
         names = pf.schema_arrow.names
         if "vector" not in names:
-            raise InputError(f"{path} has no 'vector' column (columns: {', '.join(names[:12])}); a Parquet "
-                             "latents file holds id, metadata columns and vector (see `nenya extract --format parquet`)")
+            raise InputError(
+                f"{path} has no 'vector' column (columns: {', '.join(names[:12])}); a Parquet "
+                "latents file holds id, metadata columns and vector (see `nenya extract --format parquet`)"
+            )
         vtype = pf.schema_arrow.field("vector").type
         dim = vtype.list_size if pa.types.is_fixed_size_list(vtype) else None
         cols = [c for c in names if c != "vector"] if metadata else [c for c in ("id",) if c in names]
@@ -285,7 +310,11 @@ def _open_parquet(path: str, metadata: bool) -> Latents:
             first = pf.read_row_group(0, columns=["vector"]) if pf.num_row_groups else None
             dim = int(pc_list_lengths(first.column("vector").combine_chunks())[0]) if first is not None and n else 0
     df = table.to_pandas() if cols else pd.DataFrame(index=range(n))
-    ids = df.pop("id").astype(str).to_numpy(dtype=object) if "id" in df.columns else np.arange(n).astype(str).astype(object)
+    ids = (
+        df.pop("id").astype(str).to_numpy(dtype=object)
+        if "id" in df.columns
+        else np.arange(n).astype(str).astype(object)
+    )
     return Latents(path, "parquet", ids, _to_numeric(df), int(dim))
 
 
@@ -298,15 +327,23 @@ def _open_npy(path: str, metadata: bool) -> Latents:
     if arr.ndim != 2:
         raise InputError(f"{path} holds an array of shape {arr.shape}; latents are (N, dim)")
     if not storage.exists(table_path):
-        raise InputError(f"{path} needs its table of ids {storage.basename(table_path)} next to it "
-                         "(X.npy is described row by row by X.parquet); copy it alongside")
+        raise InputError(
+            f"{path} needs its table of ids {storage.basename(table_path)} next to it "
+            "(X.npy is described row by row by X.parquet); copy it alongside"
+        )
     with _open_binary(table_path) as fh:
         df = pq.read_table(fh).to_pandas() if metadata else pq.read_table(fh, columns=["id"]).to_pandas()
     if len(df) != arr.shape[0]:
-        raise InputError(f"{path} has {arr.shape[0]} vectors but {storage.basename(table_path)} has {len(df)} rows; "
-                         "they must describe the same rows in the same order")
+        raise InputError(
+            f"{path} has {arr.shape[0]} vectors but {storage.basename(table_path)} has {len(df)} rows; "
+            "they must describe the same rows in the same order"
+        )
     df = df.drop(columns=[c for c in ("vector",) if c in df.columns])
-    ids = df.pop("id").astype(str).to_numpy(dtype=object) if "id" in df.columns else np.arange(len(df)).astype(str).astype(object)
+    ids = (
+        df.pop("id").astype(str).to_numpy(dtype=object)
+        if "id" in df.columns
+        else np.arange(len(df)).astype(str).astype(object)
+    )
     lat = Latents(path, "npy", ids, _to_numeric(df), int(arr.shape[1]))
     lat._npy_path = local
     return lat
@@ -332,8 +369,7 @@ def read_about(path: str | os.PathLike) -> dict | None:
         return None
 
 
-def open_latents(path: str | os.PathLike, *, partitions: Sequence[str] | None = None,
-                 metadata: bool = True) -> Latents:
+def open_latents(path: str | os.PathLike, *, partitions: Sequence[str] | None = None, metadata: bool = True) -> Latents:
     """Open a latents file (local path or fsspec URL) without reading its vectors.
 
     Args:
@@ -355,8 +391,9 @@ def open_latents(path: str | os.PathLike, *, partitions: Sequence[str] | None = 
     return _open_parquet(path, metadata)
 
 
-def read_latents(path: str | os.PathLike, *, partitions: Sequence[str] | None = None
-                 ) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
+def read_latents(
+    path: str | os.PathLike, *, partitions: Sequence[str] | None = None
+) -> tuple[np.ndarray, np.ndarray, pd.DataFrame]:
     """``(ids, vectors (N, D) float32, metadata DataFrame)`` of a latents file of any layout.
 
     Example:
@@ -408,8 +445,11 @@ def output_path(input_path: str, suffix: str, output: str | None = None) -> str:
         if out.endswith("/") or (not storage.is_remote(out) and os.path.isdir(out)):
             return storage.join(out, name)
         return out
-    parent = input_path[: len(input_path) - len(base)].rstrip("/") if storage.is_remote(input_path) \
+    parent = (
+        input_path[: len(input_path) - len(base)].rstrip("/")
+        if storage.is_remote(input_path)
         else os.path.dirname(os.path.abspath(storage.local_path(input_path)))
+    )
     return storage.join(parent, name) if storage.is_remote(input_path) else os.path.join(parent, name)
 
 
@@ -417,8 +457,9 @@ def write_table(df: pd.DataFrame, dest: str, *, metadata: dict[str, str] | None 
     """Write a DataFrame as Parquet to a local path or URL, atomically; returns ``dest``."""
     table = pa.Table.from_pandas(df, preserve_index=False)
     if metadata:
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}),
-                                               **{k.encode(): v.encode() for k, v in metadata.items()}})
+        table = table.replace_schema_metadata(
+            {**(table.schema.metadata or {}), **{k.encode(): v.encode() for k, v in metadata.items()}}
+        )
     with _local_target(dest) as tmp:
         pq.write_table(table, tmp, compression="zstd")
     return dest

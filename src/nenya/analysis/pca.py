@@ -29,8 +29,14 @@ class PCAResult:
     incremental: bool
 
 
-def pca(data: np.ndarray | Latents, n_components: int = 10, *, incremental: bool | None = None,
-        batch_size: int = 50_000, seed: int = 0) -> PCAResult:
+def pca(
+    data: np.ndarray | Latents,
+    n_components: int = 10,
+    *,
+    incremental: bool | None = None,
+    batch_size: int = 50_000,
+    seed: int = 0,
+) -> PCAResult:
     """Project latent vectors on their first principal components.
 
     Args:
@@ -62,7 +68,7 @@ def pca(data: np.ndarray | Latents, n_components: int = 10, *, incremental: bool
             yield from data.iter_vectors(batch_size)
         else:
             for a in range(0, n, batch_size):
-                yield a, np.asarray(data[a:a + batch_size], dtype=np.float32)
+                yield a, np.asarray(data[a : a + batch_size], dtype=np.float32)
 
     if incremental:
         model = IncrementalPCA(n_components=n_components, batch_size=batch_size)
@@ -82,9 +88,19 @@ def pca(data: np.ndarray | Latents, n_components: int = 10, *, incremental: bool
         model = PCA(n_components=n_components, random_state=seed).fit(x)
     scores = np.empty((n, n_components), np.float32)
     for a, v in slabs():
-        scores[a:a + len(v)] = model.transform(v)
-    log.info("PCA of %d x %d: first %d components explain %.3f of the variance", n, dim, n_components,
-             float(np.sum(model.explained_variance_ratio_)))
-    return PCAResult(model.components_.astype(np.float32), model.mean_.astype(np.float32),
-                     np.asarray(model.explained_variance_, dtype=np.float64),
-                     np.asarray(model.explained_variance_ratio_, dtype=np.float64), scores, bool(incremental))
+        scores[a : a + len(v)] = model.transform(v)
+    log.info(
+        "PCA of %d x %d: first %d components explain %.3f of the variance",
+        n,
+        dim,
+        n_components,
+        float(np.sum(model.explained_variance_ratio_)),
+    )
+    return PCAResult(
+        model.components_.astype(np.float32),
+        model.mean_.astype(np.float32),
+        np.asarray(model.explained_variance_, dtype=np.float64),
+        np.asarray(model.explained_variance_ratio_, dtype=np.float64),
+        scores,
+        bool(incremental),
+    )

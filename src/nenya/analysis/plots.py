@@ -50,13 +50,28 @@ def grid_umap(U0: np.ndarray, U1: np.ndarray, nxy: int = 16, percent: Sequence[f
     xmin, xmax, ymin, ymax = xmin - dxv, xmax + dxv, ymin - dyv, ymax + dyv
     xval = xmin + dxv * np.arange(nxy + 3)
     yval = ymin + dyv * np.arange(nxy + 3)
-    return dict(xmin=float(xmin), xmax=float(xmax), ymin=float(ymin), ymax=float(ymax),
-                xval=xval, yval=yval, dxv=float(dxv), dyv=float(dyv))
+    return dict(
+        xmin=float(xmin),
+        xmax=float(xmax),
+        ymin=float(ymin),
+        ymax=float(ymax),
+        xval=xval,
+        yval=yval,
+        dxv=float(dxv),
+        dyv=float(dyv),
+    )
 
 
-def cells_on_grid(U0: np.ndarray, U1: np.ndarray, nxy: int = 16, *, min_pts: int = 1, seed: int = 0,
-                  percent: Sequence[float] = (0.05, 99.95), grid: dict | None = None
-                  ) -> tuple[list[tuple[int, int, int]], dict]:
+def cells_on_grid(
+    U0: np.ndarray,
+    U1: np.ndarray,
+    nxy: int = 16,
+    *,
+    min_pts: int = 1,
+    seed: int = 0,
+    percent: Sequence[float] = (0.05, 99.95),
+    grid: dict | None = None,
+) -> tuple[list[tuple[int, int, int]], dict]:
     """One random point per grid cell holding at least ``min_pts`` points.
 
     Returns:
@@ -81,9 +96,19 @@ def cells_on_grid(U0: np.ndarray, U1: np.ndarray, nxy: int = 16, *, min_pts: int
     return picks, grid
 
 
-def scatter_plot(x: np.ndarray, y: np.ndarray, path: str, *, color: np.ndarray | pd.Series | None = None,
-                 color_name: str | None = None, title: str | None = None, xlabel: str = "U0", ylabel: str = "U1",
-                 size: float | None = None, seed: int = 0) -> str:
+def scatter_plot(
+    x: np.ndarray,
+    y: np.ndarray,
+    path: str,
+    *,
+    color: np.ndarray | pd.Series | None = None,
+    color_name: str | None = None,
+    title: str | None = None,
+    xlabel: str = "U0",
+    ylabel: str = "U1",
+    size: float | None = None,
+    seed: int = 0,
+) -> str:
     """A scatter of the UMAP (or PCA) plane coloured by a column; numeric columns get a colour bar,
     categorical ones a legend. Points are drawn in random order so no class hides another."""
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
@@ -116,10 +141,21 @@ def scatter_plot(x: np.ndarray, y: np.ndarray, path: str, *, color: np.ndarray |
     return _save(fig, path)
 
 
-def gallery_plot(U0: np.ndarray, U1: np.ndarray, images: Callable[[list[int]], Sequence[np.ndarray | None]],
-                 path: str, *, nxy: int = 16, min_pts: int = 1,
-                 seed: int = 0, kind: str = "anomaly", title: str | None = None, vmax: float | None = None,
-                 xlabel: str = "U0", ylabel: str = "U1") -> str:
+def gallery_plot(
+    U0: np.ndarray,
+    U1: np.ndarray,
+    images: Callable[[list[int]], Sequence[np.ndarray | None]],
+    path: str,
+    *,
+    nxy: int = 16,
+    min_pts: int = 1,
+    seed: int = 0,
+    kind: str = "anomaly",
+    title: str | None = None,
+    vmax: float | None = None,
+    xlabel: str = "U0",
+    ylabel: str = "U1",
+) -> str:
     """One image per occupied cell of Nenya's UMAP grid, drawn in place over the plane.
 
     Args:
@@ -148,8 +184,9 @@ def gallery_plot(U0: np.ndarray, U1: np.ndarray, images: Callable[[list[int]], S
         x0, y0 = grid["xval"][ix], grid["yval"][iy]
         extent = (x0, x0 + dx * 0.95, y0, y0 + dy * 0.95)
         if kind == "anomaly":
-            mappable = ax.imshow(im, extent=extent, origin="lower", cmap=ANOMALY_CMAP, vmin=-lim, vmax=lim,
-                                 interpolation="nearest")
+            mappable = ax.imshow(
+                im, extent=extent, origin="lower", cmap=ANOMALY_CMAP, vmin=-lim, vmax=lim, interpolation="nearest"
+            )
         else:
             ax.imshow(im, extent=extent, interpolation="bilinear")
     ax.set_xlim(grid["xmin"], grid["xmax"])
@@ -165,8 +202,14 @@ def gallery_plot(U0: np.ndarray, U1: np.ndarray, images: Callable[[list[int]], S
     return _save(fig, path)
 
 
-def neighbours_plot(images: Sequence[np.ndarray | None], labels: Sequence[str], path: str, *,
-                    kind: str = "anomaly", title: str | None = None) -> str:
+def neighbours_plot(
+    images: Sequence[np.ndarray | None],
+    labels: Sequence[str],
+    path: str,
+    *,
+    kind: str = "anomaly",
+    title: str | None = None,
+) -> str:
     """A strip: the query (first) and its neighbours, each titled by its label (id and score)."""
     n = max(len(images), 1)
     fig = _figure(min(2.0 * n, 24), 2.6)

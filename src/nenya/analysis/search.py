@@ -26,8 +26,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["LatentIndex", "build_index", "load_index", "ids_path", "KINDS", "METRICS", "AUTO_FLAT_MAX",
-           "encode_query_image"]
+__all__ = [
+    "LatentIndex",
+    "build_index",
+    "load_index",
+    "ids_path",
+    "KINDS",
+    "METRICS",
+    "AUTO_FLAT_MAX",
+    "encode_query_image",
+]
 
 KINDS = ("auto", "flat", "hnsw", "ivf")
 METRICS = ("l2", "ip", "cosine")
@@ -74,8 +82,10 @@ class LatentIndex:
     def _prepare(self, q: np.ndarray) -> np.ndarray:
         q = np.ascontiguousarray(np.atleast_2d(np.asarray(q, dtype=np.float32)))
         if q.shape[1] != self.dim:
-            raise InputError(f"query vectors have {q.shape[1]} dimensions but the index has {self.dim}; "
-                             "encode queries with the model that made the latents")
+            raise InputError(
+                f"query vectors have {q.shape[1]} dimensions but the index has {self.dim}; "
+                "encode queries with the model that made the latents"
+            )
         return _normalise(q) if self.metric == "cosine" else q
 
     def search(self, queries: np.ndarray, k: int = 10) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -102,8 +112,9 @@ class LatentIndex:
             raise KeyError(f"id {id_!r} is not in the index; its ids look like {', '.join(map(repr, self.ids[:3]))}")
         return self.index.reconstruct(int(hits[0]))
 
-    def search_id(self, id_: str, k: int = 10, *, exclude_self: bool = True
-                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def search_id(
+        self, id_: str, k: int = 10, *, exclude_self: bool = True
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Top-``k`` neighbours of a stored item (itself left out unless ``exclude_self`` is False)."""
         ids, scores, rows = self.search(self.vector(id_)[None], k + 1 if exclude_self else k)
         if exclude_self:
@@ -133,9 +144,19 @@ def _as_array(data: np.ndarray | Latents) -> np.ndarray:
     return data.vectors() if isinstance(data, Latents) else np.asarray(data, dtype=np.float32)
 
 
-def build_index(data: np.ndarray | Latents, ids: np.ndarray | list[str] | None = None, *, kind: str = "auto",
-                metric: str = "l2", m: int = 32, ef_construction: int = 40, ef_search: int = 128,
-                nlist: int | None = None, nprobe: int | None = None, seed: int = 0) -> LatentIndex:
+def build_index(
+    data: np.ndarray | Latents,
+    ids: np.ndarray | list[str] | None = None,
+    *,
+    kind: str = "auto",
+    metric: str = "l2",
+    m: int = 32,
+    ef_construction: int = 40,
+    ef_search: int = 128,
+    nlist: int | None = None,
+    nprobe: int | None = None,
+    seed: int = 0,
+) -> LatentIndex:
     """Build a FAISS index over latent vectors.
 
     Args:
@@ -215,8 +236,9 @@ def load_index(path: str, *, ef_search: int | None = None, nprobe: int | None = 
     info = json.loads((table.schema.metadata or {}).get(b"nenya_index", b"{}"))
     ids = np.asarray(table.column("id").to_pylist(), dtype=object)
     if len(ids) != index.ntotal:
-        raise InputError(f"{path} holds {index.ntotal} vectors but {storage.basename(idp)} {len(ids)} ids; "
-                         "rebuild the index")
+        raise InputError(
+            f"{path} holds {index.ntotal} vectors but {storage.basename(idp)} {len(ids)} ids; rebuild the index"
+        )
     kind = info.get("kind", "flat")
     if kind == "hnsw" and ef_search:
         index.hnsw.efSearch = int(ef_search)
@@ -229,8 +251,14 @@ def load_index(path: str, *, ef_search: int | None = None, nprobe: int | None = 
     return LatentIndex(index, ids, info.get("metric", "l2"), kind, params, about_of(table.schema))
 
 
-def encode_query_image(path: str, spec: str, *, opt: str | None = None, trust_checkpoint: bool = False,
-                       options: EncoderOptions | None = None) -> np.ndarray:
+def encode_query_image(
+    path: str,
+    spec: str,
+    *,
+    opt: str | None = None,
+    trust_checkpoint: bool = False,
+    options: EncoderOptions | None = None,
+) -> np.ndarray:
     """The latent vector (1, dim) of one query image, by the model that made the latents.
 
     For SupCon/Nenya models the image is a ``.npy`` cutout, (H, W) or (C, H, W); for photo models
@@ -264,6 +292,8 @@ def encode_query_image(path: str, spec: str, *, opt: str | None = None, trust_ch
         batch = torch.from_numpy(np.ascontiguousarray(arr)[None])
     out = encoder.encode(batch).cpu().numpy()
     if out.ndim != 2:
-        raise InputError(f"{encoder.name} gives one vector per tile {out.shape[1:]}; search an index of "
-                         "pooled vectors, or pass the query with --vector")
+        raise InputError(
+            f"{encoder.name} gives one vector per tile {out.shape[1:]}; search an index of "
+            "pooled vectors, or pass the query with --vector"
+        )
     return out.reshape(1, -1).astype(np.float32)

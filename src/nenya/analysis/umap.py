@@ -41,9 +41,19 @@ def _cache_numba() -> None:
         from numba.core.caching import NullCache
         from numba.core.dispatcher import Dispatcher
 
-        for name in ("umap.umap_", "umap.layouts", "umap.utils", "umap.distances", "umap.sparse", "umap.spectral",
-                     "pynndescent.pynndescent_", "pynndescent.utils", "pynndescent.distances", "pynndescent.rp_trees",
-                     "pynndescent.sparse"):
+        for name in (
+            "umap.umap_",
+            "umap.layouts",
+            "umap.utils",
+            "umap.distances",
+            "umap.sparse",
+            "umap.spectral",
+            "pynndescent.pynndescent_",
+            "pynndescent.utils",
+            "pynndescent.distances",
+            "pynndescent.rp_trees",
+            "pynndescent.sparse",
+        ):
             try:
                 module = importlib.import_module(name)
             except ImportError:
@@ -87,8 +97,14 @@ def __getattr__(name: str):  # lets pickle find NenyaUMAP (defined on first use:
     raise AttributeError(name)
 
 
-def make_umap(*, n_neighbors: int = 15, min_dist: float = 0.1, seed: int | None = 42, metric: str = "euclidean",
-              n_epochs: int | None = None) -> Any:
+def make_umap(
+    *,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    seed: int | None = 42,
+    metric: str = "euclidean",
+    n_epochs: int | None = None,
+) -> Any:
     """``umap.UMAP`` with Nenya's settings (2 components, euclidean, ``random_state=42``).
 
     For fewer than 4096 points umap-learn computes all pairwise distances; the returned model has
@@ -97,31 +113,42 @@ def make_umap(*, n_neighbors: int = 15, min_dist: float = 0.1, seed: int | None 
     """
 
     _cache_numba()
-    return _umap_class()(n_neighbors=n_neighbors, min_dist=min_dist, n_components=2, metric=metric,
-                     random_state=seed, n_epochs=n_epochs)
+    return _umap_class()(
+        n_neighbors=n_neighbors, min_dist=min_dist, n_components=2, metric=metric, random_state=seed, n_epochs=n_epochs
+    )
 
 
-def transform_chunked(reducer: Any, data: np.ndarray | Latents, *, chunk: int = 50_000,
-                      rows: np.ndarray | None = None) -> np.ndarray:
+def transform_chunked(
+    reducer: Any, data: np.ndarray | Latents, *, chunk: int = 50_000, rows: np.ndarray | None = None
+) -> np.ndarray:
     """``reducer.transform`` over slabs of ``chunk`` rows (all rows, or only ``rows`` of an array)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=".*n_jobs value.*")
         if isinstance(data, Latents) and rows is None:
             out = np.empty((data.n, 2), np.float32)
             for a, v in data.iter_vectors(chunk):
-                out[a:a + len(v)] = reducer.transform(v)
+                out[a : a + len(v)] = reducer.transform(v)
             return out
         idx = np.arange(len(data)) if rows is None else np.asarray(rows)
         out = np.empty((len(idx), 2), np.float32)
         for a in range(0, len(idx), chunk):
-            part = idx[a:a + chunk]
+            part = idx[a : a + chunk]
             v = data.vectors(part) if isinstance(data, Latents) else np.asarray(data[part], dtype=np.float32)
-            out[a:a + len(part)] = reducer.transform(v)
+            out[a : a + len(part)] = reducer.transform(v)
         return out
 
 
-def fit_umap(data: np.ndarray | Latents, *, ntrain: int = 200_000, chunk: int = 50_000, transform_all: bool = False,
-             n_neighbors: int = 15, min_dist: float = 0.1, seed: int = 42, n_epochs: int | None = None) -> UMAPResult:
+def fit_umap(
+    data: np.ndarray | Latents,
+    *,
+    ntrain: int = 200_000,
+    chunk: int = 50_000,
+    transform_all: bool = False,
+    n_neighbors: int = 15,
+    min_dist: float = 0.1,
+    seed: int = 42,
+    n_epochs: int | None = None,
+) -> UMAPResult:
     """Fit UMAP on at most ``ntrain`` randomly chosen vectors and embed all of them.
 
     Rows in the fitted sample take their fitted coordinates (``embedding_``) unless

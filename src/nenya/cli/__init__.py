@@ -34,8 +34,11 @@ class _Parser(argparse.ArgumentParser):
 
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(
-        prog="nenya", description="nenya: latent vectors from large image collections (Nenya SST cutouts and more).",
-        epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+        prog="nenya",
+        description="nenya: latent vectors from large image collections (Nenya SST cutouts and more).",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--version", action="version", version=f"nenya {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -78,8 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print(f"\ninterrupted after {time.perf_counter() - t:.0f} s; committed shards are kept: "
-              "rerun the same command to resume", file=sys.stderr)
+        print(
+            f"\ninterrupted after {time.perf_counter() - t:.0f} s; committed shards are kept: "
+            "rerun the same command to resume",
+            file=sys.stderr,
+        )
         return 130
     except (NenyaError, FileNotFoundError, ValueError, KeyError) as e:
         from nenya.pipeline.storage import redact
@@ -94,8 +100,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if args.verbose >= 2:
             print(redact(traceback.format_exc()), file=sys.stderr)
-        print(f"nenya: error: {redact(f'{type(e).__name__}: {e}')} (rerun with -vv for the traceback)",
-              file=sys.stderr)
+        print(f"nenya: error: {redact(f'{type(e).__name__}: {e}')} (rerun with -vv for the traceback)", file=sys.stderr)
         return 2
 
 

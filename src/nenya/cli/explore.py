@@ -11,7 +11,9 @@ from nenya._errors import NenyaError
 
 log = logging.getLogger(__name__)
 
-LATENTS_HELP = "latents file: X_latents.h5 (Nenya), X.parquet (with a vector column) or X.npy (+ X.parquet); path or URL"
+LATENTS_HELP = (
+    "latents file: X_latents.h5 (Nenya), X.parquet (with a vector column) or X.npy (+ X.parquet); path or URL"
+)
 
 
 _fmt = argparse.ArgumentDefaultsHelpFormatter
@@ -40,38 +42,54 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _add_umap(sub: argparse._SubParsersAction) -> None:
     """``nenya umap``: a 2-D UMAP of a latents file."""
-    p = sub.add_parser("umap", help="2-D UMAP of a latents file (fit on a sample, transform the rest)",
-                       description="Fit UMAP on at most --ntrain random vectors and place every vector; writes "
-                                   "<name>_umap.parquet (id, metadata, U0, U1) next to the input or to --output.",
-                       formatter_class=_fmt)
+    p = sub.add_parser(
+        "umap",
+        help="2-D UMAP of a latents file (fit on a sample, transform the rest)",
+        description="Fit UMAP on at most --ntrain random vectors and place every vector; writes "
+        "<name>_umap.parquet (id, metadata, U0, U1) next to the input or to --output.",
+        formatter_class=_fmt,
+    )
     _common(p, output_help="output Parquet file or folder")
     p.add_argument("--ntrain", type=int, default=200_000, help="largest sample UMAP is fitted on")
     p.add_argument("--neighbors", type=int, default=15)
     p.add_argument("--min-dist", type=float, default=0.1)
     p.add_argument("--seed", type=int, default=42)
     p.add_argument("--chunk", type=int, default=50_000, help="vectors per transform call (bounds memory)")
-    p.add_argument("--transform-all", action="store_true", help="also pass the fitted sample through transform (Nenya's way)")
+    p.add_argument(
+        "--transform-all", action="store_true", help="also pass the fitted sample through transform (Nenya's way)"
+    )
     p.set_defaults(func=cmd_umap)
 
 
 def _add_pca(sub: argparse._SubParsersAction) -> None:
     """``nenya pca``: principal components of a latents file."""
-    p = sub.add_parser("pca", help="principal components of a latents file",
-                       description="Writes <name>_pca.parquet (id, metadata, PC0..PCn-1; explained variance in the "
-                                   "file's metadata) and prints the explained variance ratios.", formatter_class=_fmt)
+    p = sub.add_parser(
+        "pca",
+        help="principal components of a latents file",
+        description="Writes <name>_pca.parquet (id, metadata, PC0..PCn-1; explained variance in the "
+        "file's metadata) and prints the explained variance ratios.",
+        formatter_class=_fmt,
+    )
     _common(p, output_help="output Parquet file or folder")
     p.add_argument("-n", "--components", type=int, default=10)
-    p.add_argument("--incremental", action="store_true", default=None,
-                   help="stream the file through IncrementalPCA (default: above 200,000 vectors)")
+    p.add_argument(
+        "--incremental",
+        action="store_true",
+        default=None,
+        help="stream the file through IncrementalPCA (default: above 200,000 vectors)",
+    )
     p.add_argument("--batch-size", type=int, default=50_000)
     p.set_defaults(func=cmd_pca)
 
 
 def _add_cluster(sub: argparse._SubParsersAction) -> None:
     """``nenya cluster``: k-means and/or HDBSCAN labels."""
-    p = sub.add_parser("cluster", help="k-means and/or HDBSCAN labels of a latents file",
-                       description="Writes <name>_clusters.parquet (id, metadata, kmeans and/or hdbscan labels).",
-                       formatter_class=_fmt)
+    p = sub.add_parser(
+        "cluster",
+        help="k-means and/or HDBSCAN labels of a latents file",
+        description="Writes <name>_clusters.parquet (id, metadata, kmeans and/or hdbscan labels).",
+        formatter_class=_fmt,
+    )
     _common(p, output_help="output Parquet file or folder")
     p.add_argument("--method", default="kmeans", help="kmeans, hdbscan, or both: kmeans,hdbscan")
     p.add_argument("-k", "--clusters", type=int, default=10, help="k-means clusters")
@@ -83,9 +101,13 @@ def _add_cluster(sub: argparse._SubParsersAction) -> None:
 
 def _add_index(sub: argparse._SubParsersAction) -> None:
     """``nenya index``: a FAISS similarity index."""
-    p = sub.add_parser("index", help="build a FAISS similarity index of a latents file",
-                       description="Writes <name>.faiss and <name>.ids.parquet (the id of each index row). kind auto: "
-                                   "exact flat up to 100,000 vectors, HNSW above.", formatter_class=_fmt)
+    p = sub.add_parser(
+        "index",
+        help="build a FAISS similarity index of a latents file",
+        description="Writes <name>.faiss and <name>.ids.parquet (the id of each index row). kind auto: "
+        "exact flat up to 100,000 vectors, HNSW above.",
+        formatter_class=_fmt,
+    )
     _common(p, output_help="output .faiss file or folder")
     p.add_argument("--kind", default="auto", choices=["auto", "flat", "hnsw", "ivf"])
     p.add_argument("--metric", default="l2", choices=["l2", "ip", "cosine"])
@@ -98,24 +120,36 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
 
 def _add_search(sub: argparse._SubParsersAction) -> None:
     """``nenya search``: nearest neighbours of an id, a vector or an image."""
-    p = sub.add_parser("search", help="nearest neighbours of an id, a vector or an image",
-                       description="Search an index (.faiss from `nenya index`) or a latents file (exact search). "
-                                   "Prints rank, id and score, and writes <name>_search.parquet.",
-                       formatter_class=_fmt)
+    p = sub.add_parser(
+        "search",
+        help="nearest neighbours of an id, a vector or an image",
+        description="Search an index (.faiss from `nenya index`) or a latents file (exact search). "
+        "Prints rank, id and score, and writes <name>_search.parquet.",
+        formatter_class=_fmt,
+    )
     p.add_argument("target", help="an index (.faiss) or a latents file")
     p.add_argument("--output", "-o", help="output Parquet file or folder")
     q = p.add_mutually_exclusive_group(required=True)
     q.add_argument("--id", help="an id in the index (itself left out of the results)")
     q.add_argument("--vector", help="a query vector: comma-separated numbers")
     q.add_argument("--vector-file", help="query vectors: a .npy file of (dim,) or (Q, dim)")
-    q.add_argument("--image", help="a query image encoded by --model: a .npy cutout for SupCon models, "
-                                   "an image file for photo models")
-    p.add_argument("--model", help="model spec for --image, as for `nenya extract` (supcon:last.pth, timm:NAME, ...); "
-                                   "default: the model the latents record, with its options")
+    q.add_argument(
+        "--image",
+        help="a query image encoded by --model: a .npy cutout for SupCon models, an image file for photo models",
+    )
+    p.add_argument(
+        "--model",
+        help="model spec for --image, as for `nenya extract` (supcon:last.pth, timm:NAME, ...); "
+        "default: the model the latents record, with its options",
+    )
     p.add_argument("--opts", help="opts JSON of a checkpoint without options (with --model)")
-    p.add_argument("--trust-checkpoint", action="store_true", help="allow pickled objects in the checkpoint (trusted files only)")
+    p.add_argument(
+        "--trust-checkpoint", action="store_true", help="allow pickled objects in the checkpoint (trusted files only)"
+    )
     p.add_argument("-k", type=int, default=10)
-    p.add_argument("--metric", default="l2", choices=["l2", "ip", "cosine"], help="metric when searching a latents file")
+    p.add_argument(
+        "--metric", default="l2", choices=["l2", "ip", "cosine"], help="metric when searching a latents file"
+    )
     p.add_argument("--ef-search", type=int, default=None, help="HNSW search breadth (overrides the index's)")
     p.add_argument("--nprobe", type=int, default=None, help="IVF lists visited (overrides the index's)")
     p.set_defaults(func=cmd_search)
@@ -123,9 +157,13 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
 
 def _add_plot(sub: argparse._SubParsersAction) -> None:
     """``nenya plot scatter|gallery|neighbours``: PNG pictures."""
-    p = sub.add_parser("plot", help="PNG pictures: UMAP scatter, image gallery, neighbour strip",
-                       description="scatter/gallery read a table with coordinates (e.g. the output of `nenya umap`); "
-                                   "neighbours reads a latents file (or --index).", formatter_class=_fmt)
+    p = sub.add_parser(
+        "plot",
+        help="PNG pictures: UMAP scatter, image gallery, neighbour strip",
+        description="scatter/gallery read a table with coordinates (e.g. the output of `nenya umap`); "
+        "neighbours reads a latents file (or --index).",
+        formatter_class=_fmt,
+    )
     ps = p.add_subparsers(dest="plot", metavar="KIND", required=True)
     s = ps.add_parser("scatter", help="points of the UMAP plane coloured by a column", formatter_class=_fmt)
     s.add_argument("table", help="a table with the coordinates (e.g. x_latents_umap.parquet)")
@@ -140,8 +178,9 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
     _plot_common(g)
     _image_args(g)
     g.set_defaults(func=cmd_plot_gallery)
-    nb = ps.add_parser("neighbours", aliases=["neighbors"], help="a query and its k nearest neighbours",
-                       formatter_class=_fmt)
+    nb = ps.add_parser(
+        "neighbours", aliases=["neighbors"], help="a query and its k nearest neighbours", formatter_class=_fmt
+    )
     nb.add_argument("latents", help=LATENTS_HELP)
     nb.add_argument("--id", required=True, help="the query id")
     nb.add_argument("-k", type=int, default=8)
@@ -153,10 +192,13 @@ def _add_plot(sub: argparse._SubParsersAction) -> None:
 
 def _add_explore(sub: argparse._SubParsersAction) -> None:
     """``nenya explore``: the interactive HTML explorer."""
-    p = sub.add_parser("explore", help="write an interactive HTML explorer (one self-contained file)",
-                       description="UMAP scatter with hover images, colour-by and nearest neighbours of a clicked "
-                                   "point, in one HTML file that works offline. Writes <name>_explorer.html.",
-                       formatter_class=_fmt)
+    p = sub.add_parser(
+        "explore",
+        help="write an interactive HTML explorer (one self-contained file)",
+        description="UMAP scatter with hover images, colour-by and nearest neighbours of a clicked "
+        "point, in one HTML file that works offline. Writes <name>_explorer.html.",
+        formatter_class=_fmt,
+    )
     _common(p, output_help="output HTML file or folder")
     p.add_argument("--coords", help="a table with id and U0/U1 (from `nenya umap`); default: fit UMAP here")
     p.add_argument("--color", help="column coloured at first")
@@ -188,8 +230,10 @@ def _xy(df, args) -> tuple[str, str]:
     else:
         cols = next(((a, b) for a, b in (("U0", "U1"), ("US0", "US1"), ("PC0", "PC1")) if a in df and b in df), None)
         if cols is None:
-            raise NenyaError("the table has no U0/U1, US0/US1 or PC0/PC1 columns; run `nenya umap LATENTS` first "
-                             "and plot its _umap.parquet, or name the columns with --x and --y")
+            raise NenyaError(
+                "the table has no U0/U1, US0/US1 or PC0/PC1 columns; run `nenya umap LATENTS` first "
+                "and plot its _umap.parquet, or name the columns with --x and --y"
+            )
     for c in cols:
         if c not in df.columns:
             raise NenyaError(f"no column {c!r}; columns: {', '.join(map(str, df.columns[:20]))}")
@@ -211,12 +255,30 @@ def cmd_umap(args: argparse.Namespace) -> int:
     from nenya.analysis import fit_umap, open_latents, output_path, write_table
 
     with open_latents(args.latents, partitions=_parts(args)) as lat:
-        res = fit_umap(lat, ntrain=args.ntrain, chunk=args.chunk, transform_all=args.transform_all,
-                       n_neighbors=args.neighbors, min_dist=args.min_dist, seed=args.seed)
+        res = fit_umap(
+            lat,
+            ntrain=args.ntrain,
+            chunk=args.chunk,
+            transform_all=args.transform_all,
+            n_neighbors=args.neighbors,
+            min_dist=args.min_dist,
+            seed=args.seed,
+        )
         df = _table_with(lat, {"U0": res.embedding[:, 0], "U1": res.embedding[:, 1]})
-    out = write_table(df, output_path(args.latents, "_umap.parquet", args.output),
-                      metadata={"nenya_umap": json.dumps({"ntrain": len(res.train_rows), "seed": args.seed,
-                                                          "n_neighbors": args.neighbors, "min_dist": args.min_dist})})
+    out = write_table(
+        df,
+        output_path(args.latents, "_umap.parquet", args.output),
+        metadata={
+            "nenya_umap": json.dumps(
+                {
+                    "ntrain": len(res.train_rows),
+                    "seed": args.seed,
+                    "n_neighbors": args.neighbors,
+                    "min_dist": args.min_dist,
+                }
+            )
+        },
+    )
     print(out)
     return 0
 
@@ -229,12 +291,23 @@ def cmd_pca(args: argparse.Namespace) -> int:
         res = pca(lat, args.components, incremental=args.incremental, batch_size=args.batch_size)
         df = _table_with(lat, {f"PC{j}": res.scores[:, j] for j in range(res.scores.shape[1])})
     ratios = [round(float(r), 6) for r in res.explained_variance_ratio]
-    out = write_table(df, output_path(args.latents, "_pca.parquet", args.output),
-                      metadata={"nenya_pca": json.dumps({"explained_variance_ratio": ratios,
-                                                         "explained_variance": res.explained_variance.tolist(),
-                                                         "incremental": res.incremental})})
-    print("explained variance ratio: " + " ".join(f"{r:.4f}" for r in ratios) + f" (total {sum(ratios):.4f})",
-          file=sys.stderr)
+    out = write_table(
+        df,
+        output_path(args.latents, "_pca.parquet", args.output),
+        metadata={
+            "nenya_pca": json.dumps(
+                {
+                    "explained_variance_ratio": ratios,
+                    "explained_variance": res.explained_variance.tolist(),
+                    "incremental": res.incremental,
+                }
+            )
+        },
+    )
+    print(
+        "explained variance ratio: " + " ".join(f"{r:.4f}" for r in ratios) + f" (total {sum(ratios):.4f})",
+        file=sys.stderr,
+    )
     print(out)
     return 0
 
@@ -246,7 +319,9 @@ def cmd_cluster(args: argparse.Namespace) -> int:
     methods = [m.strip() for m in args.method.split(",") if m.strip()]
     bad = [m for m in methods if m not in ("kmeans", "hdbscan")]
     if bad or not methods:
-        raise NenyaError(f"unknown --method {','.join(bad) or args.method!r}; expected kmeans, hdbscan or kmeans,hdbscan")
+        raise NenyaError(
+            f"unknown --method {','.join(bad) or args.method!r}; expected kmeans, hdbscan or kmeans,hdbscan"
+        )
     with open_latents(args.latents, partitions=_parts(args)) as lat:
         x = pca(lat, args.pca).scores if args.pca else lat.vectors()
         cols = {}
@@ -272,12 +347,22 @@ def cmd_index(args: argparse.Namespace) -> int:
 
     t = time.perf_counter()
     with open_latents(args.latents, partitions=_parts(args), metadata=False) as lat:
-        index = build_index(lat, kind=args.kind, metric=args.metric, m=args.m, ef_search=args.ef_search,
-                            nlist=args.nlist, nprobe=args.nprobe)
+        index = build_index(
+            lat,
+            kind=args.kind,
+            metric=args.metric,
+            m=args.m,
+            ef_search=args.ef_search,
+            nlist=args.nlist,
+            nprobe=args.nprobe,
+        )
     index.about = read_about(args.latents)  # so `nenya search INDEX --image` encodes queries the same way
     path, ids = index.save(output_path(args.latents, ".faiss", args.output))
-    print(f"{index.kind} index of {index.n:,} x {index.dim} ({index.metric}) in {time.perf_counter() - t:.1f} s; "
-          f"ids in {ids}", file=sys.stderr)
+    print(
+        f"{index.kind} index of {index.n:,} x {index.dim} ({index.metric}) in {time.perf_counter() - t:.1f} s; "
+        f"ids in {ids}",
+        file=sys.stderr,
+    )
     print(path)
     return 0
 
@@ -308,17 +393,25 @@ def _encode_query(args, about: dict | None):
     recorded = about.get("model")
     spec = args.model or recorded
     if not spec:
-        raise NenyaError("--image needs --model SPEC: these latents do not record the model that made them "
-                         "(see `nenya models`)")
+        raise NenyaError(
+            "--image needs --model SPEC: these latents do not record the model that made them (see `nenya models`)"
+        )
     options, opts = None, args.opts
     if recorded and spec == recorded:
         options = options_from_about(about)
         opts = opts or about.get("opts")
-        log.info("encoding the query with %s%s, as the latents were made", spec,
-                 f" ({', '.join(f'{k}={v}' for k, v in about.get('options', {}).items())})" if about.get("options") else "")
+        log.info(
+            "encoding the query with %s%s, as the latents were made",
+            spec,
+            f" ({', '.join(f'{k}={v}' for k, v in about.get('options', {}).items())})" if about.get("options") else "",
+        )
     elif recorded:
-        log.warning("these latents were made by %s but the query is encoded by %s: distances are only meaningful "
-                    "between vectors of the same model and preprocessing", recorded, spec)
+        log.warning(
+            "these latents were made by %s but the query is encoded by %s: distances are only meaningful "
+            "between vectors of the same model and preprocessing",
+            recorded,
+            spec,
+        )
     return encode_query_image(args.image, spec, opt=opts, trust_checkpoint=args.trust_checkpoint, options=options)
 
 
@@ -354,8 +447,11 @@ def cmd_search(args: argparse.Namespace) -> int:
                 continue
             rows.append({"query": name, "rank": r + 1, "id": str(ids[qi, r]), "score": float(scores[qi, r])})
     df = pd.DataFrame(rows, columns=["query", "rank", "id", "score"])
-    out = write_table(df, output_path(args.target, "_search.parquet", args.output),
-                      metadata={"nenya_search": json.dumps({"metric": index.metric, "kind": index.kind})})
+    out = write_table(
+        df,
+        output_path(args.target, "_search.parquet", args.output),
+        metadata={"nenya_search": json.dumps({"metric": index.metric, "kind": index.kind})},
+    )
     label = "squared L2" if index.metric == "l2" else index.metric
     for rec in rows:
         print(f"{rec['query']}\t{rec['rank']}\t{rec['id']!s}\t{rec['score']:.6g}", file=sys.stderr)
@@ -372,8 +468,15 @@ def cmd_plot_scatter(args: argparse.Namespace) -> int:
     x, y = _xy(df, args)
     if args.color and args.color not in df.columns:
         raise NenyaError(f"no column {args.color!r} to colour by; columns: {', '.join(map(str, df.columns[:30]))}")
-    out = scatter_plot(df[x], df[y], output_path(args.table, "_scatter.png", args.output),
-                       color=df[args.color] if args.color else None, color_name=args.color, xlabel=x, ylabel=y)
+    out = scatter_plot(
+        df[x],
+        df[y],
+        output_path(args.table, "_scatter.png", args.output),
+        color=df[args.color] if args.color else None,
+        color_name=args.color,
+        xlabel=x,
+        ylabel=y,
+    )
     print(out)
     return 0
 
@@ -383,8 +486,9 @@ def _lookup(df, args):
 
     lookup = ImageLookup(df, images=args.images, image_root=args.image_root)
     if lookup.kind is None:
-        raise NenyaError("no images to show: give --images X_preproc.h5 (SST latents) or use latents with a "
-                         "'path' column (photos)")
+        raise NenyaError(
+            "no images to show: give --images X_preproc.h5 (SST latents) or use latents with a 'path' column (photos)"
+        )
     return lookup
 
 
@@ -395,9 +499,18 @@ def cmd_plot_gallery(args: argparse.Namespace) -> int:
     df = read_table(args.table)
     x, y = _xy(df, args)
     lookup = _lookup(df, args)
-    out = gallery_plot(df[x].to_numpy(), df[y].to_numpy(), lookup.get,
-                       output_path(args.table, "_gallery.png", args.output), nxy=args.nxy, min_pts=args.min_pts,
-                       seed=args.seed, kind=lookup.kind or "anomaly", xlabel=x, ylabel=y)
+    out = gallery_plot(
+        df[x].to_numpy(),
+        df[y].to_numpy(),
+        lookup.get,
+        output_path(args.table, "_gallery.png", args.output),
+        nxy=args.nxy,
+        min_pts=args.min_pts,
+        seed=args.seed,
+        kind=lookup.kind or "anomaly",
+        xlabel=x,
+        ylabel=y,
+    )
     print(out)
     return 0
 
@@ -416,8 +529,13 @@ def cmd_plot_neighbours(args: argparse.Namespace) -> int:
     rows = [pos[args.id]] + [pos[i] for i in hits]
     lookup = _lookup(df, args)
     labels = [f"query {args.id}"] + [f"{i} ({s:.3g})" for i, s in zip(hits, scores[0])]
-    out = neighbours_plot(lookup.get(rows), labels, output_path(args.latents, "_neighbours.png", args.output),
-                          kind=lookup.kind or "anomaly", title=f"{len(hits)} nearest neighbours ({index.metric})")
+    out = neighbours_plot(
+        lookup.get(rows),
+        labels,
+        output_path(args.latents, "_neighbours.png", args.output),
+        kind=lookup.kind or "anomaly",
+        title=f"{len(hits)} nearest neighbours ({index.metric})",
+    )
     print(out)
     return 0
 
@@ -435,7 +553,9 @@ def cmd_explore(args: argparse.Namespace) -> int:
         x, y = _xy(coords, argparse.Namespace(x=None, y=None))
         merged = df[["id"]].merge(coords[["id", x, y]].drop_duplicates("id"), on="id", how="left")
         if merged[x].isna().any():
-            raise NenyaError(f"{args.coords} lacks coordinates for {int(merged[x].isna().sum())} id(s) of {args.latents}")
+            raise NenyaError(
+                f"{args.coords} lacks coordinates for {int(merged[x].isna().sum())} id(s) of {args.latents}"
+            )
         u0, u1 = merged[x].to_numpy(), merged[y].to_numpy()
     else:
         emb = fit_umap(vectors, ntrain=args.ntrain).embedding
@@ -444,8 +564,19 @@ def cmd_explore(args: argparse.Namespace) -> int:
     lookup = None
     if args.images or "path" in df.columns:
         lookup = ImageLookup(df, images=args.images, image_root=args.image_root)
-    out = write_explorer(output_path(args.latents, "_explorer.html", args.output), u0, u1, df, vectors=vectors,
-                         images=lookup, color=args.color, k=args.k, metric=args.metric, max_points=args.max_points,
-                         max_thumbs=args.thumbs, title=args.title or f"nenya explorer: {args.latents}")
+    out = write_explorer(
+        output_path(args.latents, "_explorer.html", args.output),
+        u0,
+        u1,
+        df,
+        vectors=vectors,
+        images=lookup,
+        color=args.color,
+        k=args.k,
+        metric=args.metric,
+        max_points=args.max_points,
+        max_thumbs=args.thumbs,
+        title=args.title or f"nenya explorer: {args.latents}",
+    )
     print(out)
     return 0

@@ -31,24 +31,52 @@ EPILOG = """examples:
 def register(sub) -> None:
     """Add ``nenya extract`` to the ``nenya`` parser."""
     p = sub.add_parser(
-        "extract", help="latent vectors of Nenya preproc HDF5 files, image folders or path tables",
+        "extract",
+        help="latent vectors of Nenya preproc HDF5 files, image folders or path tables",
         description="Encode every cutout of each preproc file (local or URL) and write one latents file per "
-                    "input (Nenya's _latents.h5 layout, Parquet or npy); or encode an image folder / path table "
-                    "(--source) into one Parquet or npy output. Finished outputs are skipped (image collections: "
-                    "only new ids are added), and an interrupted run resumes where it stopped when given the "
-                    "same command.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+        "input (Nenya's _latents.h5 layout, Parquet or npy); or encode an image folder / path table "
+        "(--source) into one Parquet or npy output. Finished outputs are skipped (image collections: "
+        "only new ids are added), and an interrupted run resumes where it stopped when given the "
+        "same command.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    _add_inputs_and_outputs(p)
+    _add_photo_options(p)
+    _add_table_options(p)
+    _add_run_options(p)
+    _add_engine_options(p)
+    p.set_defaults(func=cmd_extract)
+
+
+def _add_inputs_and_outputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="*", help="preproc .h5 files, globs or URLs (s3://...)")
-    p.add_argument("--source", help="an image collection instead of preproc files: images:FOLDER or "
-                                    "table:FILE.csv|FILE.parquet (local or URL)")
-    p.add_argument("--model", help=f"model spec: {', '.join(k + ':...' for k in encoders.names())}, or a checkpoint "
-                                   "path (default: the model of --opts, as Nenya's prep())")
+    p.add_argument(
+        "--source",
+        help="an image collection instead of preproc files: images:FOLDER or "
+        "table:FILE.csv|FILE.parquet (local or URL)",
+    )
+    p.add_argument(
+        "--model",
+        help=f"model spec: {', '.join(k + ':...' for k in encoders.names())}, or a checkpoint "
+        "path (default: the model of --opts, as Nenya's prep())",
+    )
     p.add_argument("--opts", help="Nenya opts JSON (model options for a checkpoint without them)")
-    p.add_argument("--output", "-o", help="output folder or URL for preproc files (default: <s3_outdir>/"
-                                          "<latents_folder> of --opts); output file (.parquet or .npy) for --source")
-    p.add_argument("--format", choices=sinks.names(), default=None,
-                   help="output format (default: h5 for preproc files; from the output's extension for --source)")
+    p.add_argument(
+        "--output",
+        "-o",
+        help="output folder or URL for preproc files (default: <s3_outdir>/"
+        "<latents_folder> of --opts); output file (.parquet or .npy) for --source",
+    )
+    p.add_argument(
+        "--format",
+        choices=sinks.names(),
+        default=None,
+        help="output format (default: h5 for preproc files; from the output's extension for --source)",
+    )
     p.add_argument("--dtype", choices=["float32", "float16"], default="float32", help="vector type in Parquet/npy")
+
+
+def _add_photo_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("photo models (timm:, torchvision:, torchscript:)")
     g.add_argument("--weights", help="weights file (safetensors or a state dict; loaded safely)")
     g.add_argument("--pretrained", action="store_true", help="the model hub's pretrained weights (needs network)")
@@ -60,46 +88,103 @@ def register(sub) -> None:
     g.add_argument("--mean", type=_floats, help="per-channel mean, e.g. 0.485,0.456,0.406")
     g.add_argument("--std", type=_floats, help="per-channel std, e.g. 0.229,0.224,0.225")
     g.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest", "lanczos"])
-    g.add_argument("--decode", choices=["cpu", "gpu"], default="cpu",
-                   help="where JPEGs are decoded: cpu (reader processes, default) or gpu (nvjpeg on the encoder's "
-                        "CUDA device, resized there; other formats stay on the CPU; falls back to cpu with a warning)")
-    g.add_argument("--max-pixels", type=int, help="skip images with more pixels than this (decompression bombs; "
-                   "default 89,478,485 as Pillow)")
+    g.add_argument(
+        "--decode",
+        choices=["cpu", "gpu"],
+        default="cpu",
+        help="where JPEGs are decoded: cpu (reader processes, default) or gpu (nvjpeg on the encoder's "
+        "CUDA device, resized there; other formats stay on the CPU; falls back to cpu with a warning)",
+    )
+    g.add_argument(
+        "--max-pixels",
+        type=int,
+        help="skip images with more pixels than this (decompression bombs; default 89,478,485 as Pillow)",
+    )
+
+
+def _add_table_options(p: argparse.ArgumentParser) -> None:
     t = p.add_argument_group("path tables (--source table:FILE)")
-    t.add_argument("--path-column", default="path", help="column of image paths (absolute, relative to the table, URLs)")
+    t.add_argument(
+        "--path-column", default="path", help="column of image paths (absolute, relative to the table, URLs)"
+    )
     t.add_argument("--id-column", help="column of ids (default: the path)")
-    t.add_argument("--columns", type=lambda s: [c for c in s.split(",") if c], help="metadata columns to carry "
-                   "(default: all)")
+    t.add_argument(
+        "--columns", type=lambda s: [c for c in s.split(",") if c], help="metadata columns to carry (default: all)"
+    )
+
+
+def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partitions", default="train,valid", help="comma-separated partitions to extract, where present")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=None, help="reader processes (default: 1 when there are 2+ cores)")
     p.add_argument("--shard-size", type=int, default=4096, help="items per unit of commit and resume")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
-    p.add_argument("--precision", default="fp32", choices=list(PRECISIONS),
-                   help="auto: bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=list(PRECISIONS),
+        help="auto: bf16 on GPUs and on CPUs with native bf16 (AVX512-BF16/AMX), else fp32",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile the model (falls back to eager on failure)")
-    p.add_argument("--clobber", "--overwrite", action="store_true", dest="clobber",
-                   help="redo files whose output exists, discarding unfinished work of another configuration")
+    p.add_argument(
+        "--clobber",
+        "--overwrite",
+        action="store_true",
+        dest="clobber",
+        help="redo files whose output exists, discarding unfinished work of another configuration",
+    )
     p.add_argument("--debug", action="store_true", help="a few batches per partition only, into *_latents_debug.*")
     p.add_argument("--max-skip-fraction", type=float, default=None, help="fail when more than this fraction is skipped")
-    p.add_argument("--trust-checkpoint", action="store_true",
-                   help="allow arbitrary pickled objects in the checkpoint (only for files you trust: this can run code)")
+    p.add_argument(
+        "--trust-checkpoint",
+        action="store_true",
+        help="allow arbitrary pickled objects in the checkpoint (only for files you trust: this can run code)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _add_engine_options(p: argparse.ArgumentParser) -> None:
     e = p.add_argument_group("engines: where shards run (docs/scaling.md)")
-    e.add_argument("--engine", choices=["auto", *engines.names()], default="auto",
-                   help="auto: torchrun ranks when RANK/WORLD_SIZE are set (torchrun, --devices), else this process")
-    e.add_argument("--devices", type=int, default=None, metavar="N",
-                   help="run N local ranks (one per GPU: cuda:0..N-1; on CPU the cores are split between them)")
-    e.add_argument("--rank-timeout", type=float, default=1800.0, metavar="S",
-                   help="rank 0 gives up when no shard was committed for S seconds while waiting for the others")
-    e.add_argument("--address", default=None, help="Ray cluster to join: auto, ray://HOST:10001 or HOST:PORT "
-                   "(default: start a local one)")
-    e.add_argument("--actors", type=int, default=None, metavar="K",
-                   help="Ray encoder actors (default: as many as the cluster's GPUs / CPUs allow)")
-    e.add_argument("--gpus-per-actor", type=float, default=None, metavar="G",
-                   help="GPUs per Ray actor (default 1 when the cluster has GPUs, else 0)")
+    e.add_argument(
+        "--engine",
+        choices=["auto", *engines.names()],
+        default="auto",
+        help="auto: torchrun ranks when RANK/WORLD_SIZE are set (torchrun, --devices), else this process",
+    )
+    e.add_argument(
+        "--devices",
+        type=int,
+        default=None,
+        metavar="N",
+        help="run N local ranks (one per GPU: cuda:0..N-1; on CPU the cores are split between them)",
+    )
+    e.add_argument(
+        "--rank-timeout",
+        type=float,
+        default=1800.0,
+        metavar="S",
+        help="rank 0 gives up when no shard was committed for S seconds while waiting for the others",
+    )
+    e.add_argument(
+        "--address",
+        default=None,
+        help="Ray cluster to join: auto, ray://HOST:10001 or HOST:PORT (default: start a local one)",
+    )
+    e.add_argument(
+        "--actors",
+        type=int,
+        default=None,
+        metavar="K",
+        help="Ray encoder actors (default: as many as the cluster's GPUs / CPUs allow)",
+    )
+    e.add_argument(
+        "--gpus-per-actor",
+        type=float,
+        default=None,
+        metavar="G",
+        help="GPUs per Ray actor (default 1 when the cluster has GPUs, else 0)",
+    )
     e.add_argument("--cpus-per-actor", type=float, default=1.0, metavar="C", help="CPUs per Ray actor")
-    p.set_defaults(func=cmd_extract)
 
 
 def _floats(text: str) -> tuple[float, ...]:
@@ -112,9 +197,18 @@ def _floats(text: str) -> tuple[float, ...]:
 def _encoder_options(args):
     from nenya.encoders.base import EncoderOptions
 
-    return EncoderOptions(weights=args.weights, pretrained=args.pretrained, layer=args.layer, pool=args.pool,
-                          size=args.size, resize=args.resize, crop=False if args.no_crop else None,
-                          mean=args.mean, std=args.std, interpolation=args.interpolation)
+    return EncoderOptions(
+        weights=args.weights,
+        pretrained=args.pretrained,
+        layer=args.layer,
+        pool=args.pool,
+        size=args.size,
+        resize=args.resize,
+        crop=False if args.no_crop else None,
+        mean=args.mean,
+        std=args.std,
+        interpolation=args.interpolation,
+    )
 
 
 def cmd_extract(args) -> int:
@@ -137,24 +231,45 @@ def cmd_extract(args) -> int:
         from nenya.encoders import EncoderBuilder
 
         builder = EncoderBuilder(spec, opt=opt, options=_encoder_options(args), trust_checkpoint=args.trust_checkpoint)
-    engine = engines.get(engine_name).from_options(EngineOptions(
-        ranks=ranks if engine_name == "torchrun" else None, rank_timeout=args.rank_timeout, builder=builder,
-        address=args.address, actors=args.actors, gpus_per_actor=args.gpus_per_actor,
-        cpus_per_actor=args.cpus_per_actor))
-    options = engine.prepare(encoder, _run_options(args, ranks if engine_name == "torchrun" else None),
-                             compile=args.compile)
+    engine = engines.get(engine_name).from_options(
+        EngineOptions(
+            ranks=ranks if engine_name == "torchrun" else None,
+            rank_timeout=args.rank_timeout,
+            builder=builder,
+            address=args.address,
+            actors=args.actors,
+            gpus_per_actor=args.gpus_per_actor,
+            cpus_per_actor=args.cpus_per_actor,
+        )
+    )
+    options = engine.prepare(
+        encoder, _run_options(args, ranks if engine_name == "torchrun" else None), compile=args.compile
+    )
     tiles = f", {encoder.grid[0]}x{encoder.grid[1]} tiles per image" if encoder.grid else ""
-    print(f"{engine.label}model {encoder.name} ({encoder.dim}-d{tiles}) on {engine.describe(encoder)}, "
-          f"{options.precision}", file=sys.stderr)
+    print(
+        f"{engine.label}model {encoder.name} ({encoder.dim}-d{tiles}) on {engine.describe(encoder)}, "
+        f"{options.precision}",
+        file=sys.stderr,
+    )
     if args.source:
-        return _report(engine.label, _extract_collection(args, encoder, output, options, engine),
-                       f"nothing new to encode: {output} already holds every image of {args.source} "
-                       "(--overwrite to redo)")
+        return _report(
+            engine.label,
+            _extract_collection(args, encoder, output, options, engine),
+            f"nothing new to encode: {output} already holds every image of {args.source} (--overwrite to redo)",
+        )
     from nenya.extract import extract_preproc
 
-    summary = extract_preproc(args.inputs, encoder, output, fmt=args.format or "h5",
-                              partitions=[p for p in args.partitions.split(",") if p], clobber=args.clobber,
-                              debug=args.debug, options=options, engine=engine)
+    summary = extract_preproc(
+        args.inputs,
+        encoder,
+        output,
+        fmt=args.format or "h5",
+        partitions=[p for p in args.partitions.split(",") if p],
+        clobber=args.clobber,
+        debug=args.debug,
+        options=options,
+        engine=engine,
+    )
     return _report(engine.label, summary, f"nothing to do: every output already exists in {output} (--clobber to redo)")
 
 
@@ -181,8 +296,9 @@ def _output(args, opt) -> str:
 
     output = args.output or (latents_dir(opt) if opt is not None and not args.source else None)
     if output is None:
-        raise NenyaError("say where to write: --output PATH" + ("" if args.source else
-                                                                " (or give --opts with s3_outdir)"))
+        raise NenyaError(
+            "say where to write: --output PATH" + ("" if args.source else " (or give --opts with s3_outdir)")
+        )
     return output
 
 
@@ -194,18 +310,35 @@ def _run_options(args, ranks):
         workers = default_workers(images=bool(args.source))
         if ranks is not None and workers:  # ranks on one machine share its cores
             workers = max(1, workers // ranks.local_world)
-    return RunOptions(batch_size=args.batch_size, shard_size=args.shard_size, num_workers=workers,
-                      device=args.device, precision=args.precision, progress=not args.no_progress,
-                      max_skip_fraction=args.max_skip_fraction)
+    return RunOptions(
+        batch_size=args.batch_size,
+        shard_size=args.shard_size,
+        num_workers=workers,
+        device=args.device,
+        precision=args.precision,
+        progress=not args.no_progress,
+        max_skip_fraction=args.max_skip_fraction,
+    )
 
 
 def _extract_collection(args, encoder, output, options, engine):
     from nenya.extract import extract_collection
 
-    return extract_collection(args.source, encoder, output, fmt=args.format, overwrite=args.clobber,
-                              dtype=args.dtype, options=options, path_column=args.path_column,
-                              id_column=args.id_column, columns=args.columns, max_pixels=args.max_pixels,
-                              engine=engine, decode=args.decode)
+    return extract_collection(
+        args.source,
+        encoder,
+        output,
+        fmt=args.format,
+        overwrite=args.clobber,
+        dtype=args.dtype,
+        options=options,
+        path_column=args.path_column,
+        id_column=args.id_column,
+        columns=args.columns,
+        max_pixels=args.max_pixels,
+        engine=engine,
+        decode=args.decode,
+    )
 
 
 def _report(label: str, summary, nothing: str) -> int:
@@ -228,5 +361,3 @@ def _without_devices(argv: list[str]) -> list[str]:
         elif not a.startswith("--devices="):
             out.append(a)
     return out
-
-

@@ -7,8 +7,11 @@ import argparse
 
 def register(sub) -> None:
     """Add ``nenya demo`` and ``nenya models`` to the ``nenya`` parser."""
-    d = sub.add_parser("demo", help="sample SST data -> a briefly trained model -> latents -> UMAP, gallery, explorer",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    d = sub.add_parser(
+        "demo",
+        help="sample SST data -> a briefly trained model -> latents -> UMAP, gallery, explorer",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     d.add_argument("folder", nargs="?", default="nenya-demo", help="where to put everything")
     d.add_argument("--n", type=int, default=2000, help="number of synthetic cutouts")
     d.add_argument("--model", default="resnet18", choices=["resnet18", "resnet34", "resnet50", "resnet101"])

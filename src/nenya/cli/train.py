@@ -35,17 +35,25 @@ def _crop(text: str):
 
 def _common_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun: each rank's GPU)")
-    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16", "auto"],
-                   help="mixed precision (fp16 on CUDA only)")
+    p.add_argument(
+        "--precision",
+        default="fp32",
+        choices=["fp32", "bf16", "fp16", "auto"],
+        help="mixed precision (fp16 on CUDA only)",
+    )
     p.add_argument("--max-seconds", type=float, default=None, help="stop (and save last.pth) after this many seconds")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     """Add the training sub-commands to the ``nenya`` parser."""
-    t = sub.add_parser("train", help="train a model: contrastive (SupConResNet), autoencoder, overfit search",
-                       description="Train the models nenya extracts with. See docs/training.md.",
-                       epilog=TRAIN_EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t = sub.add_parser(
+        "train",
+        help="train a model: contrastive (SupConResNet), autoencoder, overfit search",
+        description="Train the models nenya extracts with. See docs/training.md.",
+        epilog=TRAIN_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     tsub = t.add_subparsers(dest="trainer", metavar="TRAINER")
     t.set_defaults(func=lambda args: (t.print_help(), 0)[1])
     _add_contrastive(tsub)
@@ -56,17 +64,24 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 def _add_contrastive(tsub: argparse._SubParsersAction) -> None:
     """``nenya train contrastive``: Nenya's SimCLR / SupCon training."""
-    c = tsub.add_parser("contrastive", help="SimCLR / SupCon training of SupConResNet on preproc HDF5 cutouts",
-                        description="Nenya's training: two augmented views per cutout, SupCon/NT-Xent loss, SGD with "
-                                    "cosine or step decay and warm-up. Options come from a Nenya opts JSON; the flags "
-                                    "override them. Writes ckpt_epoch_<E>.pth, last.pth, learning_curve.csv/.png "
-                                    "into <s3_outdir>/<model_folder> (or --output). Several GPUs: "
-                                    "torchrun --nproc_per_node N -m nenya train contrastive ...",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    c = tsub.add_parser(
+        "contrastive",
+        help="SimCLR / SupCon training of SupConResNet on preproc HDF5 cutouts",
+        description="Nenya's training: two augmented views per cutout, SupCon/NT-Xent loss, SGD with "
+        "cosine or step decay and warm-up. Options come from a Nenya opts JSON; the flags "
+        "override them. Writes ckpt_epoch_<E>.pth, last.pth, learning_curve.csv/.png "
+        "into <s3_outdir>/<model_folder> (or --output). Several GPUs: "
+        "torchrun --nproc_per_node N -m nenya train contrastive ...",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     c.add_argument("--opts", required=True, help="Nenya opts JSON (ssl_model, feat_dim, data_folder, images_file, ...)")
-    c.add_argument("--output", "-o", default=None, help="model folder (default: <s3_outdir>/<model_folder> of the opts)")
+    c.add_argument(
+        "--output", "-o", default=None, help="model folder (default: <s3_outdir>/<model_folder> of the opts)"
+    )
     c.add_argument("--resume", default=None, help="checkpoint to continue from (its epoch count and optimiser state)")
-    c.add_argument("--auto-resume", action="store_true", help="continue from the model folder's last.pth if there is one")
+    c.add_argument(
+        "--auto-resume", action="store_true", help="continue from the model folder's last.pth if there is one"
+    )
     c.add_argument("--epochs", type=int, default=None, help="override the opts' epochs")
     c.add_argument("--batch-size", type=int, default=None, help="override batch_size_train")
     c.add_argument("--learning-rate", type=float, default=None, help="override learning_rate")
@@ -80,11 +95,14 @@ def _add_contrastive(tsub: argparse._SubParsersAction) -> None:
 
 def _add_autoencoder(tsub: argparse._SubParsersAction) -> None:
     """``nenya train autoencoder``: the convolutional autoencoder."""
-    a = tsub.add_parser("autoencoder", help="train the convolutional autoencoder (radar-image recipe)",
-                        description="Conv + max-pool blocks, a dense embedding of --num-dense numbers, a mirrored "
-                                    "decoder; LogCosh loss, Adam. Options from --opts JSON and/or flags (flags win). "
-                                    "Writes ckpt_epoch_<E>.pth and last.pth every num_steps/num_checkpoints steps.",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    a = tsub.add_parser(
+        "autoencoder",
+        help="train the convolutional autoencoder (radar-image recipe)",
+        description="Conv + max-pool blocks, a dense embedding of --num-dense numbers, a mirrored "
+        "decoder; LogCosh loss, Adam. Options from --opts JSON and/or flags (flags win). "
+        "Writes ckpt_epoch_<E>.pth and last.pth every num_steps/num_checkpoints steps.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     a.add_argument("--opts", default=None, help="autoencoder options JSON (keys = the flag names with underscores)")
     a.add_argument("--data", default=None, help="file.h5 (with --partition) or file.h5:train, images.npy, or a folder")
     a.add_argument("--partition", default=None, help="HDF5 partition (default train)")
@@ -96,8 +114,13 @@ def _add_autoencoder(tsub: argparse._SubParsersAction) -> None:
     a.add_argument("--crop", type=_crop, default=None, help="ROWS,COLS (none keeps an axis), or pool")
     a.add_argument("--crop-offset", type=_ints, default=None, help="ROW,COL of the crop's top-left corner")
     a.add_argument("--demean", action="store_true", default=None, help="subtract each image's mean")
-    a.add_argument("--no-standardize", dest="standardize", action="store_false", default=None,
-                   help="do not scale by the training set's mean/std")
+    a.add_argument(
+        "--no-standardize",
+        dest="standardize",
+        action="store_false",
+        default=None,
+        help="do not scale by the training set's mean/std",
+    )
     a.add_argument("--batch-size", type=int, default=None, help="default 8")
     a.add_argument("--num-steps", type=int, default=None, help="total Adam steps (default 1000)")
     a.add_argument("--num-checkpoints", type=int, default=None, help="checkpoints over the run (default 10)")
@@ -113,10 +136,13 @@ def _add_autoencoder(tsub: argparse._SubParsersAction) -> None:
 
 def _add_overfit(tsub: argparse._SubParsersAction) -> None:
     """``nenya train overfit``: the smallest autoencoder that overfits a few images."""
-    o = tsub.add_parser("overfit", help="grid search: the smallest autoencoder that overfits a handful of images",
-                        description="Train each architecture of the grid on --n-images images and report its final "
-                                    "LogCosh loss; pick the smallest num_dense whose loss reaches --threshold.",
-                        formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    o = tsub.add_parser(
+        "overfit",
+        help="grid search: the smallest autoencoder that overfits a handful of images",
+        description="Train each architecture of the grid on --n-images images and report its final "
+        "LogCosh loss; pick the smallest num_dense whose loss reaches --threshold.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     o.add_argument("--data", required=True, help="file.h5 (with --partition) or file.h5:train, images.npy, or a folder")
     o.add_argument("--partition", default="train")
     o.add_argument("--n-images", type=int, default=4)
@@ -139,15 +165,20 @@ def _add_overfit(tsub: argparse._SubParsersAction) -> None:
 
 def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     """``nenya reconstruct``: decode an embedding or an image with an autoencoder."""
-    r = sub.add_parser("reconstruct", help="decode an embedding, or an image through its embedding, with an autoencoder",
-                       description="Writes OUT.npy and OUT.png (and OUT_compare.png for an image input).",
-                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    r = sub.add_parser(
+        "reconstruct",
+        help="decode an embedding, or an image through its embedding, with an autoencoder",
+        description="Writes OUT.npy and OUT.png (and OUT_compare.png for an image input).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     r.add_argument("checkpoint", help="an autoencoder last.pth (from `nenya train autoencoder`)")
     r.add_argument("input", help="x.npy (embedding (D,)/(N, D) or images), x.npy:ROW, or file.h5:PARTITION:ROW")
     r.add_argument("--output", "-o", default="reconstruction", help="output stem (or .npy path)")
     r.add_argument("--kind", default="auto", choices=["auto", "embedding", "image"], help="what the input is")
     r.add_argument("--device", default="cpu")
-    r.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary pickled objects (trusted files only)")
+    r.add_argument(
+        "--trust-checkpoint", action="store_true", help="allow arbitrary pickled objects (trusted files only)"
+    )
     r.set_defaults(func=cmd_reconstruct)
 
 
@@ -157,16 +188,29 @@ def cmd_train_contrastive(args: argparse.Namespace) -> int:
     from nenya.train.contrastive import train_run
 
     opt = Params(args.opts)
-    for key, value in (("epochs", args.epochs), ("batch_size_train", args.batch_size),
-                       ("learning_rate", args.learning_rate), ("images_file", args.data)):
+    for key, value in (
+        ("epochs", args.epochs),
+        ("batch_size_train", args.batch_size),
+        ("learning_rate", args.learning_rate),
+        ("images_file", args.data),
+    ):
         if value is not None:
             setattr(opt, key, value)
     if args.data is not None:
         setattr(opt, "data_folder", None)  # noqa: B010  # Params holds whatever keys the opts JSON has
-    summary = train_run(opt, max_seconds=args.max_seconds, progress=not args.no_progress, resume=args.resume,
-                        auto_resume=args.auto_resume, output=args.output, device=args.device,
-                        precision=args.precision, debug=args.debug, max_train_batches=args.max_train_batches,
-                        max_valid_batches=args.max_valid_batches)
+    summary = train_run(
+        opt,
+        max_seconds=args.max_seconds,
+        progress=not args.no_progress,
+        resume=args.resume,
+        auto_resume=args.auto_resume,
+        output=args.output,
+        device=args.device,
+        precision=args.precision,
+        debug=args.debug,
+        max_train_batches=args.max_train_batches,
+        max_valid_batches=args.max_valid_batches,
+    )
     print(summary.last)
     print(summary.line())
     return 0
@@ -177,13 +221,35 @@ def cmd_train_autoencoder(args: argparse.Namespace) -> int:
     from nenya.train.autoencoder import AutoencoderConfig, train_autoencoder
 
     cfg = AutoencoderConfig.from_json(
-        args.opts, data=args.data, partition=args.partition, output=args.output, nlayers=args.nlayers,
-        poolsize=args.poolsize, numfilters=args.numfilters, num_dense=args.num_dense, crop=args.crop,
-        crop_offset=args.crop_offset, demean=args.demean, standardize=args.standardize, batch_size=args.batch_size,
-        num_steps=args.num_steps, num_checkpoints=args.num_checkpoints, learning_rate=args.learning_rate,
-        n_images=args.n_images, seed=args.seed, num_workers=args.num_workers)
-    summary = train_autoencoder(cfg, resume=args.resume, auto_resume=args.auto_resume, device=args.device,
-                                precision=args.precision, max_seconds=args.max_seconds, progress=not args.no_progress)
+        args.opts,
+        data=args.data,
+        partition=args.partition,
+        output=args.output,
+        nlayers=args.nlayers,
+        poolsize=args.poolsize,
+        numfilters=args.numfilters,
+        num_dense=args.num_dense,
+        crop=args.crop,
+        crop_offset=args.crop_offset,
+        demean=args.demean,
+        standardize=args.standardize,
+        batch_size=args.batch_size,
+        num_steps=args.num_steps,
+        num_checkpoints=args.num_checkpoints,
+        learning_rate=args.learning_rate,
+        n_images=args.n_images,
+        seed=args.seed,
+        num_workers=args.num_workers,
+    )
+    summary = train_autoencoder(
+        cfg,
+        resume=args.resume,
+        auto_resume=args.auto_resume,
+        device=args.device,
+        precision=args.precision,
+        max_seconds=args.max_seconds,
+        progress=not args.no_progress,
+    )
     print(summary.last)
     print(summary.line())
     return 0
@@ -193,11 +259,25 @@ def cmd_train_overfit(args: argparse.Namespace) -> int:
     """Run the overfit grid search; print the table and where it was written."""
     from nenya.train.autoencoder import overfit_search
 
-    result = overfit_search(args.data, partition=args.partition, n_images=args.n_images, nlayers=args.nlayers,
-                            poolsize=args.poolsize, numfilters=args.numfilters, num_dense=args.num_dense,
-                            num_steps=args.num_steps, threshold=args.threshold, learning_rate=args.learning_rate,
-                            crop=args.crop, demean=args.demean, standardize=args.standardize, seed=args.seed,
-                            device=args.device, progress=not args.no_progress, output=args.output)
+    result = overfit_search(
+        args.data,
+        partition=args.partition,
+        n_images=args.n_images,
+        nlayers=args.nlayers,
+        poolsize=args.poolsize,
+        numfilters=args.numfilters,
+        num_dense=args.num_dense,
+        num_steps=args.num_steps,
+        threshold=args.threshold,
+        learning_rate=args.learning_rate,
+        crop=args.crop,
+        demean=args.demean,
+        standardize=args.standardize,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.no_progress,
+        output=args.output,
+    )
     print(result.table())
     print(f"table written to {args.output}")
     return 0
@@ -207,8 +287,14 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     """Decode an embedding (or an image through its embedding); print the files written."""
     from nenya.train.autoencoder import reconstruct
 
-    rec = reconstruct(args.checkpoint, args.input, args.output, kind=args.kind, device=args.device,
-                      trust_checkpoint=args.trust_checkpoint)
+    rec = reconstruct(
+        args.checkpoint,
+        args.input,
+        args.output,
+        kind=args.kind,
+        device=args.device,
+        trust_checkpoint=args.trust_checkpoint,
+    )
     print(f"{rec.kind} -> reconstruction of shape {rec.shape}")
     for path in [rec.npy, *rec.pngs]:
         print(path)

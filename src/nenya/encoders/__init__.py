@@ -25,24 +25,48 @@ CHECKPOINT_SUFFIXES = (".pth", ".pt", ".ckpt", ".safetensors")
 
 #: Model kinds by spec prefix (``--model KIND:NAME``).
 encoders = Registry("encoder")
-encoders.register("supcon", "nenya.encoders.supcon:SupConEncoder.from_spec",
-                  help="a Nenya SupCon/SimCLR checkpoint: supcon:path/to/last.pth (options from the file or --opts)")
-encoders.register("nenya", "nenya.encoders.supcon:SupConEncoder.from_named_spec",
-                  help="a named Nenya model whose weights you provide: nenya:v4, nenya:v5, nenya:viirs_v1")
-encoders.register("timm", "nenya.encoders.timm:TimmEncoder.from_spec",
-                  help="any timm model: timm:efficientnet_b0 (pooled pre-logits vector; --layer K --pool none for tiles)",
-                  install_hint="pip install timm")
-encoders.register("torchvision", "nenya.encoders.torchvision:TorchvisionEncoder.from_spec",
-                  help="a torchvision classification model with its classifier removed: torchvision:resnet50 (2048-d)",
-                  install_hint="pip install torchvision")
-encoders.register("torchscript", "nenya.encoders.torchscript:TorchScriptEncoder.from_spec",
-                  help="a TorchScript file whose forward maps (B, C, H, W) to (B, dim): torchscript:model.pt")
-encoders.register("ae", "nenya.encoders.autoencoder:AutoencoderEncoder.from_spec",
-                  help="the encoder half of an autoencoder trained by `nenya train autoencoder`: ae:path/to/last.pth")
+encoders.register(
+    "supcon",
+    "nenya.encoders.supcon:SupConEncoder.from_spec",
+    help="a Nenya SupCon/SimCLR checkpoint: supcon:path/to/last.pth (options from the file or --opts)",
+)
+encoders.register(
+    "nenya",
+    "nenya.encoders.supcon:SupConEncoder.from_named_spec",
+    help="a named Nenya model whose weights you provide: nenya:v4, nenya:v5, nenya:viirs_v1",
+)
+encoders.register(
+    "timm",
+    "nenya.encoders.timm:TimmEncoder.from_spec",
+    help="any timm model: timm:efficientnet_b0 (pooled pre-logits vector; --layer K --pool none for tiles)",
+    install_hint="pip install timm",
+)
+encoders.register(
+    "torchvision",
+    "nenya.encoders.torchvision:TorchvisionEncoder.from_spec",
+    help="a torchvision classification model with its classifier removed: torchvision:resnet50 (2048-d)",
+    install_hint="pip install torchvision",
+)
+encoders.register(
+    "torchscript",
+    "nenya.encoders.torchscript:TorchScriptEncoder.from_spec",
+    help="a TorchScript file whose forward maps (B, C, H, W) to (B, dim): torchscript:model.pt",
+)
+encoders.register(
+    "ae",
+    "nenya.encoders.autoencoder:AutoencoderEncoder.from_spec",
+    help="the encoder half of an autoencoder trained by `nenya train autoencoder`: ae:path/to/last.pth",
+)
 
 
-def load_encoder(spec: str, *, opt: Any = None, trust_checkpoint: bool = False,
-                 remove_module: bool = True, options: EncoderOptions | None = None) -> Encoder:
+def load_encoder(
+    spec: str,
+    *,
+    opt: Any = None,
+    trust_checkpoint: bool = False,
+    remove_module: bool = True,
+    options: EncoderOptions | None = None,
+) -> Encoder:
     """Build an encoder from a spec such as ``supcon:models/last.pth``, ``nenya:v5`` or ``timm:resnet50``.
 
     ``options`` (weights, pretrained, layer, pool, preprocessing overrides) go to the
@@ -56,11 +80,14 @@ def load_encoder(spec: str, *, opt: Any = None, trust_checkpoint: bool = False,
         if str(spec).endswith(CHECKPOINT_SUFFIXES):
             prefix = "supcon"
         else:
-            raise ValueError(f"cannot tell what model {spec!r} is; name it as <kind>:<name>, "
-                             f"with kind one of {', '.join(encoders.names())} (see `nenya models`)")
+            raise ValueError(
+                f"cannot tell what model {spec!r} is; name it as <kind>:<name>, "
+                f"with kind one of {', '.join(encoders.names())} (see `nenya models`)"
+            )
     factory = encoders.get(prefix)
-    enc = factory(rest, opt, options=options or EncoderOptions(), trust_checkpoint=trust_checkpoint,
-                  remove_module=remove_module)
+    enc = factory(
+        rest, opt, options=options or EncoderOptions(), trust_checkpoint=trust_checkpoint, remove_module=remove_module
+    )
     enc.spec = f"{prefix}:{_model_file(rest)}"
     enc.options = options or EncoderOptions()
     enc.opts_file = str(opt) if isinstance(opt, (str, os.PathLike)) else None

@@ -66,9 +66,16 @@ def timm_defaults(cfg: Mapping) -> Defaults:
     if mode not in ("center", "squash"):
         log.info("timm crop_mode %r is read as 'center'", mode)
     resize = _timm_resize((h, w), crop_pct, squash=mode == "squash")
-    return Defaults(size=(h, w), resize=resize, crop=True, interpolation=str(cfg.get("interpolation") or "bicubic"),
-                    mean=tuple(float(m) for m in cfg.get("mean", IMAGENET_MEAN)),
-                    std=tuple(float(s) for s in cfg.get("std", IMAGENET_STD)), crop_pct=crop_pct, in_channels=c)
+    return Defaults(
+        size=(h, w),
+        resize=resize,
+        crop=True,
+        interpolation=str(cfg.get("interpolation") or "bicubic"),
+        mean=tuple(float(m) for m in cfg.get("mean", IMAGENET_MEAN)),
+        std=tuple(float(s) for s in cfg.get("std", IMAGENET_STD)),
+        crop_pct=crop_pct,
+        in_channels=c,
+    )
 
 
 def _timm_resize(size: tuple[int, int], crop_pct: float, *, squash: bool = False) -> int | tuple[int, int]:
@@ -105,8 +112,9 @@ def image_preprocess(defaults: Defaults, options: EncoderOptions, *, demean: boo
         resize = int(options.resize)
     crop = defaults.crop if options.crop is None else bool(options.crop)
     interpolation = options.interpolation or defaults.interpolation
-    transform = check_transform(ImageTransform(size=size, resize=resize if crop else size, crop=crop,
-                                               interpolation=interpolation))
+    transform = check_transform(
+        ImageTransform(size=size, resize=resize if crop else size, crop=crop, interpolation=interpolation)
+    )
     mean = _channels("mean", options.mean if options.mean is not None else defaults.mean, defaults.in_channels)
     std = _channels("std", options.std if options.std is not None else defaults.std, defaults.in_channels)
     if std is not None and any(s == 0 for s in std):
@@ -119,7 +127,9 @@ def _channels(what: str, values: Sequence[float] | None, channels: int) -> tuple
         return None
     values = tuple(float(v) for v in values)
     if len(values) not in (1, channels):
-        raise ValueError(f"{what} has {len(values)} values; the model takes {channels} channel(s): give 1 or {channels}")
+        raise ValueError(
+            f"{what} has {len(values)} values; the model takes {channels} channel(s): give 1 or {channels}"
+        )
     return values
 
 
@@ -192,17 +202,25 @@ def probe(model: nn.Module, pre: Preprocess, *, channels: int | None = None) -> 
     return out
 
 
-def load_weights(model: nn.Module, path: str, *, trust: bool, remove_module: bool,
-                 ignore_prefixes: Sequence[str] = (), what: str) -> str:
+def load_weights(
+    model: nn.Module, path: str, *, trust: bool, remove_module: bool, ignore_prefixes: Sequence[str] = (), what: str
+) -> str:
     """Load ``path`` (safetensors, or a state dict loaded with ``weights_only=True``) into ``model``.
 
     Returns:
         ``weights:<sha256>`` of the file, for the encoder's fingerprint.
     """
     state = read_state(path, trust=trust, remove_module=remove_module)
-    fit_state(model, state, remove_module=False, ignore_prefixes=ignore_prefixes, what=what, source=str(path),
-              advice="Check that the weights were saved from this architecture (a plain state dict of the model, "
-                     "or safetensors)")
+    fit_state(
+        model,
+        state,
+        remove_module=False,
+        ignore_prefixes=ignore_prefixes,
+        what=what,
+        source=str(path),
+        advice="Check that the weights were saved from this architecture (a plain state dict of the model, "
+        "or safetensors)",
+    )
     return weights_tag(path)
 
 
@@ -218,7 +236,9 @@ def weights_tag(path: str) -> str:
     return f"weights:{file_digest(storage.fetch(str(path)))}"
 
 
-def encoder_fingerprint(kind: str, name: str, layer: int | None, pool: str | None, pre: Preprocess, weights: str) -> str:
+def encoder_fingerprint(
+    kind: str, name: str, layer: int | None, pool: str | None, pre: Preprocess, weights: str
+) -> str:
     """sha256 of what determines the vectors: model kind and name, layer, pool, preprocessing and
     the weights (``weights:<file sha256>``, ``pretrained:<tag>`` or ``random-seed-0``)."""
     text = repr((kind, name, layer, pool, pre, weights))

@@ -18,8 +18,17 @@ log = logging.getLogger(__name__)
 _E = TypeVar("_E", bound="Encoder")
 
 # ImageTransform, Preprocess (nenya.preprocess) and the precision policy (nenya.device) keep their old names here
-__all__ = ["PRECISIONS", "Encoder", "EncoderOptions", "ImageTransform", "Preprocess", "options_from_about", "resolve_device",
-           "resolve_precision"]
+__all__ = [
+    "PRECISIONS",
+    "Encoder",
+    "EncoderOptions",
+    "ImageTransform",
+    "Preprocess",
+    "options_from_about",
+    "resolve_device",
+    "resolve_precision",
+]
+
 
 class Encoder:
     """A model plus its preprocessing. ``encode(batch)`` -> (B, dim) float32 on the device.
@@ -60,13 +69,28 @@ class Encoder:
         def clean(v):  # outputs are shared: no URL password or secret token goes into them
             return redact(v) if isinstance(v, str) else list(v) if isinstance(v, tuple) else v
 
-        options = {k: clean(v) for k, v in dataclasses.asdict(self.options).items() if v != getattr(EncoderOptions(), k)}
-        return {"model": clean(self.spec or self.name), "options": options, "opts": clean(self.opts_file),
-                "dim": self.dim, "grid": list(self.grid) if self.grid else None, "precision": self.precision,
-                "preprocess": repr(self.preprocess), "nenya_version": nenya.__version__}
+        options = {
+            k: clean(v) for k, v in dataclasses.asdict(self.options).items() if v != getattr(EncoderOptions(), k)
+        }
+        return {
+            "model": clean(self.spec or self.name),
+            "options": options,
+            "opts": clean(self.opts_file),
+            "dim": self.dim,
+            "grid": list(self.grid) if self.grid else None,
+            "precision": self.precision,
+            "preprocess": repr(self.preprocess),
+            "nenya_version": nenya.__version__,
+        }
 
-    def to(self: _E, device: str | torch.device | None = "auto", precision: str = "fp32", *,
-           channels_last: bool = True, compile: bool = False) -> _E:
+    def to(
+        self: _E,
+        device: str | torch.device | None = "auto",
+        precision: str = "fp32",
+        *,
+        channels_last: bool = True,
+        compile: bool = False,
+    ) -> _E:
         """Move to ``device`` with ``precision``.
 
         Args:
@@ -114,15 +138,21 @@ class Encoder:
         before = self.max_batch
         out = self._fit(x) if len(x) else self._forward(x)
         if self.max_batch != before:
-            log.warning("%s ran out of %s memory on a batch of %d: encoding in sub-batches of %d from now on "
-                        "(a smaller --batch-size avoids the retries)", self.name, self.device, len(x), self.max_batch)
+            log.warning(
+                "%s ran out of %s memory on a batch of %d: encoding in sub-batches of %d from now on "
+                "(a smaller --batch-size avoids the retries)",
+                self.name,
+                self.device,
+                len(x),
+                self.max_batch,
+            )
         return out
 
     def _fit(self, x: torch.Tensor) -> torch.Tensor:
         """``_forward(x)`` in sub-batches of at most ``max_batch``, halving on out-of-memory errors."""
         if self.max_batch is not None and len(x) > self.max_batch:
             step = max(1, self.max_batch)
-            return torch.cat([self._fit(x[a:a + step]) for a in range(0, len(x), step)])
+            return torch.cat([self._fit(x[a : a + step]) for a in range(0, len(x), step)])
         try:
             return self._forward(x)
         except Exception as e:
@@ -132,7 +162,8 @@ class Encoder:
                 raise NenyaError(
                     f"one item of shape {tuple(x.shape[1:])} does not fit in {self.device} memory with {self.name} "
                     f"at {self.precision}: free memory held by other processes, use a smaller input size, "
-                    f"--precision bf16/fp16 on a GPU, or --device cpu") from e
+                    f"--precision bf16/fp16 on a GPU, or --device cpu"
+                ) from e
         # out of the except block: the error's traceback no longer pins the failed batch's activations
         free_cache(self.device)
         half = (len(x) + 1) // 2
@@ -151,8 +182,12 @@ class Encoder:
             except Exception as e:
                 if is_oom(e):
                     raise
-                log.warning("the compiled %s failed (%s: %s); running it eagerly from now on", self.name,
-                            type(e).__name__, (str(e).strip().splitlines() or [""])[0][:300])
+                log.warning(
+                    "the compiled %s failed (%s: %s); running it eagerly from now on",
+                    self.name,
+                    type(e).__name__,
+                    (str(e).strip().splitlines() or [""])[0][:300],
+                )
                 self._compiled_model = None
                 self.compiled = False
         with self._autocast():
@@ -165,5 +200,7 @@ def options_from_about(about: dict) -> EncoderOptions:
     import dataclasses
 
     known = {f.name for f in dataclasses.fields(EncoderOptions)}
-    values: dict[str, Any] = {k: tuple(v) if isinstance(v, list) else v for k, v in (about.get("options") or {}).items() if k in known}
+    values: dict[str, Any] = {
+        k: tuple(v) if isinstance(v, list) else v for k, v in (about.get("options") or {}).items() if k in known
+    }
     return EncoderOptions(**values)

@@ -28,7 +28,9 @@ NAMED_MODELS = ("v4", "v5", "viirs_v1")
 
 def named_opts_file(name: str) -> Path:
     if name not in NAMED_MODELS:
-        raise ValueError(f"unknown Nenya model {name!r}; expected one of {', '.join(NAMED_MODELS)} or a path to an opts JSON")
+        raise ValueError(
+            f"unknown Nenya model {name!r}; expected one of {', '.join(NAMED_MODELS)} or a path to an opts JSON"
+        )
     return Path(str(resources.files("nenya") / "data" / "opts" / f"{name}.json"))
 
 
@@ -74,8 +76,9 @@ def resolve_weights(opt: Params, *, name: str | None = None) -> str:
     )
 
 
-def resolve_opts(opt: Params | str | os.PathLike | Mapping[str, Any], *,
-                 defaults: Mapping[str, Any] | None = None) -> Params:
+def resolve_opts(
+    opt: Params | str | os.PathLike | Mapping[str, Any], *, defaults: Mapping[str, Any] | None = None
+) -> Params:
     """Options from a :class:`Params`, a dict, an opts JSON path or a named model (``v5``).
 
     A Params is returned as it is when no ``defaults`` are given (the caller's object, as Nenya's
@@ -117,7 +120,8 @@ def find_weights(opt: Params) -> str:
             log.debug("cannot reach %s: %s", c, e)
     raise WeightsNotFoundError(
         f"no model weights found for {opt.model_name}; looked for {', '.join(candidates)}. "
-        "Put the model's last.pth in one of these places (or set NENYA_MODEL_DIR, see nenya.io)")
+        "Put the model's last.pth in one of these places (or set NENYA_MODEL_DIR, see nenya.io)"
+    )
 
 
 def latents_dir(opt: Params) -> str:

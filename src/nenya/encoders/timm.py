@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import logging
 from types import ModuleType
+from typing import Any
 
 import torch
 from torch import nn
@@ -61,16 +62,19 @@ def _check_name(timm: ModuleType, name: str) -> None:
 
     arch = name.split(".", 1)[0]
     close = timm.list_models(f"*{arch}*")[:8] or difflib.get_close_matches(arch, timm.list_models(), n=5)
-    raise NenyaError(f"unknown timm model {name!r}" + (f"; did you mean {', '.join(close)}?" if close else
-                                                      "; list them with timm.list_models('*pattern*')"))
+    raise NenyaError(
+        f"unknown timm model {name!r}"
+        + (f"; did you mean {', '.join(close)}?" if close else "; list them with timm.list_models('*pattern*')")
+    )
 
 
 class TimmEncoder(Encoder):
     """A timm model: the pooled pre-logits vector, or one feature level pooled or as tiles."""
 
     @classmethod
-    def from_spec(cls, name: str, opt=None, *, options: EncoderOptions, trust_checkpoint: bool = False,
-                  remove_module: bool = True) -> TimmEncoder:
+    def from_spec(
+        cls, name: str, opt=None, *, options: EncoderOptions, trust_checkpoint: bool = False, remove_module: bool = True
+    ) -> TimmEncoder:
         """Build ``timm:<name>``.
 
         Example:
@@ -99,24 +103,18 @@ class TimmEncoder(Encoder):
         pool = check_pool(options.pool)
         timm = import_timm()
         _check_name(timm, name)
-        state = read_state(options.weights, trust=trust_checkpoint, remove_module=remove_module) \
-            if options.weights else None
-        tag = weights_tag(options.weights) if options.weights else ("pretrained" if options.pretrained
-                                                                     else "random-seed-0")
+        state = (
+            read_state(options.weights, trust=trust_checkpoint, remove_module=remove_module)
+            if options.weights
+            else None
+        )
+        tag = (
+            weights_tag(options.weights)
+            if options.weights
+            else ("pretrained" if options.pretrained else "random-seed-0")
+        )
 
-        create = functools.partial(_create, timm, name, options)
-        if options.layer is None:
-            model, net = _pooled_model(name, create(num_classes=0), state, pool, options)
-        else:
-            if state is not None:
-                _check_state(timm, name, state, str(options.weights))
-            kwargs = {"features_only": True, "out_indices": (int(options.layer),)}
-            if state is not None:  # timm wraps the model for features_only after loading weights into it
-                kwargs["pretrained_cfg_overlay"] = {"state_dict": state}
-                model = _create_features(timm, name, kwargs, options)
-            else:
-                model = _create_features(timm, name, kwargs, options, create=create)
-            net = PooledMap(model, pool or "avg")
+        model, net = _build(timm, name, options, state, pool)
         model.eval()
         pre = image_preprocess(timm_defaults(timm.data.resolve_data_config({}, model=model)), options)
         out = _probe(net, pre, name)
@@ -134,10 +132,33 @@ class TimmEncoder(Encoder):
         fp = encoder_fingerprint("timm", name, options.layer, pool, pre, tag)
         enc = cls(net, name=f"timm:{name}", dim=dim, preprocess=pre, fingerprint=fp)
         enc.grid = grid
-        log.info("timm:%s: %d-d%s, input %s, weights %s", name, dim, f", {grid[0]}x{grid[1]} tiles" if grid else "",
-                 pre.image, tag)
+        log.info(
+            "timm:%s: %d-d%s, input %s, weights %s",
+            name,
+            dim,
+            f", {grid[0]}x{grid[1]} tiles" if grid else "",
+            pre.image,
+            tag,
+        )
         return enc
 
+
+def _build(
+    timm: ModuleType, name: str, options: EncoderOptions, state: dict | None, pool: str | None
+) -> tuple[nn.Module, nn.Module]:
+    """(the timm model, the module to run): pooled vectors, or the ``--layer`` feature map pooled."""
+    create = functools.partial(_create, timm, name, options)
+    if options.layer is None:
+        return _pooled_model(name, create(num_classes=0), state, pool, options)
+    if state is not None:
+        _check_state(timm, name, state, str(options.weights))
+    kwargs: dict[str, Any] = {"features_only": True, "out_indices": (int(options.layer),)}
+    if state is not None:  # timm wraps the model for features_only after loading weights into it
+        kwargs["pretrained_cfg_overlay"] = {"state_dict": state}
+        model = _create_features(timm, name, kwargs, options)
+    else:
+        model = _create_features(timm, name, kwargs, options, create=create)
+    return model, PooledMap(model, pool or "avg")
 
 
 def _create(timm: ModuleType, name: str, options: EncoderOptions, **kwargs) -> nn.Module:
@@ -152,30 +173,41 @@ def _create(timm: ModuleType, name: str, options: EncoderOptions, **kwargs) -> n
             raise WeightsNotFoundError(
                 f"could not fetch the pretrained weights of timm:{name} ({type(e).__name__}: "
                 f"{_first_line(e)}); check network access (HF_HUB_OFFLINE must be unset) or that "
-                "the model has pretrained weights, or download them and pass --weights FILE") from None
-        raise NenyaError(f"timm cannot build {name!r} with {kwargs} ({type(e).__name__}: "
-                         f"{_first_line(e)})") from None
+                "the model has pretrained weights, or download them and pass --weights FILE"
+            ) from None
+        raise NenyaError(f"timm cannot build {name!r} with {kwargs} ({type(e).__name__}: {_first_line(e)})") from None
 
 
-def _pooled_model(name: str, model: nn.Module, state, pool: str | None,
-                  options: EncoderOptions) -> tuple[nn.Module, nn.Module]:
+def _pooled_model(
+    name: str, model: nn.Module, state, pool: str | None, options: EncoderOptions
+) -> tuple[nn.Module, nn.Module]:
     """The whole model (weights fitted) and the module that gives its pooled vector or tiles."""
     if state is not None:
-        fit_state(model, state, remove_module=False, ignore_prefixes=_classifier_prefixes(model),
-                  what=f"timm:{name}", source=str(options.weights),
-                  advice="Check that the weights were saved from this architecture (a plain state dict of "
-                         "the model, or safetensors)")
+        fit_state(
+            model,
+            state,
+            remove_module=False,
+            ignore_prefixes=_classifier_prefixes(model),
+            what=f"timm:{name}",
+            source=str(options.weights),
+            advice="Check that the weights were saved from this architecture (a plain state dict of "
+            "the model, or safetensors)",
+        )
     if pool in ("avg", "max"):
         try:
             model.reset_classifier(0, global_pool=pool)  # type: ignore[operator]  # a timm model method
         except (TypeError, ValueError, AssertionError, KeyError) as e:
-            raise NenyaError(f"timm:{name} does not take global_pool={pool!r} ({_first_line(e)}); try "
-                             "--pool gem or --pool none, or --layer K") from None
+            raise NenyaError(
+                f"timm:{name} does not take global_pool={pool!r} ({_first_line(e)}); try "
+                "--pool gem or --pool none, or --layer K"
+            ) from None
         return model, model
     if pool in ("gem", "none"):
-        return model, PooledMap(model, pool, method="forward_features",
-                                nhwc=getattr(model, "output_fmt", "NCHW") == "NHWC")
+        return model, PooledMap(
+            model, pool, method="forward_features", nhwc=getattr(model, "output_fmt", "NCHW") == "NHWC"
+        )
     return model, model
+
 
 def _create_features(timm: ModuleType, name: str, kwargs: dict, options: EncoderOptions, *, create=None) -> nn.Module:
     layer = kwargs["out_indices"][0]
@@ -193,8 +225,12 @@ def _create_features(timm: ModuleType, name: str, kwargs: dict, options: Encoder
         except Exception:
             levels = None
         if levels is not None and not -levels <= layer < levels:
-            raise NenyaError(f"timm:{name} has feature levels 0..{levels - 1}; --layer {layer} is out of range") from None
-        raise NenyaError(f"timm:{name} cannot give feature level {layer} ({type(e).__name__}: {_first_line(e)})") from None
+            raise NenyaError(
+                f"timm:{name} has feature levels 0..{levels - 1}; --layer {layer} is out of range"
+            ) from None
+        raise NenyaError(
+            f"timm:{name} cannot give feature level {layer} ({type(e).__name__}: {_first_line(e)})"
+        ) from None
 
 
 def _check_state(timm: ModuleType, name: str, state: dict, source: str) -> None:
@@ -213,20 +249,26 @@ def _check_state(timm: ModuleType, name: str, state: dict, source: str) -> None:
     if missing or unexpected or bad:
         if bad:
             k = bad[0]
-            detail = f"size mismatch for {k}: {tuple(state[k].shape)} in the file, {tuple(expected[k].shape)} in the model"
+            detail = (
+                f"size mismatch for {k}: {tuple(state[k].shape)} in the file, {tuple(expected[k].shape)} in the model"
+            )
         else:
             detail = f"missing {missing[:3]} ({len(missing)}), unexpected {unexpected[:3]} ({len(unexpected)})"
-        raise CheckpointError(f"{source} does not fit timm:{name}: {detail}. Check that the weights were saved "
-                              "from this architecture (a timm state dict, or safetensors)")
+        raise CheckpointError(
+            f"{source} does not fit timm:{name}: {detail}. Check that the weights were saved "
+            "from this architecture (a timm state dict, or safetensors)"
+        )
 
 
 def _probe(net: nn.Module, pre: Preprocess, name: str) -> torch.Tensor:
     try:
         return probe(net, pre)
     except Exception as e:
-        raise NenyaError(f"timm:{name} does not run at input size {pre.image.size if pre.image else '?'} "
-                         f"({type(e).__name__}: {_first_line(e)}); choose a size it accepts with --size "
-                         "(transformers take only their trained size)") from None
+        raise NenyaError(
+            f"timm:{name} does not run at input size {pre.image.size if pre.image else '?'} "
+            f"({type(e).__name__}: {_first_line(e)}); choose a size it accepts with --size "
+            "(transformers take only their trained size)"
+        ) from None
 
 
 @torch.inference_mode()
@@ -247,4 +289,3 @@ def _map_size(net: nn.Module, pre: Preprocess) -> tuple[int, int]:
 def _first_line(e: BaseException) -> str:
     text = str(e).strip().splitlines()
     return text[0][:200] if text else type(e).__name__
-

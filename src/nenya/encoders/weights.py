@@ -74,7 +74,9 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> dict[str
             ckpt = torch.load(local, map_location="cpu", weights_only=False)
         else:
             reason = str(e).strip().splitlines()
-            detail = next((line for line in reason if "GLOBAL" in line or "global" in line), reason[0] if reason else "")
+            detail = next(
+                (line for line in reason if "GLOBAL" in line or "global" in line), reason[0] if reason else ""
+            )
             raise CheckpointError(
                 f"refusing to load {path}: it holds pickled objects other than tensors and the options "
                 f"class ({detail.strip()}). Unpickling them could run arbitrary code, so nenya does not. "
@@ -82,8 +84,10 @@ def load_checkpoint(path: str | os.PathLike, *, trust: bool = False) -> dict[str
                 "better, re-save its state dict as .safetensors."
             ) from None
     except (RuntimeError, EOFError, OSError) as e:
-        raise CheckpointError(f"{path} is not a readable torch checkpoint ({type(e).__name__}: {e}); "
-                              "check the file is complete (not truncated) and was written by torch.save") from None
+        raise CheckpointError(
+            f"{path} is not a readable torch checkpoint ({type(e).__name__}: {e}); "
+            "check the file is complete (not truncated) and was written by torch.save"
+        ) from None
     if isinstance(ckpt, dict) and "model" in ckpt:
         return ckpt
     if isinstance(ckpt, dict) and ckpt and all(isinstance(v, torch.Tensor) for v in ckpt.values()):
@@ -127,9 +131,16 @@ def file_digest(path: str | os.PathLike, *, limit: int | None = None) -> str:
     return h.hexdigest()
 
 
-def fit_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, source: str, what: str = "the model",
-              remove_module: bool = True, ignore_prefixes: Sequence[str] = (),
-              advice: str = "Check that the weights were saved from this architecture") -> None:
+def fit_state(
+    model: torch.nn.Module,
+    state: Mapping[str, torch.Tensor],
+    *,
+    source: str,
+    what: str = "the model",
+    remove_module: bool = True,
+    ignore_prefixes: Sequence[str] = (),
+    advice: str = "Check that the weights were saved from this architecture",
+) -> None:
     """Load a state dict into ``model`` strictly: the one way every encoder and trainer fits weights.
 
     ``remove_module`` strips DataParallel's ``module.``; keys under ``ignore_prefixes`` (a removed
@@ -143,16 +154,20 @@ def fit_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], *, sour
         result = model.load_state_dict(state, strict=False)
     except RuntimeError as e:
         lines = [line.strip() for line in str(e).splitlines() if "size mismatch" in line]
-        raise CheckpointError(f"{source} does not fit {what}: {lines[0] if lines else str(e).splitlines()[-1]}"
-                              f"{f' (and {len(lines) - 1} more)' if len(lines) > 1 else ''}. {advice}") from None
+        raise CheckpointError(
+            f"{source} does not fit {what}: {lines[0] if lines else str(e).splitlines()[-1]}"
+            f"{f' (and {len(lines) - 1} more)' if len(lines) > 1 else ''}. {advice}"
+        ) from None
     missing = [k for k in result.missing_keys if not _under(k, ignore_prefixes)]
     unexpected = list(result.unexpected_keys)
     if missing or unexpected:
         hint = ""
         if any(".module." in k or k.startswith("module.") for k in unexpected):
             hint = " The names carry 'module.' (DataParallel): load with remove_module=True."
-        raise CheckpointError(f"{source} does not fit {what}: missing {_examples(missing)}, unexpected "
-                              f"{_examples(unexpected)}.{hint} {advice}")
+        raise CheckpointError(
+            f"{source} does not fit {what}: missing {_examples(missing)}, unexpected "
+            f"{_examples(unexpected)}.{hint} {advice}"
+        )
 
 
 def _under(key: str, prefixes: Sequence[str]) -> bool:

@@ -75,10 +75,14 @@ class Engine(Protocol):
 #: Engines by name (``--engine NAME``; ``auto`` picks torchrun under torchrun, else local).
 engines = Registry("engine")
 engines.register("local", "nenya.engines.local:LocalEngine", help="this process: DataLoader readers, one device")
-engines.register("torchrun", "nenya.engines.torchrun:RankEngine",
-                 help="one process per device (torchrun or --devices N); rank 0 assembles")
-engines.register("ray", "nenya.engines.ray:RayEngine", help="an actor pool on a Ray cluster",
-                 install_hint='pip install "nenya[ray]"')
+engines.register(
+    "torchrun",
+    "nenya.engines.torchrun:RankEngine",
+    help="one process per device (torchrun or --devices N); rank 0 assembles",
+)
+engines.register(
+    "ray", "nenya.engines.ray:RayEngine", help="an actor pool on a Ray cluster", install_hint='pip install "nenya[ray]"'
+)
 
 
 def choose_engine(name: str, ranks: Ranks | None, *, devices: int | None = None) -> str:
@@ -95,18 +99,24 @@ def choose_engine(name: str, ranks: Ranks | None, *, devices: int | None = None)
         if devices < 1:
             raise NenyaError(f"--devices must be 1 or more, got {devices}")
         if distributed:
-            raise NenyaError("--devices starts its own ranks: do not combine it with torchrun (RANK/WORLD_SIZE are set)")
+            raise NenyaError(
+                "--devices starts its own ranks: do not combine it with torchrun (RANK/WORLD_SIZE are set)"
+            )
         if name == "ray":
             raise NenyaError("--devices is for local ranks; with --engine ray use --actors and --gpus-per-actor")
         if devices > 1:
             return "torchrun"
     if name == "torchrun" and ranks is None:
-        raise NenyaError("--engine torchrun needs RANK and WORLD_SIZE in the environment: start it with "
-                         "`torchrun --nproc-per-node N -m nenya extract ...`, or use --devices N")
+        raise NenyaError(
+            "--engine torchrun needs RANK and WORLD_SIZE in the environment: start it with "
+            "`torchrun --nproc-per-node N -m nenya extract ...`, or use --devices N"
+        )
     if name == "local" and distributed:
         assert ranks is not None
-        raise NenyaError(f"WORLD_SIZE={ranks.world} is set but --engine local would make every rank encode "
-                         "everything; use --engine auto (or torchrun)")
+        raise NenyaError(
+            f"WORLD_SIZE={ranks.world} is set but --engine local would make every rank encode "
+            "everything; use --engine auto (or torchrun)"
+        )
     return name
 
 

@@ -47,8 +47,9 @@ def _ray():
 class ShardEncoder:
     """The actor: its own encoder, the source, and one method that reads and encodes a whole shard."""
 
-    def __init__(self, builder: EncoderBuilder, source: Source, batch_size: int, device: str, precision: str,
-                 threads: int) -> None:
+    def __init__(
+        self, builder: EncoderBuilder, source: Source, batch_size: int, device: str, precision: str, threads: int
+    ) -> None:
         import torch
 
         torch.set_num_threads(max(1, threads))
@@ -111,9 +112,18 @@ class RayEngine:
     decodes_on_device = False
     label = "ray: "
 
-    def __init__(self, builder: EncoderBuilder, *, address: str | None = None, actors: int | None = None,
-                 gpus_per_actor: float | None = None, cpus_per_actor: float = 1.0, in_flight: int = 2,
-                 retries: int = 2, init_kwargs: dict | None = None) -> None:
+    def __init__(
+        self,
+        builder: EncoderBuilder,
+        *,
+        address: str | None = None,
+        actors: int | None = None,
+        gpus_per_actor: float | None = None,
+        cpus_per_actor: float = 1.0,
+        in_flight: int = 2,
+        retries: int = 2,
+        init_kwargs: dict | None = None,
+    ) -> None:
         _ray()
         self.builder, self.address, self.actors = builder, address, actors
         self.gpus_per_actor, self.cpus_per_actor, self.in_flight = gpus_per_actor, cpus_per_actor, in_flight
@@ -125,8 +135,13 @@ class RayEngine:
     def from_options(cls, options: EngineOptions) -> RayEngine:
         if options.builder is None:
             raise NenyaError("the Ray engine needs an EncoderBuilder (how its actors build the model)")
-        return cls(options.builder, address=options.address, actors=options.actors,
-                   gpus_per_actor=options.gpus_per_actor, cpus_per_actor=options.cpus_per_actor)
+        return cls(
+            options.builder,
+            address=options.address,
+            actors=options.actors,
+            gpus_per_actor=options.gpus_per_actor,
+            cpus_per_actor=options.cpus_per_actor,
+        )
 
     def prepare(self, encoder: Encoder, options: RunOptions, *, compile: bool = False) -> RunOptions:
         """The actors build their own encoders: this one stays on the CPU, for its dimension, grid and fingerprint."""
@@ -156,8 +171,10 @@ class RayEngine:
             try:
                 ray.init(address=self.address, **kwargs)
             except (ConnectionError, RuntimeError) as e:
-                raise NenyaError(f"cannot connect to the Ray cluster at {self.address!r}: {e}. Start one with "
-                                 "`ray start --head`, or leave --address out to start a local one") from None
+                raise NenyaError(
+                    f"cannot connect to the Ray cluster at {self.address!r}: {e}. Start one with "
+                    "`ray start --head`, or leave --address out to start a local one"
+                ) from None
         actors: list = []
         try:
             job = start(source, encoder, sink, options)
@@ -178,8 +195,9 @@ class RayEngine:
                 return actor
 
             pool = [make() for _ in range(n)]
-            log.info("ray: %d actor(s) (%s GPU, %s CPU each) for %d shard(s)", n, gpus, self.cpus_per_actor,
-                     len(job.todo))
+            log.info(
+                "ray: %d actor(s) (%s GPU, %s CPU each) for %d shard(s)", n, gpus, self.cpus_per_actor, len(job.todo)
+            )
             stream = self._stream(ray, pool, make, job.todo, job.timings)
             summary = drive(job, stream, sink, options)
             log.info("ray: %d shard(s) encoded by %d actor(s) on %d node(s)", len(job.todo), n, len(self.nodes))
@@ -193,8 +211,9 @@ class RayEngine:
             if started_here:
                 ray.shutdown()
 
-    def _stream(self, ray, actors: list, make, todo: list[Shard], timings: StageTimings
-                ) -> Iterator[tuple[Batch, np.ndarray]]:
+    def _stream(
+        self, ray, actors: list, make, todo: list[Shard], timings: StageTimings
+    ) -> Iterator[tuple[Batch, np.ndarray]]:
         """Hand shards to idle actors (``in_flight`` each) and yield results as shards complete. An
         actor that dies (node lost, out of memory) is replaced and its shards are given out again,
         ``retries`` times per shard."""
@@ -226,16 +245,21 @@ class RayEngine:
                     cause = getattr(e, "cause", None)
                     if isinstance(cause, (NenyaError, KeyboardInterrupt)):
                         raise cause from None
-                    raise NenyaError(f"a Ray actor failed on shard {shard.key} of {shard.group}: "
-                                     f"{type(cause).__name__ if cause else 'error'}: {cause or e}") from None
+                    raise NenyaError(
+                        f"a Ray actor failed on shard {shard.key} of {shard.group}: "
+                        f"{type(cause).__name__ if cause else 'error'}: {cause or e}"
+                    ) from None
                 except ray.exceptions.RayActorError as e:
                     tries[shard] = tries.get(shard, 0) + 1
                     if tries[shard] > self.retries:
-                        raise NenyaError(f"Ray actors died {tries[shard]} times while encoding shard {shard.key} "
-                                         f"of {shard.group} ({e}); committed shards are kept: rerun the same "
-                                         "command to resume") from None
-                    log.warning("ray: an actor died on shard %s of %s; retrying it on a new actor", shard.key,
-                                shard.group)
+                        raise NenyaError(
+                            f"Ray actors died {tries[shard]} times while encoding shard {shard.key} "
+                            f"of {shard.group} ({e}); committed shards are kept: rerun the same "
+                            "command to resume"
+                        ) from None
+                    log.warning(
+                        "ray: an actor died on shard %s of %s; retrying it on a new actor", shard.key, shard.group
+                    )
                     if actors[i] is actor:  # not yet replaced (it may have had several shards)
                         actors[i] = make()
                     pending.append(shard)

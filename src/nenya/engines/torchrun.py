@@ -51,9 +51,17 @@ class RankShare(Share):
     def _write_markers(self, ok: bool, error: str = "") -> None:
         if self.plan is None:
             return
-        body = {"rank": self.ranks.rank, "world": self.ranks.world, "token": self.ranks.token, "ok": ok,
-                "error": error, "shards": len(self.mine), "pid": os.getpid(), "host": socket.gethostname(),
-                "time": time.time()}
+        body = {
+            "rank": self.ranks.rank,
+            "world": self.ranks.world,
+            "token": self.ranks.token,
+            "ok": ok,
+            "error": error,
+            "shards": len(self.mine),
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "time": time.time(),
+        }
         for g in self.plan.groups:
             try:
                 self.sink.post(g, f"rank{self.ranks.rank}", body)
@@ -77,8 +85,14 @@ class RankShare(Share):
         index = {(s.group, s.key): i for i, s in enumerate(plan.shards)}
         r, w = self.ranks.rank, self.ranks.world
         self.mine = [s for s in todo if index[(s.group, s.key)] % w == r]
-        log.info("rank %d of %d: %d of %d shards to encode (%d already committed)", r, w, len(self.mine),
-                 len(plan.shards), len(plan.shards) - len(todo))
+        log.info(
+            "rank %d of %d: %d of %d shards to encode (%d already committed)",
+            r,
+            w,
+            len(self.mine),
+            len(plan.shards),
+            len(plan.shards) - len(todo),
+        )
         return self.mine
 
     def finish(self, sink: Sink, plan: Plan) -> list[str]:
@@ -127,8 +141,12 @@ class RankShare(Share):
                     return
                 all_committed_at = all_committed_at or now
                 if now - all_committed_at > GRACE:
-                    log.warning("every shard is committed but rank(s) %s did not say they finished within %.0f s; "
-                                "assembling anyway", sorted(set(range(1, w)) - set(finished)), GRACE)
+                    log.warning(
+                        "every shard is committed but rank(s) %s did not say they finished within %.0f s; "
+                        "assembling anyway",
+                        sorted(set(range(1, w)) - set(finished)),
+                        GRACE,
+                    )
                     return
             else:
                 waiting = sorted({owner[k] for k in missing})
@@ -140,14 +158,18 @@ class RankShare(Share):
                     elif m is not None and not m.get("ok"):
                         problems.append(f"rank {r} stopped: {m.get('error')}")
                     elif m is not None:
-                        problems.append(f"rank {r} finished without committing its shards (did it list the "
-                                        "same inputs? every rank must run the same command)")
+                        problems.append(
+                            f"rank {r} finished without committing its shards (did it list the "
+                            "same inputs? every rank must run the same command)"
+                        )
                     elif (dead := self._dead(r)) is not None:
                         problems.append(dead)
                 if problems:
-                    raise NenyaError(f"{len(missing)} shard(s) will not be committed in this run: "
-                                     f"{'; '.join(problems)}. Committed shards are kept: rerun the same command "
-                                     "to resume")
+                    raise NenyaError(
+                        f"{len(missing)} shard(s) will not be committed in this run: "
+                        f"{'; '.join(problems)}. Committed shards are kept: rerun the same command "
+                        "to resume"
+                    )
                 if len(committed) != last_n:
                     last_n, last_change = len(committed), now
                 elif now - last_change > self.timeout:
@@ -155,7 +177,8 @@ class RankShare(Share):
                         f"rank 0 waited {self.timeout:.0f} s without a new shard being committed; {len(missing)} "
                         f"shard(s) of rank(s) {', '.join(map(str, waiting))} are missing. Is every rank running "
                         f"the same command with WORLD_SIZE={w}? Committed shards are kept: rerun to resume "
-                        "(--rank-timeout sets this limit)")
+                        "(--rank-timeout sets this limit)"
+                    )
                 if now - last_log > 60:
                     log.info("rank 0: waiting for %d shard(s) of rank(s) %s", len(missing), waiting)
                     last_log = now
@@ -193,8 +216,9 @@ class RankEngine:
 
     def run(self, source, encoder: Encoder, sink: Sink, options: RunOptions) -> RunSummary:
         if not sink.supports_ranks:
-            raise NenyaError(f"several ranks need a file sink that commits parts (h5, parquet, npy), not "
-                             f"{type(sink).__name__}")
+            raise NenyaError(
+                f"several ranks need a file sink that commits parts (h5, parquet, npy), not {type(sink).__name__}"
+            )
         share = RankShare(self.ranks, sink, timeout=self.timeout)
         try:
             return run(source, encoder, sink, options, share=share)

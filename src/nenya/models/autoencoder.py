@@ -43,17 +43,28 @@ class ConvAutoencoder(nn.Module):
         (torch.Size([3, 8]), torch.Size([3, 1, 64, 96]))
     """
 
-    def __init__(self, input_shape: tuple[int, int, int] | list[int], *, nlayers: int = 4, poolsize: int = 4,
-                 numfilters: int = 4, num_dense: int = 50) -> None:
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int] | list[int],
+        *,
+        nlayers: int = 4,
+        poolsize: int = 4,
+        numfilters: int = 4,
+        num_dense: int = 50,
+    ) -> None:
         super().__init__()
         c, h, w = (int(v) for v in input_shape)
         if nlayers < 1 or poolsize < 1 or num_dense < 1 or numfilters < 0:
-            raise ValueError(f"nlayers, poolsize and num_dense must be >= 1 and numfilters >= 0; got nlayers={nlayers}, "
-                             f"poolsize={poolsize}, numfilters={numfilters}, num_dense={num_dense}")
+            raise ValueError(
+                f"nlayers, poolsize and num_dense must be >= 1 and numfilters >= 0; got nlayers={nlayers}, "
+                f"poolsize={poolsize}, numfilters={numfilters}, num_dense={num_dense}"
+            )
         ph, pw = pooled_size(h, poolsize, nlayers), pooled_size(w, poolsize, nlayers)
         if ph < 1 or pw < 1:
-            raise ValueError(f"an input of {h}x{w} is too small for {nlayers} layers of pool {poolsize} "
-                             f"(needs at least {poolsize ** nlayers} pixels a side); use fewer layers or a smaller pool")
+            raise ValueError(
+                f"an input of {h}x{w} is too small for {nlayers} layers of pool {poolsize} "
+                f"(needs at least {poolsize**nlayers} pixels a side); use fewer layers or a smaller pool"
+            )
         self.input_shape = (c, h, w)
         self.nlayers, self.poolsize, self.numfilters, self.num_dense = nlayers, poolsize, numfilters, num_dense
         widths = [2 ** (k + numfilters) for k in range(nlayers)]
@@ -70,11 +81,14 @@ class ConvAutoencoder(nn.Module):
         dec: list[nn.Module] = []
         cin = widths[-1]
         for cout in reversed(widths):
-            dec += [same_conv(cin, cout, poolsize), nn.ReLU(inplace=True),
-                    nn.Upsample(scale_factor=poolsize, mode="nearest")]
+            dec += [
+                same_conv(cin, cout, poolsize),
+                nn.ReLU(inplace=True),
+                nn.Upsample(scale_factor=poolsize, mode="nearest"),
+            ]
             cin = cout
         dec.append(same_conv(cin, c, poolsize))
-        out_h, out_w = ph * poolsize ** nlayers, pw * poolsize ** nlayers
+        out_h, out_w = ph * poolsize**nlayers, pw * poolsize**nlayers
         dec.append(nn.ZeroPad2d((0, w - out_w, 0, h - out_h)))
         self.decoder = nn.Sequential(*dec)
 

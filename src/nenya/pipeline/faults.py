@@ -19,8 +19,16 @@ import os
 import signal
 
 ENV = "NENYA_FAULTS"
-POINTS = ("read.batch", "encode.batch", "part.write", "part.renamed", "marker.written", "assemble.write",
-          "publish.before", "publish.after")
+POINTS = (
+    "read.batch",
+    "encode.batch",
+    "part.write",
+    "part.renamed",
+    "marker.written",
+    "assemble.write",
+    "publish.before",
+    "publish.after",
+)
 ACTIONS = ("kill", "raise", "enospc", "interrupt")
 
 _cache: tuple[str, dict[str, tuple[int, str]]] | None = None

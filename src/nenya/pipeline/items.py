@@ -146,8 +146,11 @@ class StageTimings:
         return self.as_dict().keys()
 
 
-_LABELS = {"read_in_readers": "read in readers", "decode_in_readers": "decode in readers",
-           "decode_on_device": "decode on device"}
+_LABELS = {
+    "read_in_readers": "read in readers",
+    "decode_in_readers": "decode in readers",
+    "decode_on_device": "decode on device",
+}
 
 
 @dataclass(frozen=True)

@@ -76,8 +76,9 @@ class RunSummary:
         stages = ", ".join(f"{k} {v:.1f}s" for k, v in self.timings.items())
         resumed = f", {self.shards_already_done} shard(s) already done" if self.shards_already_done else ""
         skipped = f", {self.skipped} skipped" if self.skipped else ""
-        return (f"{self.items} images in {self.seconds:.1f} s ({self.rate:.1f} images/s){skipped}{resumed}"
-                + (f" [{stages}]" if stages else ""))
+        return f"{self.items} images in {self.seconds:.1f} s ({self.rate:.1f} images/s){skipped}{resumed}" + (
+            f" [{stages}]" if stages else ""
+        )
 
 
 class ShardStream(IterableDataset):
@@ -111,8 +112,9 @@ class ShardStream(IterableDataset):
                 raise
             except Exception as e:  # say which input and items, in a form that pickles across processes
                 where = f"{shard.group}" + (f" partition {shard.partition!r}" if shard.partition else "")
-                raise InputError(f"reading {where}, items from position {done} of shard {shard.key}: "
-                                 f"{type(e).__name__}: {e}") from None
+                raise InputError(
+                    f"reading {where}, items from position {done} of shard {shard.key}: {type(e).__name__}: {e}"
+                ) from None
 
 
 _PIDS = re.compile(r"pid(?:\(s\)|s)? ([\d, ]+)")
@@ -133,7 +135,7 @@ def _worker_death(err: RuntimeError, it, todo: list[Shard], seen: dict[int, tupl
         if w in seen:
             shard, nxt = seen[w]
             if nxt >= shard.stop:  # finished that shard: it was on the next one
-                later = mine[mine.index(shard) + 1:] if shard in mine else []
+                later = mine[mine.index(shard) + 1 :] if shard in mine else []
                 if not later:
                     continue
                 shard, nxt = later[0], later[0].start
@@ -142,12 +144,16 @@ def _worker_death(err: RuntimeError, it, todo: list[Shard], seen: dict[int, tupl
         where = f"{shard.group}" + (f" partition {shard.partition!r}" if shard.partition else "")
         code = getattr(proc, "exitcode", None)
         how = f"signal {-code}" if isinstance(code, int) and code < 0 else f"exit code {code}"
-        lines.append(f"reader process {w} (pid {proc.pid}, {how}) died while reading {where}, at or after item "
-                     f"{nxt} (shard {shard.key}, items {shard.start}-{shard.stop - 1})")
+        lines.append(
+            f"reader process {w} (pid {proc.pid}, {how}) died while reading {where}, at or after item "
+            f"{nxt} (shard {shard.key}, items {shard.start}-{shard.stop - 1})"
+        )
     detail = "; ".join(lines) or str(err).strip()
-    return (f"{detail}. Committed shards are kept: rerun the same command to resume. If it dies again at the same "
-            "item, that input is the likely cause (rerun with --workers 0 to see the error in the main process); "
-            "a reader killed by signal 9 often means the machine ran out of memory")
+    return (
+        f"{detail}. Committed shards are kept: rerun the same command to resume. If it dies again at the same "
+        "item, that input is the likely cause (rerun with --workers 0 to see the error in the main process); "
+        "a reader killed by signal 9 often means the machine ran out of memory"
+    )
 
 
 def _worker_init(_: int) -> None:
@@ -265,8 +271,9 @@ class Job:
     timings: StageTimings = field(default_factory=StageTimings)
 
 
-def start(source: Source, encoder: Encoder, sink: Sink, options: RunOptions = RunOptions(), *,
-          share: Share | None = None) -> Job:
+def start(
+    source: Source, encoder: Encoder, sink: Sink, options: RunOptions = RunOptions(), *, share: Share | None = None
+) -> Job:
     """Plan, open the sink (which says what is already committed) and choose this process's shards."""
     t_start = time.perf_counter()
     share = share or Share()
@@ -274,30 +281,42 @@ def start(source: Source, encoder: Encoder, sink: Sink, options: RunOptions = Ru
     plan = source.plan(shard_size)
     # the resolved precision: "auto" may mean bf16 on one machine and fp32 on another
     fingerprint = f"{encoder.fingerprint}|{encoder.preprocess}|{encoder.autocast_dtype or 'fp32'}"
-    context = WriteContext(dim=encoder.dim, fingerprint=fingerprint, grid=encoder.grid, about=encoder.about(),
-                           rank=share.rank, world=share.world)
+    context = WriteContext(
+        dim=encoder.dim,
+        fingerprint=fingerprint,
+        grid=encoder.grid,
+        about=encoder.about(),
+        rank=share.rank,
+        world=share.world,
+    )
     done = sink.start(plan, context)
     try:
         todo = share.select(plan, [s for s in plan.shards if (s.group, s.key) not in done])
     except BaseException:
         sink.abort()
         raise
-    summary = RunSummary(shards=len(plan.shards),
-                         shards_already_done=sum((s.group, s.key) in done for s in plan.shards))
+    summary = RunSummary(
+        shards=len(plan.shards), shards_already_done=sum((s.group, s.key) in done for s in plan.shards)
+    )
     if summary.shards_already_done:
         log.info("resuming: %d of %d shards already committed", summary.shards_already_done, len(plan.shards))
     return Job(plan, todo, summary, share, t_start)
 
 
-def encode_stream(source: Source, encoder: Encoder, todo: list[Shard], options: RunOptions,
-                  timings: StageTimings) -> Iterator[tuple[Batch, np.ndarray]]:
+def encode_stream(
+    source: Source, encoder: Encoder, todo: list[Shard], options: RunOptions, timings: StageTimings
+) -> Iterator[tuple[Batch, np.ndarray]]:
     """Read ``todo`` in DataLoader workers and encode in this process: (batch, vectors) pairs."""
     cuda = encoder.device.type == "cuda"
     workers = min(options.num_workers, len(todo)) if todo else 0
     loader = DataLoader(
-        ShardStream(source, todo, options.batch_size), batch_size=None, num_workers=workers,
-        pin_memory=cuda, worker_init_fn=_worker_init if workers else None,
-        prefetch_factor=4 if workers else None, persistent_workers=False,
+        ShardStream(source, todo, options.batch_size),
+        batch_size=None,
+        num_workers=workers,
+        pin_memory=cuda,
+        worker_init_fn=_worker_init if workers else None,
+        prefetch_factor=4 if workers else None,
+        persistent_workers=False,
     )
     seen: dict[int, tuple[Shard, int]] = {}
     it = iter(loader)
@@ -337,16 +356,23 @@ def _add_read_timings(timings: StageTimings, batch: Batch, *, waited: float) -> 
         timings.add("decode_in_readers", batch.timing.decode_seconds)
 
 
-def drive(job: Job, stream: Iterator[tuple[Batch, np.ndarray]], sink: Sink,
-          options: RunOptions = RunOptions()) -> RunSummary:
+def drive(
+    job: Job, stream: Iterator[tuple[Batch, np.ndarray]], sink: Sink, options: RunOptions = RunOptions()
+) -> RunSummary:
     """Write (batch, vectors) pairs through the sink, committing each shard after its last batch,
     then end as the job's share says (assemble by default). ``stream`` may encode here
     (:func:`encode_stream`) or elsewhere (Ray actors): the sink side is the same."""
     summary = job.summary
     writer = _Writer(sink)
     total = sum(len(s) for s in job.todo)
-    bar = tqdm(total=total, unit="img", desc=options.description, disable=not options.progress or total == 0,
-               dynamic_ncols=True, smoothing=0.1)
+    bar = tqdm(
+        total=total,
+        unit="img",
+        desc=options.description,
+        disable=not options.progress or total == 0,
+        dynamic_ncols=True,
+        smoothing=0.1,
+    )
     ok = False
     try:
         for batch, out in stream:
@@ -355,11 +381,16 @@ def drive(job: Job, stream: Iterator[tuple[Batch, np.ndarray]], sink: Sink,
             summary.items += len(batch)
             if batch.status is not None:
                 summary.skipped += sum(s != "ok" for s in batch.status)
-                if options.max_skip_fraction is not None and summary.items >= 100 and \
-                        summary.skipped > options.max_skip_fraction * summary.items:
-                    raise NenyaError(f"{summary.skipped} of {summary.items} items skipped so far, more than "
-                                     f"--max-skip-fraction {options.max_skip_fraction}; something is wrong with "
-                                     "the input (see the skip reasons in the log) or raise the limit")
+                if (
+                    options.max_skip_fraction is not None
+                    and summary.items >= 100
+                    and summary.skipped > options.max_skip_fraction * summary.items
+                ):
+                    raise NenyaError(
+                        f"{summary.skipped} of {summary.items} items skipped so far, more than "
+                        f"--max-skip-fraction {options.max_skip_fraction}; something is wrong with "
+                        "the input (see the skip reasons in the log) or raise the limit"
+                    )
             bar.update(len(batch))
         t3 = time.perf_counter()
         writer.close()
@@ -383,8 +414,9 @@ def drive(job: Job, stream: Iterator[tuple[Batch, np.ndarray]], sink: Sink,
     return summary
 
 
-def run(source: Source, encoder: Encoder, sink: Sink, options: RunOptions = RunOptions(), *,
-        share: Share | None = None) -> RunSummary:
+def run(
+    source: Source, encoder: Encoder, sink: Sink, options: RunOptions = RunOptions(), *, share: Share | None = None
+) -> RunSummary:
     """Extract vectors for everything ``source`` plans, into ``sink``; resumes committed shards.
 
     The encoder must already sit on its device (``encoder.to(...)``). Returns a summary; the

@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 #: Longest output name we create (most filesystems allow 255 bytes).
 MAX_NAME_BYTES = 240
 
+
 #: Where remote inputs are fetched and remote-output work folders live (override with NENYA_CACHE).
 def cache_dir() -> Path:
     return Path(os.environ.get("NENYA_CACHE") or Path.home() / ".cache" / "nenya")
@@ -40,7 +41,7 @@ def is_remote(path: str | os.PathLike) -> bool:
 
 def local_path(path: str | os.PathLike) -> str:
     s = str(path)
-    return s[len("file://"):] if s.startswith("file://") else s
+    return s[len("file://") :] if s.startswith("file://") else s
 
 
 def url_to_fs(url: str | os.PathLike) -> tuple[fsspec.AbstractFileSystem, str]:
@@ -71,12 +72,21 @@ def basename(path: str | os.PathLike) -> str:
 def safe_name(name: str, *, what: str = "output name") -> str:
     """``name`` if it is one plain file name, else an OutputError: nothing derived from inputs or
     ids (``../x``, absolute paths, NUL, very long names) may place a file outside the output folder."""
-    bad = (not name or name in (".", "..") or "/" in name or "\\" in name or "\x00" in name
-           or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES or any(ord(c) < 32 for c in name))
+    bad = (
+        not name
+        or name in (".", "..")
+        or "/" in name
+        or "\\" in name
+        or "\x00" in name
+        or len(name.encode("utf-8", "surrogatepass")) > MAX_NAME_BYTES
+        or any(ord(c) < 32 for c in name)
+    )
     if bad:
         shown = repr(name if len(name) < 80 else name[:77] + "...")
-        raise OutputError(f"refusing {what} {shown}: it must be a single file name (no '/', '..', control "
-                          f"characters, at most {MAX_NAME_BYTES} bytes) so that it stays inside the output folder")
+        raise OutputError(
+            f"refusing {what} {shown}: it must be a single file name (no '/', '..', control "
+            f"characters, at most {MAX_NAME_BYTES} bytes) so that it stays inside the output folder"
+        )
     return name
 
 
@@ -104,8 +114,10 @@ def disk_errors(path: str | os.PathLike, *, dest: str | os.PathLike | None = Non
     except OSError as e:
         if e.errno in (errno.ENOSPC, errno.EDQUOT):
             untouched = f"; {dest} was not touched" if dest else ""
-            raise OutputError(f"no space left on the device while writing {path}{untouched}. Free some space (or "
-                              "choose another --output) and rerun the same command: committed shards are kept") from None
+            raise OutputError(
+                f"no space left on the device while writing {path}{untouched}. Free some space (or "
+                "choose another --output) and rerun the same command: committed shards are kept"
+            ) from None
         if e.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
             raise OutputError(f"cannot write {path}: {e.strerror}; choose a writable --output") from None
         raise

@@ -50,6 +50,19 @@ def device_candidate(data: bytes, *, max_pixels: int) -> int | None:
     return check(data, max_pixels=max_pixels)
 
 
-__all__ = ["DEFAULT_MAX_PIXELS", "INTERPOLATIONS", "ImageTransform", "Preprocess", "SkipItem", "check_transform",
-           "decode_image", "decode_on_device", "device_candidate", "device_decode_unavailable", "exif_orientation",
-           "normalise", "read_bytes", "resized_shape"]
+__all__ = [
+    "DEFAULT_MAX_PIXELS",
+    "INTERPOLATIONS",
+    "ImageTransform",
+    "Preprocess",
+    "SkipItem",
+    "check_transform",
+    "decode_image",
+    "decode_on_device",
+    "device_candidate",
+    "device_decode_unavailable",
+    "exif_orientation",
+    "normalise",
+    "read_bytes",
+    "resized_shape",
+]

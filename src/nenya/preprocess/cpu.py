@@ -83,8 +83,9 @@ def check_transform(transform: ImageTransform) -> ImageTransform:
         ValueError: an unknown interpolation or a non-positive size, naming the valid values.
     """
     if transform.interpolation not in INTERPOLATIONS:
-        raise ValueError(f"unknown interpolation {transform.interpolation!r}; expected one of "
-                         f"{', '.join(INTERPOLATIONS)}")
+        raise ValueError(
+            f"unknown interpolation {transform.interpolation!r}; expected one of {', '.join(INTERPOLATIONS)}"
+        )
     h, w = transform.size
     if h <= 0 or w <= 0:
         raise ValueError(f"image size must be positive, got {transform.size}")

@@ -60,8 +60,10 @@ def unavailable(device: torch.device, transform: ImageTransform | None) -> str |
     if device.type != "cuda":
         return f"it needs a CUDA device and this run encodes on {device}"
     if transform.interpolation not in TENSOR_INTERPOLATIONS:
-        return (f"--interpolation {transform.interpolation} has no GPU equivalent "
-                f"(use {' or '.join(TENSOR_INTERPOLATIONS)})")
+        return (
+            f"--interpolation {transform.interpolation} has no GPU equivalent "
+            f"(use {' or '.join(TENSOR_INTERPOLATIONS)})"
+        )
     try:
         from nenya.compat import import_torchvision
 
@@ -122,8 +124,9 @@ def resize_crop(img: torch.Tensor, transform: ImageTransform) -> torch.Tensor:
     _, h, w = img.shape
     nh, nw = resized_shape(h, w, transform)
     if (nh, nw) != (h, w):
-        x = F.interpolate(img[None].float(), size=(nh, nw), mode=transform.interpolation, antialias=True,
-                          align_corners=False)
+        x = F.interpolate(
+            img[None].float(), size=(nh, nw), mode=transform.interpolation, antialias=True, align_corners=False
+        )
         img = x[0].round_().clamp_(0, 255).to(torch.uint8)
     th, tw = transform.size
     if (nh, nw) == (th, tw):
@@ -131,12 +134,12 @@ def resize_crop(img: torch.Tensor, transform: ImageTransform) -> torch.Tensor:
     if nh < th or nw < tw:  # zero padding, centred, as torchvision pads before cropping
         top, left = ((th - nh) // 2 if nh < th else 0), ((tw - nw) // 2 if nw < tw else 0)
         canvas = img.new_zeros((img.shape[0], max(nh, th), max(nw, tw)))
-        canvas[:, top:top + nh, left:left + nw] = img
+        canvas[:, top : top + nh, left : left + nw] = img
         img, (nh, nw) = canvas, canvas.shape[1:]
         if (nh, nw) == (th, tw):
             return img
     top, left = int(round((nh - th) / 2.0)), int(round((nw - tw) / 2.0))
-    return img[:, top:top + th, left:left + tw]
+    return img[:, top : top + th, left : left + tw]
 
 
 def nvjpeg(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
@@ -167,8 +170,14 @@ def _decode_each(datas: list[torch.Tensor], device: torch.device, decoder: Decod
     return results
 
 
-def fill(x: torch.Tensor, encoded: Sequence[tuple[int, bytes, int]], status: list[str], *,
-         transform: ImageTransform, decoder: Decoder | None = None) -> None:
+def fill(
+    x: torch.Tensor,
+    encoded: Sequence[tuple[int, bytes, int]],
+    status: list[str],
+    *,
+    transform: ImageTransform,
+    decoder: Decoder | None = None,
+) -> None:
     """Decode ``encoded`` items (batch slot, JPEG file bytes, EXIF orientation) into ``x``.
 
     ``x`` is the batch's uint8 (B, 3, H, W) tensor on the encoder's device; the slots of shipped

@@ -111,9 +111,15 @@ def vectors_of(table, column: str = "vector") -> np.ndarray:
 #: Output formats by name (``--format NAME``).
 sinks = Registry("sink")
 sinks.register("h5", "nenya.sinks.hdf5:NenyaLatentsSink", help="Nenya _latents.h5 files (one per input file)")
-sinks.register("parquet", "nenya.sinks.parquet:ParquetSink",
-               help="Parquet: id, partition, row, metadata columns, vector (fixed-size list of float32)")
-sinks.register("npy", "nenya.sinks.npy:NpySink",
-               help=".npy vectors (N, dim) plus a Parquet file of ids and metadata in the same row order (for FAISS)")
+sinks.register(
+    "parquet",
+    "nenya.sinks.parquet:ParquetSink",
+    help="Parquet: id, partition, row, metadata columns, vector (fixed-size list of float32)",
+)
+sinks.register(
+    "npy",
+    "nenya.sinks.npy:NpySink",
+    help=".npy vectors (N, dim) plus a Parquet file of ids and metadata in the same row order (for FAISS)",
+)
 
 __all__ = ["Sink", "WriteContext", "sinks", "vectors_of"]

@@ -55,8 +55,10 @@ def _lock(path: str):
         holder = LockHolder.parse(fh.read())
         fh.close()
         who = f"pid {holder.pid} on {holder.host}" if holder else "another process"
-        raise OutputError(f"another nenya run ({who}) is writing the same output (lock {path}); wait for it to "
-                          "finish or stop it, then rerun: two runs never write one output together") from None
+        raise OutputError(
+            f"another nenya run ({who}) is writing the same output (lock {path}); wait for it to "
+            "finish or stop it, then rerun: two runs never write one output together"
+        ) from None
     fh.seek(0)
     fh.truncate()
     fh.write(json.dumps(dataclasses.asdict(LockHolder(os.getpid(), os.uname().nodename, time.time()))))
@@ -153,8 +155,15 @@ class PartSink(Sink):
     collections: ClassVar[bool] = True
     supports_ranks: ClassVar[bool] = True
 
-    def __init__(self, output: str | os.PathLike, *, overwrite: bool = False, append: bool = False,
-                 name: str | None = None, suffix: str = "") -> None:
+    def __init__(
+        self,
+        output: str | os.PathLike,
+        *,
+        overwrite: bool = False,
+        append: bool = False,
+        name: str | None = None,
+        suffix: str = "",
+    ) -> None:
         self.output = str(output)
         self.overwrite = overwrite
         self.append = append
@@ -244,73 +253,102 @@ class PartSink(Sink):
         self._about = {**(about or {}), "vectors": vectors_digest(fingerprint)}
         self._tiles = grid[0] * grid[1] if grid else 1
         if grid and not self.supports_tiles:
-            raise OutputError(f"{type(self).__name__} stores one vector per item; tile vectors (--pool none) "
-                              "need --format parquet or npy")
+            raise OutputError(
+                f"{type(self).__name__} stores one vector per item; tile vectors (--pool none) "
+                "need --format parquet or npy"
+            )
+        self._check_output_folder()
+        done: set[tuple[str, str]] = set()
+        os.makedirs(self.work, exist_ok=True)
+        for g in plan.groups:
+            done |= self._open_group(g, fingerprint)
+        return done
+
+    def _check_output_folder(self) -> None:
+        """A local output folder exists and is writable (an OutputError that says so otherwise)."""
         if not storage.is_remote(self.output):
             try:
                 os.makedirs(self.output, exist_ok=True)
             except OSError as e:
-                raise OutputError(f"cannot create output folder {self.output}: {e.strerror}; choose a writable location") from None
+                raise OutputError(
+                    f"cannot create output folder {self.output}: {e.strerror}; choose a writable location"
+                ) from None
             if not os.access(self.output, os.W_OK):
                 raise OutputError(f"output folder {self.output} is not writable; choose another with --output")
-        done: set[tuple[str, str]] = set()
-        os.makedirs(self.work, exist_ok=True)
-        for g in plan.groups:
-            gdir = self.group_dir(g)
-            lock_path = rank_lock_name(gdir, self.rank)
-            lock = _lock(lock_path)
-            if lock is not None:
-                self._locks.append((lock_path, lock))
-            if self.world == 1:  # a job of several ranks holds <group>.rank<r>.lock files too
-                import glob
 
-                for other in glob.glob(glob.escape(gdir) + ".rank*.lock"):
-                    if _held(other):
-                        self._unlock()
-                        raise OutputError(f"a multi-process nenya run is writing the same output (lock {other}); "
-                                          "wait for it to finish or stop it, then rerun")
-            manifest = os.path.join(gdir, "manifest.json")
-            fp = (f"{fingerprint}|{g.fingerprint}|{type(self).__name__}|{self.schema_version}|{self._schema_tag()}"
-                  f"|grid={grid}|append={self.append}")
-            if os.path.exists(manifest):
-                with open(manifest) as f:
-                    old = json.load(f).get("fingerprint")
-                if old != hashlib.sha256(fp.encode()).hexdigest():
-                    if not self.overwrite:
-                        raise OutputError(
-                            f"{gdir} holds an unfinished run with a different model, preprocessing, input or "
-                            "output format; rerun with --overwrite (clobber=True) to discard it, or choose another output")
-                    if self.rank == 0:
-                        shutil.rmtree(gdir)
-                    else:  # rank 0 discards the old work; never delete parts another rank may be writing
-                        self._await_manifest(manifest, hashlib.sha256(fp.encode()).hexdigest())
-            os.makedirs(gdir, exist_ok=True)
-            # orphans of a killed run; with several ranks another rank's temporaries may be live: they
-            # go when rank 0 publishes and removes the work folder
-            for name in os.listdir(gdir) if self.world == 1 else []:
-                if storage.is_tmp_name(name):
-                    os.remove(os.path.join(gdir, name))
-            if not os.path.exists(manifest):
-                with storage.atomic_local(manifest) as tmp, open(tmp, "w") as f:
-                    json.dump({"fingerprint": hashlib.sha256(fp.encode()).hexdigest(),
-                               "output": storage.redact(self.output_path(g)), "input": storage.redact(g.url),
-                               "created": time.strftime("%Y-%m-%dT%H:%M:%S")}, f, indent=1)
-            for name in os.listdir(gdir):
-                if name.endswith(".done.json") and os.path.exists(os.path.join(gdir, name[:-10] + ".arrow")):
-                    done.add((g.key, name[: -len(".done.json")]))
+    def _open_group(self, g: Group, fingerprint: str) -> set[tuple[str, str]]:
+        """Lock ``g``'s parts folder, check or write its manifest, clean orphans; its committed shards."""
+        grid = self._grid
+        done: set[tuple[str, str]] = set()
+        gdir = self.group_dir(g)
+        lock_path = rank_lock_name(gdir, self.rank)
+        lock = _lock(lock_path)
+        if lock is not None:
+            self._locks.append((lock_path, lock))
+        if self.world == 1:  # a job of several ranks holds <group>.rank<r>.lock files too
+            import glob
+
+            for other in glob.glob(glob.escape(gdir) + ".rank*.lock"):
+                if _held(other):
+                    self._unlock()
+                    raise OutputError(
+                        f"a multi-process nenya run is writing the same output (lock {other}); "
+                        "wait for it to finish or stop it, then rerun"
+                    )
+        manifest = os.path.join(gdir, "manifest.json")
+        fp = (
+            f"{fingerprint}|{g.fingerprint}|{type(self).__name__}|{self.schema_version}|{self._schema_tag()}"
+            f"|grid={grid}|append={self.append}"
+        )
+        if os.path.exists(manifest):
+            with open(manifest) as f:
+                old = json.load(f).get("fingerprint")
+            if old != hashlib.sha256(fp.encode()).hexdigest():
+                if not self.overwrite:
+                    raise OutputError(
+                        f"{gdir} holds an unfinished run with a different model, preprocessing, input or "
+                        "output format; rerun with --overwrite (clobber=True) to discard it, or choose another output"
+                    )
+                if self.rank == 0:
+                    shutil.rmtree(gdir)
+                else:  # rank 0 discards the old work; never delete parts another rank may be writing
+                    self._await_manifest(manifest, hashlib.sha256(fp.encode()).hexdigest())
+        os.makedirs(gdir, exist_ok=True)
+        # orphans of a killed run; with several ranks another rank's temporaries may be live: they
+        # go when rank 0 publishes and removes the work folder
+        for name in os.listdir(gdir) if self.world == 1 else []:
+            if storage.is_tmp_name(name):
+                os.remove(os.path.join(gdir, name))
+        if not os.path.exists(manifest):
+            with storage.atomic_local(manifest) as tmp, open(tmp, "w") as f:
+                json.dump(
+                    {
+                        "fingerprint": hashlib.sha256(fp.encode()).hexdigest(),
+                        "output": storage.redact(self.output_path(g)),
+                        "input": storage.redact(g.url),
+                        "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    },
+                    f,
+                    indent=1,
+                )
+        for name in os.listdir(gdir):
+            if name.endswith(".done.json") and os.path.exists(os.path.join(gdir, name[:-10] + ".arrow")):
+                done.add((g.key, name[: -len(".done.json")]))
         return done
 
     supports_tiles = True
 
     def _check_names(self, plan: Plan) -> None:
         if self.name is not None and len(plan.groups) > 1:
-            raise InputError(f"{len(plan.groups)} inputs cannot all be written to one file {self.name!r}; "
-                             "give an output folder")
+            raise InputError(
+                f"{len(plan.groups)} inputs cannot all be written to one file {self.name!r}; give an output folder"
+            )
         names = [self.output_name(g) for g in plan.groups]
         dup = {n for n in names if names.count(n) > 1}
         if dup:
-            raise InputError(f"several inputs would write the same output {sorted(dup)[0]!r}; give files with "
-                             "distinct names")
+            raise InputError(
+                f"several inputs would write the same output {sorted(dup)[0]!r}; give files with distinct names"
+            )
 
     def _schema_tag(self) -> str:
         return ""
@@ -327,8 +365,9 @@ class PartSink(Sink):
         items = self._buffers.pop(key, [])
         table = self._part_table(items)
         if table.num_rows != len(shard) * self._tiles:
-            raise AssertionError(f"shard {shard.key} of {group.url}: {table.num_rows} rows written, "
-                                 f"{len(shard) * self._tiles} planned")
+            raise AssertionError(
+                f"shard {shard.key} of {group.url}: {table.num_rows} rows written, {len(shard) * self._tiles} planned"
+            )
         gdir = self.group_dir(group)
         final = os.path.join(gdir, shard.key + ".arrow")
         with storage.disk_errors(final, dest=self.output_path(group)):
@@ -338,9 +377,16 @@ class PartSink(Sink):
                 faults.point("part.write")
             faults.point("part.renamed")
             status = table.column("status").to_pylist()[:: self._tiles]
-            marker = {"shard": shard.key, "partition": shard.partition, "start": shard.start, "stop": shard.stop,
-                      "items": len(shard), "ok": status.count("ok"), "skipped": len(status) - status.count("ok"),
-                      "seconds": round(time.perf_counter() - self._t0.pop(key, time.perf_counter()), 4)}
+            marker = {
+                "shard": shard.key,
+                "partition": shard.partition,
+                "start": shard.start,
+                "stop": shard.stop,
+                "items": len(shard),
+                "ok": status.count("ok"),
+                "skipped": len(status) - status.count("ok"),
+                "seconds": round(time.perf_counter() - self._t0.pop(key, time.perf_counter()), 4),
+            }
             with storage.atomic_local(os.path.join(gdir, shard.key + ".done.json")) as tmp, open(tmp, "w") as f:
                 json.dump(marker, f)
         faults.point("marker.written")
@@ -350,9 +396,16 @@ class PartSink(Sink):
         dim, t = self._dim, self._tiles
         if not items:
             vec = pa.FixedSizeListArray.from_arrays(pa.array([], pa.float32()), dim)
-            return pa.table({"id": pa.array([], pa.string()), "partition": pa.array([], pa.string()),
-                             "position": pa.array([], pa.int64()), "row": pa.array([], pa.int64()),
-                             "status": pa.array([], pa.string()), "vector": vec})
+            return pa.table(
+                {
+                    "id": pa.array([], pa.string()),
+                    "partition": pa.array([], pa.string()),
+                    "position": pa.array([], pa.int64()),
+                    "row": pa.array([], pa.int64()),
+                    "status": pa.array([], pa.string()),
+                    "vector": vec,
+                }
+            )
         ids, positions, rows, status, vecs = [], [], [], [], []
         meta: dict[str, list[np.ndarray]] = defaultdict(list)
         for batch, v in items:
@@ -404,15 +457,20 @@ class PartSink(Sink):
                         return
             except (OSError, ValueError):
                 continue
-        raise OutputError(f"rank {self.rank}: rank 0 did not replace the unfinished run in {os.path.dirname(manifest)} "
-                          f"within {timeout:.0f} s; is rank 0 running? Rerun the job")
+        raise OutputError(
+            f"rank {self.rank}: rank 0 did not replace the unfinished run in {os.path.dirname(manifest)} "
+            f"within {timeout:.0f} s; is rank 0 running? Rerun the job"
+        )
 
     def committed(self) -> set[tuple[str, str]]:
         """The (group, shard key) pairs of the plan whose done marker exists (any process's)."""
         assert self._plan is not None
         dirs = {g.key: self.group_dir(g) for g in self._plan.groups}
-        return {(s.group, s.key) for s in self._plan.shards
-                if os.path.exists(os.path.join(dirs[s.group], s.key + ".done.json"))}
+        return {
+            (s.group, s.key)
+            for s in self._plan.shards
+            if os.path.exists(os.path.join(dirs[s.group], s.key + ".done.json"))
+        }
 
     def parts(self, group: Group, partition: str) -> list[str]:
         """Committed part files of a partition, in plan order."""
@@ -496,8 +554,13 @@ class PartSink(Sink):
                     skipped += sum(s != "ok" for s in st)
                     w.writerows(zip(ids, st))
         if skipped:
-            log.warning("%d item(s) of %s skipped; see %s%s", skipped, storage.redact(group.url),
-                        self.output_name(group), STATUS_SUFFIX)
+            log.warning(
+                "%d item(s) of %s skipped; see %s%s",
+                skipped,
+                storage.redact(group.url),
+                self.output_name(group),
+                STATUS_SUFFIX,
+            )
         return local
 
     def abort(self) -> None:

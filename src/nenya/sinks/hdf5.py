@@ -43,7 +43,11 @@ class NenyaLatentsSink(PartSink):
                     for part in parts:
                         t = self.read_part(part)
                         for j, c in enumerate(cols):
-                            lengths = np.char.str_len(np.char.encode(t.column(f"meta:{c}").to_numpy(zero_copy_only=False).astype(str), "utf-8"))
+                            lengths = np.char.str_len(
+                                np.char.encode(
+                                    t.column(f"meta:{c}").to_numpy(zero_copy_only=False).astype(str), "utf-8"
+                                )
+                            )
                             widths[j] = max(widths[j], lengths.max(initial=1))
                     meta = f.create_dataset(f"{p}_metadata", (n, len(cols)), dtype=f"S{max(1, int(widths.max()))}")
                     meta.attrs["columns"] = [c.encode() for c in cols]
@@ -63,7 +67,9 @@ class NenyaLatentsSink(PartSink):
                     valid[a:b] = ok
                     rows[a:b] = t.column("row").to_numpy()
                     if cols:
-                        table = np.stack([t.column(f"meta:{c}").to_numpy(zero_copy_only=False).astype(str) for c in cols], axis=1)
+                        table = np.stack(
+                            [t.column(f"meta:{c}").to_numpy(zero_copy_only=False).astype(str) for c in cols], axis=1
+                        )
                         meta[a:b] = np.char.encode(table, "utf-8")
                 if not np.array_equal(rows, np.arange(n)):
                     f.create_dataset(f"{p}_rows", data=rows)

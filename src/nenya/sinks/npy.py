@@ -53,14 +53,14 @@ class NpySink(ParquetSink):
         at = 0
         if old_vectors is not None:
             for a in range(0, n_old, 65536):
-                out[a:a + 65536] = old_vectors[a:a + 65536]
+                out[a : a + 65536] = old_vectors[a : a + 65536]
             at = n_old
         for p in group.partitions:
             for part in self.parts(group, p):
                 t = self.read_part(part)
                 t = t.filter(pc.equal(t.column("status"), "ok"))
                 v = vectors_of(t)
-                out[at:at + len(v)] = v
+                out[at : at + len(v)] = v
                 at += len(v)
                 faults.point("assemble.write")
         out.flush()

@@ -51,8 +51,16 @@ class ParquetSink(PartSink):
     ext = ".parquet"
     with_vectors = True
 
-    def __init__(self, output, *, overwrite: bool = False, append: bool = False, name: str | None = None,
-                 suffix: str = "", dtype: str = "float32") -> None:
+    def __init__(
+        self,
+        output,
+        *,
+        overwrite: bool = False,
+        append: bool = False,
+        name: str | None = None,
+        suffix: str = "",
+        dtype: str = "float32",
+    ) -> None:
         super().__init__(output, overwrite=overwrite, append=append, name=name, suffix=suffix)
         if dtype not in ("float32", "float16"):
             raise ValueError(f"dtype must be 'float32' or 'float16', got {dtype!r}")
@@ -83,7 +91,8 @@ class ParquetSink(PartSink):
                 raise OutputError(
                     f"{storage.join(self.output, self.output_name(g))} holds vectors of another model or preprocessing "
                     f"({_describe(old)}; this run: {_describe(context.about)}): new rows would not be comparable. "
-                    "Rerun with --overwrite to replace it, or choose another output")
+                    "Rerun with --overwrite to replace it, or choose another output"
+                )
         return super().start(plan, context)
 
     def _with_about(self, schema: pa.Schema) -> pa.Schema:

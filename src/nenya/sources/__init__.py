@@ -62,10 +62,16 @@ class Source(ABC):
 #: Input kinds by name (``--source NAME:WHERE``; ``h5`` files are given as arguments).
 sources = Registry("source")
 sources.register("h5", "nenya.sources.hdf5:HDF5PreprocSource", help="Nenya preprocessed HDF5 files of cutouts")
-sources.register("images", "nenya.sources.images:ImageFolderSource",
-                 help="a folder of images (recursive; ids are relative paths): images:photos/")
-sources.register("table", "nenya.sources.table:PathTableSource",
-                 help="a CSV or Parquet table with a path column, an id column and metadata columns: table:images.csv")
+sources.register(
+    "images",
+    "nenya.sources.images:ImageFolderSource",
+    help="a folder of images (recursive; ids are relative paths): images:photos/",
+)
+sources.register(
+    "table",
+    "nenya.sources.table:PathTableSource",
+    help="a CSV or Parquet table with a path column, an id column and metadata columns: table:images.csv",
+)
 sources.register("arrays", "nenya.sources.arrays:ArraySource", help="in-memory arrays (Python API only)")
 
 __all__ = ["Source", "SourceOptions", "sources"]

@@ -43,15 +43,23 @@ class ArraySource(Source):
         InputError: a shape that is not a stack of images, or ids/metadata of the wrong length.
     """
 
-    def __init__(self, array: Any, *, ids: Sequence[str] | None = None,
-                 metadata: Mapping[str, Sequence[Any]] | None = None, name: str = "vectors",
-                 key: str = "arrays") -> None:
+    def __init__(
+        self,
+        array: Any,
+        *,
+        ids: Sequence[str] | None = None,
+        metadata: Mapping[str, Sequence[Any]] | None = None,
+        name: str = "vectors",
+        key: str = "arrays",
+    ) -> None:
         if hasattr(array, "detach") and hasattr(array, "numpy"):  # a torch tensor
             array = array.detach().cpu().numpy()
         shape = tuple(getattr(array, "shape", ()))
         if len(shape) not in (3, 4):
-            raise InputError(f"expected images as (N, H, W) or (N, C, H, W), got shape {shape}; "
-                             "add a leading batch axis for a single image")
+            raise InputError(
+                f"expected images as (N, H, W) or (N, C, H, W), got shape {shape}; "
+                "add a leading batch axis for a single image"
+            )
         self.shape = shape
         self.dtype = np.dtype(array.dtype)
         n = shape[0]
@@ -65,7 +73,9 @@ class ArraySource(Source):
         for name, col in (metadata or {}).items():
             values = np.asarray(col)
             if values.ndim != 1 or len(values) != n:
-                raise InputError(f"metadata column {name!r} has shape {values.shape}; expected ({n},), one value per image")
+                raise InputError(
+                    f"metadata column {name!r} has shape {values.shape}; expected ({n},), one value per image"
+                )
             if name in ("id", "vector"):
                 raise InputError(f"metadata column name {name!r} is reserved for the output; rename it")
             self.metadata[str(name)] = values
@@ -126,8 +136,15 @@ class ArraySource(Source):
                 data = data.astype(np.float32)
             positions = np.arange(a, b, dtype=np.int64)
             meta = {k: v[a:b] for k, v in self.metadata.items()}
-            yield Batch(shard, self.ids[a:b], positions, positions.copy(), np.ascontiguousarray(data), meta,
-                        last=b >= shard.stop)
+            yield Batch(
+                shard,
+                self.ids[a:b],
+                positions,
+                positions.copy(),
+                np.ascontiguousarray(data),
+                meta,
+                last=b >= shard.stop,
+            )
 
     def __getstate__(self) -> dict:
         state = self.__dict__.copy()

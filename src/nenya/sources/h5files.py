@@ -27,8 +27,10 @@ def open_checked(path: str) -> h5py.File:
         link = f.get(name, getlink=True)
         if isinstance(link, h5py.ExternalLink):
             f.close()
-            raise InputError(f"{path}: dataset {name!r} is an external link to {link.filename!r}; "
-                             "nenya refuses external links (they can read files outside the input)")
+            raise InputError(
+                f"{path}: dataset {name!r} is an external link to {link.filename!r}; "
+                "nenya refuses external links (they can read files outside the input)"
+            )
         obj = f.get(name)
         if isinstance(obj, h5py.Dataset) and obj.external:
             f.close()
@@ -37,8 +39,10 @@ def open_checked(path: str) -> h5py.File:
             others = sorted({s.file_name for s in obj.virtual_sources() if s.file_name != "."})
             if others:
                 f.close()
-                raise InputError(f"{path}: dataset {name!r} is a virtual dataset reading {others[0]!r}; nenya "
-                                 "refuses data from other files (rewrite it as a plain dataset)")
+                raise InputError(
+                    f"{path}: dataset {name!r} is a virtual dataset reading {others[0]!r}; nenya "
+                    "refuses data from other files (rewrite it as a plain dataset)"
+                )
     return f
 
 
@@ -69,8 +73,10 @@ class LazyH5:
 def check_images(path: str, name: str, dset: h5py.Dataset) -> None:
     """Cutout datasets are (N, H, W) or (N, C, H, W) of numbers; anything else is an error."""
     if dset.ndim not in (3, 4):
-        raise InputError(f"{path}: dataset {name!r} has shape {dset.shape}; expected (N, H, W) or (N, C, H, W) "
-                         "cutouts. nenya never reshapes rows silently: rewrite the file with that layout")
+        raise InputError(
+            f"{path}: dataset {name!r} has shape {dset.shape}; expected (N, H, W) or (N, C, H, W) "
+            "cutouts. nenya never reshapes rows silently: rewrite the file with that layout"
+        )
     if not np.issubdtype(dset.dtype, np.number) or np.issubdtype(dset.dtype, np.complexfloating):
         raise InputError(f"{path}: dataset {name!r} has dtype {dset.dtype}; expected float32 cutouts")
 

@@ -43,8 +43,14 @@ class HDF5PreprocSource(Source):
         limit: read at most this many items per partition (``debug`` runs).
     """
 
-    def __init__(self, files: Sequence[str], *, partitions: Sequence[str] = DEFAULT_PARTITIONS,
-                 allowed_indices: Sequence[int] | np.ndarray | None = None, limit: int | None = None) -> None:
+    def __init__(
+        self,
+        files: Sequence[str],
+        *,
+        partitions: Sequence[str] = DEFAULT_PARTITIONS,
+        allowed_indices: Sequence[int] | np.ndarray | None = None,
+        limit: int | None = None,
+    ) -> None:
         if isinstance(files, (str, os.PathLike)):
             files = [str(files)]
         self.files = [str(f) for f in files]
@@ -71,8 +77,10 @@ class HDF5PreprocSource(Source):
             with open_checked(lazy.path) as f:
                 present = [p for p in self.partitions if p in f]
                 if not present:
-                    raise InputError(f"{url} has none of the partitions {list(self.partitions)}; "
-                                     f"it holds {sorted(f.keys())}. Choose partitions with --partitions")
+                    raise InputError(
+                        f"{url} has none of the partitions {list(self.partitions)}; "
+                        f"it holds {sorted(f.keys())}. Choose partitions with --partitions"
+                    )
                 sizes, meta_cols, shapes = {}, {}, []
                 for p in present:
                     dset = f[p]
@@ -81,7 +89,9 @@ class HDF5PreprocSource(Source):
                     sel = None
                     if self.allowed is not None:
                         if len(self.allowed) and (self.allowed[0] < 0 or self.allowed[-1] >= n):
-                            raise InputError(f"allowed_indices go up to {int(self.allowed[-1])} but {url}:{p} has {n} rows")
+                            raise InputError(
+                                f"allowed_indices go up to {int(self.allowed[-1])} but {url}:{p} has {n} rows"
+                            )
                         sel = self.allowed
                         n = len(sel)
                     if self.limit is not None:

@@ -40,8 +40,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".tif", ".tiff", "
 def _image_kwargs(options: SourceOptions) -> dict:
     """The image sources' arguments from :class:`SourceOptions`."""
     if options.transform is None:
-        raise InputError("photo sources need the model's image preprocessing (a timm:, torchvision: or "
-                         "torchscript: model, or --size)")
+        raise InputError(
+            "photo sources need the model's image preprocessing (a timm:, torchvision: or "
+            "torchscript: model, or --size)"
+        )
     kwargs = {"transform": options.transform, "skip_ids": options.skip_ids, "jpeg_on_device": options.jpeg_on_device}
     if options.max_pixels is not None:
         kwargs["max_pixels"] = options.max_pixels
@@ -58,8 +60,9 @@ class _ImageItems(Source):
 
     key: str = ""
 
-    def __init__(self, *, transform: ImageTransform, skip_ids: Collection[str],
-                 max_pixels: int, jpeg_on_device: bool = False) -> None:
+    def __init__(
+        self, *, transform: ImageTransform, skip_ids: Collection[str], max_pixels: int, jpeg_on_device: bool = False
+    ) -> None:
         self.transform = check_transform(transform)
         self.jpeg_on_device = bool(jpeg_on_device)
         self.skip_ids = frozenset(skip_ids)
@@ -116,10 +119,8 @@ class _ImageItems(Source):
         n = len(self._ids)
         skipped = self._listed_total - n
         if skipped:
-            log.info("%s: %d of %d items already done (skip_ids); %d to read", self.key, skipped,
-                     self._listed_total, n)
-        group = Group(self.key, self.key, "vectors", {"": n}, {"": self.metadata_columns()},
-                      self.fingerprint())
+            log.info("%s: %d of %d items already done (skip_ids); %d to read", self.key, skipped, self._listed_total, n)
+        group = Group(self.key, self.key, "vectors", {"": n}, {"": self.metadata_columns()}, self.fingerprint())
         shards = [Shard(self.key, "", i, a, min(n, a + shard_size)) for i, a in enumerate(range(0, n, shard_size))]
         return Plan([group], shards)
 
@@ -166,10 +167,18 @@ class _ImageItems(Source):
                 for name in part.column_names:
                     metadata[name] = _to_numpy(part.column(name))
             positions = np.arange(a, b, dtype=np.int64)
-            yield Batch(shard, [str(i) for i in ids], positions, self._rows[a:b].copy(), data, metadata,
-                        last=b >= shard.stop, status=None if all(s == "ok" for s in status) else status,
-                        encoded=encoded or None,
-                        timing=ReadTiming(decode_seconds=time.perf_counter() - t_decode))
+            yield Batch(
+                shard,
+                [str(i) for i in ids],
+                positions,
+                self._rows[a:b].copy(),
+                data,
+                metadata,
+                last=b >= shard.stop,
+                status=None if all(s == "ok" for s in status) else status,
+                encoded=encoded or None,
+                timing=ReadTiming(decode_seconds=time.perf_counter() - t_decode),
+            )
 
     def _fetch(self, locations: Sequence[str | None]) -> list[bytes | SkipItem]:
         """The bytes of each location (a SkipItem in place of those that cannot be read)."""
@@ -189,8 +198,9 @@ class _ImageItems(Source):
                 fs, _ = storage.url_to_fs(locations[idx[0]])
                 paths = [fs._strip_protocol(locations[i]) for i in idx]
                 try:  # one concurrent request batch on async filesystems (s3, gcs, http)
-                    got = storage.retry(lambda fs=fs, paths=paths: fs.cat(paths, on_error="return"),
-                                        what=f"read of {len(paths)} files")
+                    got = storage.retry(
+                        lambda fs=fs, paths=paths: fs.cat(paths, on_error="return"), what=f"read of {len(paths)} files"
+                    )
                 except Exception:  # fall back to one file at a time, each with its own reason
                     got = {}
                     for p in paths:
@@ -203,7 +213,6 @@ class _ImageItems(Source):
                 for i, p in zip(idx, paths):
                     out[i] = _as_blob(got.get(p, SkipItem("missing file")))
         return out
-
 
 
 def _as_blob(value) -> bytes | SkipItem:
@@ -270,18 +279,25 @@ class ImageFolderSource(_ImageItems):
         InputError: (at ``plan``) the folder does not exist, is a file, or holds no images.
     """
 
-    def __init__(self, root: str | os.PathLike, *, transform: ImageTransform = ImageTransform(),
-                 extensions: Sequence[str] = IMAGE_EXTENSIONS, skip_ids: Collection[str] = (),
-                 max_pixels: int = DEFAULT_MAX_PIXELS, jpeg_on_device: bool = False) -> None:
-        super().__init__(transform=transform, skip_ids=skip_ids, max_pixels=max_pixels,
-                         jpeg_on_device=jpeg_on_device)
+    def __init__(
+        self,
+        root: str | os.PathLike,
+        *,
+        transform: ImageTransform = ImageTransform(),
+        extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        skip_ids: Collection[str] = (),
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        jpeg_on_device: bool = False,
+    ) -> None:
+        super().__init__(transform=transform, skip_ids=skip_ids, max_pixels=max_pixels, jpeg_on_device=jpeg_on_device)
         self.root = str(root)
         self.key = self.root
         self.extensions = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
         # local roots are made absolute here, in the planning process: paths in the output are
         # then usable from anywhere, and a relative root run from another folder is another input
-        self._base = self.root.rstrip("/") if storage.is_remote(self.root) else \
-            os.path.abspath(storage.local_path(self.root))
+        self._base = (
+            self.root.rstrip("/") if storage.is_remote(self.root) else os.path.abspath(storage.local_path(self.root))
+        )
 
     @classmethod
     def from_spec(cls, where: str, options: SourceOptions) -> ImageFolderSource:
@@ -293,8 +309,10 @@ class ImageFolderSource(_ImageItems):
         names.sort()
         self._listed_total = len(names)
         if not names:
-            raise InputError(f"no images found under {self.root} (looked for {', '.join(self.extensions)}, "
-                             "recursively); check the folder, or pass extensions=... for other suffixes")
+            raise InputError(
+                f"no images found under {self.root} (looked for {', '.join(self.extensions)}, "
+                "recursively); check the folder, or pass extensions=... for other suffixes"
+            )
         ids = pa.array(names, pa.string())
         rows = self._apply_skip(ids)
         self._rows = rows
@@ -320,8 +338,10 @@ class ImageFolderSource(_ImageItems):
         if not os.path.exists(root):
             raise InputError(f"image folder not found: {self.root}; check the path")
         if not os.path.isdir(root):
-            raise InputError(f"{self.root} is a file, not a folder; give the folder that holds the images "
-                             "(or a table of paths with table:FILE)")
+            raise InputError(
+                f"{self.root} is a file, not a folder; give the folder that holds the images "
+                "(or a table of paths with table:FILE)"
+            )
         out: list[str] = []
         seen_dirs: set[tuple[int, int]] = set()
         stack = [("", root)]
@@ -357,7 +377,11 @@ class ImageFolderSource(_ImageItems):
         found = storage.retry(lambda: fs.find(base), what=f"listing of {self.root}")
         out = []
         for p in found:
-            rel = p[len(base):].lstrip("/") if p.startswith(base) else p
-            if rel and all(not part.startswith(".") for part in rel.split("/")) and self._is_image(rel.rsplit("/", 1)[-1]):
+            rel = p[len(base) :].lstrip("/") if p.startswith(base) else p
+            if (
+                rel
+                and all(not part.startswith(".") for part in rel.split("/"))
+                and self._is_image(rel.rsplit("/", 1)[-1])
+            ):
                 out.append(rel)
         return out

@@ -29,8 +29,7 @@ CSV_SUFFIXES = (".csv", ".tsv", ".csv.gz", ".tsv.gz", ".csv.bz2", ".csv.zst")
 PARQUET_SUFFIXES = (".parquet", ".pq")
 
 
-def read_table(url: str, *, columns: Sequence[str] | None = None,
-               string_columns: Sequence[str] = ()) -> pa.Table:
+def read_table(url: str, *, columns: Sequence[str] | None = None, string_columns: Sequence[str] = ()) -> pa.Table:
     """Read a CSV (``.csv``, ``.tsv``, compressed too) or Parquet table, local or remote.
 
     ``string_columns`` are read as strings whatever they look like (ids such as ``007``).
@@ -52,17 +51,23 @@ def read_table(url: str, *, columns: Sequence[str] | None = None,
         delimiter = "\t" if ".tsv" in name else ","
         with fs.open(path, "rb", compression="infer") as f:
             head = f.read(1 << 16)
-        header = [h.strip().strip('"') for h in head.split(b"\n", 1)[0].decode("utf-8-sig").rstrip("\r").split(delimiter)]
+        header = [
+            h.strip().strip('"') for h in head.split(b"\n", 1)[0].decode("utf-8-sig").rstrip("\r").split(delimiter)
+        ]
         types = {c: pa.string() for c in string_columns if c in header}
-        convert = csv.ConvertOptions(column_types=types, strings_can_be_null=False,
-                                     include_columns=list(columns) if columns is not None else None)
+        convert = csv.ConvertOptions(
+            column_types=types,
+            strings_can_be_null=False,
+            include_columns=list(columns) if columns is not None else None,
+        )
         with fs.open(path, "rb", compression="infer") as f:
             try:
                 return csv.read_csv(f, parse_options=csv.ParseOptions(delimiter=delimiter), convert_options=convert)
             except pa.ArrowInvalid as e:
                 raise InputError(f"cannot read {url} as CSV: {e}; check the delimiter and quoting") from None
-    raise InputError(f"cannot tell the format of {url}: expected a name ending in "
-                     f"{', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES)}")
+    raise InputError(
+        f"cannot tell the format of {url}: expected a name ending in {', '.join(CSV_SUFFIXES + PARQUET_SUFFIXES)}"
+    )
 
 
 class PathTableSource(_ImageItems):
@@ -92,10 +97,18 @@ class PathTableSource(_ImageItems):
         InputError: (at ``plan``) a missing table or column, empty or duplicate ids.
     """
 
-    def __init__(self, table: str | os.PathLike, *, transform: ImageTransform = ImageTransform(),
-                 path_column: str = "path", id_column: str | None = None, columns: Sequence[str] | None = None,
-                 skip_ids: Collection[str] = (), max_pixels: int = DEFAULT_MAX_PIXELS,
-                 jpeg_on_device: bool = False) -> None:
+    def __init__(
+        self,
+        table: str | os.PathLike,
+        *,
+        transform: ImageTransform = ImageTransform(),
+        path_column: str = "path",
+        id_column: str | None = None,
+        columns: Sequence[str] | None = None,
+        skip_ids: Collection[str] = (),
+        max_pixels: int = DEFAULT_MAX_PIXELS,
+        jpeg_on_device: bool = False,
+    ) -> None:
         super().__init__(transform=transform, skip_ids=skip_ids, max_pixels=max_pixels, jpeg_on_device=jpeg_on_device)
         self.table = str(table)
         self.key = self.table
@@ -110,8 +123,13 @@ class PathTableSource(_ImageItems):
     @classmethod
     def from_spec(cls, where: str, options: SourceOptions) -> PathTableSource:
         """``table:FILE.csv|FILE.parquet`` (``nenya extract --source``)."""
-        return cls(where, path_column=options.path_column, id_column=options.id_column, columns=options.columns,
-                   **_image_kwargs(options))
+        return cls(
+            where,
+            path_column=options.path_column,
+            id_column=options.id_column,
+            columns=options.columns,
+            **_image_kwargs(options),
+        )
 
     def _list(self) -> None:
         key_cols = [self.path_column] + ([self.id_column] if self.id_column else [])
@@ -121,21 +139,26 @@ class PathTableSource(_ImageItems):
         except (KeyError, pa.ArrowInvalid) as e:  # a requested column is absent
             present = read_table(self.table).column_names if wanted is not None else []
             missing = [c for c in (wanted or []) if c not in present]
-            raise InputError(f"{self.table} has no column {missing[0] if missing else ''!r} "
-                             f"({e}); its columns are {present}") from None
+            raise InputError(
+                f"{self.table} has no column {missing[0] if missing else ''!r} ({e}); its columns are {present}"
+            ) from None
         present = t.column_names
         for what, col in (("path_column", self.path_column), ("id_column", self.id_column)):
             if col is not None and col not in present:
-                raise InputError(f"{self.table} has no {what} {col!r}; its columns are {present}. "
-                                 f"Name the right one with {what}=... (--{what.replace('_', '-')})")
+                raise InputError(
+                    f"{self.table} has no {what} {col!r}; its columns are {present}. "
+                    f"Name the right one with {what}=... (--{what.replace('_', '-')})"
+                )
         meta_cols = [c for c in (present if self.columns is None else self.columns) if c not in key_cols]
         for c in meta_cols:
             if c not in present:
                 raise InputError(f"{self.table} has no column {c!r} to carry; its columns are {present}")
         if "path" in meta_cols:
-            raise InputError(f"{self.table} has a column 'path' that is not the path column "
-                             f"({self.path_column!r}); the output's 'path' holds the image location. "
-                             "Use it as the path column, or leave it out with columns=[...]")
+            raise InputError(
+                f"{self.table} has a column 'path' that is not the path column "
+                f"({self.path_column!r}); the output's 'path' holds the image location. "
+                "Use it as the path column, or leave it out with columns=[...]"
+            )
         paths = _as_string(t.column(self.path_column))
         ids = paths if self.id_column is None else _as_string(t.column(self.id_column))
         self._check_ids(ids, paths)
@@ -154,16 +177,20 @@ class PathTableSource(_ImageItems):
         if pc.any(nulls).as_py():
             row = int(np.flatnonzero(nulls.to_numpy(zero_copy_only=False))[0])
             col = self.id_column or self.path_column
-            raise InputError(f"row {row} of {self.table} has an empty {col!r}; every row needs an id "
-                             "(fill it, drop the row, or name an id column with id_column=...)")
+            raise InputError(
+                f"row {row} of {self.table} has an empty {col!r}; every row needs an id "
+                "(fill it, drop the row, or name an id column with id_column=...)"
+            )
         if pc.count_distinct(ids).as_py() != len(ids):
             counts = pc.value_counts(ids)
             dup = counts.filter(pc.greater(counts.field("counts"), 1))
             example, times = dup[0]["values"].as_py(), dup[0]["counts"].as_py()
             col = self.id_column or self.path_column
-            raise InputError(f"{self.table}: {len(dup)} ids in column {col!r} are not unique, e.g. {example!r} "
-                             f"({times} rows); ids must be unique. Deduplicate the table or name a unique "
-                             "column with id_column=... (--id-column)")
+            raise InputError(
+                f"{self.table}: {len(dup)} ids in column {col!r} are not unique, e.g. {example!r} "
+                f"({times} rows); ids must be unique. Deduplicate the table or name a unique "
+                "column with id_column=... (--id-column)"
+            )
 
     def _resolve(self, p: str | None) -> str | None:
         if not p:
@@ -195,4 +222,3 @@ def _as_string(col: pa.ChunkedArray) -> pa.Array:
     if not pa.types.is_string(arr.type):
         arr = arr.cast(pa.string())
     return arr
-

@@ -45,6 +45,7 @@ class AugmentConfig:
     @classmethod
     def from_opt(cls, opt: Any) -> AugmentConfig:
         """From Nenya options; ``flip``, ``rotate`` and ``demean`` default to on (the production values)."""
+
         def get(key: str, default: Any) -> Any:
             value = getattr(opt, key, None)
             return default if value is None else value
@@ -59,19 +60,28 @@ class AugmentConfig:
             else:
                 crop = int(cj[0]) if len(cj) > 0 and cj[0] else None
                 jitter = int(cj[1]) if len(cj) > 1 else 0
-        return cls(flip=bool(get("flip", True)), rotate=bool(get("rotate", True)), crop=crop, jitter=jitter,
-                   gauss_noise=float(get("gauss_noise", 0.0) or 0.0), demean=bool(get("demean", True)),
-                   nchannels=int(get("nchannels", 3)))
+        return cls(
+            flip=bool(get("flip", True)),
+            rotate=bool(get("rotate", True)),
+            crop=crop,
+            jitter=jitter,
+            gauss_noise=float(get("gauss_noise", 0.0) or 0.0),
+            demean=bool(get("demean", True)),
+            nchannels=int(get("nchannels", 3)),
+        )
 
 
-def affine_params(batch: int, height: int, width: int, cfg: AugmentConfig, generator: torch.Generator | None = None
-                  ) -> torch.Tensor | None:
+def affine_params(
+    batch: int, height: int, width: int, cfg: AugmentConfig, generator: torch.Generator | None = None
+) -> torch.Tensor | None:
     """Random (B, 2, 3) ``affine_grid`` matrices of flips + rotation + jitter crop (None: identity)."""
     if not (cfg.flip or cfg.rotate or cfg.crop):
         return None
     if cfg.crop and cfg.crop > min(height, width):
-        raise ValueError(f"crop side {cfg.crop} is larger than the {height}x{width} images; "
-                         "set random_cropjitter to [crop, jitter] with crop <= the image size")
+        raise ValueError(
+            f"crop side {cfg.crop} is larger than the {height}x{width} images; "
+            "set random_cropjitter to [crop, jitter] with crop <= the image size"
+        )
     flips = torch.zeros(batch, 2, dtype=torch.bool)
     if cfg.flip:
         flips = torch.rand(batch, 2, generator=generator) < 0.5
@@ -84,8 +94,9 @@ def affine_params(batch: int, height: int, width: int, cfg: AugmentConfig, gener
     return compose_affine(flips, angles, shifts, height, width, cfg.crop)
 
 
-def compose_affine(flips: torch.Tensor, angles: torch.Tensor, shifts: torch.Tensor, height: int, width: int,
-                   crop: int | None) -> torch.Tensor:
+def compose_affine(
+    flips: torch.Tensor, angles: torch.Tensor, shifts: torch.Tensor, height: int, width: int, crop: int | None
+) -> torch.Tensor:
     """The (B, 2, 3) matrices for given flips (B, 2: left-right, up-down), angles (B, radians) and crop
     shifts (B, 2: columns, rows, in pixels).
 
@@ -120,8 +131,12 @@ def warp(x: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
-def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None,
-            noise_generator: torch.Generator | None = None) -> torch.Tensor:
+def augment(
+    x: torch.Tensor,
+    cfg: AugmentConfig,
+    generator: torch.Generator | None = None,
+    noise_generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """One independently augmented view of each image of a (B, C, H, W) batch.
 
     Random draws come from ``generator`` (a CPU generator) and, for the noise, ``noise_generator``
@@ -143,13 +158,19 @@ def augment(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | No
         x = x - x.mean(dim=(1, 2, 3), keepdim=True)
     if c != cfg.nchannels:
         if c != 1:
-            raise ValueError(f"images have {c} channels but nchannels is {cfg.nchannels}; "
-                             "set nchannels to the images' channel count (or 3 to repeat one-channel cutouts)")
+            raise ValueError(
+                f"images have {c} channels but nchannels is {cfg.nchannels}; "
+                "set nchannels to the images' channel count (or 3 to repeat one-channel cutouts)"
+            )
         x = x.expand(-1, cfg.nchannels, -1, -1)
     return x.contiguous()
 
 
-def two_views(x: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator | None = None,
-              noise_generator: torch.Generator | None = None) -> torch.Tensor:
+def two_views(
+    x: torch.Tensor,
+    cfg: AugmentConfig,
+    generator: torch.Generator | None = None,
+    noise_generator: torch.Generator | None = None,
+) -> torch.Tensor:
     """Two independent views of each image, stacked as (2B, nchannels, H, W): views 1 then views 2."""
     return torch.cat([augment(x, cfg, generator, noise_generator), augment(x, cfg, generator, noise_generator)])

@@ -104,7 +104,7 @@ def crop_box(cfg: AutoencoderConfig, height: int, width: int) -> list[int]:
     if cfg.crop is None:
         rows, cols = height - r0, width - c0
     elif cfg.crop == "pool":
-        unit = cfg.poolsize ** cfg.nlayers
+        unit = cfg.poolsize**cfg.nlayers
         rows, cols = (height - r0) // unit * unit, (width - c0) // unit * unit
     else:
         crop = [cfg.crop, cfg.crop] if isinstance(cfg.crop, int) else list(cfg.crop)
@@ -113,8 +113,9 @@ def crop_box(cfg: AutoencoderConfig, height: int, width: int) -> list[int]:
         rows = height - r0 if crop[0] is None else int(crop[0])
         cols = width - c0 if crop[1] is None else int(crop[1])
     if rows < 1 or cols < 1 or r0 + rows > height or c0 + cols > width:
-        raise InputError(f"the crop {rows}x{cols} at ({r0}, {c0}) does not fit {height}x{width} images; "
-                         "change crop / crop_offset")
+        raise InputError(
+            f"the crop {rows}x{cols} at ({r0}, {c0}) does not fit {height}x{width} images; change crop / crop_offset"
+        )
     return [r0, r0 + rows, c0, c0 + cols]
 
 
@@ -124,8 +125,9 @@ def logcosh(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (d + torch.nn.functional.softplus(-2.0 * d) - math.log(2.0)).mean()
 
 
-def _norm_stats(ds: ArrayDataset, box: list[int], demean: bool, *, sample: int = 1024, seed: int = 0
-                ) -> tuple[list[float], list[float]]:
+def _norm_stats(
+    ds: ArrayDataset, box: list[int], demean: bool, *, sample: int = 1024, seed: int = 0
+) -> tuple[list[float], list[float]]:
     """Per-channel mean and std of (a sample of) the cropped images, after uint8 scaling and demean."""
     n = len(ds)
     rng = np.random.default_rng(seed)
@@ -133,7 +135,7 @@ def _norm_stats(ds: ArrayDataset, box: list[int], demean: bool, *, sample: int =
     sums = None
     count = 0
     for start in range(0, len(idx), 256):
-        x = ds.__getitems__(idx[start:start + 256])
+        x = ds.__getitems__(idx[start : start + 256])
         x = x[0] if isinstance(x, tuple) else x
         x = crop_batch(x, box).double()
         if ds.dtype == np.uint8:
@@ -150,15 +152,25 @@ def _norm_stats(ds: ArrayDataset, box: list[int], demean: bool, *, sample: int =
     return [float(v) for v in mean], [float(v) for v in std]
 
 
-def _ae_opt(cfg: AutoencoderConfig, ds: ArrayDataset, box: list[int], mean: list[float] | None,
-            std: list[float] | None) -> Params:
+def _ae_opt(
+    cfg: AutoencoderConfig, ds: ArrayDataset, box: list[int], mean: list[float] | None, std: list[float] | None
+) -> Params:
     c = ds.image_shape[0]
     values = {k: v for k, v in dataclasses.asdict(cfg).items()}
-    values.update({
-        "model_type": "autoencoder", "input_shape": [c, box[1] - box[0], box[3] - box[2]],
-        "raw_shape": list(ds.image_shape), "crop_box": box, "mean": mean, "std": std,
-        "data_dtype": str(ds.dtype), "data_name": ds.name, "loss": "logcosh", "optimizer_name": "Adam",
-    })
+    values.update(
+        {
+            "model_type": "autoencoder",
+            "input_shape": [c, box[1] - box[0], box[3] - box[2]],
+            "raw_shape": list(ds.image_shape),
+            "crop_box": box,
+            "mean": mean,
+            "std": std,
+            "data_dtype": str(ds.dtype),
+            "data_name": ds.name,
+            "loss": "logcosh",
+            "optimizer_name": "Adam",
+        }
+    )
     return common.plain_params(values)
 
 
@@ -226,8 +238,9 @@ def _ae_data(cfg: AutoencoderConfig) -> tuple[ArrayDataset, list[int]]:
     return ds, crop_box(cfg, h, w)
 
 
-def _ae_options(cfg: AutoencoderConfig, ds: ArrayDataset, box: list[int], resume: str | os.PathLike | None
-                ) -> tuple[Params, dict[str, Any] | None]:
+def _ae_options(
+    cfg: AutoencoderConfig, ds: ArrayDataset, box: list[int], resume: str | os.PathLike | None
+) -> tuple[Params, dict[str, Any] | None]:
     """The run's options and the checkpoint resumed from (None for a new run).
 
     A resumed run keeps the checkpoint's architecture and normalisation and takes this run's step
@@ -247,16 +260,22 @@ def _ae_options(cfg: AutoencoderConfig, ds: ArrayDataset, box: list[int], resume
     return opt, ckpt
 
 
-def _ae_model(opt: Params, ckpt: dict[str, Any] | None, dev: torch.device, source: str
-              ) -> tuple[ConvAutoencoder, torch.optim.Optimizer, int]:
+def _ae_model(
+    opt: Params, ckpt: dict[str, Any] | None, dev: torch.device, source: str
+) -> tuple[ConvAutoencoder, torch.optim.Optimizer, int]:
     """The autoencoder of ``opt`` on ``dev``, its Adam optimiser and the step it starts from
     (the checkpoint's weights, loaded by :func:`fit_state`, and state when resuming)."""
     model = build_autoencoder(opt).to(dev)
     optimizer = torch.optim.Adam(model.parameters(), lr=float(opt.learning_rate))
     if ckpt is None:
         return model, optimizer, 0
-    fit_state(model, ckpt["model"], source=f"cannot resume: {source}", what="the autoencoder of its options",
-              advice="The checkpoint is damaged or was not written by `nenya train autoencoder`.")
+    fit_state(
+        model,
+        ckpt["model"],
+        source=f"cannot resume: {source}",
+        what="the autoencoder of its options",
+        advice="The checkpoint is damaged or was not written by `nenya train autoencoder`.",
+    )
     if ckpt.get("optimizer"):
         optimizer.load_state_dict(ckpt["optimizer"])
     step = int(ckpt.get("step") or 0)
@@ -264,8 +283,15 @@ def _ae_model(opt: Params, ckpt: dict[str, Any] | None, dev: torch.device, sourc
     return model, optimizer, step
 
 
-def _ae_start(cfg: AutoencoderConfig, *, resume: str | os.PathLike | None, auto_resume: bool, device: str,
-              precision: str, deadline: float | None) -> _AERun:
+def _ae_start(
+    cfg: AutoencoderConfig,
+    *,
+    resume: str | os.PathLike | None,
+    auto_resume: bool,
+    device: str,
+    precision: str,
+    deadline: float | None,
+) -> _AERun:
     """Everything before the first step: ranks and device, data, options, model, curve, opts.json."""
     ranks, dev = common.setup_distributed(device)
     writer = common.CheckpointWriter(cfg.output, enabled=ranks.is_main)
@@ -281,18 +307,39 @@ def _ae_start(cfg: AutoencoderConfig, *, resume: str | os.PathLike | None, auto_
     train_model: torch.nn.Module = model
     if ranks.distributed:
         train_model = torch.nn.parallel.DistributedDataParallel(
-            model, device_ids=[dev.index] if dev.type == "cuda" else None)
+            model, device_ids=[dev.index] if dev.type == "cuda" else None
+        )
     per_epoch = max(1, int(opt.num_steps) // max(1, int(opt.num_checkpoints)))
-    curve = common.LearningCurve.read(writer.local("learning_curve.csv"), up_to_epoch=step // per_epoch) \
-        if ckpt is not None else common.LearningCurve()
-    summary = AutoencoderSummary(last=writer.location("last.pth"), folder=cfg.output, steps=step,
-                                 epochs_done=step // per_epoch)
+    curve = (
+        common.LearningCurve.read(writer.local("learning_curve.csv"), up_to_epoch=step // per_epoch)
+        if ckpt is not None
+        else common.LearningCurve()
+    )
+    summary = AutoencoderSummary(
+        last=writer.location("last.pth"), folder=cfg.output, steps=step, epochs_done=step // per_epoch
+    )
     if ranks.is_main:
         with open(writer.local("opts.json"), "w") as f:
             json.dump(opt.dict, f, indent=2)
         writer.publish("opts.json")
-    return _AERun(opt, ranks, dev, writer, ds, model, train_model, helper, optimizer, amp_dtype, scaler, curve,
-                  summary, step, per_epoch, deadline)
+    return _AERun(
+        opt,
+        ranks,
+        dev,
+        writer,
+        ds,
+        model,
+        train_model,
+        helper,
+        optimizer,
+        amp_dtype,
+        scaler,
+        curve,
+        summary,
+        step,
+        per_epoch,
+        deadline,
+    )
 
 
 def _ae_loader(run: _AERun, cfg: AutoencoderConfig) -> tuple[DataLoader, int]:
@@ -305,19 +352,39 @@ def _ae_loader(run: _AERun, cfg: AutoencoderConfig) -> tuple[DataLoader, int]:
         gen.manual_seed(int(cfg.seed) * 1_000_003 + run.step + 7919 * ranks.rank)
     sampler = RandomSampler(ds, replacement=True, num_samples=max(1, remaining * bsz), generator=gen)
     workers = 0 if ds.in_memory else min(cfg.num_workers, max((os.cpu_count() or 1) - 1, 0))
-    loader = DataLoader(ds, batch_size=bsz, sampler=sampler, num_workers=workers, collate_fn=collate_batch,
-                        pin_memory=run.device.type == "cuda")
-    log.info("autoencoder %s -> %d numbers on %s: %d images %s, crop %s, %d steps of %d", run.opt.input_shape,
-             run.opt.num_dense, run.device, len(ds), list(ds.image_shape), run.opt.crop_box, remaining, bsz)
+    loader = DataLoader(
+        ds,
+        batch_size=bsz,
+        sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_batch,
+        pin_memory=run.device.type == "cuda",
+    )
+    log.info(
+        "autoencoder %s -> %d numbers on %s: %d images %s, crop %s, %d steps of %d",
+        run.opt.input_shape,
+        run.opt.num_dense,
+        run.device,
+        len(ds),
+        list(ds.image_shape),
+        run.opt.crop_box,
+        remaining,
+        bsz,
+    )
     return loader, remaining
 
 
 def _ae_save(run: _AERun, epoch: int) -> None:
     """Save the run as ``ckpt_epoch_<epoch>.pth`` and ``last.pth`` (and the learning curve)."""
     state = common.checkpoint_state(run.opt, run.model, run.optimizer, epoch, step=run.step)
-    run.summary.checkpoints += run.writer.save_all(state, [f"ckpt_epoch_{epoch}.pth", "last.pth"], run.curve,
-                                                   title="autoencoder (LogCosh)", steps_per_epoch=run.per_epoch,
-                                                   is_main=run.ranks.is_main)
+    run.summary.checkpoints += run.writer.save_all(
+        state,
+        [f"ckpt_epoch_{epoch}.pth", "last.pth"],
+        run.curve,
+        title="autoencoder (LogCosh)",
+        steps_per_epoch=run.per_epoch,
+        is_main=run.ranks.is_main,
+    )
 
 
 def _ae_step(run: _AERun, batch: Any) -> tuple[float, int]:
@@ -331,8 +398,9 @@ def _ae_step(run: _AERun, batch: Any) -> tuple[float, int]:
     run.step += 1
     value = float(loss.detach())
     if not math.isfinite(value):
-        raise NenyaError(f"the autoencoder loss became {value} at step {run.step}; lower learning_rate "
-                         "or check the data for NaNs")
+        raise NenyaError(
+            f"the autoencoder loss became {value} at step {run.step}; lower learning_rate or check the data for NaNs"
+        )
     return value, x.shape[0]
 
 
@@ -344,8 +412,14 @@ def _ae_record(run: _AERun, value: float, images: int, bar: Any, elapsed: float)
     run.epoch_losses.append(value)
     epoch = (step - 1) // run.per_epoch + 1
     if run.ranks.is_main:
-        run.curve.add("train_step", epoch, step, value, lr=run.optimizer.param_groups[0]["lr"],
-                      images_per_s=summary.images / max(elapsed, 1e-9))
+        run.curve.add(
+            "train_step",
+            epoch,
+            step,
+            value,
+            lr=run.optimizer.param_groups[0]["lr"],
+            images_per_s=summary.images / max(elapsed, 1e-9),
+        )
     bar.update(1)
     bar.set_postfix(loss=f"{value:.4g}", img_s=f"{summary.images / max(elapsed, 1e-9):.1f}")
     if step % run.per_epoch == 0 or step == run.num_steps:
@@ -361,8 +435,14 @@ def _ae_record(run: _AERun, value: float, images: int, bar: Any, elapsed: float)
 def _ae_loop(run: _AERun, loader: DataLoader, remaining: int, progress: bool) -> None:
     """Step through ``loader`` until ``num_steps`` or the deadline; closes the data."""
     run.model.train()
-    bar = tqdm(total=run.num_steps, initial=run.step, desc="autoencoder", unit="step",
-               disable=not (progress and run.ranks.is_main), dynamic_ncols=True)
+    bar = tqdm(
+        total=run.num_steps,
+        initial=run.step,
+        desc="autoencoder",
+        unit="step",
+        disable=not (progress and run.ranks.is_main),
+        dynamic_ncols=True,
+    )
     t0 = time.perf_counter()
     try:
         for batch in loader if remaining else []:
@@ -395,9 +475,16 @@ def _ae_finish(run: _AERun) -> None:
         summary.final_loss = summary.first_loss
 
 
-def train_autoencoder(cfg: AutoencoderConfig, *, resume: str | os.PathLike | None = None, auto_resume: bool = False,
-                      device: str = "auto", precision: str = "fp32", max_seconds: float | None = None,
-                      progress: bool = True) -> AutoencoderSummary:
+def train_autoencoder(
+    cfg: AutoencoderConfig,
+    *,
+    resume: str | os.PathLike | None = None,
+    auto_resume: bool = False,
+    device: str = "auto",
+    precision: str = "fp32",
+    max_seconds: float | None = None,
+    progress: bool = True,
+) -> AutoencoderSummary:
     """Train the autoencoder of ``cfg``; returns an :class:`AutoencoderSummary` (``.last`` is last.pth).
 
     Example:
@@ -409,8 +496,7 @@ def train_autoencoder(cfg: AutoencoderConfig, *, resume: str | os.PathLike | Non
     if not cfg.data:
         raise NenyaError("say which images to train on: --data file.h5[:partition], images.npy or a folder")
     deadline = time.monotonic() + max_seconds if max_seconds is not None else None
-    run = _ae_start(cfg, resume=resume, auto_resume=auto_resume, device=device, precision=precision,
-                    deadline=deadline)
+    run = _ae_start(cfg, resume=resume, auto_resume=auto_resume, device=device, precision=precision, deadline=deadline)
     loader, remaining = _ae_loader(run, cfg)
     _ae_loop(run, loader, remaining, progress)
     _ae_finish(run)
@@ -421,6 +507,7 @@ def train_autoencoder(cfg: AutoencoderConfig, *, resume: str | os.PathLike | Non
 @dataclass
 class OverfitRow:
     """One setting of the overfit search and how it did."""
+
     nlayers: int
     poolsize: int
     numfilters: int
@@ -435,6 +522,7 @@ class OverfitRow:
 @dataclass
 class OverfitResult:
     """The settings tried, the loss threshold, and the chosen (smallest fitting) setting."""
+
     rows: list[OverfitRow]
     threshold: float
     best: OverfitRow | None
@@ -445,15 +533,21 @@ class OverfitResult:
         lines = [head, "-" * len(head)]
         for r in self.rows:
             loss = f"{r.final_loss:11.5g}" if math.isfinite(r.final_loss) else f"{'-':>11s}"
-            lines.append(f"{'*' if r.chosen else ' '} {r.nlayers:7d} {r.poolsize:4d} {r.numfilters:7d} "
-                         f"{r.num_dense:5d} {r.params:9d} {loss}  {'yes' if r.reaches else 'no'}"
-                         + (f"  ({r.note})" if r.note else ""))
+            lines.append(
+                f"{'*' if r.chosen else ' '} {r.nlayers:7d} {r.poolsize:4d} {r.numfilters:7d} "
+                f"{r.num_dense:5d} {r.params:9d} {loss}  {'yes' if r.reaches else 'no'}"
+                + (f"  ({r.note})" if r.note else "")
+            )
         if self.best is None:
-            lines.append(f"no setting reached the threshold {self.threshold:g}: train longer (--num-steps) or widen the grid")
+            lines.append(
+                f"no setting reached the threshold {self.threshold:g}: train longer (--num-steps) or widen the grid"
+            )
         else:
             b = self.best
-            lines.append(f"smallest embedding reaching {self.threshold:g}: nlayers {b.nlayers}, poolsize {b.poolsize}, "
-                         f"numfilters {b.numfilters}, num_dense {b.num_dense} (loss {b.final_loss:.5g})")
+            lines.append(
+                f"smallest embedding reaching {self.threshold:g}: nlayers {b.nlayers}, poolsize {b.poolsize}, "
+                f"numfilters {b.numfilters}, num_dense {b.num_dense} (loss {b.final_loss:.5g})"
+            )
         return "\n".join(lines)
 
     def write_csv(self, path: str | os.PathLike) -> None:
@@ -488,8 +582,13 @@ def _overfit_one(row: OverfitRow, x: torch.Tensor, *, num_steps: int, learning_r
     """Fit a fresh autoencoder of ``row``'s architecture to ``x`` (one full batch); fill ``params``
     and ``final_loss`` (the LogCosh loss of ``x`` after training)."""
     torch.manual_seed(seed)
-    model = ConvAutoencoder(list(x.shape[1:]), nlayers=row.nlayers, poolsize=row.poolsize, numfilters=row.numfilters,
-                            num_dense=row.num_dense).to(x.device)
+    model = ConvAutoencoder(
+        list(x.shape[1:]),
+        nlayers=row.nlayers,
+        poolsize=row.poolsize,
+        numfilters=row.numfilters,
+        num_dense=row.num_dense,
+    ).to(x.device)
     row.params = sum(p.numel() for p in model.parameters())
     optim = torch.optim.Adam(model.parameters(), lr=learning_rate)
     model.train()
@@ -503,14 +602,27 @@ def _overfit_one(row: OverfitRow, x: torch.Tensor, *, num_steps: int, learning_r
         row.final_loss = float(logcosh(model(x), x))
 
 
-def overfit_search(data: str, *, partition: str = "train", n_images: int = 4,
-                   nlayers: list[int] | tuple[int, ...] = (2, 3, 4), poolsize: list[int] | tuple[int, ...] = (2, 4),
-                   numfilters: list[int] | tuple[int, ...] = (2, 4),
-                   num_dense: list[int] | tuple[int, ...] = (10, 50, 100), num_steps: int = 300,
-                   threshold: float = 0.01, learning_rate: float = 1e-3, crop: Any = None,
-                   crop_offset: tuple[int, int] = (0, 0), demean: bool = False, standardize: bool = True,
-                   seed: int = 0, device: str = "auto", progress: bool = True,
-                   output: str | os.PathLike | None = None) -> OverfitResult:
+def overfit_search(
+    data: str,
+    *,
+    partition: str = "train",
+    n_images: int = 4,
+    nlayers: list[int] | tuple[int, ...] = (2, 3, 4),
+    poolsize: list[int] | tuple[int, ...] = (2, 4),
+    numfilters: list[int] | tuple[int, ...] = (2, 4),
+    num_dense: list[int] | tuple[int, ...] = (10, 50, 100),
+    num_steps: int = 300,
+    threshold: float = 0.01,
+    learning_rate: float = 1e-3,
+    crop: Any = None,
+    crop_offset: tuple[int, int] = (0, 0),
+    demean: bool = False,
+    standardize: bool = True,
+    seed: int = 0,
+    device: str = "auto",
+    progress: bool = True,
+    output: str | os.PathLike | None = None,
+) -> OverfitResult:
     """Overfit a handful of images with each architecture of a grid; keep the smallest embedding that fits.
 
     Each setting trains a fresh autoencoder (seed ``seed``) on the first ``n_images`` images, as one
@@ -524,15 +636,25 @@ def overfit_search(data: str, *, partition: str = "train", n_images: int = 4,
     raw = ds.__getitems__(np.arange(n))
     raw = raw[0] if isinstance(raw, tuple) else raw
     ds.close()
-    grid = list(itertools.product(sorted(set(nlayers)), sorted(set(poolsize)), sorted(set(numfilters)),
-                                  sorted(set(num_dense))))
+    grid = list(
+        itertools.product(sorted(set(nlayers)), sorted(set(poolsize)), sorted(set(numfilters)), sorted(set(num_dense)))
+    )
     rows: list[OverfitRow] = []
     bar = tqdm(grid, desc="overfit search", unit="setting", disable=not progress, dynamic_ncols=True)
     for nl, ps, nf, nd in bar:
         row = OverfitRow(nl, ps, nf, nd)
         rows.append(row)
-        cfg = AutoencoderConfig(data=data, nlayers=nl, poolsize=ps, numfilters=nf, num_dense=nd, crop=crop,
-                                crop_offset=(int(crop_offset[0]), int(crop_offset[1])), demean=demean, standardize=standardize)
+        cfg = AutoencoderConfig(
+            data=data,
+            nlayers=nl,
+            poolsize=ps,
+            numfilters=nf,
+            num_dense=nd,
+            crop=crop,
+            crop_offset=(int(crop_offset[0]), int(crop_offset[1])),
+            demean=demean,
+            standardize=standardize,
+        )
         h, w = raw.shape[-2:]
         try:
             box = crop_box(cfg, h, w)
@@ -589,6 +711,7 @@ def read_input(spec: str) -> np.ndarray:
 @dataclass
 class Reconstruction:
     """What :func:`reconstruct` wrote: the .npy, the PNGs, the shape and the input kind."""
+
     npy: str
     pngs: list[str]
     shape: tuple[int, ...]
@@ -679,9 +802,16 @@ def _write_compare(path: str, enc: AutoencoderEncoder, images: np.ndarray, recon
     fig.savefig(path)
 
 
-def reconstruct(checkpoint: str | os.PathLike, input: str | np.ndarray, output: str | os.PathLike, *,
-                kind: str = "auto", device: str = "cpu", trust_checkpoint: bool = False,
-                cmap: str = "RdBu_r") -> Reconstruction:
+def reconstruct(
+    checkpoint: str | os.PathLike,
+    input: str | np.ndarray,
+    output: str | os.PathLike,
+    *,
+    kind: str = "auto",
+    device: str = "cpu",
+    trust_checkpoint: bool = False,
+    cmap: str = "RdBu_r",
+) -> Reconstruction:
     """Decode an embedding, or an image through its embedding, back into an image; save .npy and PNG.
 
     Args:

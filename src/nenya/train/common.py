@@ -25,9 +25,20 @@ from nenya.ranks import Ranks
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CURVE_FIELDS", "CheckpointWriter", "LearningCurve", "all_reduce_mean", "autocast",
-           "autocast_dtype", "checkpoint_state", "optimise", "plain", "plain_params", "seed_everything",
-           "setup_distributed"]
+__all__ = [
+    "CURVE_FIELDS",
+    "CheckpointWriter",
+    "LearningCurve",
+    "all_reduce_mean",
+    "autocast",
+    "autocast_dtype",
+    "checkpoint_state",
+    "optimise",
+    "plain",
+    "plain_params",
+    "seed_everything",
+    "setup_distributed",
+]
 
 CURVE_FIELDS = ("kind", "epoch", "step", "loss", "loss_avg", "lr", "images_per_s")
 
@@ -144,8 +155,16 @@ class CheckpointWriter:
             torch.save(state, tmp)
         return self.publish(name)
 
-    def save_all(self, state: dict[str, Any], names: list[str], curve: LearningCurve, *, title: str,
-                 steps_per_epoch: int | None, is_main: bool) -> list[str]:
+    def save_all(
+        self,
+        state: dict[str, Any],
+        names: list[str],
+        curve: LearningCurve,
+        *,
+        title: str,
+        steps_per_epoch: int | None,
+        is_main: bool,
+    ) -> list[str]:
         """Save ``state`` under each of ``names`` and (rank 0) the learning curve as CSV and PNG;
         return the locations of the epoch checkpoints (every name but ``last.pth``)."""
         saved = []
@@ -169,11 +188,16 @@ class CheckpointWriter:
         return self.location(name)
 
 
-def checkpoint_state(opt: Params, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, epoch: int,
-                     **extra: Any) -> dict[str, Any]:
+def checkpoint_state(
+    opt: Params, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None, epoch: int, **extra: Any
+) -> dict[str, Any]:
     """Nenya's checkpoint dict: ``opt`` (Params), ``model`` (state dict), ``optimizer``, ``epoch`` (+ extras)."""
-    state = {"opt": plain_params(opt), "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-             "optimizer": optimizer.state_dict() if optimizer is not None else None, "epoch": int(epoch)}
+    state = {
+        "opt": plain_params(opt),
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "epoch": int(epoch),
+    }
     state.update(extra)
     return state
 
@@ -189,13 +213,29 @@ class LearningCurve:
     def __init__(self) -> None:
         self.rows: list[dict[str, Any]] = []
 
-    def add(self, kind: str, epoch: int, step: int, loss: float, *, loss_avg: float | None = None,
-            lr: float | None = None, images_per_s: float | None = None) -> None:
+    def add(
+        self,
+        kind: str,
+        epoch: int,
+        step: int,
+        loss: float,
+        *,
+        loss_avg: float | None = None,
+        lr: float | None = None,
+        images_per_s: float | None = None,
+    ) -> None:
         """Add a row (``kind``: train_step, train_epoch, valid_step or valid_epoch)."""
-        self.rows.append({"kind": kind, "epoch": int(epoch), "step": int(step), "loss": float(loss),
-                          "loss_avg": "" if loss_avg is None else float(loss_avg),
-                          "lr": "" if lr is None else float(lr),
-                          "images_per_s": "" if images_per_s is None else round(float(images_per_s), 2)})
+        self.rows.append(
+            {
+                "kind": kind,
+                "epoch": int(epoch),
+                "step": int(step),
+                "loss": float(loss),
+                "loss_avg": "" if loss_avg is None else float(loss_avg),
+                "lr": "" if lr is None else float(lr),
+                "images_per_s": "" if images_per_s is None else round(float(images_per_s), 2),
+            }
+        )
 
     def epochs(self, kind: str) -> list[tuple[int, float]]:
         """``(epoch, loss)`` of every row of ``kind``."""
@@ -211,10 +251,18 @@ class LearningCurve:
             for r in csv.DictReader(f):
                 if up_to_epoch is not None and int(r["epoch"]) > up_to_epoch:
                     continue
-                curve.rows.append({"kind": r["kind"], "epoch": int(r["epoch"]), "step": int(r["step"]),
-                                   "loss": float(r["loss"]),
-                                   **{k: (float(r[k]) if r.get(k) not in (None, "") else "")
-                                      for k in ("loss_avg", "lr", "images_per_s")}})
+                curve.rows.append(
+                    {
+                        "kind": r["kind"],
+                        "epoch": int(r["epoch"]),
+                        "step": int(r["step"]),
+                        "loss": float(r["loss"]),
+                        **{
+                            k: (float(r[k]) if r.get(k) not in (None, "") else "")
+                            for k in ("loss_avg", "lr", "images_per_s")
+                        },
+                    }
+                )
         return curve
 
     def write_csv(self, path: str) -> None:
@@ -239,8 +287,10 @@ class LearningCurve:
             spe = steps_per_epoch or max(1, math.ceil(len(steps) / max(1, max(r["epoch"] for r in steps))))
             x = [r["step"] / spe for r in steps]
             ax.plot(x, [r["loss"] for r in steps], color="tab:blue", alpha=0.3, lw=0.8, label="train (step)")
-        for kind, color, label in (("train_epoch", "tab:blue", "train (epoch mean)"),
-                                    ("valid_epoch", "tab:orange", "valid (epoch mean)")):
+        for kind, color, label in (
+            ("train_epoch", "tab:blue", "train (epoch mean)"),
+            ("valid_epoch", "tab:orange", "valid (epoch mean)"),
+        ):
             pts = self.epochs(kind)
             if pts:
                 ax.plot([e for e, _ in pts], [v for _, v in pts], "o-", color=color, label=label)

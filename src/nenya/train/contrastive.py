@@ -43,11 +43,30 @@ log = logging.getLogger(__name__)
 
 #: Option defaults filled in when an opts file leaves a key out (None values count as missing).
 DEFAULTS: dict[str, Any] = {
-    "ssl_method": "SimCLR", "ssl_model": "resnet18", "feat_dim": 128, "temp": 0.07, "learning_rate": 0.05,
-    "lr_decay_rate": 0.1, "weight_decay": 1e-4, "momentum": 0.9, "epochs": 1, "batch_size_train": 64,
-    "trial": 0, "cosine": False, "warm": False, "train_key": "train", "valid_key": "valid", "print_freq": 10,
-    "save_freq": 1, "valid_freq": 1, "num_workers": 0, "flip": True, "rotate": True, "demean": True,
-    "gauss_noise": 0.0, "seed": 0,
+    "ssl_method": "SimCLR",
+    "ssl_model": "resnet18",
+    "feat_dim": 128,
+    "temp": 0.07,
+    "learning_rate": 0.05,
+    "lr_decay_rate": 0.1,
+    "weight_decay": 1e-4,
+    "momentum": 0.9,
+    "epochs": 1,
+    "batch_size_train": 64,
+    "trial": 0,
+    "cosine": False,
+    "warm": False,
+    "train_key": "train",
+    "valid_key": "valid",
+    "print_freq": 10,
+    "save_freq": 1,
+    "valid_freq": 1,
+    "num_workers": 0,
+    "flip": True,
+    "rotate": True,
+    "demean": True,
+    "gauss_noise": 0.0,
+    "seed": 0,
 }
 
 #: Batches per epoch (train, valid) and epochs of a ``debug`` run.
@@ -77,9 +96,12 @@ class TrainSummary:
 
     def line(self) -> str:
         """One line for the CLI: epochs, steps, speed, losses."""
-        parts = [f"epochs {self.start_epoch}-{self.epochs_done}" if self.epochs_done >= self.start_epoch
-                 else "no epoch run", f"{self.steps} steps", f"{self.images} images in {self.seconds:.1f} s",
-                 f"{self.images_per_s:.1f} images/s"]
+        parts = [
+            f"epochs {self.start_epoch}-{self.epochs_done}" if self.epochs_done >= self.start_epoch else "no epoch run",
+            f"{self.steps} steps",
+            f"{self.images} images in {self.seconds:.1f} s",
+            f"{self.images_per_s:.1f} images/s",
+        ]
         if self.train_loss is not None:
             parts.append(f"train loss {self.train_loss:.4f}")
         if self.valid_loss is not None:
@@ -110,8 +132,10 @@ def prepare_opt(opt: Params | str | os.PathLike | dict[str, Any]) -> Params:
     if p.ssl_method not in ("SimCLR", "SupCon"):
         raise NenyaError(f"unknown ssl_method {p.ssl_method!r}; expected SimCLR or SupCon")
     if p.ssl_method == "SupCon" and not getattr(p, "label_column", None):
-        raise NenyaError("ssl_method SupCon needs labels: set label_column to a column of <partition>_metadata "
-                         "(or an integer dataset in the file), or use SimCLR")
+        raise NenyaError(
+            "ssl_method SupCon needs labels: set label_column to a column of <partition>_metadata "
+            "(or an integer dataset in the file), or use SimCLR"
+        )
     return p
 
 
@@ -159,8 +183,12 @@ def set_model(opt: Params, cuda_use: bool = True) -> tuple[SupConResNet, SupConL
 
 def set_optimizer(opt: Params, model: torch.nn.Module) -> torch.optim.SGD:
     """SGD with momentum and weight decay (``learning_rate``, ``momentum``, ``weight_decay``)."""
-    return torch.optim.SGD(model.parameters(), lr=float(opt.learning_rate), momentum=float(opt.momentum),
-                           weight_decay=float(opt.weight_decay))
+    return torch.optim.SGD(
+        model.parameters(),
+        lr=float(opt.learning_rate),
+        momentum=float(opt.momentum),
+        weight_decay=float(opt.weight_decay),
+    )
 
 
 def epoch_learning_rate(opt: Params, epoch: int) -> float:
@@ -169,10 +197,10 @@ def epoch_learning_rate(opt: Params, epoch: int) -> float:
     lr = float(opt.learning_rate)
     rate = float(opt.lr_decay_rate)
     if opt.get("cosine"):
-        eta_min = lr * rate ** 3
+        eta_min = lr * rate**3
         return eta_min + (lr - eta_min) * (1 + math.cos(math.pi * epoch / int(opt.epochs))) / 2
     steps = int(np.sum(epoch > np.asarray(parse_decay_epochs(opt.lr_decay_epochs), dtype=float)))
-    return lr * rate ** steps if steps > 0 else lr
+    return lr * rate**steps if steps > 0 else lr
 
 
 def adjust_learning_rate(opt: Params, optimizer: torch.optim.Optimizer, epoch: int) -> float:
@@ -183,8 +211,9 @@ def adjust_learning_rate(opt: Params, optimizer: torch.optim.Optimizer, epoch: i
     return lr
 
 
-def warmup_learning_rate(opt: Params, epoch: int, batch_id: int, total_batches: int,
-                         optimizer: torch.optim.Optimizer) -> None:
+def warmup_learning_rate(
+    opt: Params, epoch: int, batch_id: int, total_batches: int, optimizer: torch.optim.Optimizer
+) -> None:
     """Linear warm-up from ``warmup_from`` to ``warmup_to`` over the first ``warm_epochs`` epochs."""
     warm_epochs = int(getattr(opt, "warm_epochs", 0) or 0)
     if opt.get("warm") and epoch <= warm_epochs:
@@ -242,13 +271,21 @@ class EpochSetup:
     desc: str = "train"
 
 
-def _views_and_labels(batch: Any, aug: AugmentConfig | None, device: torch.device,
-                      gen: torch.Generator | None, noise_gen: torch.Generator | None
-                      ) -> tuple[torch.Tensor, torch.Tensor | None, int]:
+def _views_and_labels(
+    batch: Any,
+    aug: AugmentConfig | None,
+    device: torch.device,
+    gen: torch.Generator | None,
+    noise_gen: torch.Generator | None,
+) -> tuple[torch.Tensor, torch.Tensor | None, int]:
     """(2B views, labels or None, B) from a raw batch, (batch, labels), or Nenya's [view1, view2]."""
     labels = None
-    if isinstance(batch, (list, tuple)) and len(batch) == 2 and torch.is_tensor(batch[1]) and \
-            batch[1].shape == batch[0].shape:  # two views made by the loader (nenya_loader)
+    if (
+        isinstance(batch, (list, tuple))
+        and len(batch) == 2
+        and torch.is_tensor(batch[1])
+        and batch[1].shape == batch[0].shape
+    ):  # two views made by the loader (nenya_loader)
         views = torch.cat([batch[0], batch[1]]).to(device, non_blocking=True).float()
         return views, None, batch[0].shape[0]
     if isinstance(batch, (list, tuple)):
@@ -259,8 +296,17 @@ def _views_and_labels(batch: Any, aug: AugmentConfig | None, device: torch.devic
     return two_views(x, aug, gen, noise_gen), labels, x.shape[0]
 
 
-def _step(batch: Any, idx: int, total: int, model: torch.nn.Module, criterion: torch.nn.Module,
-          optimizer: torch.optim.Optimizer | None, epoch: int, opt: Params, setup: EpochSetup) -> tuple[float, int]:
+def _step(
+    batch: Any,
+    idx: int,
+    total: int,
+    model: torch.nn.Module,
+    criterion: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    epoch: int,
+    opt: Params,
+    setup: EpochSetup,
+) -> tuple[float, int]:
     """One batch: the contrastive loss of two views per image, and an SGD step when training.
 
     Returns:
@@ -281,22 +327,31 @@ def _step(batch: Any, idx: int, total: int, model: torch.nn.Module, criterion: t
         common.optimise(loss, optimizer, setup.scaler)
     value = float(loss.detach())
     if not math.isfinite(value):
-        raise NenyaError(f"the {setup.desc} loss became {value} at epoch {epoch}, batch {idx}; lower "
-                         "learning_rate, or use fp32 / bf16 instead of fp16")
+        raise NenyaError(
+            f"the {setup.desc} loss became {value} at epoch {epoch}, batch {idx}; lower "
+            "learning_rate, or use fp32 / bf16 instead of fp16"
+        )
     return value, bsz
 
 
 class _EpochMeter:
     """The running loss of one pass, reported to its result, the learning curve, the bar and the log."""
 
-    def __init__(self, setup: EpochSetup, epoch: int, total: int, optimizer: torch.optim.Optimizer | None,
-                 print_freq: int) -> None:
+    def __init__(
+        self, setup: EpochSetup, epoch: int, total: int, optimizer: torch.optim.Optimizer | None, print_freq: int
+    ) -> None:
         self.setup, self.epoch, self.total, self.optimizer, self.print_freq = setup, epoch, total, optimizer, print_freq
         self.result = EpochResult()
         self.loss_sum, self.seen = 0.0, 0
         self.t0 = time.perf_counter()
-        self.bar = tqdm(total=total, desc=setup.desc, unit="batch", disable=not setup.progress, leave=setup.update,
-                        dynamic_ncols=True)
+        self.bar = tqdm(
+            total=total,
+            desc=setup.desc,
+            unit="batch",
+            disable=not setup.progress,
+            leave=setup.update,
+            dynamic_ncols=True,
+        )
 
     def add(self, idx: int, value: float, bsz: int) -> None:
         """Count batch ``idx`` (loss ``value`` over ``bsz`` images)."""
@@ -309,15 +364,29 @@ class _EpochMeter:
         elapsed = time.perf_counter() - self.t0
         if s.curve is not None:
             lr = self.optimizer.param_groups[0]["lr"] if (s.update and self.optimizer is not None) else None
-            s.curve.add("train_step" if s.update else "valid_step", self.epoch,
-                        s.global_step + idx + 1 if s.update else idx, value, loss_avg=avg, lr=lr,
-                        images_per_s=self.seen / elapsed if elapsed > 0 else None)
+            s.curve.add(
+                "train_step" if s.update else "valid_step",
+                self.epoch,
+                s.global_step + idx + 1 if s.update else idx,
+                value,
+                loss_avg=avg,
+                lr=lr,
+                images_per_s=self.seen / elapsed if elapsed > 0 else None,
+            )
         rate = self.seen / max(elapsed, 1e-9)
         self.bar.update(1)
         self.bar.set_postfix(loss=f"{value:.3f}", avg=f"{avg:.3f}", img_s=f"{rate:.1f}")
         if self.print_freq and (idx + 1) % self.print_freq == 0:
-            log.info("%s: [%d][%d/%d] loss %.4f (%.4f) %.1f images/s", s.desc, self.epoch, idx + 1, self.total,
-                     value, avg, rate)
+            log.info(
+                "%s: [%d][%d/%d] loss %.4f (%.4f) %.1f images/s",
+                s.desc,
+                self.epoch,
+                idx + 1,
+                self.total,
+                value,
+                avg,
+                rate,
+            )
 
     def close(self) -> None:
         """Close the progress bar."""
@@ -331,8 +400,15 @@ class _EpochMeter:
         return res
 
 
-def run_epoch(loader: Any, model: torch.nn.Module, criterion: torch.nn.Module,
-              optimizer: torch.optim.Optimizer | None, epoch: int, opt: Params, setup: EpochSetup) -> EpochResult:
+def run_epoch(
+    loader: Any,
+    model: torch.nn.Module,
+    criterion: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    epoch: int,
+    opt: Params,
+    setup: EpochSetup,
+) -> EpochResult:
     """One pass over ``loader``: SimCLR/SupCon loss of two views per image, SGD steps when ``setup.update``.
 
     Stops early (``stopped=True``) at ``setup.deadline`` (a ``time.monotonic()`` value) or after
@@ -361,12 +437,22 @@ def run_epoch(loader: Any, model: torch.nn.Module, criterion: torch.nn.Module,
 
 
 # --------------------------------------------------------------------------- data
-def _loader(ds: ArrayDataset, batch_size: int, *, shuffle: bool, epoch: int, seed: int, ranks: Ranks,
-            num_workers: int, device: torch.device) -> DataLoader:
+def _loader(
+    ds: ArrayDataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    epoch: int,
+    seed: int,
+    ranks: Ranks,
+    num_workers: int,
+    device: torch.device,
+) -> DataLoader:
     sampler: Any
     if ranks.distributed:
-        sampler = torch.utils.data.distributed.DistributedSampler(ds, num_replicas=ranks.world, rank=ranks.rank,
-                                                                  shuffle=shuffle, seed=seed, drop_last=shuffle)
+        sampler = torch.utils.data.distributed.DistributedSampler(
+            ds, num_replicas=ranks.world, rank=ranks.rank, shuffle=shuffle, seed=seed, drop_last=shuffle
+        )
         sampler.set_epoch(epoch)
     elif shuffle:
         sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
@@ -374,9 +460,16 @@ def _loader(ds: ArrayDataset, batch_size: int, *, shuffle: bool, epoch: int, see
         sampler = SequentialSampler(ds)
     workers = 0 if ds.in_memory else min(int(num_workers), max((os.cpu_count() or 1) - 1, 0))
     drop_last = shuffle and len(ds) // max(ranks.world, 1) >= 2 * batch_size
-    return DataLoader(ds, batch_size=batch_size, sampler=sampler, drop_last=drop_last, num_workers=workers,
-                      collate_fn=collate_batch, pin_memory=device.type == "cuda",
-                      persistent_workers=False)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=workers,
+        collate_fn=collate_batch,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
 
 
 def _per_rank(batch_size: Any, ranks: Ranks) -> int:
@@ -394,12 +487,13 @@ def _open_partitions(opt: Params) -> tuple[ArrayDataset, ArrayDataset | None]:
     train_key, valid_key = opt.train_key, opt.valid_key
     if train_key not in keys:
         if valid_key in keys:
-            log.warning("%s has no %r partition: training on %r (and validating on it too)", path, train_key,
-                        valid_key)
+            log.warning("%s has no %r partition: training on %r (and validating on it too)", path, train_key, valid_key)
             train_key = valid_key
         else:
-            raise InputError(f"{path} has neither {train_key!r} nor {valid_key!r}; it holds {keys}. Set train_key "
-                             "and valid_key in the opts")
+            raise InputError(
+                f"{path} has neither {train_key!r} nor {valid_key!r}; it holds {keys}. Set train_key "
+                "and valid_key in the opts"
+            )
     train_ds = open_dataset(local, train_key, in_memory=in_memory)
     valid_ds = open_dataset(local, valid_key, in_memory=in_memory) if valid_key in keys else None
     if valid_ds is None:
@@ -462,8 +556,14 @@ class _Run:
     steps_per_epoch: int | None = None
 
 
-def _limits(opt: Params, t_start: float, max_seconds: float | None, debug: bool, max_train_batches: int | None,
-            max_valid_batches: int | None) -> _Limits:
+def _limits(
+    opt: Params,
+    t_start: float,
+    max_seconds: float | None,
+    debug: bool,
+    max_train_batches: int | None,
+    max_valid_batches: int | None,
+) -> _Limits:
     """The run's limits; ``debug`` also cuts ``opt.epochs`` (and says so)."""
     # the time limit covers everything: training stops at 85% of it to leave time for validation
     deadline = t_start + max_seconds if max_seconds is not None else None
@@ -472,13 +572,18 @@ def _limits(opt: Params, t_start: float, max_seconds: float | None, debug: bool,
         max_train_batches = min(max_train_batches or DEBUG_LIMITS[0], DEBUG_LIMITS[0])
         max_valid_batches = min(max_valid_batches or DEBUG_LIMITS[1], DEBUG_LIMITS[1])
         opt.epochs = min(int(opt.epochs), DEBUG_LIMITS[2])
-        log.warning("debug=True: %d epochs of at most %d batches (valid %d), written to a _debug folder",
-                    opt.epochs, max_train_batches, max_valid_batches)
+        log.warning(
+            "debug=True: %d epochs of at most %d batches (valid %d), written to a _debug folder",
+            opt.epochs,
+            max_train_batches,
+            max_valid_batches,
+        )
     return _Limits(deadline, train_deadline, max_train_batches, max_valid_batches)
 
 
-def _model_and_optimiser(opt: Params, dev: torch.device
-                         ) -> tuple[torch.nn.Module, torch.nn.Module, torch.optim.Optimizer]:
+def _model_and_optimiser(
+    opt: Params, dev: torch.device
+) -> tuple[torch.nn.Module, torch.nn.Module, torch.optim.Optimizer]:
     """The model and loss of the opts on ``dev``, and their SGD optimiser."""
     model, criterion = set_model(opt, cuda_use=False)
     model.to(dev)
@@ -489,13 +594,17 @@ def _model_and_optimiser(opt: Params, dev: torch.device
     return model, criterion, set_optimizer(opt, model)
 
 
-def _load_resume(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any
-                 ) -> tuple[int, int]:
+def _load_resume(path: str, model: torch.nn.Module, optimizer: torch.optim.Optimizer, scaler: Any) -> tuple[int, int]:
     """Load a checkpoint's model (strictly, by :func:`fit_state`), optimiser and scaler state;
     returns ``(epochs done, optimiser steps done)``."""
     ckpt = load_checkpoint(path)
-    fit_state(model, ckpt["model"], source=f"cannot resume: {path}", what="the model of the opts",
-              advice="Check ssl_model, feat_dim and nchannels.")
+    fit_state(
+        model,
+        ckpt["model"],
+        source=f"cannot resume: {path}",
+        what="the model of the opts",
+        advice="Check ssl_model, feat_dim and nchannels.",
+    )
     if ckpt.get("optimizer"):
         optimizer.load_state_dict(ckpt["optimizer"])
     else:
@@ -506,14 +615,17 @@ def _load_resume(path: str, model: torch.nn.Module, optimizer: torch.optim.Optim
     return epoch, int(ckpt.get("step") or 0)
 
 
-def _distributed(model: torch.nn.Module, opt: Params, ranks: Ranks, dev: torch.device
-                 ) -> tuple[torch.nn.Module, torch.nn.Module]:
+def _distributed(
+    model: torch.nn.Module, opt: Params, ranks: Ranks, dev: torch.device
+) -> tuple[torch.nn.Module, torch.nn.Module]:
     """``(model, the module to train)``: DDP (with SyncBatchNorm when ``syncBN``) over several ranks."""
     if not ranks.distributed:
         return model, model
     if opt.get("syncBN") and dev.type == "cuda":
         model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
-    return model, torch.nn.parallel.DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None)
+    return model, torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=[dev.index] if dev.type == "cuda" else None
+    )
 
 
 def _write_opts(opt: Params, writer: common.CheckpointWriter, ranks: Ranks) -> None:
@@ -525,8 +637,18 @@ def _write_opts(opt: Params, writer: common.CheckpointWriter, ranks: Ranks) -> N
         writer.publish("opts.json")
 
 
-def _start(opt: Params, limits: _Limits, *, output: str | os.PathLike | None, device: str | None, precision: str,
-           debug: bool, resume: str | os.PathLike | None, auto_resume: bool, progress: bool) -> _Run:
+def _start(
+    opt: Params,
+    limits: _Limits,
+    *,
+    output: str | os.PathLike | None,
+    device: str | None,
+    precision: str,
+    debug: bool,
+    resume: str | os.PathLike | None,
+    auto_resume: bool,
+    progress: bool,
+) -> _Run:
     """Everything before the first epoch: ranks and device, model, resume point, data, opts.json."""
     ranks, dev = common.setup_distributed(device if device is not None else "auto")
     folder = output_folder(opt, output)
@@ -544,34 +666,85 @@ def _start(opt: Params, limits: _Limits, *, output: str | os.PathLike | None, de
         done, global_step = _load_resume(str(resume), model, optimizer, scaler)
         start_epoch = done + 1
         log.info("resuming from %s after epoch %d (step %d)", resume, done, global_step)
-    curve = common.LearningCurve.read(writer.local("learning_curve.csv"), up_to_epoch=start_epoch - 1) \
-        if resume is not None else common.LearningCurve()
+    curve = (
+        common.LearningCurve.read(writer.local("learning_curve.csv"), up_to_epoch=start_epoch - 1)
+        if resume is not None
+        else common.LearningCurve()
+    )
     model, train_model = _distributed(model, opt, ranks, dev)
     train_ds, valid_ds = _open_partitions(opt)
     _write_opts(opt, writer, ranks)
-    summary = TrainSummary(last=writer.location("last.pth"), folder=folder, start_epoch=start_epoch,
-                           epochs_done=start_epoch - 1, steps=global_step)
-    log.info("training %s (%s) on %s: %d images, batch %d x %d rank(s), epochs %d-%d, %s", opt.ssl_model,
-             opt.ssl_method, train_ds.name, len(train_ds), _per_rank(opt.batch_size_train, ranks), ranks.world,
-             start_epoch, int(opt.epochs), dev)
-    return _Run(opt, ranks, dev, writer, model, train_model, criterion, optimizer, amp_dtype, scaler, curve, summary,
-                train_ds, valid_ds, AugmentConfig.from_opt(opt), limits, progress, global_step)
+    summary = TrainSummary(
+        last=writer.location("last.pth"),
+        folder=folder,
+        start_epoch=start_epoch,
+        epochs_done=start_epoch - 1,
+        steps=global_step,
+    )
+    log.info(
+        "training %s (%s) on %s: %d images, batch %d x %d rank(s), epochs %d-%d, %s",
+        opt.ssl_model,
+        opt.ssl_method,
+        train_ds.name,
+        len(train_ds),
+        _per_rank(opt.batch_size_train, ranks),
+        ranks.world,
+        start_epoch,
+        int(opt.epochs),
+        dev,
+    )
+    return _Run(
+        opt,
+        ranks,
+        dev,
+        writer,
+        model,
+        train_model,
+        criterion,
+        optimizer,
+        amp_dtype,
+        scaler,
+        curve,
+        summary,
+        train_ds,
+        valid_ds,
+        AugmentConfig.from_opt(opt),
+        limits,
+        progress,
+        global_step,
+    )
 
 
 def _fit_epoch(run: _Run, epoch: int) -> tuple[EpochResult, float]:
     """The training pass of ``epoch``; returns its result and learning rate."""
     opt, ranks, lim, seed = run.opt, run.ranks, run.limits, int(run.opt.seed)
-    loader = _loader(run.train_ds, _per_rank(opt.batch_size_train, ranks), shuffle=True, epoch=epoch, seed=seed,
-                     ranks=ranks, num_workers=int(opt.num_workers), device=run.device)
+    loader = _loader(
+        run.train_ds,
+        _per_rank(opt.batch_size_train, ranks),
+        shuffle=True,
+        epoch=epoch,
+        seed=seed,
+        ranks=ranks,
+        num_workers=int(opt.num_workers),
+        device=run.device,
+    )
     run.steps_per_epoch = len(loader) if lim.max_train_batches is None else min(len(loader), lim.max_train_batches)
     lr = adjust_learning_rate(opt, run.optimizer, epoch)
     setup = EpochSetup(
-        run.device, aug=run.aug, generator=torch.Generator().manual_seed(seed * 7919 + epoch * 104729 + ranks.rank),
+        run.device,
+        aug=run.aug,
+        generator=torch.Generator().manual_seed(seed * 7919 + epoch * 104729 + ranks.rank),
         noise_generator=torch.Generator(device=run.device).manual_seed(seed * 31 + epoch * 131 + ranks.rank),
-        update=True, amp_dtype=run.amp_dtype, scaler=run.scaler,
-        deadline=lim.train_deadline if run.valid_ds is not None else lim.deadline, max_batches=lim.max_train_batches,
-        curve=run.curve if ranks.is_main else None, global_step=run.global_step,
-        progress=run.progress and ranks.is_main, desc=f"epoch {epoch}/{int(opt.epochs)}")
+        update=True,
+        amp_dtype=run.amp_dtype,
+        scaler=run.scaler,
+        deadline=lim.train_deadline if run.valid_ds is not None else lim.deadline,
+        max_batches=lim.max_train_batches,
+        curve=run.curve if ranks.is_main else None,
+        global_step=run.global_step,
+        progress=run.progress and ranks.is_main,
+        desc=f"epoch {epoch}/{int(opt.epochs)}",
+    )
     res = run_epoch(loader, run.train_model, run.criterion, run.optimizer, epoch, opt, setup)
     run.global_step += len(res.step_losses)
     s = run.summary
@@ -584,13 +757,29 @@ def _validate(run: _Run, epoch: int) -> None:
     """The validation pass after ``epoch``: its mean loss into the summary, the curve and the log."""
     opt, ranks, seed = run.opt, run.ranks, int(run.opt.seed)
     assert run.valid_ds is not None, "called only when there is a validation partition"
-    loader = _loader(run.valid_ds, _per_rank(opt.batch_size_valid, ranks), shuffle=False, epoch=0, seed=seed,
-                     ranks=ranks, num_workers=int(opt.num_workers), device=run.device)
+    loader = _loader(
+        run.valid_ds,
+        _per_rank(opt.batch_size_valid, ranks),
+        shuffle=False,
+        epoch=0,
+        seed=seed,
+        ranks=ranks,
+        num_workers=int(opt.num_workers),
+        device=run.device,
+    )
     setup = EpochSetup(
-        run.device, aug=run.aug, generator=torch.Generator().manual_seed(seed + 12345 + ranks.rank),
-        noise_generator=torch.Generator(device=run.device).manual_seed(seed + 54321 + ranks.rank), update=False,
-        amp_dtype=run.amp_dtype, deadline=run.limits.deadline, max_batches=run.limits.max_valid_batches,
-        curve=run.curve if ranks.is_main else None, progress=run.progress and ranks.is_main, desc=f"valid {epoch}")
+        run.device,
+        aug=run.aug,
+        generator=torch.Generator().manual_seed(seed + 12345 + ranks.rank),
+        noise_generator=torch.Generator(device=run.device).manual_seed(seed + 54321 + ranks.rank),
+        update=False,
+        amp_dtype=run.amp_dtype,
+        deadline=run.limits.deadline,
+        max_batches=run.limits.max_valid_batches,
+        curve=run.curve if ranks.is_main else None,
+        progress=run.progress and ranks.is_main,
+        desc=f"valid {epoch}",
+    )
     vres = run_epoch(loader, run.model, run.criterion, None, epoch, opt, setup)
     if vres.step_losses:
         (vloss,) = common.all_reduce_mean([vres.loss], run.device)
@@ -605,8 +794,14 @@ def _save(run: _Run, epoch: int, names: list[str]) -> None:
     opt = run.opt
     extra = {"scaler": run.scaler.state_dict()} if run.scaler is not None else {}
     state = common.checkpoint_state(opt, run.model, run.optimizer, epoch, step=run.global_step, **extra)
-    run.summary.checkpoints += run.writer.save_all(state, names, run.curve, title=f"{opt.ssl_method} {opt.ssl_model}",
-                                                   steps_per_epoch=run.steps_per_epoch, is_main=run.ranks.is_main)
+    run.summary.checkpoints += run.writer.save_all(
+        state,
+        names,
+        run.curve,
+        title=f"{opt.ssl_method} {opt.ssl_model}",
+        steps_per_epoch=run.steps_per_epoch,
+        is_main=run.ranks.is_main,
+    )
 
 
 def _epoch(run: _Run, epoch: int) -> bool:
@@ -621,10 +816,19 @@ def _epoch(run: _Run, epoch: int) -> bool:
     rate = res.images * ranks.world / max(res.seconds, 1e-9)
     if ranks.is_main:
         run.curve.add("train_epoch", epoch, run.global_step, mean_loss, lr=lr, images_per_s=rate)
-    log.info("epoch %d: train loss %.4f, %.1f s, %.1f images/s%s", epoch, mean_loss, res.seconds, rate,
-             " (stopped at the time limit)" if res.stopped else "")
-    if run.valid_ds is not None and epoch % int(run.opt.valid_freq) == 0 and \
-            not (deadline and time.monotonic() > deadline):
+    log.info(
+        "epoch %d: train loss %.4f, %.1f s, %.1f images/s%s",
+        epoch,
+        mean_loss,
+        res.seconds,
+        rate,
+        " (stopped at the time limit)" if res.stopped else "",
+    )
+    if (
+        run.valid_ds is not None
+        and epoch % int(run.opt.valid_freq) == 0
+        and not (deadline and time.monotonic() > deadline)
+    ):
         _validate(run, epoch)
     if res.stopped:
         summary.stopped_early = True
@@ -645,17 +849,35 @@ def _finish(run: _Run) -> None:
         torch.distributed.barrier()
 
 
-def train_run(opt: Params | str | os.PathLike | dict[str, Any], *, max_seconds: float | None = None,
-              progress: bool = True, resume: str | os.PathLike | None = None, auto_resume: bool = False,
-              output: str | os.PathLike | None = None, device: str | None = "auto", precision: str = "fp32",
-              debug: bool = False, max_train_batches: int | None = None, max_valid_batches: int | None = None,
-              ) -> TrainSummary:
+def train_run(
+    opt: Params | str | os.PathLike | dict[str, Any],
+    *,
+    max_seconds: float | None = None,
+    progress: bool = True,
+    resume: str | os.PathLike | None = None,
+    auto_resume: bool = False,
+    output: str | os.PathLike | None = None,
+    device: str | None = "auto",
+    precision: str = "fp32",
+    debug: bool = False,
+    max_train_batches: int | None = None,
+    max_valid_batches: int | None = None,
+) -> TrainSummary:
     """Train and return a :class:`TrainSummary` (see :func:`train` for the arguments)."""
     t_start = time.monotonic()
     opt = prepare_opt(opt)
     limits = _limits(opt, t_start, max_seconds, debug, max_train_batches, max_valid_batches)
-    run = _start(opt, limits, output=output, device=device, precision=precision, debug=debug, resume=resume,
-                 auto_resume=auto_resume, progress=progress)
+    run = _start(
+        opt,
+        limits,
+        output=output,
+        device=device,
+        precision=precision,
+        debug=debug,
+        resume=resume,
+        auto_resume=auto_resume,
+        progress=progress,
+    )
     try:
         for epoch in range(run.summary.start_epoch, int(opt.epochs) + 1):
             if not _epoch(run, epoch):
@@ -668,8 +890,13 @@ def train_run(opt: Params | str | os.PathLike | dict[str, Any], *, max_seconds: 
     return run.summary
 
 
-def train(opt: Params | str | os.PathLike | dict[str, Any], *, max_seconds: float | None = None,
-          progress: bool = True, **kwargs: Any) -> str:
+def train(
+    opt: Params | str | os.PathLike | dict[str, Any],
+    *,
+    max_seconds: float | None = None,
+    progress: bool = True,
+    **kwargs: Any,
+) -> str:
     """Train SupConResNet on the opts' data; return the location of ``last.pth``.
 
     Args:
@@ -702,20 +929,51 @@ def main(opt_path: str | os.PathLike, debug: bool = False, load_epoch: int | Non
     return train(opt_path, debug=debug, resume=resume)
 
 
-def demo_opts(images_file: str | os.PathLike, out_dir: str | os.PathLike, *, ssl_model: str = "resnet18",
-              feat_dim: int = 128, nchannels: int = 3, batch_size: int = 64, epochs: int = 1, **extra: Any) -> Params:
+def demo_opts(
+    images_file: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    *,
+    ssl_model: str = "resnet18",
+    feat_dim: int = 128,
+    nchannels: int = 3,
+    batch_size: int = 64,
+    epochs: int = 1,
+    **extra: Any,
+) -> Params:
     """Small, quick options for a short CPU run on a preproc file (the demo's settings).
 
     The model folder is ``<out_dir>/models/demo/<model_name>``. The jitter crop [40, 5] suits
     64x64 cutouts; pass ``random_cropjitter=[c, j]`` for other sizes. ``extra`` overrides any key.
     """
     values = {
-        "ssl_method": "SimCLR", "ssl_model": ssl_model, "feat_dim": feat_dim, "nchannels": nchannels,
-        "batch_size_train": batch_size, "batch_size_valid": batch_size, "num_workers": 0, "epochs": epochs,
-        "learning_rate": 0.05, "lr_decay_rate": 0.1, "weight_decay": 1e-4, "momentum": 0.9, "temp": 0.07,
-        "cosine": False, "warm": False, "trial": 0, "random_cropjitter": [40, 5], "flip": True, "rotate": True,
-        "demean": True, "save_freq": 1, "valid_freq": 1, "print_freq": 10, "train_key": "train",
-        "valid_key": "valid", "model_root": "demo", "s3_outdir": str(out_dir), "images_file": str(images_file),
+        "ssl_method": "SimCLR",
+        "ssl_model": ssl_model,
+        "feat_dim": feat_dim,
+        "nchannels": nchannels,
+        "batch_size_train": batch_size,
+        "batch_size_valid": batch_size,
+        "num_workers": 0,
+        "epochs": epochs,
+        "learning_rate": 0.05,
+        "lr_decay_rate": 0.1,
+        "weight_decay": 1e-4,
+        "momentum": 0.9,
+        "temp": 0.07,
+        "cosine": False,
+        "warm": False,
+        "trial": 0,
+        "random_cropjitter": [40, 5],
+        "flip": True,
+        "rotate": True,
+        "demean": True,
+        "save_freq": 1,
+        "valid_freq": 1,
+        "print_freq": 10,
+        "train_key": "train",
+        "valid_key": "valid",
+        "model_root": "demo",
+        "s3_outdir": str(out_dir),
+        "images_file": str(images_file),
     }
     values.update(extra)
     return prepare_opt(values)

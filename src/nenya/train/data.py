@@ -47,8 +47,15 @@ class ArrayDataset(Dataset):
         indices: rows to expose (default all).
     """
 
-    def __init__(self, path: str | os.PathLike, key: str | None = None, *, in_memory: bool | str = "auto",
-                 max_memory_bytes: int = MAX_MEMORY_BYTES, indices: Sequence[int] | np.ndarray | None = None) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike,
+        key: str | None = None,
+        *,
+        in_memory: bool | str = "auto",
+        max_memory_bytes: int = MAX_MEMORY_BYTES,
+        indices: Sequence[int] | np.ndarray | None = None,
+    ) -> None:
         self.path = str(path)
         self.key = key
         self.is_npy = self.path.endswith(".npy")
@@ -59,8 +66,9 @@ class ArrayDataset(Dataset):
             arr = np.load(self.path, mmap_mode="r")
             shape, dtype = arr.shape, arr.dtype
             if arr.ndim not in (3, 4):
-                raise InputError(f"{self.path} holds an array of shape {arr.shape}; expected images (N, H, W) "
-                                 "or (N, C, H, W)")
+                raise InputError(
+                    f"{self.path} holds an array of shape {arr.shape}; expected images (N, H, W) or (N, C, H, W)"
+                )
             del arr
         else:
             if not key:
@@ -143,7 +151,7 @@ def split_data_spec(spec: str) -> tuple[str, str | None, int | None]:
     for suffix in (".h5", ".hdf5", ".npy"):
         pos = s.find(suffix + ":")
         if pos >= 0:
-            path, rest = s[:pos + len(suffix)], s[pos + len(suffix) + 1:]
+            path, rest = s[: pos + len(suffix)], s[pos + len(suffix) + 1 :]
             parts = rest.split(":")
             key = parts[0] or None
             row = int(parts[1]) if len(parts) > 1 and parts[1] != "" else None
@@ -167,8 +175,10 @@ def open_dataset(spec: str | os.PathLike, key: str | None = None, *, in_memory: 
     if not os.path.exists(local):
         raise InputError(f"training data not found: {path}")
     if not local.endswith((".npy", ".h5", ".hdf5", ".hdf")):
-        raise InputError(f"cannot read training images from {path}: expected a preproc .h5 file (with a partition), "
-                         "a .npy array of images (N, H, W) or (N, C, H, W), or a folder of images")
+        raise InputError(
+            f"cannot read training images from {path}: expected a preproc .h5 file (with a partition), "
+            "a .npy array of images (N, H, W) or (N, C, H, W), or a folder of images"
+        )
     return ArrayDataset(local, key, in_memory=in_memory)
 
 
@@ -212,8 +222,13 @@ def load_image_folder(path: str, *, batch_size: int = 256) -> np.ndarray:
             bad += [(batch.ids[i], st) for i, st in enumerate(status) if st != "ok"]
             out.append(batch.data[keep])
     if bad:
-        log.warning("%d of %d images under %s left out of training: %s", len(bad), n, path,
-                    "; ".join(f"{i} ({st})" for i, st in bad[:3]) + ("; ..." if len(bad) > 3 else ""))
+        log.warning(
+            "%d of %d images under %s left out of training: %s",
+            len(bad),
+            n,
+            path,
+            "; ".join(f"{i} ({st})" for i, st in bad[:3]) + ("; ..." if len(bad) > 3 else ""),
+        )
     arr = np.concatenate(out) if out else np.zeros((0, 3, *size), np.uint8)
     if not len(arr):
         raise InputError(f"no readable images under {path}")
@@ -258,8 +273,10 @@ def load_labels(ds: ArrayDataset, column: str) -> tuple[np.ndarray, list[str]]:
         elif column in f and f[column].shape[:1] == (ds.n_total,):
             values = np.asarray(f[column][:]).astype(str)
         else:
-            raise InputError(f"{ds.path}: no label column {column!r} in {ds.key}_metadata (columns: {cols}) "
-                             f"and no dataset of that name with one value per row; set label_column to one of them")
+            raise InputError(
+                f"{ds.path}: no label column {column!r} in {ds.key}_metadata (columns: {cols}) "
+                f"and no dataset of that name with one value per row; set label_column to one of them"
+            )
     finally:
         ds._h5.close()
     if ds.indices is not None:

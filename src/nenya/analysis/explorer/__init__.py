@@ -56,15 +56,26 @@ def _column(name: str, s: pd.Series) -> dict | None:
         if pd.api.types.is_integer_dtype(s) and s.nunique() <= 20:
             s = s.astype(str)
         else:
-            return {"name": name, "kind": "num", "data": _b64(v), "min": float(finite.min()), "max": float(finite.max())}
+            return {
+                "name": name,
+                "kind": "num",
+                "data": _b64(v),
+                "min": float(finite.min()),
+                "max": float(finite.max()),
+            }
     s = s.astype(object).where(s.notna(), "(missing)").astype(str)
     levels = pd.Series(s).value_counts()
     if len(levels) > MAX_LEVELS:
         try:  # dates stored as text: colour by decimal year
             t = pd.to_datetime(s, errors="raise")
             years = (t.dt.year + (t.dt.dayofyear - 1) / 365.25).to_numpy(dtype=np.float32)
-            return {"name": name, "kind": "num", "data": _b64(years), "min": float(np.nanmin(years)),
-                    "max": float(np.nanmax(years))}
+            return {
+                "name": name,
+                "kind": "num",
+                "data": _b64(years),
+                "min": float(np.nanmin(years)),
+                "max": float(np.nanmax(years)),
+            }
         except (ValueError, TypeError, OverflowError):
             pass
         if len(levels) > 0.5 * len(s):
@@ -101,8 +112,7 @@ def _neighbours(vectors: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, n
     if k <= 0:
         return np.zeros((n, 0), np.int32), np.zeros((n, 0), np.float32)
     # approximate beyond 20,000 points: a light HNSW graph is plenty for browsing neighbours
-    index = build_index(vectors, kind="flat" if n <= 20_000 else "hnsw", metric=metric, m=16,
-                        ef_search=max(32, 3 * k))
+    index = build_index(vectors, kind="flat" if n <= 20_000 else "hnsw", metric=metric, m=16, ef_search=max(32, 3 * k))
     _, scores, rows = index.search(vectors, k + 1)
     out = np.full((n, k), -1, np.int32)
     sc = np.zeros((n, k), np.float32)
@@ -113,10 +123,23 @@ def _neighbours(vectors: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, n
     return out, sc
 
 
-def write_explorer(path: str, x: np.ndarray, y: np.ndarray, table: pd.DataFrame, *,
-                   vectors: np.ndarray | None = None, images: ImageLookup | None = None, color: str | None = None,
-                   k: int = 10, metric: str = "l2", max_points: int = MAX_POINTS, max_thumbs: int = MAX_THUMBS,
-                   thumb_size: int = 64, title: str = "nenya explorer", seed: int = 0) -> str:
+def write_explorer(
+    path: str,
+    x: np.ndarray,
+    y: np.ndarray,
+    table: pd.DataFrame,
+    *,
+    vectors: np.ndarray | None = None,
+    images: ImageLookup | None = None,
+    color: str | None = None,
+    k: int = 10,
+    metric: str = "l2",
+    max_points: int = MAX_POINTS,
+    max_thumbs: int = MAX_THUMBS,
+    thumb_size: int = 64,
+    title: str = "nenya explorer",
+    seed: int = 0,
+) -> str:
     """Write the explorer page to ``path`` (local or URL) and return it.
 
     Args:
@@ -136,14 +159,10 @@ def write_explorer(path: str, x: np.ndarray, y: np.ndarray, table: pd.DataFrame,
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y, dtype=np.float32)
     n_all = len(x)
-    if len(table) != n_all or (vectors is not None and len(vectors) != n_all):
-        raise ValueError(f"x, y, table and vectors must have the same length; got {n_all}, {len(table)}, "
-                         f"{None if vectors is None else len(vectors)}")
-    if "id" not in table.columns:
-        raise ValueError("the table needs an 'id' column")
+    _check_inputs(n_all, table, vectors)
     rng = np.random.default_rng(seed)
     shown = np.sort(rng.choice(n_all, max_points, replace=False)) if n_all > max_points else np.arange(n_all)
-    note = (f"{len(shown):,} of {n_all:,} points (random sample)" if len(shown) < n_all else f"{n_all:,} points")
+    note = f"{len(shown):,} of {n_all:,} points (random sample)" if len(shown) < n_all else f"{n_all:,} points"
     x, y = x[shown], y[shown]
     tab = table.iloc[shown].reset_index(drop=True)
     n = len(shown)
@@ -159,18 +178,39 @@ def write_explorer(path: str, x: np.ndarray, y: np.ndarray, table: pd.DataFrame,
         note += f"; images for {len(trows):,}"
     viridis, palette = _palette()
     data = {
-        "n": n, "title": title, "note": note, "x": _b64(x), "y": _b64(y),
+        "n": n,
+        "title": title,
+        "note": note,
+        "x": _b64(x),
+        "y": _b64(y),
         "ids": [str(i) for i in tab["id"].tolist()],
-        "columns": columns, "color": color, "k": int(nbr.shape[1]), "metric": metric,
-        "nbr": _b64(nbr.astype(np.int32)), "nbr_score": _b64(nsc.astype(np.float32)),
-        "thumbs": thumbs, "thumb_rows": _b64(trows.astype(np.int32)),
-        "viridis": viridis, "palette": palette,
+        "columns": columns,
+        "color": color,
+        "k": int(nbr.shape[1]),
+        "metric": metric,
+        "nbr": _b64(nbr.astype(np.int32)),
+        "nbr_score": _b64(nsc.astype(np.float32)),
+        "thumbs": thumbs,
+        "thumb_rows": _b64(trows.astype(np.int32)),
+        "viridis": viridis,
+        "palette": palette,
     }
     page = _page(data, title)
     with local_target(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         f.write(page)
     log.info("explorer: %s (%s, %.1f MB)", path, note, len(page) / 1e6)
     return path
+
+
+def _check_inputs(n_all: int, table: pd.DataFrame, vectors: np.ndarray | None) -> None:
+    """One table row and one vector per point, and an ``id`` column (a ValueError that says which)."""
+    if len(table) != n_all or (vectors is not None and len(vectors) != n_all):
+        raise ValueError(
+            f"x, y, table and vectors must have the same length; got {n_all}, {len(table)}, "
+            f"{None if vectors is None else len(vectors)}"
+        )
+    if "id" not in table.columns:
+        raise ValueError("the table needs an 'id' column")
 
 
 def _columns(tab: pd.DataFrame, color: str | None) -> tuple[list[dict], str | None]:
@@ -190,15 +230,16 @@ def _columns(tab: pd.DataFrame, color: str | None) -> tuple[list[dict], str | No
     return columns, color
 
 
-def _thumbnails(x: np.ndarray, y: np.ndarray, shown: np.ndarray, images: ImageLookup, max_thumbs: int,
-                seed: int) -> tuple[list[str], np.ndarray]:
+def _thumbnails(
+    x: np.ndarray, y: np.ndarray, shown: np.ndarray, images: ImageLookup, max_thumbs: int, seed: int
+) -> tuple[list[str], np.ndarray]:
     """``data:`` URIs for up to ``max_thumbs`` points spread over the plane, and the (shown) rows they belong to;
     points whose image cannot be read get none."""
     trows = _spread_sample(x, y, max_thumbs, seed)
     thumbs: list[str] = []
     got: list[int] = []
     for a in range(0, len(trows), 512):
-        part = trows[a:a + 512]
+        part = trows[a : a + 512]
         for r, im in zip(part, images.get(shown[part])):
             if im is None:
                 continue
