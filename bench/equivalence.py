@@ -72,7 +72,7 @@ def make_inputs(root: Path) -> dict[str, str]:
         "lr_decay_epochs": "700,800",
         "random_jitter": [8, 2],
         "model_root": "EQ",
-        "s3_outdir": str(root),
+        "s3_outdir": "eq-outdir",  # not the folder: the checkpoint (and so its digest) must not depend on it
     }
     opts_file = root / "opts.json"
     opts_file.write_text(json.dumps(opts))
@@ -104,6 +104,8 @@ def make_inputs(root: Path) -> dict[str, str]:
         where = photos / ("sub" if i % 3 == 0 else "") / f"p{i:03d}.{'jpg' if i % 2 else 'png'}"
         img.save(where, quality=90) if i % 2 else img.save(where)
     (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    # the inputs themselves must not change between runs: the checkpoint's bytes enter the vectors' fingerprint
+    inputs_digest = _sha(inputs_digest.encode() + ckpt.read_bytes() + weights.read_bytes())
     return {
         "preproc": str(preproc),
         "ckpt": str(ckpt),
@@ -202,7 +204,7 @@ def digests(root: Path) -> dict[str, str]:
             table = pq.read_table(path)
             for name in table.column_names:
                 col = table.column(name).combine_chunks()
-                out[f"{rel}:{name}"] = _sha(f"{col.type}".encode() + repr(col.to_pylist()).encode())
+                out[f"{rel}:{name}"] = _sha(f"{col.type}".encode() + _clean(repr(col.to_pylist()), root).encode())
             for k, v in sorted((table.schema.metadata or {}).items()):
                 out[f"{rel}@{k.decode()}"] = _sha(_clean(v.decode(), root).encode())
         elif path.suffix == ".npy":
@@ -219,10 +221,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--out", required=True, help="JSON file of digests to write")
     ap.add_argument("--compare", help="a reference JSON made by another version")
+    ap.add_argument("--keep", help="work in this (new) folder and keep it, to look at what differs")
     args = ap.parse_args()
     os.environ.setdefault("TQDM_DISABLE", "1")
     with tempfile.TemporaryDirectory(prefix="nenya-eq-") as tmp:
-        root = Path(tmp)
+        root = Path(args.keep or tmp)
+        root.mkdir(parents=True, exist_ok=True)
         paths = make_inputs(root)
         run_all(root, paths)
         result = {"inputs": paths["inputs_digest"], **digests(root)}
