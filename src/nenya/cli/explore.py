@@ -195,8 +195,9 @@ def _add_explore(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "explore",
         help="write an interactive HTML explorer (one self-contained file)",
-        description="UMAP scatter with hover images, colour-by and nearest neighbours of a clicked "
-        "point, in one HTML file that works offline. Writes <name>_explorer.html.",
+        description="Linked projection (UMAP) and map views with box/lasso selection, filters, colour-by, "
+        "hover images, nearest neighbours of a clicked point and CSV export of a selection, in one HTML "
+        "file that works offline (Bokeh). Writes <name>_explorer.html.",
         formatter_class=_fmt,
     )
     _common(p, output_help="output HTML file or folder")
@@ -204,7 +205,11 @@ def _add_explore(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--color", help="column coloured at first")
     p.add_argument("-k", type=int, default=10, help="neighbours listed per point")
     p.add_argument("--metric", default="l2", choices=["l2", "ip", "cosine"])
-    p.add_argument("--max-points", type=int, default=100_000, help="beyond this, show a random sample")
+    p.add_argument(
+        "--max-points", type=int, default=250_000, help="beyond this, show (and export from) a stated random sample"
+    )
+    p.add_argument("--lat", help="latitude column of the map view (default: lat or latitude when present)")
+    p.add_argument("--lon", help="longitude column of the map view (default: lon or longitude when present)")
     p.add_argument("--thumbs", type=int, default=2000, help="points with a thumbnail (spread over the plane)")
     p.add_argument("--ntrain", type=int, default=50_000, help="UMAP sample when there is no --coords")
     p.add_argument("--title", default=None)
@@ -557,7 +562,9 @@ def cmd_explore(args: argparse.Namespace) -> int:
                 f"{args.coords} lacks coordinates for {int(merged[x].isna().sum())} id(s) of {args.latents}"
             )
         u0, u1 = merged[x].to_numpy(), merged[y].to_numpy()
+        xlab, ylab = x, y
     else:
+        xlab, ylab = "U0", "U1"
         emb = fit_umap(vectors, ntrain=args.ntrain).embedding
         u0, u1 = emb[:, 0], emb[:, 1]
         df["U0"], df["U1"] = u0, u1
@@ -577,6 +584,10 @@ def cmd_explore(args: argparse.Namespace) -> int:
         max_points=args.max_points,
         max_thumbs=args.thumbs,
         title=args.title or f"nenya explorer: {args.latents}",
+        lat=args.lat,
+        lon=args.lon,
+        xlabel=xlab,
+        ylabel=ylab,
     )
     print(out)
     return 0
