@@ -110,6 +110,29 @@ def _measure(path: str, chromium: str) -> dict:
     return {"load_s": load_s, **m}
 
 
+def screenshot(out: str, chromium: str) -> None:
+    """The picture in docs/: 3,000 points, a polygon selected in the projection, a filter, a clicked point."""
+    from playwright.sync_api import sync_playwright
+
+    folder = Path(tempfile.mkdtemp(prefix="nenya-shot-"))
+    try:
+        path, _ = _page(folder, 3000, n_images=300, thumbs=1000, k=8)
+        with sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, args=ARGS)
+            page = browser.new_page(viewport={"width": 1250, "height": 1000})
+            page.goto("file://" + path)
+            page.wait_for_function("window.nenya && window.nenya.ready", timeout=120_000)
+            page.evaluate("window.nenya.select('projection', [[-2.5, -2], [3, -1.5], [4, 3], [0.5, 5], [-3, 2]])")
+            page.evaluate("window.nenya.setFilter('DT40', [1, 3])")
+            page.evaluate("window.nenya.neighbours('valid/10')")
+            page.wait_for_timeout(500)
+            page.screenshot(path=out, clip={"x": 0, "y": 0, "width": 1250, "height": 1300}, full_page=True)
+            browser.close()
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+    print(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n", default="10000,100000,250000,1000000", help="points, comma-separated")
@@ -118,8 +141,12 @@ def main() -> None:
     ap.add_argument("--k", type=int, default=10, help="neighbours per point (0: none)")
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     ap.add_argument("--tmpdir", default=None, help="where the pages are written (default: system temp)")
+    ap.add_argument("--screenshot", metavar="PNG", help="only write the picture of the page used in docs/explore.md")
     add_save_args(ap, HERE / "RESULTS.md")
     args = ap.parse_args()
+    if args.screenshot:
+        screenshot(args.screenshot, args.chromium)
+        return
     rows = []
     for n in [int(v) for v in args.n.split(",")]:
         folder = Path(tempfile.mkdtemp(prefix="nenya-bench-explorer-", dir=args.tmpdir))

@@ -178,6 +178,18 @@ def test_selections_filters_and_export_agree_with_pandas(tmp_path):
             with page.expect_download() as dl:
                 page.get_by_role("button", name="Export CSV").click()
             assert open(dl.value.path(), encoding="utf-8").read() == csv
+            # find an id: both views centre on it
+            assert page.evaluate("window.nenya.find('valid/20')") is True
+            cx = page.evaluate(
+                "(() => { const f = Bokeh.documents[0].get_model_by_name('projection'); "
+                "return (f.x_range.start + f.x_range.end) / 2; })()"
+            )
+            mx = page.evaluate(
+                "(() => { const f = Bokeh.documents[0].get_model_by_name('map'); "
+                "return (f.x_range.start + f.x_range.end) / 2; })()"
+            )
+            assert cx == pytest.approx(float(x[20]), abs=1e-4) and mx == pytest.approx(float(lon[20]), abs=1e-4)
+            assert page.evaluate("window.nenya.find('no such id')") is False
             # clearing the filters shows everything again; a filter on an unknown column is a clear error
             assert page.evaluate("window.nenya.clearFilters()") == len(table)
             with pytest.raises(Exception, match="no filter for column nope"):

@@ -31,7 +31,7 @@ h3 { margin: 6px 0 2px 0; font: bold 13px sans-serif; }
 .nenya-preview img { width: 128px; height: 128px; image-rendering: pixelated; border: 1px solid #999; }
 .nenya-note { color: #555; font: 12px sans-serif; }
 .nenya-gallery img, .nenya-nbrs img, .nenya-preview img { image-rendering: pixelated; }
-img.g { width: 56px; height: 56px; margin: 1px; border: 1px solid #ccc; }
+img.g { width: 46px; height: 46px; margin: 1px; border: 1px solid #ccc; }
 img.n { width: 44px; height: 44px; vertical-align: middle; margin: 1px; }
 img.p { width: 128px; height: 128px; border: 1px solid #999; }
 .nenya-swatch { display: inline-block; width: 10px; height: 10px; margin: 0 3px 0 8px; }
@@ -39,7 +39,7 @@ img.p { width: 128px; height: 128px; border: 1px solid #999; }
 MAX_TABLE = 1000
 BACKEND = "webgl"
 MARKER = "square"
-MAX_GALLERY = 60
+MAX_GALLERY = 32
 SIDE = 430
 
 
@@ -145,12 +145,20 @@ def _figure(name: str, title: str, xlabel: str, ylabel: str, **kw):
     return fig
 
 
+def _span(v: np.ndarray) -> tuple[float, float]:
+    """A fixed range around the finite values, 4% padding (fixed, so that find and the API can move it)."""
+    f = v[np.isfinite(v)]
+    lo, hi = (float(f.min()), float(f.max())) if len(f) else (0.0, 1.0)
+    pad = 0.04 * (hi - lo) if hi > lo else 1.0
+    return lo - pad, hi + pad
+
+
 def _views(d: PageData, source, filt, colour_spec, js):
     from bokeh.models import CDSView, ColumnDataSource, CustomJS, HoverTool
 
     figs = []
     marks = ColumnDataSource({"x": [], "y": [], "lon": [], "lat": [], "kind": []}, name="nenya-marks")
-    proj = _figure("projection", "projection", d.xlabel, d.ylabel)
+    proj = _figure("projection", "projection", d.xlabel, d.ylabel, x_range=_span(d.x), y_range=_span(d.y))
     figs.append((proj, "x", "y"))
     if d.lonlat is not None:
         mp = _figure("map", "map", "longitude", "latitude", x_range=(-180, 180), y_range=(-90, 90), match_aspect=True)
