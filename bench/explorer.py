@@ -173,7 +173,7 @@ def main() -> None:
         print(rows[-1], flush=True)
     lines = [
         f"Clustered points with lat/lon, {args.thumbs} thumbnails, k={args.k}; headless Chromium 1250x1000 "
-        f"(software WebGL); times in the page include two animation frames (the redraw); load average "
+        f"without a GPU (the page then draws with its canvas backend); times in the page include two animation frames (the redraw); load average "
         f"{load_average()}.",
         "",
     ]
