@@ -51,11 +51,10 @@ def extract_preproc(
     if debug:
         log.warning("debug: only the first %d items of each partition, written as *_latents_debug%s", limit, sink.ext)
     existing = set(storage.listdir_names(output))
-    # an output whose work folder is still there was killed while publishing: finish it again
-    unfinished = set(os.listdir(sink.work)) if os.path.isdir(sink.work) else set()
+    unfinished = sink.unfinished()  # killed while publishing: finish them again
     todo = []
     for f in files:
-        name = storage.safe_name(latents_stem(f) + sink.suffix + sink.ext)
+        name = sink.output_name_for(latents_stem(f))
         if name in existing and name not in unfinished and not clobber:
             log.info("skipping %s: %s exists in %s (use clobber to redo it)", f, name, output)
         else:

@@ -50,12 +50,9 @@ PREPROC_OPTS = RunOptions(batch_size=4, shard_size=4, num_workers=0, device="cpu
 PHOTO_OPTS = RunOptions(batch_size=2, shard_size=2, num_workers=0, device="cpu", progress=False)
 INTERRUPT_AT_THIRD_BATCH = "encode.batch@3=interrupt"  # the first two batches (two shards) get committed
 
-# Bugs these tests found in src, kept visible (strict: the mark must go once the bug is fixed).
-KNOWN_BUGS = {
-    ("resume_by_id", "npy"): "NpySink.assemble_files copies the old rows with out[a : a + 65536] = "
-    "old_vectors[a : a + 65536], a slice of the old+new array that is longer than the old rows: "
-    "appending to an existing .npy output always fails with a broadcast ValueError",
-}
+# Bugs these tests found in src, fixed since: (test, sink) -> reason; a new known bug goes here, marked
+# strict so that the mark must go once the bug is fixed.
+KNOWN_BUGS: dict[tuple[str, str], str] = {}
 
 
 def each(names: list[str], test: str) -> list:
@@ -288,12 +285,6 @@ class MinimalSink(Sink):
         return paths
 
 
-@pytest.mark.xfail(
-    reason="extract_preproc (src/nenya/extract.py:55 and :58) reads sink.work and sink.suffix, attributes of "
-    "PartSink that the Sink contract does not have: a registered sink that implements only the contract "
-    "fails with AttributeError",
-    strict=True,
-)
 def test_a_sink_with_only_the_contract_writes_preproc_files(enc, preproc, tmp_path):
     sinks.register("contract-only", MinimalSink, help="a sink with the Sink contract only")
     try:

@@ -53,6 +53,8 @@ class Sink(ABC):
     ext: ClassVar[str] = ""
     collections: ClassVar[bool] = False
     supports_ranks: ClassVar[bool] = False
+    name: str | None = None  # the output's file name when the user gave one (collections)
+    suffix: str = ""  # added to a group's stem (``_debug``)
 
     @abstractmethod
     def start(self, plan: Plan, context: WriteContext) -> set[tuple[str, str]]:
@@ -76,6 +78,15 @@ class Sink(ABC):
 
     def committed(self) -> set[tuple[str, str]]:
         """The (group, shard key) pairs of the started plan committed so far, by any process."""
+        return set()
+
+    def output_name_for(self, stem: str) -> str:
+        """The file name this sink gives the output of a group whose proposed stem is ``stem`` (its own
+        name, or the stem + its suffix + ``ext``), so a caller can see whether that output exists."""
+        return self.name or stem + self.suffix + self.ext
+
+    def unfinished(self) -> set[str]:
+        """Output names whose publishing was interrupted (they may exist but must be finished again)."""
         return set()
 
     def resume_ids(self) -> set[str]:

@@ -187,7 +187,14 @@ class PartSink(Sink):
     # -- names and locations ------------------------------------------------------------
     def output_name(self, group: Group) -> str:
         """The file name of ``group``'s output: the sink's own name, or the group's name + suffix + ext."""
-        return self.name or storage.safe_name(group.name + self.suffix + self.ext)
+        return self.output_name_for(group.name)
+
+    def output_name_for(self, stem: str) -> str:
+        return self.name or storage.safe_name(stem + self.suffix + self.ext)
+
+    def unfinished(self) -> set[str]:
+        """Outputs whose work folder is still there: killed while publishing, to be finished again."""
+        return set(os.listdir(self.work)) if os.path.isdir(self.work) else set()
 
     def output_path(self, group: Group) -> str:
         return storage.join(self.output, self.output_name(group))

@@ -53,7 +53,7 @@ class NpySink(ParquetSink):
         at = 0
         if old_vectors is not None:
             for a in range(0, n_old, 65536):
-                out[a : a + 65536] = old_vectors[a : a + 65536]
+                out[a : min(a + 65536, n_old)] = old_vectors[a : a + 65536]
             at = n_old
         for p in group.partitions:
             for part in self.parts(group, p):
