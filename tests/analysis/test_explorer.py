@@ -216,6 +216,10 @@ def test_mouse_hover_click_colour_and_hostile_ids(tmp_path):
             page.wait_for_function("window.nenya._text('nenya-preview').length > 0", timeout=10_000)
             assert page.locator("img.p").count() == 1
             assert page.locator("img.p").get_attribute("src").startswith("data:image/")
+            # and next to the pointer, a card with the image and the id as text
+            page.wait_for_function("document.getElementById('nenya-hover').style.display === 'block'")
+            assert page.locator("#nenya-hover img").get_attribute("src").startswith("data:image/")
+            assert page.locator("#nenya-hover").text_content().startswith(str(table["id"][row]))
             # click it: its 6 neighbours are listed and ringed
             page.mouse.click(sx, sy)
             page.wait_for_function("window.nenya._text('nenya-nbrs').startsWith('neighbours of')")

@@ -282,7 +282,35 @@
     }
     return bd < 0.02 * 0.02 ? best : -1;
   }
-  function preview(i, view) {
+  // the hover card next to the pointer: built with DOM calls, ids set as text, images only our data: URIs
+  let card = null;
+  function hoverCard() {
+    if (card) return card;
+    card = document.createElement("div");
+    card.id = "nenya-hover";
+    card.style.cssText = "position:fixed;pointer-events:none;z-index:1000;display:none;background:#fff;" +
+      "border:1px solid #888;border-radius:3px;padding:4px;font:12px sans-serif;box-shadow:0 1px 4px #0003;max-width:220px";
+    const img = document.createElement("img");
+    img.style.cssText = "width:96px;height:96px;image-rendering:pixelated;display:block";
+    const cap = document.createElement("div");
+    card.append(img, cap);
+    document.body.appendChild(card);
+    return card;
+  }
+  function showCard(i, j, view, geometry) {
+    const el = hoverCard(), img = el.firstChild, cap = el.lastChild;
+    const v = window.Bokeh.index.find_one(model(view));
+    if (!v || !geometry) return;
+    const r = v.el.getBoundingClientRect();
+    img.style.display = j >= 0 ? "block" : "none";
+    if (j >= 0) img.src = DATA.thumbs[THUMB.get(j)];
+    cap.textContent = String(ids()[i]) + (j >= 0 && j !== i ? " (nearest image)" : "");
+    el.style.left = `${Math.min(r.left + geometry.sx + 14, window.innerWidth - 230)}px`;
+    el.style.top = `${Math.max(r.top + geometry.sy - 120, 0)}px`;
+    el.style.display = "block";
+  }
+  function hideCard() { if (card) card.style.display = "none"; }
+  function preview(i, view, geometry) {
     let j = THUMB.has(i) ? i : -1;
     if (j < 0 && DATA.thumb_rows.length) { // the nearest point that has a thumbnail
       const [xf, yf] = fieldsOf(view), xs = src.data[xf], ys = src.data[yf];
@@ -295,6 +323,7 @@
     const c = byName.get(model("nenya-colour") ? model("nenya-colour").value : "");
     const value = c ? ` <span class="nenya-note">${esc(c.name)}: ${esc(display(c, column(c)[i]))}</span>` : "";
     model("nenya-preview").text = `<div>${esc(ids()[i])}${value}</div>` + (j >= 0 ? thumbImg(j, "p") + (j !== i ? `<div class="nenya-note">nearest image: ${esc(ids()[j])}</div>` : "") : "");
+    showCard(i, j, view, geometry);
   }
   function find(id) {
     const i = rowOf(id);
@@ -325,7 +354,8 @@
   };
   api._hover = function (cb_data, view) {
     const idx = cb_data.index && cb_data.index.indices;
-    if (idx && idx.length) preview(idx[0], view);
+    if (idx && idx.length) preview(idx[0], view, cb_data.geometry);
+    else hideCard();
   };
   api._onSelect = function () { if (api.ready) onSelect(); };
   api._tap = function (ev, view) {

@@ -187,7 +187,7 @@ def _views(d: PageData, source, filt, colour_spec, js):
         fig.add_tools(
             HoverTool(
                 renderers=[r],
-                tooltips=[("id", "@id")],
+                tooltips=None,  # the page's own card next to the pointer: image, id (as text)
                 callback=CustomJS(code=f"window.nenya && window.nenya._hover(cb_data, {json.dumps(fig.name)})"),
             )
         )
