@@ -284,12 +284,12 @@ def test_sample_beyond_max_points_is_stated(tmp_path):
 
 
 @pytest.mark.slow
-def test_250k_points_select_and_filter(tmp_path):
-    """250,000 points: the page loads, a polygon selection and a filter give pandas' answer. (How fast is
-    measured by bench/explorer.py, not asserted here.)"""
+def test_100k_points_select_and_filter(tmp_path):
+    """100,000 points: the page loads, a polygon selection and a filter give pandas' answer. (How fast, and at
+    250,000 and 1,000,000 points, is measured by bench/explorer.py, not here: it keeps the suite short.)"""
     from playwright.sync_api import sync_playwright
 
-    n = 250_000
+    n = 100_000
     xy, _, table = _table(n, 1000)
     path = write_explorer(str(tmp_path / "big.html"), xy[:, 0], xy[:, 1], table, color="label")
     with sync_playwright() as p:
