@@ -11,6 +11,7 @@ import os
 import time
 
 from nenya.analysis.cluster import hdbscan, kmeans
+from nenya.analysis.compare import EncodingAgreement, compare_encodings
 from nenya.analysis.explorer import write_explorer
 from nenya.analysis.images import ImageLookup
 from nenya.analysis.latents import Latents, open_latents, output_path, read_about, read_latents, read_table, write_table
@@ -22,6 +23,8 @@ from nenya.analysis.umap import UMAPResult, fit_umap
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "EncodingAgreement",
+    "compare_encodings",
     "Latents",
     "open_latents",
     "read_about",
