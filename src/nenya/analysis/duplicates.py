@@ -1,0 +1,245 @@
+"""Near-duplicates in latent space, and leakage between splits.
+
+Every vector is queried against all others with a FAISS range search (exact flat index up to
+``ivf_above`` vectors, an IVF index beyond), ``chunk`` queries at a time, so memory holds the
+vectors, the index and the pairs found. Pairs closer than the threshold are joined into groups
+(union-find); each group's representative is its first member in file order. With a split (a
+metadata column, or the HDF5 partition), pairs whose two items are in different splits are leakage.
+
+Distances are Euclidean (``l2``) or ``1 - cosine similarity`` (``cosine``).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+log = logging.getLogger(__name__)
+
+__all__ = ["DuplicateResult", "find_duplicates", "auto_threshold"]
+
+IVF_ABOVE = 200_000
+CHUNK = 8192
+AUTO_SAMPLE = 20_000
+AUTO_SIGMAS = 5.0
+
+
+@dataclass
+class DuplicateResult:
+    """What :func:`find_duplicates` found.
+
+    Attributes:
+        threshold: the distance under which two items are near-duplicates; ``how``: how it was chosen.
+        metric: ``l2`` or ``cosine``.
+        groups: ``id``, ``group``, ``representative``, ``distance`` (to the representative), one row per
+            item that has a near-duplicate, grouped, in file order within a group.
+        pairs: ``id_a``, ``id_b``, ``distance``: every pair under the threshold (``id_a`` first in file order).
+        leakage: the pairs whose items are in different splits (``split_a``, ``split_b`` added), or
+            None without a split.
+    """
+
+    threshold: float
+    how: str
+    metric: str
+    groups: pd.DataFrame
+    pairs: pd.DataFrame
+    leakage: pd.DataFrame | None
+
+
+def _prepare(x: np.ndarray, metric: str) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if metric == "cosine":
+        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
+    elif metric != "l2":
+        raise ValueError(f"unknown metric {metric!r}; expected l2 or cosine")
+    return np.ascontiguousarray(x)
+
+
+def _index(x: np.ndarray, ivf_above: int, seed: int = 0):
+    """A FAISS L2 index over ``x`` (on unit vectors, L2 ranks as cosine): flat, or IVF for large sets."""
+    import faiss
+
+    n, d = x.shape
+    index: Any  # flat or IVF
+    if n <= ivf_above:
+        index = faiss.IndexFlatL2(d)
+    else:
+        nlist = int(max(1, min(n // 39, 4 * np.sqrt(n))))
+        index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
+        rng = np.random.default_rng(seed)
+        index.train(x[np.sort(rng.choice(n, min(n, nlist * 64), replace=False))])
+        index.nprobe = max(1, nlist // 8)
+    index.add(x)
+    return index
+
+
+def _to_l2(threshold: float, metric: str) -> float:
+    """The squared L2 radius FAISS takes for a distance threshold (cosine: |a-b|^2 = 2 (1 - cos))."""
+    return threshold**2 if metric == "l2" else 2.0 * threshold
+
+
+def _from_sq(d2: np.ndarray, metric: str) -> np.ndarray:
+    d2 = np.maximum(d2, 0.0)
+    return np.sqrt(d2) if metric == "l2" else d2 / 2.0
+
+
+def auto_threshold(x: np.ndarray, metric: str = "l2", *, index=None, seed: int = 0) -> tuple[float, str]:
+    """A threshold from the distribution of nearest-neighbour distances, and a sentence saying how.
+
+    Near-duplicates sit far below the bulk of nearest-neighbour distances. On up to 20,000 sampled
+    items, the log of each item's nearest-neighbour distance is taken; the threshold is
+    ``exp(median - 5 * 1.4826 * MAD)`` of those logs (five robust standard deviations below the median).
+    """
+    xp = _prepare(x, metric)
+    index = index if index is not None else _index(xp, IVF_ABOVE)
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.choice(len(xp), min(len(xp), AUTO_SAMPLE), replace=False))
+    d2, nn = index.search(xp[rows], 2)
+    other = np.where(nn[:, 0] == rows, d2[:, 1], d2[:, 0])  # the nearest other item
+    dist = _from_sq(other.astype(np.float64), metric)
+    logs = np.log(dist[dist > 0]) if (dist > 0).any() else np.zeros(1)
+    med = float(np.median(logs))
+    mad = float(np.median(np.abs(logs - med))) * 1.4826
+    thr = float(np.exp(med - AUTO_SIGMAS * mad))
+    how = (
+        f"auto: exp(median - {AUTO_SIGMAS:g} x 1.4826 x MAD) of the log nearest-neighbour {metric} distances of "
+        f"{len(rows):,} items (median distance {np.exp(med):.4g}) = {thr:.4g}"
+    )
+    return thr, how
+
+
+def _pairs(x: np.ndarray, index, radius2: float, metric: str, progress: bool) -> tuple[np.ndarray, ...]:
+    """(rows a, rows b, distances) of every pair a < b within the radius, streamed by query chunks."""
+    out_a, out_b = [], []
+    for s in tqdm(range(0, len(x), CHUNK), desc="duplicates", unit="chunk", disable=not progress, leave=False):
+        q = x[s : s + CHUNK]
+        lims, d2, rows = index.range_search(q, float(radius2))
+        owner = np.repeat(np.arange(s, s + len(q)), np.diff(lims.astype(np.int64)))
+        keep = rows > owner  # each pair once, never an item with itself
+        out_a.append(owner[keep])
+        out_b.append(rows[keep].astype(np.int64))
+    if not out_a:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
+    a, b = np.concatenate(out_a), np.concatenate(out_b)
+    return a, b, _distance(x[a], x[b], metric)
+
+
+def _distance(xa: np.ndarray, xb: np.ndarray, metric: str) -> np.ndarray:
+    """Exact distances in float64 (FAISS's float32 |a|^2 + |b|^2 - 2ab loses tiny distances to rounding)."""
+    diff = xa.astype(np.float64) - xb.astype(np.float64)
+    d2 = (diff**2).sum(axis=1)
+    return np.sqrt(d2) if metric == "l2" else d2 / 2.0
+
+
+def _groups(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """Union-find: the group root (its smallest row) of every row."""
+    parent = np.arange(n)
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in zip(a.tolist(), b.tolist()):
+        ri, rj = find(i), find(j)
+        if ri != rj:
+            parent[max(ri, rj)] = min(ri, rj)
+    return np.array([find(i) for i in range(n)])
+
+
+def find_duplicates(
+    latents,
+    *,
+    threshold: float | None = None,
+    auto: bool = False,
+    metric: str = "l2",
+    split_column: str | None = None,
+    ivf_above: int = IVF_ABOVE,
+    progress: bool = True,
+) -> DuplicateResult:
+    """Near-duplicate groups of a latents file, and the pairs that cross splits.
+
+    Args:
+        latents: a latents file of any layout nenya writes, or ``(ids, vectors)`` or
+            ``(ids, vectors, metadata DataFrame)``.
+        threshold: distance under which two items are near-duplicates; or ``auto=True`` to choose it
+            (:func:`auto_threshold`).
+        metric: ``l2`` (Euclidean) or ``cosine`` (1 - cosine similarity).
+        split_column: a metadata column naming each item's split; default the ``partition`` column
+            when the file has one (Nenya HDF5: valid/train). Leakage = pairs across splits.
+        ivf_above: above this many vectors, an IVF index (approximate, bounded time) instead of flat.
+        progress: a progress bar over the query chunks.
+
+    Example:
+        >>> r = find_duplicates("vectors.parquet", auto=True, split_column="split")   # doctest: +SKIP
+        >>> r.threshold, len(r.groups), r.leakage.head()                               # doctest: +SKIP
+    """
+    ids, x, meta = _read(latents)
+    if (threshold is None) == (not auto):
+        raise ValueError("give a threshold or auto=True (not both)")
+    xp = _prepare(x, metric)
+    index = _index(xp, ivf_above)
+    how = f"given: {threshold}"
+    if auto:
+        threshold, how = auto_threshold(x, metric, index=index)
+    assert threshold is not None
+    log.info("near-duplicates of %d vectors: %s distance < %.4g (%s)", len(ids), metric, threshold, how)
+    a, b, d = _pairs(xp, index, _to_l2(threshold, metric), metric, progress)
+    pairs = pd.DataFrame({"id_a": ids[a], "id_b": ids[b], "distance": d}).sort_values(["id_a", "id_b"], kind="stable")
+    root = _groups(len(ids), a, b)
+    members = np.flatnonzero(np.bincount(root, minlength=len(ids))[root] > 1)
+    rep = root[members]
+    dist = _distance(xp[members], xp[rep], metric)
+    groups = pd.DataFrame(
+        {"id": ids[members], "group": pd.factorize(rep)[0], "representative": ids[rep], "distance": dist}
+    ).sort_values(["group", "distance"], kind="stable")
+    split = _split(meta, split_column)
+    leakage = None
+    if split is not None:
+        cross = split[a] != split[b]
+        leakage = pd.DataFrame(
+            {
+                "id_a": ids[a][cross],
+                "split_a": split[a][cross],
+                "id_b": ids[b][cross],
+                "split_b": split[b][cross],
+                "distance": d[cross],
+            }
+        )
+    log.info(
+        "%d pairs in %d groups; leakage: %s",
+        len(pairs),
+        groups["group"].nunique(),
+        "n/a" if leakage is None else len(leakage),
+    )
+    return DuplicateResult(
+        float(threshold), how, metric, groups.reset_index(drop=True), pairs.reset_index(drop=True), leakage
+    )
+
+
+def _read(latents) -> tuple[np.ndarray, np.ndarray, pd.DataFrame | None]:
+    if isinstance(latents, (str, os.PathLike)):
+        from nenya.analysis.latents import read_latents
+
+        ids, vectors, meta = read_latents(latents)
+        return np.asarray(ids, dtype=object), vectors, meta
+    ids, vectors, *rest = latents
+    return np.asarray(ids, dtype=object), np.asarray(vectors, dtype=np.float32), (rest[0] if rest else None)
+
+
+def _split(meta: pd.DataFrame | None, column: str | None) -> np.ndarray | None:
+    if column is not None:
+        if meta is None or column not in meta.columns:
+            have = "none" if meta is None else ", ".join(map(str, meta.columns))
+            raise ValueError(f"no column {column!r} to split by; the metadata has {have}")
+        return meta[column].astype(str).to_numpy()
+    if meta is not None and "partition" in meta.columns and meta["partition"].nunique() > 1:
+        return meta["partition"].astype(str).to_numpy()
+    return None
