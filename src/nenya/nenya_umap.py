@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from nenya._errors import InputError, NenyaError
+from nenya.analysis.dtbins import DT_bins
 from nenya.analysis.plots import cells_on_grid, grid_umap
 from nenya.config import config_value
 from nenya.encoders.named import resolve_opts
@@ -49,16 +50,6 @@ __all__ = [
     "UMAPFileError",
 ]
 
-#: DT bins of the DT-subset UMAPs: key -> (lower, upper], in kelvin. "all" means no cut.
-DT_bins: dict[str, tuple[float, float]] = {
-    "DT0": (0.0, 0.5),
-    "DT1": (0.5, 1.0),
-    "DT15": (1.0, 1.5),
-    "DT2": (1.5, 2.5),
-    "DT4": (2.5, 4.0),
-    "DT5": (4.0, float("inf")),
-    "all": (-float("inf"), float("inf")),
-}
 #: Nenya's name for the bins (``defs.umap_DT``): key -> (lower, upper].
 umap_DT = DT_bins
 

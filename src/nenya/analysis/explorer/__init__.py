@@ -16,6 +16,7 @@ import logging
 import numpy as np
 import pandas as pd
 
+from nenya.analysis.dtbins import DT_bins
 from nenya.analysis.explorer.coastlines import coastlines
 from nenya.analysis.explorer.data import columns, find_lat_lon, first_colour, neighbours, thumbnails
 from nenya.analysis.explorer.page import PageData, build_page
@@ -64,44 +65,26 @@ def write_explorer(
         k: neighbours per point; metric: ``l2``, ``ip`` or ``cosine``.
         max_points: beyond this, a random sample of this size is shown (and the page says so).
         max_thumbs: thumbnails are made for at most this many points, spread over the plane.
-        title: page title; seed: random choices.
-        lat, lon: the latitude/longitude columns of the map view (default: ``lat``/``lon`` or
-            ``latitude``/``longitude`` when the table has them; else no map).
-        xlabel, ylabel: axis names of the projection.
+        title: page title; seed: random choices; xlabel, ylabel: axis names of the projection.
+        lat, lon: the map's latitude/longitude columns (default: lat/lon or latitude/longitude; else no map).
     """
     x = np.asarray(x, dtype=np.float32)
     y = np.asarray(y, dtype=np.float32)
     n_all = len(x)
     _check_inputs(n_all, table, vectors)
     latlon = find_lat_lon(table, lat, lon)
-    rng = np.random.default_rng(seed)
-    shown = np.sort(rng.choice(n_all, max_points, replace=False)) if n_all > max_points else np.arange(n_all)
-    note = f"{n_all:,} points"
-    if len(shown) < n_all:
-        note = f"{len(shown):,} of {n_all:,} points (a random sample; selections and exports cover these)"
+    shown, note = _sample(n_all, max_points, seed)
     x, y = x[shown], y[shown]
     tab = table.iloc[shown].reset_index(drop=True)
     tab = _with_dt(tab)
-    n = len(shown)
     cols = columns(tab)
-    if vectors is not None and k > 0:
-        nbr, nsc = neighbours(np.asarray(vectors, dtype=np.float32)[shown], k, metric)
-    else:
-        nbr, nsc = np.zeros((n, 0), np.int32), np.zeros((n, 0), np.float32)
+    nbr, nsc = _neighbours(vectors, shown, k, metric)
     thumbs: list[str] = []
     trows = np.zeros(0, np.int64)
     if images is not None and images.kind is not None and max_thumbs > 0:
         thumbs, trows = thumbnails(x, y, shown, images, max_thumbs, seed)
         note += f"; images for {len(trows):,}"
-    lonlat = None
-    if latlon is not None:
-        la, lo = latlon
-        lonlat = (
-            pd.to_numeric(tab[lo], errors="coerce").to_numpy(dtype=np.float64),
-            pd.to_numeric(tab[la], errors="coerce").to_numpy(dtype=np.float64),
-        )
-    from nenya.nenya_umap import DT_bins
-
+    lonlat = _lonlat(tab, latlon)
     data = PageData(
         title=title,
         note=note,
@@ -127,6 +110,32 @@ def write_explorer(
         f.write(page)
     log.info("explorer: %s (%s, %.1f MB)", path, note, len(page) / 1e6)
     return path
+
+
+def _neighbours(vectors: np.ndarray | None, shown: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """Each shown point's ``k`` nearest shown points in latent space (none without vectors)."""
+    if vectors is None or k <= 0:
+        return np.zeros((len(shown), 0), np.int32), np.zeros((len(shown), 0), np.float32)
+    return neighbours(np.asarray(vectors, dtype=np.float32)[shown], k, metric)
+
+
+def _sample(n_all: int, max_points: int, seed: int) -> tuple[np.ndarray, str]:
+    """The rows shown (all, or a sorted random sample of ``max_points``) and the page's note saying which."""
+    if n_all <= max_points:
+        return np.arange(n_all), f"{n_all:,} points"
+    shown = np.sort(np.random.default_rng(seed).choice(n_all, max_points, replace=False))
+    return shown, f"{len(shown):,} of {n_all:,} points (a random sample; selections and exports cover these)"
+
+
+def _lonlat(tab: pd.DataFrame, latlon: tuple[str, str] | None) -> tuple[np.ndarray, np.ndarray] | None:
+    """(longitudes, latitudes) as float64 (NaN where not numbers), or None without a map."""
+    if latlon is None:
+        return None
+    la, lo = latlon
+    return (
+        pd.to_numeric(tab[lo], errors="coerce").to_numpy(dtype=np.float64),
+        pd.to_numeric(tab[la], errors="coerce").to_numpy(dtype=np.float64),
+    )
 
 
 def _with_dt(tab: pd.DataFrame) -> pd.DataFrame:
