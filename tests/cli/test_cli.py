@@ -8,6 +8,7 @@ import sys
 
 import h5py
 import numpy as np
+import pytest
 import torch
 
 from conftest import read_partition, reference_latents
@@ -100,6 +101,7 @@ def test_models_lists_specs():
     assert r.returncode == 0 and "supcon:" in r.stdout and "nenya:" in r.stdout and "NENYA_MODEL_DIR" in r.stdout
 
 
+@pytest.mark.slow
 def test_demo_runs_end_to_end(tmp_path):
     r = nenya("demo", tmp_path / "demo", "--n", 24, cwd=tmp_path)
     assert r.returncode == 0, r.stderr

@@ -32,6 +32,7 @@ def test_help_lists_the_trainers():
     assert nenya("reconstruct", "--help").returncode == 0
 
 
+@pytest.mark.slow
 def test_train_contrastive_then_extract_with_the_checkpoint(tmp_path, preproc):
     opts = make_opts(tmp_path, images_file=str(preproc), batch_size_train=8, epochs=1, feat_dim=8)
     r = nenya("train", "contrastive", "--opts", opts, "--max-valid-batches", "1", cwd=tmp_path)
@@ -59,6 +60,7 @@ def test_train_contrastive_then_extract_with_the_checkpoint(tmp_path, preproc):
     assert r.returncode == 2 and "not found" in r.stderr and "Traceback" not in r.stderr
 
 
+@pytest.mark.slow
 def test_autoencoder_overfit_and_reconstruct(tmp_path):
     x, _ = make_cutouts(12, size=24, seed=1)
     np.save(tmp_path / "imgs.npy", x[:, :, :21])

@@ -403,6 +403,7 @@ def test_ray_two_nodes_equal_local(ray_cluster, preproc, checkpoint, opts_file, 
     assert time.perf_counter() - t < 400
 
 
+@pytest.mark.slow
 @pytest.mark.ray
 def test_ray_actor_killed_mid_run_is_replaced_and_nothing_is_lost(
     ray_cluster, preproc, checkpoint, opts_file, reference, tmp_path

@@ -309,6 +309,7 @@ def test_cli_extract_s3_to_parquet_subprocess(s3, job, isolated):
 
 
 # -- 4. a killed run shows no partial object; the rerun resumes and publishes ------------------
+@pytest.mark.slow
 def test_cli_killed_run_leaves_no_partial_object_and_resumes(s3, job, isolated):
     import pyarrow.parquet as pq
 
