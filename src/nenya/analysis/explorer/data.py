@@ -35,6 +35,11 @@ class Column:
     hi: float | None = None
     filterable: bool = True
 
+    @property
+    def filters(self) -> bool:
+        """Whether the page offers a filter on this column."""
+        return self.filterable and self.kind != "text"
+
     def spec(self, field_name: str) -> dict:
         """The JSON the page's script reads."""
         return {
@@ -44,7 +49,7 @@ class Column:
             "levels": self.levels,
             "lo": self.lo,
             "hi": self.hi,
-            "filter": self.filterable and self.kind != "text",
+            "filter": self.filters,
         }
 
 

@@ -24,13 +24,8 @@ CSP = (
 )
 STYLE = """
 h3 { margin: 6px 0 2px 0; font: bold 13px sans-serif; }
-.nenya-panel h3 { margin: 6px 0 2px 0; font: bold 13px sans-serif; }
-.nenya-gallery img { width: 56px; height: 56px; margin: 1px; image-rendering: pixelated; border: 1px solid #ccc; }
-.nenya-nbrs img { width: 48px; height: 48px; image-rendering: pixelated; vertical-align: middle; }
-.nenya-swatch { display: inline-block; width: 10px; height: 10px; margin: 0 3px 0 8px; }
-.nenya-preview img { width: 128px; height: 128px; image-rendering: pixelated; border: 1px solid #999; }
 .nenya-note { color: #555; font: 12px sans-serif; }
-.nenya-gallery img, .nenya-nbrs img, .nenya-preview img { image-rendering: pixelated; }
+img.g, img.n, img.p { image-rendering: pixelated; }
 img.g { width: 46px; height: 46px; margin: 1px; border: 1px solid #ccc; }
 img.n { width: 44px; height: 44px; vertical-align: middle; margin: 1px; }
 img.p { width: 128px; height: 128px; border: 1px solid #999; }
@@ -107,7 +102,7 @@ def _source_data(d: PageData) -> dict:
 
 
 def _scatter(fig, source, view, colour_spec, name: str, xf: str, yf: str):
-    r = fig.scatter(
+    return fig.scatter(
         xf,
         yf,
         source=source,
@@ -122,7 +117,6 @@ def _scatter(fig, source, view, colour_spec, name: str, xf: str, yf: str):
         nonselection_fill_alpha=0.12,
         name=name,
     )
-    return r
 
 
 def _figure(name: str, title: str, xlabel: str, ylabel: str, **kw):
@@ -153,7 +147,7 @@ def _span(v: np.ndarray) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
-def _views(d: PageData, source, filt, colour_spec, js):
+def _views(d: PageData, source, filt, colour_spec) -> list:
     from bokeh.models import CDSView, ColumnDataSource, CustomJS, HoverTool
 
     figs = []
@@ -192,7 +186,7 @@ def _views(d: PageData, source, filt, colour_spec, js):
             )
         )
         fig.js_on_event("tap", CustomJS(code=f"window.nenya && window.nenya._tap(cb_obj, {json.dumps(fig.name)})"))
-    return [f for f, _, _ in figs], js
+    return [f for f, _, _ in figs]
 
 
 def _filter_widgets(d: PageData, call) -> list:
@@ -200,7 +194,7 @@ def _filter_widgets(d: PageData, call) -> list:
 
     out = []
     for i, c in enumerate(d.columns):
-        if not c.spec("").get("filter") or c.lo is None and c.kind != "cat":
+        if not c.filters or (c.kind != "cat" and c.lo is None):  # nothing to filter, or no finite value
             continue
         name = f"filter:c{i}"
         if c.kind == "cat":
@@ -332,7 +326,7 @@ def build_page(d: PageData) -> str:
     def call(action: str) -> CustomJS:
         return CustomJS(code=f"window.nenya && window.nenya._ui({json.dumps(action)}, cb_obj)")
 
-    figs, _ = _views(d, source, filt, colour_spec, None)
+    figs = _views(d, source, filt, colour_spec)
     first_num = next((m for c, m in mappers.items() if type(m).__name__ == "LinearColorMapper"), None)
     if first_num is not None:
         bar = ColorBar(color_mapper=first_num, name="nenya-colorbar", width=12, visible=False)
