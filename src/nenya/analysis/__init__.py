@@ -12,12 +12,14 @@ import time
 
 from nenya.analysis.cluster import hdbscan, kmeans
 from nenya.analysis.compare import EncodingAgreement, compare_encodings
+from nenya.analysis.duplicates import DuplicateResult, find_duplicates
 from nenya.analysis.explorer import write_explorer
 from nenya.analysis.images import ImageLookup
 from nenya.analysis.latents import Latents, open_latents, output_path, read_about, read_latents, read_table, write_table
 from nenya.analysis.pca import PCAResult, pca
 from nenya.analysis.plots import gallery_plot, neighbours_plot, scatter_plot
 from nenya.analysis.search import LatentIndex, build_index, load_index
+from nenya.analysis.shift import CollectionShift, compare_collections
 from nenya.analysis.umap import UMAPResult, fit_umap
 
 log = logging.getLogger(__name__)
@@ -25,6 +27,10 @@ log = logging.getLogger(__name__)
 __all__ = [
     "EncodingAgreement",
     "compare_encodings",
+    "CollectionShift",
+    "compare_collections",
+    "DuplicateResult",
+    "find_duplicates",
     "Latents",
     "open_latents",
     "read_about",

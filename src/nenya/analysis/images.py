@@ -12,6 +12,7 @@ import io
 import logging
 import os
 from collections.abc import Sequence
+from typing import Protocol
 
 import numpy as np
 import pandas as pd
@@ -21,7 +22,7 @@ from nenya.pipeline import storage
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ImageLookup", "anomaly_rgb", "to_data_uri", "ANOMALY_CMAP"]
+__all__ = ["ImageLookup", "Images", "anomaly_rgb", "to_data_uri", "ANOMALY_CMAP"]
 
 ANOMALY_CMAP = "RdBu_r"
 
@@ -48,6 +49,15 @@ def to_data_uri(rgb: np.ndarray, *, fmt: str = "JPEG", quality: int = 85) -> str
     Image.fromarray(rgb).save(buf, format=fmt, quality=quality)
     mime = "image/jpeg" if fmt.upper() == "JPEG" else f"image/{fmt.lower()}"
     return f"data:{mime};base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+class Images(Protocol):
+    """Where pictures of table rows come from: ``kind`` (``"anomaly"``, ``"photo"`` or None) and
+    ``get(rows)`` (an image or None per row). :class:`ImageLookup` is one."""
+
+    kind: str | None
+
+    def get(self, rows: Sequence[int] | np.ndarray) -> list[np.ndarray | None]: ...
 
 
 class ImageLookup:

@@ -13,7 +13,15 @@ from nenya.analysis.latents import local_target
 
 log = logging.getLogger(__name__)
 
-__all__ = ["grid_umap", "cells_on_grid", "scatter_plot", "gallery_plot", "neighbours_plot", "is_categorical"]
+__all__ = [
+    "grid_umap",
+    "cells_on_grid",
+    "scatter_plot",
+    "gallery_plot",
+    "neighbours_plot",
+    "image_rows",
+    "is_categorical",
+]
 
 
 def _figure(width: float, height: float):
@@ -226,6 +234,40 @@ def neighbours_plot(
         else:
             ax.imshow(im)
         ax.set_title(str(lab)[:28], fontsize=7, color="#b00" if i == 0 else "black")
+    if title:
+        fig.suptitle(title, fontsize=9)
+    return _save(fig, path)
+
+
+def image_rows(
+    rows: Sequence[Sequence[np.ndarray | None]],
+    titles: Sequence[str],
+    path: str,
+    *,
+    kind: str = "anomaly",
+    title: str | None = None,
+) -> str:
+    """A grid of images, one titled row per entry of ``rows`` (None: an empty cell). SST anomalies
+    share one symmetric colour scale."""
+    nrows, ncols = max(len(rows), 1), max((len(r) for r in rows), default=1) or 1
+    fig = _figure(min(1.6 * ncols, 24), 1.9 * nrows + 0.4)
+    anomaly = [im for r in rows for im in r if im is not None and kind == "anomaly"]
+    vmax = max((float(np.nanmax(np.abs(im))) for im in anomaly), default=1.0) or 1.0
+    grid = fig.add_gridspec(nrows, ncols, hspace=0.45)
+    for i, (row, row_title) in enumerate(zip(rows, titles)):
+        for j in range(ncols):
+            ax = fig.add_subplot(grid[i, j])
+            ax.set_xticks([])
+            ax.set_yticks([])
+            im = row[j] if j < len(row) else None
+            if im is None:
+                ax.axis("off")
+            elif kind == "anomaly":
+                ax.imshow(im, origin="lower", cmap=ANOMALY_CMAP, vmin=-vmax, vmax=vmax, interpolation="nearest")
+            else:
+                ax.imshow(im)
+            if j == 0:
+                ax.set_title(row_title, fontsize=8, loc="left")
     if title:
         fig.suptitle(title, fontsize=9)
     return _save(fig, path)

@@ -1,4 +1,4 @@
-"""``nenya umap|pca|cluster|index|search|plot|explore|duplicates``: sub-commands over latents files."""
+"""``nenya umap|pca|cluster|index|search|plot|explore``: sub-commands over latents files."""
 
 from __future__ import annotations
 
@@ -38,61 +38,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     _add_search(sub)
     _add_plot(sub)
     _add_explore(sub)
-    _add_duplicates(sub)
-
-
-def _add_duplicates(sub: argparse._SubParsersAction) -> None:
-    """``nenya duplicates``: near-duplicate groups and leakage between splits."""
-    p = sub.add_parser(
-        "duplicates",
-        help="near-duplicate groups of a latents file, and leakage between splits",
-        description="Range search with FAISS (exact up to 200,000 vectors, IVF above), groups by union-find, "
-        "one representative each. Writes <name>_duplicates.parquet (id, group, representative, distance) and, "
-        "with a split (--split-column, or the partition column), <name>_leakage.parquet (pairs across splits).",
-        formatter_class=_fmt,
-    )
-    _common(p, output_help="output folder (ending in /) or the duplicates .parquet file")
-    how = p.add_mutually_exclusive_group(required=True)
-    how.add_argument("--threshold", type=float, help="distance under which two items are near-duplicates")
-    how.add_argument("--auto", action="store_true", help="choose the threshold from the nearest-neighbour distances")
-    p.add_argument("--metric", default="l2", choices=["l2", "cosine"], help="l2: Euclidean; cosine: 1 - cos")
-    p.add_argument("--split-column", help="metadata column of each item's split (default: partition, if any)")
-    p.add_argument("--no-progress", action="store_true")
-    p.set_defaults(func=cmd_duplicates)
-
-
-def cmd_duplicates(args: argparse.Namespace) -> int:
-    """Write the duplicate groups (and leakage) tables; print their paths."""
-    from nenya.analysis import output_path, read_latents, write_table
-    from nenya.analysis.duplicates import find_duplicates
-
-    ids, vectors, meta = read_latents(args.latents, partitions=_parts(args))
-    r = find_duplicates(
-        (ids, vectors, meta),
-        threshold=args.threshold,
-        auto=args.auto,
-        metric=args.metric,
-        split_column=args.split_column,
-        progress=not args.no_progress,
-    )
-    out = output_path(args.latents, "_duplicates.parquet", args.output)
-    write_table(r.groups, out)
-    print(f"threshold {r.threshold:.4g} ({r.how})", file=sys.stderr)
-    print(
-        f"{len(r.pairs):,} near-duplicate pairs in {r.groups['group'].nunique():,} groups of {len(ids):,} items",
-        file=sys.stderr,
-    )
-    print(out)
-    if r.leakage is not None:
-        leak = (
-            out[: -len("_duplicates.parquet")] + "_leakage.parquet"
-            if out.endswith("_duplicates.parquet")
-            else (out.rsplit(".", 1)[0] + "_leakage.parquet")
-        )
-        write_table(r.leakage, leak)
-        print(f"{len(r.leakage):,} pairs across splits (leakage)", file=sys.stderr)
-        print(leak)
-    return 0
 
 
 def _add_umap(sub: argparse._SubParsersAction) -> None:

@@ -20,7 +20,7 @@ from nenya.analysis.dtbins import DT_bins
 from nenya.analysis.explorer.coastlines import coastlines
 from nenya.analysis.explorer.data import columns, find_lat_lon, first_colour, neighbours, thumbnails
 from nenya.analysis.explorer.page import PageData, build_page
-from nenya.analysis.images import ImageLookup
+from nenya.analysis.images import Images
 from nenya.analysis.latents import local_target
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ def write_explorer(
     table: pd.DataFrame,
     *,
     vectors: np.ndarray | None = None,
-    images: ImageLookup | None = None,
+    images: Images | None = None,
     color: str | None = None,
     k: int = 10,
     metric: str = "l2",

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import pandas as pd
 
-from nenya.analysis.images import ImageLookup, anomaly_rgb, to_data_uri
+from nenya.analysis.images import Images, anomaly_rgb, to_data_uri
 
 MAX_LEVELS = 40  # a text column with more distinct values is not a category
 FEW_INTEGERS = 20  # integer columns with at most this many values are categories
@@ -198,7 +198,7 @@ def neighbours(vectors: np.ndarray, k: int, metric: str) -> tuple[np.ndarray, np
 
 
 def thumbnails(
-    x: np.ndarray, y: np.ndarray, shown: np.ndarray, images: ImageLookup, max_thumbs: int, seed: int
+    x: np.ndarray, y: np.ndarray, shown: np.ndarray, images: Images, max_thumbs: int, seed: int
 ) -> tuple[list[str], np.ndarray]:
     """``data:`` URIs for up to ``max_thumbs`` points spread over the plane, and the (shown) rows they belong
     to; points whose image cannot be read get none."""
