@@ -76,7 +76,7 @@ def run_demo(
         json.dump(opts, f, indent=2)
     print(f"options:      {opts_file}")
     print(f"training:     SimCLR {model} for up to {train_seconds:.0f} s on the train partition ...", flush=True)
-    ckpt = train(opts_file, max_seconds=train_seconds)
+    ckpt = train(opts_file, max_seconds=train_seconds, precision="auto")
     print(f"model:        {ckpt} (Nenya checkpoint format; learning curve next to it)", flush=True)
 
     latents = extract_main(opts_file, [data], clobber=True)[0]

@@ -4,6 +4,7 @@ the record check and the report folder."""
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pandas as pd
@@ -13,6 +14,8 @@ from conftest import save_checkpoint
 from nenya.analysis.shift import classifier_test, cluster_shares, compare_collections, mmd_test
 from nenya.cli import main
 from nenya.sample_data import write_preproc
+
+CHROMIUM = "/usr/bin/chromium"
 
 
 def _collection(n: int = 2000, d: int = 128, seed: int = 0) -> np.ndarray:
@@ -171,3 +174,32 @@ def test_cli_compare_refuses_two_models_unless_forced_and_same_items_compares_th
     assert len(overlap) == 200 and overlap["overlap"].mean() == pytest.approx(summary["mean_overlap"])
     changed = pd.read_parquet(tmp / "same" / "most_changed.parquet")
     assert changed["overlap"].is_monotonic_increasing and changed["overlap"].iloc[0] == overlap["overlap"].min()
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")
+def test_report_and_explorer_pages_in_chromium(two_collections, capsys):
+    """The report's pictures load; the compare page filters by collection as pandas does."""
+    from playwright.sync_api import sync_playwright
+
+    tmp, pre = two_collections
+    a, b = tmp / "out" / "a_latents.h5", tmp / "out" / "b_latents.h5"
+    args = ["compare", str(a), str(b), "--projection", "pca", "--images", pre["a"], pre["b"], "--clusters", "4"]
+    assert main([*args, "--permutations", "50", "--no-progress", "-o", str(tmp / "rep")]) == 0
+    points = pd.read_parquet(tmp / "rep" / "points.parquet")
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"])
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        errors: list[str] = []
+        page.on("pageerror", lambda e: errors.append(str(e)))
+        page.goto(f"file://{tmp / 'rep' / 'report.html'}")
+        widths = page.evaluate("[...document.images].map(i => i.complete ? i.naturalWidth : 0)")
+        assert len(widths) == 2 and min(widths) > 100  # projection.png and clusters.png
+        assert page.locator("table").count() == 2
+        page.screenshot(path=str(tmp / "rep" / "report_screen.png"), full_page=True)
+        page.goto(f"file://{tmp / 'rep' / 'explorer.html'}")
+        page.wait_for_function("window.nenya && window.nenya.ready", timeout=120_000)
+        shown = page.evaluate("nenya.setFilter('collection', ['b_latents']) && nenya.shownIds()")
+        assert shown == points.loc[points["collection"] == "b_latents", "id"].tolist()
+        browser.close()
+    assert not errors

@@ -69,7 +69,7 @@ def test_checkpoints_follow_nenya_format_and_extract_unchanged(tmp_path, preproc
         rows = list(csv.DictReader(f))
     kinds = {r["kind"] for r in rows}
     assert kinds == {"train_step", "train_epoch", "valid_step", "valid_epoch"}
-    assert [r["epoch"] for r in rows if r["kind"] == "valid_epoch"] == ["1", "2"]
+    assert [r["epoch"] for r in rows if r["kind"] == "valid_epoch"] == ["0", "1", "2"]  # 0: the untrained model
     assert (folder / "learning_curve.png").read_bytes()[:4] == b"\x89PNG"
 
 

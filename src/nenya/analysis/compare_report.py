@@ -12,6 +12,7 @@ import json
 import logging
 import os
 from collections.abc import Sequence
+from typing import cast
 
 import numpy as np
 import pandas as pd
@@ -55,6 +56,9 @@ def _markdown(blocks: Sequence[Block]) -> str:
             out.append(f"{value}\n")
         elif kind == "img":
             out.append(f"![{value}]({value})\n")
+        elif kind == "link":
+            href, text = cast(tuple[str, str], value)  # (file name, text)
+            out.append(f"[{text}]({href})\n")
         elif kind == "table":
             df = value if isinstance(value, pd.DataFrame) else pd.DataFrame(value)
             rows = [[_fmt(v) for v in r] for r in df.itertuples(index=False)]
@@ -74,6 +78,9 @@ def _html(blocks: Sequence[Block], title: str) -> str:
             body.append(f"<p>{html.escape(str(value))}</p>")
         elif kind == "img":
             body.append(f'<p><img src="{html.escape(str(value))}" alt="{html.escape(str(value))}"></p>')
+        elif kind == "link":
+            href, text = cast(tuple[str, str], value)  # (file name, text)
+            body.append(f'<p><a href="{html.escape(href)}">{html.escape(text)}</a></p>')
         elif kind == "table":
             df = value if isinstance(value, pd.DataFrame) else pd.DataFrame(value)
             body.append(df.map(_fmt).to_html(index=False, escape=True, border=0))
@@ -275,7 +282,8 @@ def _shift_blocks(r: CollectionShift, paths: dict) -> list[Block]:
         if key in paths:
             blocks += [("h2", caption), ("img", os.path.basename(paths[key]))]
     if "explorer" in paths:
-        blocks.append(("p", "Interactive: explorer.html (colour by collection or cluster, select, filter, export)."))
+        text = "Interactive: explorer.html (colour by collection or cluster, select, filter, export)"
+        blocks.append(("link", (os.path.basename(paths["explorer"]), text)))
     return blocks
 
 

@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 __all__ = ["DuplicateResult", "find_duplicates", "auto_threshold"]
 
 IVF_ABOVE = 200_000
+NPROBE = 32
 CHUNK = 8192
 AUTO_SAMPLE = 20_000
 AUTO_SIGMAS = 5.0
@@ -61,7 +62,7 @@ def _prepare(x: np.ndarray, metric: str) -> np.ndarray:
     return np.ascontiguousarray(x)
 
 
-def _index(x: np.ndarray, ivf_above: int, seed: int = 0):
+def _index(x: np.ndarray, ivf_above: int, nprobe: int = NPROBE, seed: int = 0):
     """A FAISS L2 index over ``x`` (on unit vectors, L2 ranks as cosine): flat, or IVF for large sets."""
     import faiss
 
@@ -74,7 +75,7 @@ def _index(x: np.ndarray, ivf_above: int, seed: int = 0):
         index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
         rng = np.random.default_rng(seed)
         index.train(x[np.sort(rng.choice(n, min(n, nlist * 64), replace=False))])
-        index.nprobe = max(1, nlist // 8)
+        index.nprobe = max(1, min(nlist, nprobe))
     index.add(x)
     return index
 
@@ -162,6 +163,7 @@ def find_duplicates(
     metric: str = "l2",
     split_column: str | None = None,
     ivf_above: int = IVF_ABOVE,
+    nprobe: int = NPROBE,
     progress: bool = True,
 ) -> DuplicateResult:
     """Near-duplicate groups of a latents file, and the pairs that cross splits.
@@ -175,6 +177,8 @@ def find_duplicates(
         split_column: a metadata column naming each item's split; default the ``partition`` column
             when the file has one (Nenya HDF5: valid/train). Leakage = pairs across splits.
         ivf_above: above this many vectors, an IVF index (approximate, bounded time) instead of flat.
+        nprobe: cells of the IVF index searched per query (of about ``4 sqrt(n)``). Near-duplicates
+            lie in the same or a neighbouring cell, so a few dozen find them; raise it for large thresholds.
         progress: a progress bar over the query chunks.
 
     Example:
@@ -185,7 +189,7 @@ def find_duplicates(
     if (threshold is None) == (not auto):
         raise ValueError("give a threshold or auto=True (not both)")
     xp = _prepare(x, metric)
-    index = _index(xp, ivf_above)
+    index = _index(xp, ivf_above, nprobe)
     how = f"given: {threshold}"
     if auto:
         threshold, how = auto_threshold(x, metric, index=index)

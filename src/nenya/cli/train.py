@@ -37,9 +37,9 @@ def _common_run(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (under torchrun: each rank's GPU)")
     p.add_argument(
         "--precision",
-        default="fp32",
+        default="auto",
         choices=["fp32", "bf16", "fp16", "auto"],
-        help="mixed precision (fp16 on CUDA only)",
+        help="auto: bf16 on GPUs and on CPUs with native bf16 (avx512_bf16/AMX), else fp32; fp16 on CUDA only",
     )
     p.add_argument("--max-seconds", type=float, default=None, help="stop (and save last.pth) after this many seconds")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -89,6 +89,22 @@ def _add_contrastive(tsub: argparse._SubParsersAction) -> None:
     c.add_argument("--max-train-batches", type=int, default=None, help="at most this many batches per epoch")
     c.add_argument("--max-valid-batches", type=int, default=None, help="at most this many validation batches")
     c.add_argument("--debug", action="store_true", help="2 short epochs into <model_folder>_debug")
+    c.add_argument(
+        "--eval-column",
+        default=None,
+        help="metadata column of labels for the kNN accuracy (default: label_column of the opts, if any)",
+    )
+    c.add_argument(
+        "--snapshot-every",
+        type=int,
+        default=0,
+        metavar="N",
+        help="every N epochs (and before the first) a PNG of the validation latents",
+    )
+    c.add_argument("--snapshot", default="pca", choices=["pca", "umap"], help="projection of the snapshots")
+    c.add_argument("--health-sample", type=int, default=512, help="validation items the health metrics use")
+    c.add_argument("--no-health", action="store_true", help="skip the representation metrics")
+    c.add_argument("--compile", action="store_true", help="torch.compile the model for training")
     _common_run(c)
     c.set_defaults(func=cmd_train_contrastive)
 
@@ -186,6 +202,7 @@ def cmd_train_contrastive(args: argparse.Namespace) -> int:
     """Train SupConResNet from an opts JSON (flags override it); print the last checkpoint and a summary."""
     from nenya.params import Params
     from nenya.train.contrastive import train_run
+    from nenya.train.health import HealthOptions
 
     opt = Params(args.opts)
     for key, value in (
@@ -210,6 +227,14 @@ def cmd_train_contrastive(args: argparse.Namespace) -> int:
         debug=args.debug,
         max_train_batches=args.max_train_batches,
         max_valid_batches=args.max_valid_batches,
+        compile=args.compile,
+        health=HealthOptions(
+            eval_column=args.eval_column,
+            snapshot_every=args.snapshot_every,
+            snapshot=args.snapshot,
+            sample=args.health_sample,
+            enabled=not args.no_health,
+        ),
     )
     print(summary.last)
     print(summary.line())

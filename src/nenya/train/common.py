@@ -22,6 +22,7 @@ from nenya.device import autocast, resolve_device, resolve_precision
 from nenya.params import Params
 from nenya.pipeline import storage
 from nenya.ranks import Ranks
+from nenya.train.health import METRIC_FIELDS
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +41,10 @@ __all__ = [
     "setup_distributed",
 ]
 
-CURVE_FIELDS = ("kind", "epoch", "step", "loss", "loss_avg", "lr", "images_per_s")
+#: the columns of ``learning_curve.csv``: the loss columns, then the representation metrics of
+#: :mod:`nenya.train.health` (filled on ``valid_epoch`` rows when measured, else empty)
+CURVE_FIELDS = ("kind", "epoch", "step", "loss", "loss_avg", "lr", "images_per_s", *METRIC_FIELDS)
+_NUMBER_FIELDS = ("loss_avg", "lr", "images_per_s", *METRIC_FIELDS)
 
 
 # --------------------------------------------------------------------------- ranks and devices
@@ -223,8 +227,11 @@ class LearningCurve:
         loss_avg: float | None = None,
         lr: float | None = None,
         images_per_s: float | None = None,
+        metrics: dict[str, float] | None = None,
     ) -> None:
-        """Add a row (``kind``: train_step, train_epoch, valid_step or valid_epoch)."""
+        """Add a row (``kind``: train_step, train_epoch, valid_step or valid_epoch); ``metrics``
+        holds representation metrics by :data:`~nenya.train.health.METRIC_FIELDS` name."""
+        metrics = metrics or {}
         self.rows.append(
             {
                 "kind": kind,
@@ -234,8 +241,17 @@ class LearningCurve:
                 "loss_avg": "" if loss_avg is None else float(loss_avg),
                 "lr": "" if lr is None else float(lr),
                 "images_per_s": "" if images_per_s is None else round(float(images_per_s), 2),
+                **{k: float(metrics[k]) if k in metrics else "" for k in METRIC_FIELDS},
             }
         )
+
+    def metric(self, name: str) -> list[tuple[int, float]]:
+        """``(epoch, value)`` of a representation metric on every ``valid_epoch`` row that has it."""
+        return [
+            (r["epoch"], r[name])
+            for r in self.rows
+            if r["kind"] == "valid_epoch" and r.get(name, "") != "" and math.isfinite(r[name])
+        ]
 
     def epochs(self, kind: str) -> list[tuple[int, float]]:
         """``(epoch, loss)`` of every row of ``kind``."""
@@ -257,10 +273,7 @@ class LearningCurve:
                         "epoch": int(r["epoch"]),
                         "step": int(r["step"]),
                         "loss": float(r["loss"]),
-                        **{
-                            k: (float(r[k]) if r.get(k) not in (None, "") else "")
-                            for k in ("loss_avg", "lr", "images_per_s")
-                        },
+                        **{k: (float(r[k]) if r.get(k) not in (None, "") else "") for k in _NUMBER_FIELDS},
                     }
                 )
         return curve
@@ -274,14 +287,26 @@ class LearningCurve:
                 w.writerows(self.rows)
 
     def plot(self, path: str, *, title: str = "learning curve", steps_per_epoch: int | None = None) -> None:
-        """A PNG of the train loss per step (faint), per epoch, and the valid loss per epoch."""
+        """A PNG of the train loss per step (faint), per epoch, and the valid loss per epoch; with
+        representation metrics, three more panels: effective rank, alignment and uniformity,
+        pairwise cosine and kNN accuracy (epoch 0: the untrained model)."""
         import matplotlib
 
         matplotlib.use("Agg", force=False)
         from matplotlib.figure import Figure
 
-        fig = Figure(figsize=(7, 4.2), dpi=100)
-        ax = fig.add_subplot(1, 1, 1)
+        panels = any(self.metric(name) for name in METRIC_FIELDS)
+        fig = Figure(figsize=(11, 7.5) if panels else (7, 4.2), dpi=100)
+        ax = fig.add_subplot(2, 2, 1) if panels else fig.add_subplot(1, 1, 1)
+        self._plot_loss(ax, steps_per_epoch)
+        ax.set_title(title)
+        if panels:
+            self._plot_metrics(fig)
+        fig.tight_layout()
+        with storage.atomic_local(path) as tmp:
+            fig.savefig(tmp, format="png")
+
+    def _plot_loss(self, ax, steps_per_epoch: int | None) -> None:
         steps = [r for r in self.rows if r["kind"] == "train_step"]
         if steps:
             spe = steps_per_epoch or max(1, math.ceil(len(steps) / max(1, max(r["epoch"] for r in steps))))
@@ -291,18 +316,32 @@ class LearningCurve:
             ("train_epoch", "tab:blue", "train (epoch mean)"),
             ("valid_epoch", "tab:orange", "valid (epoch mean)"),
         ):
-            pts = self.epochs(kind)
+            pts = [(e, v) for e, v in self.epochs(kind) if math.isfinite(v)]
             if pts:
                 ax.plot([e for e, _ in pts], [v for _, v in pts], "o-", color=color, label=label)
         ax.set_xlabel("epoch")
         ax.set_ylabel("loss")
-        ax.set_title(title)
         if self.rows:
             ax.legend(loc="upper right")
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        with storage.atomic_local(path) as tmp:
-            fig.savefig(tmp, format="png")
+
+    def _plot_metrics(self, fig) -> None:
+        groups = (
+            ("effective rank (RankMe)", (("erank_latent", "latents"), ("erank_feature", "encoder features"))),
+            ("alignment / uniformity", (("alignment", "alignment (lower: views agree)"), ("uniformity", "uniformity (lower: spread)"))),
+            ("cosine / kNN accuracy", (("cos_mean", "mean pairwise cosine"), ("cos_std", "its spread"), ("knn_accuracy", "kNN accuracy (k=20)"))),
+        )  # fmt: skip
+        for i, (label, series) in enumerate(groups):
+            ax = fig.add_subplot(2, 2, i + 2)
+            for name, text in series:
+                pts = self.metric(name)
+                if pts:
+                    ax.plot([e for e, _ in pts], [v for _, v in pts], "o-", label=text, ms=4)
+            ax.set_xlabel("epoch (0: untrained)")
+            ax.set_title(label, fontsize=10)
+            ax.grid(alpha=0.3)
+            if ax.lines:
+                ax.legend(fontsize=8)
 
 
 def seed_everything(seed: int) -> None:

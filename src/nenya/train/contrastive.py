@@ -37,6 +37,7 @@ from nenya.ranks import Ranks
 from nenya.train import common
 from nenya.train.augment import AugmentConfig, two_views
 from nenya.train.data import ArrayDataset, collate_batch, load_labels, open_dataset
+from nenya.train.health import HealthOptions, HealthProbe, collapse_message, metrics_line, snapshot_plot
 from nenya.train.losses import SupConLoss
 
 log = logging.getLogger(__name__)
@@ -254,6 +255,7 @@ class EpochSetup:
         global_step: optimiser steps before this pass (the ``step`` of train rows).
         progress: show a tqdm bar.
         desc: the label of the bar and of the log lines.
+        postfix: more ``(name, value)`` pairs for the bar (the last health figures).
     """
 
     device: torch.device
@@ -269,6 +271,7 @@ class EpochSetup:
     global_step: int = 0
     progress: bool = False
     desc: str = "train"
+    postfix: tuple[tuple[str, str], ...] = ()
 
 
 def _views_and_labels(
@@ -375,7 +378,7 @@ class _EpochMeter:
             )
         rate = self.seen / max(elapsed, 1e-9)
         self.bar.update(1)
-        self.bar.set_postfix(loss=f"{value:.3f}", avg=f"{avg:.3f}", img_s=f"{rate:.1f}")
+        self.bar.set_postfix(loss=f"{value:.3f}", avg=f"{avg:.3f}", img_s=f"{rate:.1f}", **dict(s.postfix))
         if self.print_freq and (idx + 1) % self.print_freq == 0:
             log.info(
                 "%s: [%d][%d/%d] loss %.4f (%.4f) %.1f images/s",
@@ -554,6 +557,9 @@ class _Run:
     progress: bool
     global_step: int = 0
     steps_per_epoch: int | None = None
+    health: HealthOptions = HealthOptions()
+    probe: HealthProbe | None = None
+    postfix: tuple[tuple[str, str], ...] = ()
 
 
 def _limits(
@@ -648,8 +654,10 @@ def _start(
     resume: str | os.PathLike | None,
     auto_resume: bool,
     progress: bool,
+    health: HealthOptions = HealthOptions(),
 ) -> _Run:
-    """Everything before the first epoch: ranks and device, model, resume point, data, opts.json."""
+    """Everything before the first epoch: ranks and device, model, resume point, data, opts.json,
+    the health probe."""
     ranks, dev = common.setup_distributed(device if device is not None else "auto")
     folder = output_folder(opt, output)
     if debug:
@@ -712,7 +720,61 @@ def _start(
         limits,
         progress,
         global_step,
+        health=health,
+        probe=_probe(opt, health, train_ds, valid_ds, dev, amp_dtype) if ranks.is_main else None,
     )
+
+
+def _probe(
+    opt: Params,
+    health: HealthOptions,
+    train_ds: ArrayDataset,
+    valid_ds: ArrayDataset | None,
+    device: torch.device,
+    amp_dtype: torch.dtype | None,
+) -> HealthProbe | None:
+    """The health probe of a run (None when disabled): on the validation partition (else train)."""
+    if not health.enabled:
+        return None
+    column = health.eval_column or opt.get("eval_column") or opt.get("label_column")
+    return HealthProbe(
+        valid_ds if valid_ds is not None else train_ds,
+        train_ds,
+        AugmentConfig.from_opt(opt),
+        device,
+        amp_dtype=amp_dtype,
+        eval_column=str(column) if column else None,
+        sample=health.sample,
+        bank=health.bank,
+        k=health.k,
+        seed=int(opt.seed),
+    )
+
+
+def _measure(run: _Run, epoch: int, loss: float) -> None:
+    """The health metrics of the model after ``epoch`` (0: untrained) into the curve, the log, the
+    bar and a snapshot; warns when the latents look collapsed."""
+    if run.probe is None:
+        if not math.isnan(loss):
+            run.curve.add("valid_epoch", epoch, run.global_step, loss)
+        return
+    metrics, latents = run.probe.measure(run.model)
+    run.curve.add("valid_epoch", epoch, run.global_step, loss, metrics=metrics)
+    log.info("epoch %d%s: %s", epoch, " (untrained)" if epoch == 0 else "", metrics_line(metrics))
+    run.postfix = (("erank", f"{metrics['erank_latent']:.1f}"),) + (
+        (("knn", f"{metrics['knn_accuracy']:.3f}"),) if math.isfinite(metrics["knn_accuracy"]) else ()
+    )
+    warning = collapse_message(metrics) if epoch > 0 else None  # an untrained head can look collapsed
+    if warning:
+        log.warning("epoch %d: %s", epoch, warning)
+    every = run.health.snapshot_every
+    if every and epoch % every == 0:
+        name = f"snapshot_epoch_{epoch:03d}.png"
+        title = f"{run.opt.ssl_method} {run.opt.ssl_model}, epoch {epoch}: {run.health.snapshot.upper()} of {len(latents)} validation latents"
+        snapshot_plot(
+            latents, run.writer.local(name), how=run.health.snapshot, labels=run.probe.label_names, title=title
+        )
+        run.writer.publish(name)
 
 
 def _fit_epoch(run: _Run, epoch: int) -> tuple[EpochResult, float]:
@@ -744,6 +806,7 @@ def _fit_epoch(run: _Run, epoch: int) -> tuple[EpochResult, float]:
         global_step=run.global_step,
         progress=run.progress and ranks.is_main,
         desc=f"epoch {epoch}/{int(opt.epochs)}",
+        postfix=run.postfix,
     )
     res = run_epoch(loader, run.train_model, run.criterion, run.optimizer, epoch, opt, setup)
     run.global_step += len(res.step_losses)
@@ -784,9 +847,9 @@ def _validate(run: _Run, epoch: int) -> None:
     if vres.step_losses:
         (vloss,) = common.all_reduce_mean([vres.loss], run.device)
         run.summary.valid_loss = vloss
-        if ranks.is_main:
-            run.curve.add("valid_epoch", epoch, run.global_step, vloss)
         log.info("epoch %d: valid loss %.4f", epoch, vloss)
+        if ranks.is_main:
+            _measure(run, epoch, vloss)
 
 
 def _save(run: _Run, epoch: int, names: list[str]) -> None:
@@ -862,6 +925,8 @@ def train_run(
     debug: bool = False,
     max_train_batches: int | None = None,
     max_valid_batches: int | None = None,
+    health: HealthOptions = HealthOptions(),
+    compile: bool = False,
 ) -> TrainSummary:
     """Train and return a :class:`TrainSummary` (see :func:`train` for the arguments)."""
     t_start = time.monotonic()
@@ -877,8 +942,15 @@ def train_run(
         resume=resume,
         auto_resume=auto_resume,
         progress=progress,
+        health=health,
     )
+    if compile:
+        from nenya.device import compile_model
+
+        run.train_model = compile_model(run.train_model, str(opt.ssl_model)) or run.train_model
     try:
+        if run.summary.start_epoch == 1 and run.ranks.is_main:
+            _measure(run, 0, float("nan"))  # the untrained model: the baseline of every figure
         for epoch in range(run.summary.start_epoch, int(opt.epochs) + 1):
             if not _epoch(run, epoch):
                 break
@@ -906,8 +978,9 @@ def train(
         progress: show a tqdm bar with the loss and images/s.
         **kwargs: ``resume`` (a checkpoint), ``auto_resume`` (continue from the folder's last.pth),
             ``output`` (model folder instead of ``<s3_outdir>/<model_folder>``), ``device``
-            (auto, cpu, cuda), ``precision`` (fp32, bf16, fp16), ``debug``, ``max_train_batches``,
-            ``max_valid_batches``.
+            (auto, cpu, cuda), ``precision`` (auto, fp32, bf16, fp16), ``debug``, ``max_train_batches``,
+            ``max_valid_batches``, ``health`` (a :class:`~nenya.train.health.HealthOptions`: the
+            eval column, snapshots), ``compile`` (``torch.compile`` the model).
 
     Example:
         >>> from nenya.train.contrastive import demo_opts, train
