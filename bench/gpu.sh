@@ -9,7 +9,8 @@
 #   1. the GPU tests (pytest -m gpu: nvjpeg decoding against the CPU path, pinned batches);
 #   2. bench/extract.py on cuda: the Nenya path (SupCon resnet50, 64x64 cutouts from HDF5), nenya
 #      vs the in-memory ceiling vs the original-style loop, fp32 and bf16;
-#   3. bench/photos.py on cuda: ResNet-50 at 224 px from a JPEG folder, CPU decoding and --decode gpu.
+#   3. bench/photos.py on cuda: ResNet-50 at 224 px from a JPEG folder, CPU decoding and --decode gpu;
+#   4. bench/train.py on cuda: contrastive training images/s, fp32 vs bf16, eager vs torch.compile.
 # Every bench appends its table, with the machine and date, to $OUT/RESULTS.md; copy those sections
 # into bench/RESULTS.md. Packages the image lacks (faiss, umap-learn, s3fs) are not needed here.
 set -uo pipefail
@@ -51,6 +52,10 @@ for decode in cpu gpu; do
   "$PY" bench/photos.py --device "$DEVICE" --n "$N_JPEG" --batch-size "$((BS / 2))" --workers "$WORKERS" \
     --precision "${PRECISION:-fp32,bf16}" --bf16-n "$N_JPEG" --decode "$decode" --results "$OUT/RESULTS.md" 2>&1 | tee "$OUT/photos-$decode.log" || status=1
 done
+
+step "training speed: bench/train.py, fp32/bf16, eager/compiled"
+"$PY" bench/train.py --device "$DEVICE" --batch "$BS" --batches "${TRAIN_BATCHES:-20}" \
+  --results "$OUT/RESULTS.md" 2>&1 | tee "$OUT/train.log" || status=1
 
 step "done (status $status): $OUT"
 ls -l "$OUT"

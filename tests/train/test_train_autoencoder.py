@@ -68,6 +68,8 @@ def test_loss_falls_and_checkpoints_record_architecture(tmp_path, images):
     assert after < 0.9 * before, (before, after)  # 0.355 -> 0.291 with seed 0
     for name in ("ckpt_epoch_1.pth", "ckpt_epoch_2.pth", "last.pth", "learning_curve.csv", "learning_curve.png"):
         assert (tmp_path / "ae" / name).exists(), name
+    for epoch in (1, 2):  # input-versus-reconstruction panels of fixed examples at every checkpoint
+        assert (tmp_path / "ae" / f"reconstruction_epoch_{epoch}.png").stat().st_size > 5_000
     ckpt = load_checkpoint(tmp_path / "ae" / "last.pth")  # weights_only: options are a plain Params
     opt = ckpt["opt"]
     assert ckpt["epoch"] == 2 and ckpt["step"] == 40

@@ -167,3 +167,25 @@ def test_resume_keeps_the_metric_columns_and_the_panels_are_drawn(tmp_path, one_
 
     with Image.open(tmp_path / "r" / "learning_curve.png") as im:
         assert im.size[0] > 1000  # four panels, not the loss alone
+
+
+@pytest.mark.slow
+def test_compile_trains_the_compiled_model(tmp_path, one_thread, monkeypatch):
+    """--compile: training steps run through torch.compile's graph (dynamo with the eager backend here,
+    so the test needs no C++ toolchain) and the checkpoint holds the trained weights."""
+    import nenya.device
+
+    compiled = []
+
+    def spy(model, name):
+        compiled.append(name)
+        return torch.compile(model, backend="eager")
+
+    monkeypatch.setattr(nenya.device, "compile_model", spy)
+    data = _data(tmp_path, n_train=64, n_valid=32)
+    s = train_run(_opts(tmp_path, data, epochs=1), progress=False, output=str(tmp_path / "c"), compile=True)
+    assert compiled == ["resnet18"] and s.steps == 2
+    from nenya.encoders.weights import load_checkpoint
+
+    state = load_checkpoint(s.last)["model"]
+    assert not any(k.startswith("_orig_mod") for k in state)  # saved from the plain model, loads anywhere

@@ -250,7 +250,9 @@ def image_rows(
     """A grid of images, one titled row per entry of ``rows`` (None: an empty cell). SST anomalies
     share one symmetric colour scale."""
     nrows, ncols = max(len(rows), 1), max((len(r) for r in rows), default=1) or 1
-    fig = _figure(min(1.6 * ncols, 24), 1.9 * nrows + 0.4)
+    first = next((im for r in rows for im in r if im is not None), None)
+    aspect = first.shape[0] / first.shape[1] if first is not None else 1.0  # rows / columns of an image
+    fig = _figure(min(1.6 * ncols, 24), (1.6 * min(aspect, 3) + 0.35) * nrows + 0.4)
     anomaly = [im for r in rows for im in r if im is not None and kind == "anomaly"]
     vmax = max((float(np.nanmax(np.abs(im))) for im in anomaly), default=1.0) or 1.0
     grid = fig.add_gridspec(nrows, ncols, hspace=0.45)

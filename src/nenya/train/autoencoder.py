@@ -385,6 +385,29 @@ def _ae_save(run: _AERun, epoch: int) -> None:
         steps_per_epoch=run.per_epoch,
         is_main=run.ranks.is_main,
     )
+    if run.ranks.is_main:
+        name = f"reconstruction_epoch_{epoch}.png"
+        _reconstruction_panels(run, run.writer.local(name), f"step {run.step}")
+        run.writer.publish(name)
+
+
+def _reconstruction_panels(run: _AERun, path: str, when: str, n: int = 6) -> str:
+    """Inputs (as the model sees them: cropped, normalised) over their reconstructions, for ``n``
+    fixed images spread over the data, so the panels of every checkpoint compare."""
+    from nenya.analysis.plots import image_rows
+
+    rows = np.linspace(0, len(run.ds) - 1, min(n, len(run.ds))).round().astype(np.int64)
+    batch = run.ds.__getitems__(rows)
+    x = run.helper.prepare((batch[0] if isinstance(batch, tuple) else batch).to(run.device))
+    was_training = run.model.training
+    run.model.eval()
+    with torch.no_grad():
+        out = run.model(x).float()
+    run.model.train(was_training)
+    inputs = [im[0] for im in x.float().cpu().numpy()]
+    recon = [im[0] for im in out.cpu().numpy()]
+    titles = ["input (cropped, normalised)", "reconstruction"]
+    return image_rows([inputs, recon], titles, path, title=f"autoencoder at {when}: rows {rows.tolist()}")
 
 
 def _ae_step(run: _AERun, batch: Any) -> tuple[float, int]:

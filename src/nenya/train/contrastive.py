@@ -770,7 +770,11 @@ def _measure(run: _Run, epoch: int, loss: float) -> None:
     every = run.health.snapshot_every
     if every and epoch % every == 0:
         name = f"snapshot_epoch_{epoch:03d}.png"
-        title = f"{run.opt.ssl_method} {run.opt.ssl_model}, epoch {epoch}: {run.health.snapshot.upper()} of {len(latents)} validation latents"
+        title = (
+            f"{run.opt.ssl_method} {run.opt.ssl_model}, epoch {epoch}: {run.health.snapshot.upper()} of "
+            f"{len(latents)} validation latents\neffective rank {metrics['erank_latent']:.1f}, mean cosine "
+            f"{metrics['cos_mean']:.2f}" + (" (collapsed?)" if collapse_message(metrics) else "")
+        )
         snapshot_plot(
             latents, run.writer.local(name), how=run.health.snapshot, labels=run.probe.label_names, title=title
         )
@@ -947,7 +951,9 @@ def train_run(
     if compile:
         from nenya.device import compile_model
 
-        run.train_model = compile_model(run.train_model, str(opt.ssl_model)) or run.train_model
+        compiled = compile_model(run.train_model, str(opt.ssl_model))
+        if compiled is not None:  # else a warning was logged: eager
+            run.train_model = compiled
     try:
         if run.summary.start_epoch == 1 and run.ranks.is_main:
             _measure(run, 0, float("nan"))  # the untrained model: the baseline of every figure
