@@ -153,8 +153,14 @@ def test_simclr_stays_healthy_and_a_constant_encoder_is_called_collapsed(tmp_pat
 
 def test_resume_keeps_the_metric_columns_and_the_panels_are_drawn(tmp_path, one_thread):
     data = _data(tmp_path, n_train=96, n_valid=64)
-    train_run(_opts(tmp_path, data, epochs=1), progress=False, output=str(tmp_path / "r"))
-    train_run(_opts(tmp_path, data, epochs=2), progress=False, output=str(tmp_path / "r"), auto_resume=True)
+    health = HealthOptions(snapshot_every=2, snapshot_color="pattern")  # SimCLR: colour without kNN
+    train_run(_opts(tmp_path, data, epochs=1), progress=False, output=str(tmp_path / "r"), health=health)
+    more = _opts(tmp_path, data, epochs=2)
+    train_run(more, progress=False, output=str(tmp_path / "r"), auto_resume=True, health=health)
+    assert [p.name for p in sorted((tmp_path / "r").glob("snapshot_*.png"))] == [
+        "snapshot_epoch_000.png",
+        "snapshot_epoch_002.png",
+    ]
     with open(tmp_path / "r" / "learning_curve.csv") as f:
         header = next(csv.reader(f))
     assert header == list(common.CURVE_FIELDS)

@@ -102,6 +102,9 @@ def _add_contrastive(tsub: argparse._SubParsersAction) -> None:
         help="every N epochs (and before the first) a PNG of the validation latents",
     )
     c.add_argument("--snapshot", default="pca", choices=["pca", "umap"], help="projection of the snapshots")
+    c.add_argument(
+        "--snapshot-color", default=None, help="metadata column colouring the snapshots (default: the eval column)"
+    )
     c.add_argument("--health-sample", type=int, default=512, help="validation items the health metrics use")
     c.add_argument("--no-health", action="store_true", help="skip the representation metrics")
     c.add_argument("--compile", action="store_true", help="torch.compile the model for training")
@@ -232,6 +235,7 @@ def cmd_train_contrastive(args: argparse.Namespace) -> int:
             eval_column=args.eval_column,
             snapshot_every=args.snapshot_every,
             snapshot=args.snapshot,
+            snapshot_color=args.snapshot_color,
             sample=args.health_sample,
             enabled=not args.no_health,
         ),

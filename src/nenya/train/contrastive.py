@@ -744,6 +744,7 @@ def _probe(
         device,
         amp_dtype=amp_dtype,
         eval_column=str(column) if column else None,
+        color_column=health.snapshot_color,
         sample=health.sample,
         bank=health.bank,
         k=health.k,
@@ -776,7 +777,12 @@ def _measure(run: _Run, epoch: int, loss: float) -> None:
             f"{metrics['cos_mean']:.2f}" + (" (collapsed?)" if collapse_message(metrics) else "")
         )
         snapshot_plot(
-            latents, run.writer.local(name), how=run.health.snapshot, labels=run.probe.label_names, title=title
+            latents,
+            run.writer.local(name),
+            how=run.health.snapshot,
+            labels=run.probe.colors,
+            title=title,
+            color_name=run.probe.color_name,
         )
         run.writer.publish(name)
 

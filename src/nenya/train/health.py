@@ -69,6 +69,7 @@ class HealthOptions:
         snapshot_every: every this many epochs (and before the first), a PNG of the validation
             sample's latents (0: none).
         snapshot: ``pca`` (fast) or ``umap``.
+        snapshot_color: the metadata column that colours the snapshots (default: the eval column).
         sample: validation items measured; bank: train items in the kNN memory bank; k: neighbours.
         enabled: measure at all.
     """
@@ -76,6 +77,7 @@ class HealthOptions:
     eval_column: str | None = None
     snapshot_every: int = 0
     snapshot: str = "pca"
+    snapshot_color: str | None = None
     sample: int = 512
     bank: int = 2048
     k: int = 20
@@ -188,6 +190,15 @@ def _named_labels(ds, column: str, rows: np.ndarray) -> np.ndarray:
     return np.asarray(names, dtype=object)[labels[rows]]
 
 
+def _column(ds, column: str, rows: np.ndarray) -> np.ndarray:
+    """A metadata column's values at ``rows``: numbers when they all parse as numbers, else text."""
+    values = _named_labels(ds, column, rows)
+    try:
+        return values.astype(np.float64)
+    except ValueError:
+        return values
+
+
 class HealthProbe:
     """Measures :func:`representation_metrics` of a model on fixed samples of the data.
 
@@ -206,6 +217,7 @@ class HealthProbe:
         *,
         amp_dtype: torch.dtype | None = None,
         eval_column: str | None = None,
+        color_column: str | None = None,
         sample: int = 512,
         bank: int = 2048,
         k: int = 20,
@@ -235,6 +247,9 @@ class HealthProbe:
             bank_x = _images(train_ds, bank_rows)
             self.bank_x = augment(bank_x, aug, gen, noise) if aug is not None else bank_x
         self.label_names = None if self.labels is None else np.asarray(self.names, dtype=object)[self.labels]
+        #: what colours the snapshots: ``color_column``'s values, else the eval labels, else None
+        self.colors = _column(valid_ds, color_column, rows) if color_column else self.label_names
+        self.color_name = color_column or eval_column
 
     def _forward(self, model: torch.nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(latents, encoder features) of ``x``, batch by batch, in float32 on the CPU."""
@@ -285,7 +300,9 @@ def metrics_line(m: Mapping[str, float]) -> str:
     return ", ".join(parts)
 
 
-def snapshot_plot(latents: np.ndarray, path: str, *, how: str = "pca", labels=None, title: str = "") -> str:
+def snapshot_plot(
+    latents: np.ndarray, path: str, *, how: str = "pca", labels=None, title: str = "", color_name: str | None = None
+) -> str:
     """A PNG of the 2-D PCA (or UMAP) of ``latents``, coloured by ``labels`` when given."""
     from nenya.analysis.plots import scatter_plot
 
@@ -297,5 +314,5 @@ def snapshot_plot(latents: np.ndarray, path: str, *, how: str = "pca", labels=No
         from nenya.analysis.pca import pca
 
         xy, (xl, yl) = pca(latents, 2).scores, ("PC0", "PC1")
-    name = "label" if labels is not None else None
+    name = (color_name or "label") if labels is not None else None
     return scatter_plot(xy[:, 0], xy[:, 1], path, color=labels, color_name=name, title=title, xlabel=xl, ylabel=yl)
