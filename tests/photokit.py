@@ -32,3 +32,19 @@ def small_encoder(**kw):
     """timm's resnet18 at 32x32 with seeded random weights, on the CPU."""
     torch.manual_seed(0)
     return load_encoder("timm:resnet18", options=EncoderOptions(size=32, **kw)).to("cpu")
+
+
+def write_wds(path, samples) -> None:
+    """A WebDataset shard: ``samples`` is a list of ``(key, {extension: bytes or JSON-able})``; members
+    are written in that order (as WebDataset's TarWriter does: a sample's members together)."""
+    import io
+    import json
+    import tarfile
+
+    with tarfile.open(path, "w") as tf:
+        for key, members in samples:
+            for ext, value in members.items():
+                data = value if isinstance(value, bytes) else json.dumps(value).encode()
+                info = tarfile.TarInfo(f"{key}.{ext}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))

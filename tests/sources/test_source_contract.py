@@ -34,7 +34,7 @@ from nenya.preprocess.cpu import decode_image
 from nenya.sample_data import write_preproc
 from nenya.sources import Source, SourceOptions, sources
 from nenya.sources.h5files import as_strings
-from photokit import picture, save
+from photokit import picture, save, write_wds
 
 # memory-mapped arrays reach torch read-only (the runner copies nothing; the encoder never writes in place)
 pytestmark = pytest.mark.filterwarnings("ignore:The given NumPy array is not writable:UserWarning")
@@ -191,11 +191,54 @@ def make_arrays(tmp: Path) -> Case:
     )
 
 
+def _encoded(seed: int, fmt: str) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    picture(seed, size=(30 + seed, 41)).save(buf, format=fmt)
+    return buf.getvalue()
+
+
+def make_wds(tmp: Path) -> Case:
+    """Two shards written by the tests' own tar writer: image + JSON per key (one sample without JSON)."""
+    folder = tmp / "shards"
+    folder.mkdir()
+    blobs = {f"{i:05d}": _encoded(i, "PNG" if i % 2 else "JPEG") for i in range(5)}
+    ext = {k: "png" if int(k) % 2 else "jpg" for k in blobs}
+    shard = {"00000": 0, "00001": 0, "00002": 0, "00003": 1, "00004": 1}
+    for n in (0, 1):
+        samples = []
+        for k in [k for k in blobs if shard[k] == n]:
+            members = {ext[k]: blobs[k]} | (
+                {"json": {"caption": f"photo {k}", "width": 30 + int(k)}} if k != "00002" else {}
+            )
+            samples.append((k, members))
+        write_wds(folder / f"train-{n:03d}.tar", samples)
+    cls = sources.get("wds")
+    options = SourceOptions(transform=TRANSFORM)
+    pattern = str(folder / "train-{000..001}.tar")
+    paths = [f"{folder / f'train-{shard[k]:03d}.tar'}#{k}.{ext[k]}" for k in blobs]
+    return Case(
+        open=lambda: cls.from_spec(pattern, options),
+        ids=list(blobs),
+        arrays=np.stack([decode_image(b, transform=TRANSFORM) for b in blobs.values()]),
+        change=lambda: write_wds(folder / "train-001.tar", [("00009", {"png": blobs["00001"]})]),
+        run_missing=run_through_stream(lambda: cls.from_spec(str(tmp / "gone-{000..001}.tar"), options)),
+        missing=str(tmp / "gone-000.tar"),
+        metadata={
+            "path": paths,
+            "caption": [f"photo {k}" if k != "00002" else None for k in blobs],
+            "width": [float(30 + int(k)) if k != "00002" else float("nan") for k in blobs],
+        },
+    )
+
+
 MAKERS: dict[str, Callable[[Path], Case]] = {
     "h5": make_h5,
     "images": make_images,
     "table": make_table,
     "arrays": make_arrays,
+    "wds": make_wds,
 }
 
 

@@ -73,5 +73,10 @@ sources.register(
     help="a CSV or Parquet table with a path column, an id column and metadata columns: table:images.csv",
 )
 sources.register("arrays", "nenya.sources.arrays:ArraySource", help="in-memory arrays (Python API only)")
+sources.register(
+    "wds",
+    "nenya.sources.webdataset:WebDatasetSource",
+    help="WebDataset tar shards (KEY.jpg + KEY.json per sample): wds:shards/{00000..00099}.tar",
+)
 
 __all__ = ["Source", "SourceOptions", "sources"]

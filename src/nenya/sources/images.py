@@ -143,7 +143,7 @@ class _ImageItems(Source):
             data = np.zeros((b - a, 3, th, tw), dtype=np.uint8)
             status = ["ok"] * (b - a)
             encoded: list[tuple[int, object, int]] = []
-            blobs = self._fetch(locations)
+            blobs = self._blobs(a, b, locations)
             t_decode = time.perf_counter()
             for i, blob in enumerate(blobs):
                 try:
@@ -179,6 +179,11 @@ class _ImageItems(Source):
                 encoded=encoded or None,
                 timing=ReadTiming(decode_seconds=time.perf_counter() - t_decode),
             )
+
+    def _blobs(self, a: int, b: int, locations: Sequence[str | None]) -> list[bytes | SkipItem]:
+        """The encoded bytes of items ``a:b`` (a SkipItem where one cannot be read): by default the
+        files at their locations; a source that packs items in containers overrides this."""
+        return self._fetch(locations)
 
     def _fetch(self, locations: Sequence[str | None]) -> list[bytes | SkipItem]:
         """The bytes of each location (a SkipItem in place of those that cannot be read)."""
