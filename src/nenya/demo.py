@@ -41,6 +41,7 @@ def demo_opts(folder: str, model: str = "resnet18") -> dict:
         "demean": True,
         "model_root": "demo",
         "s3_outdir": os.path.abspath(folder),
+        "eval_column": "pattern",  # training logs the kNN accuracy of the latents on the synthetic patterns
     }
 
 

@@ -765,8 +765,8 @@ def _measure(run: _Run, epoch: int, loss: float) -> None:
     run.postfix = (("erank", f"{metrics['erank_latent']:.1f}"),) + (
         (("knn", f"{metrics['knn_accuracy']:.3f}"),) if math.isfinite(metrics["knn_accuracy"]) else ()
     )
-    warning = collapse_message(metrics) if epoch > 0 else None  # an untrained head can look collapsed
-    if warning:
+    warning = collapse_message(metrics)
+    if warning and epoch > 0:  # an untrained head can look collapsed: the run is what is judged
         log.warning("epoch %d: %s", epoch, warning)
     every = run.health.snapshot_every
     if every and epoch % every == 0:
@@ -774,7 +774,7 @@ def _measure(run: _Run, epoch: int, loss: float) -> None:
         title = (
             f"{run.opt.ssl_method} {run.opt.ssl_model}, epoch {epoch}: {run.health.snapshot.upper()} of "
             f"{len(latents)} validation latents\neffective rank {metrics['erank_latent']:.1f}, mean cosine "
-            f"{metrics['cos_mean']:.2f}" + (" (collapsed?)" if collapse_message(metrics) else "")
+            f"{metrics['cos_mean']:.2f}" + (" (collapsed?)" if warning else "")
         )
         snapshot_plot(
             latents,
