@@ -48,3 +48,24 @@ def write_wds(path, samples) -> None:
                 info = tarfile.TarInfo(f"{key}.{ext}")
                 info.size = len(data)
                 tf.addfile(info, io.BytesIO(data))
+
+
+def write_tfrecord(path, records: list[dict]) -> None:
+    """TFRecords written with the tfrecord package's writer: each record a dict name -> (value, kind)."""
+    from tfrecord.writer import TFRecordWriter
+
+    w = TFRecordWriter(str(path))
+    for r in records:
+        w.write(r)
+    w.close()
+
+
+def radar_record(i: int, h: int = 6, w: int = 5) -> dict:
+    """An HRRR-like record: reflectivity as a float list, its shape, and two times."""
+    ref = np.random.default_rng(i).normal(size=(h, w)).astype(np.float32)
+    return {
+        "ref": (ref.ravel().tolist(), "float"),
+        "size": ([h, w], "int"),
+        "time": (f"2021-06-0{i}T00".encode(), "byte"),
+        "valid_time": (f"2021-06-0{i}T01".encode(), "byte"),
+    }

@@ -34,7 +34,7 @@ from nenya.preprocess.cpu import decode_image
 from nenya.sample_data import write_preproc
 from nenya.sources import Source, SourceOptions, sources
 from nenya.sources.h5files import as_strings
-from photokit import picture, save, write_wds
+from photokit import picture, radar_record, save, write_tfrecord, write_wds
 
 # memory-mapped arrays reach torch read-only (the runner copies nothing; the encoder never writes in place)
 pytestmark = pytest.mark.filterwarnings("ignore:The given NumPy array is not writable:UserWarning")
@@ -233,12 +233,36 @@ def make_wds(tmp: Path) -> Case:
     )
 
 
+def make_tfrecord(tmp: Path) -> Case:
+    files = {tmp / "hrrr_a.tfrecord": [1, 2, 3], tmp / "hrrr_b.tfrecord": [4, 5]}
+    for path, idx in files.items():
+        write_tfrecord(path, [radar_record(i) for i in idx])
+    cls = sources.get("tfrecord")
+    options = SourceOptions(feature="ref", shape="size")
+    idx = [i for v in files.values() for i in v]
+    arrays = np.stack([np.random.default_rng(i).normal(size=(1, 6, 5)).astype(np.float32) for i in idx])
+    return Case(
+        open=lambda: cls.from_spec(str(tmp / "hrrr_*.tfrecord"), options),
+        ids=[f"hrrr_a/{r}" for r in range(3)] + [f"hrrr_b/{r}" for r in range(2)],
+        arrays=arrays,
+        change=lambda: write_tfrecord(tmp / "hrrr_b.tfrecord", [radar_record(i) for i in (4, 5, 6)]),
+        run_missing=run_through_stream(lambda: cls.from_spec(str(tmp / "gone.tfrecord"), options)),
+        missing=str(tmp / "gone.tfrecord"),
+        metadata={
+            "time": [f"2021-06-0{i}T00" for i in idx],
+            "valid_time": [f"2021-06-0{i}T01" for i in idx],
+            "record": [0, 1, 2, 0, 1],
+        },
+    )
+
+
 MAKERS: dict[str, Callable[[Path], Case]] = {
     "h5": make_h5,
     "images": make_images,
     "table": make_table,
     "arrays": make_arrays,
     "wds": make_wds,
+    "tfrecord": make_tfrecord,
 }
 
 

@@ -111,6 +111,10 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
     t.add_argument(
         "--columns", type=lambda s: [c for c in s.split(",") if c], help="metadata columns to carry (default: all)"
     )
+    r = p.add_argument_group("records (--source tfrecord:PATTERN)")
+    r.add_argument("--feature", help="the feature holding the image (a float/int list, or bytes)")
+    r.add_argument("--shape", help="H,W or H,W,C of the image, or the name of an int feature holding it (HRRR: size)")
+    r.add_argument("--id-feature", help="a one-value feature whose values are the ids (default: <file>/<record>)")
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -323,6 +327,7 @@ def _run_options(args, ranks):
 
 def _extract_collection(args, encoder, output, options, engine):
     from nenya.extract import extract_collection
+    from nenya.sources import RecordOptions
 
     return extract_collection(
         args.source,
@@ -338,6 +343,7 @@ def _extract_collection(args, encoder, output, options, engine):
         max_pixels=args.max_pixels,
         engine=engine,
         decode=args.decode,
+        records=RecordOptions(feature=args.feature, shape=args.shape, id_feature=args.id_feature),
     )
 
 

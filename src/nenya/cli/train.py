@@ -85,7 +85,9 @@ def _add_contrastive(tsub: argparse._SubParsersAction) -> None:
     c.add_argument("--epochs", type=int, default=None, help="override the opts' epochs")
     c.add_argument("--batch-size", type=int, default=None, help="override batch_size_train")
     c.add_argument("--learning-rate", type=float, default=None, help="override learning_rate")
-    c.add_argument("--data", default=None, help="override images_file (a preproc .h5 file or URL)")
+    c.add_argument("--data", default=None, help="override images_file (a preproc .h5 file or URL, or tfrecord:PATTERN)")
+    c.add_argument("--feature", default=None, help="TFRecord data: the feature holding the image (opts key: feature)")
+    c.add_argument("--shape", default=None, help="TFRecord data: H,W[,C] or a feature holding it (opts key: shape)")
     c.add_argument("--max-train-batches", type=int, default=None, help="at most this many batches per epoch")
     c.add_argument("--max-valid-batches", type=int, default=None, help="at most this many validation batches")
     c.add_argument("--debug", action="store_true", help="2 short epochs into <model_folder>_debug")
@@ -125,6 +127,8 @@ def _add_autoencoder(tsub: argparse._SubParsersAction) -> None:
     a.add_argument("--opts", default=None, help="autoencoder options JSON (keys = the flag names with underscores)")
     a.add_argument("--data", default=None, help="file.h5 (with --partition) or file.h5:train, images.npy, or a folder")
     a.add_argument("--partition", default=None, help="HDF5 partition (default train)")
+    a.add_argument("--feature", default=None, help="TFRecord data (tfrecord:PATTERN): the feature holding the image")
+    a.add_argument("--shape", default=None, help="TFRecord data: H,W[,C] of the image, or a feature holding it (size)")
     a.add_argument("--output", "-o", default=None, help="model folder (default ae-model)")
     a.add_argument("--nlayers", type=int, default=None, help="conv + pool blocks (default 4)")
     a.add_argument("--poolsize", type=int, default=None, help="pool factor and kernel size (default 4)")
@@ -213,6 +217,8 @@ def cmd_train_contrastive(args: argparse.Namespace) -> int:
         ("batch_size_train", args.batch_size),
         ("learning_rate", args.learning_rate),
         ("images_file", args.data),
+        ("feature", args.feature),
+        ("shape", args.shape),
     ):
         if value is not None:
             setattr(opt, key, value)
@@ -269,6 +275,8 @@ def cmd_train_autoencoder(args: argparse.Namespace) -> int:
         n_images=args.n_images,
         seed=args.seed,
         num_workers=args.num_workers,
+        feature=args.feature,
+        shape=args.shape,
     )
     summary = train_autoencoder(
         cfg,

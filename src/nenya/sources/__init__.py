@@ -20,6 +20,16 @@ if TYPE_CHECKING:
 
 
 @dataclass(frozen=True)
+class RecordOptions:
+    """How a record source (``tfrecord:``) finds the image: ``feature``, its ``shape`` (``H,W[,C]`` or
+    an int feature's name) and the ``id_feature`` (default ids: ``<file>/<record>``)."""
+
+    feature: str | None = None
+    shape: str | None = None
+    id_feature: str | None = None
+
+
+@dataclass(frozen=True)
 class SourceOptions:
     """What ``nenya extract --source KIND:WHERE`` passes to every source's ``from_spec``.
 
@@ -29,6 +39,8 @@ class SourceOptions:
         path_column, id_column, columns: a path table's columns (path, id, metadata to carry).
         max_pixels: skip images with more pixels (decompression bombs); None: the default.
         jpeg_on_device: leave clean JPEGs for the device to decode (``--decode gpu``).
+        feature, shape, id_feature: a record source's image feature, its shape (``H,W[,C]`` or a
+            feature name) and the feature holding ids (``tfrecord:``).
     """
 
     transform: ImageTransform | None = None
@@ -38,6 +50,9 @@ class SourceOptions:
     columns: tuple[str, ...] | None = None
     max_pixels: int | None = None
     jpeg_on_device: bool = False
+    feature: str | None = None
+    shape: str | None = None
+    id_feature: str | None = None
 
 
 class Source(ABC):
@@ -74,9 +89,15 @@ sources.register(
 )
 sources.register("arrays", "nenya.sources.arrays:ArraySource", help="in-memory arrays (Python API only)")
 sources.register(
+    "tfrecord",
+    "nenya.sources.tfrecord:TFRecordSource",
+    help="TFRecord files of tf.train.Example (--feature, --shape, --id-feature): tfrecord:radar/*.tfrecord",
+    install_hint='pip install "nenya[records]"',
+)
+sources.register(
     "wds",
     "nenya.sources.webdataset:WebDatasetSource",
     help="WebDataset tar shards (KEY.jpg + KEY.json per sample): wds:shards/{00000..00099}.tar",
 )
 
-__all__ = ["Source", "SourceOptions", "sources"]
+__all__ = ["RecordOptions", "Source", "SourceOptions", "sources"]

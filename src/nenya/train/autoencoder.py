@@ -33,6 +33,7 @@ from nenya.models.autoencoder import ConvAutoencoder, pooled_size
 from nenya.params import Params, read_json
 from nenya.pipeline import storage
 from nenya.ranks import Ranks
+from nenya.sources import RecordOptions
 from nenya.train import common
 from nenya.train.data import ArrayDataset, collate_batch, open_dataset, split_data_spec
 
@@ -45,7 +46,7 @@ class AutoencoderConfig:
 
     Attributes:
         data: training images: ``file.h5`` (with ``partition``) or ``file.h5:train``, ``images.npy``
-            ((N, H, W) or (N, C, H, W)), or a folder of images.
+            ((N, H, W) or (N, C, H, W)), a folder of images, or TFRecord files (``feature``, ``shape``).
         partition: the HDF5 dataset to read.
         nlayers, poolsize, numfilters, num_dense: the architecture (see :class:`ConvAutoencoder`).
         crop: ``None`` (no crop), ``[rows, cols]`` (``null`` keeps an axis whole) or ``"pool"``
@@ -60,6 +61,8 @@ class AutoencoderConfig:
         seed: seeds the initialisation and the batch order.
         num_workers: reader processes for files too large to hold in memory.
         in_memory: ``"auto"`` (files up to 2 GiB), ``true`` or ``false``.
+        feature, shape: for TFRecord data (``tfrecord:PATTERN`` or ``*.tfrecord``), the feature holding
+            the image and its shape (``H,W[,C]`` or the name of a feature holding it, as HRRR's ``size``).
     """
 
     data: str | None = None
@@ -81,6 +84,8 @@ class AutoencoderConfig:
     seed: int = 0
     num_workers: int = 0
     in_memory: Any = "auto"
+    feature: str | None = None
+    shape: str | None = None
 
     @classmethod
     def from_json(cls, path: str | os.PathLike | None = None, **overrides: Any) -> AutoencoderConfig:
@@ -231,7 +236,8 @@ class _AERun:
 def _ae_data(cfg: AutoencoderConfig) -> tuple[ArrayDataset, list[int]]:
     """The training images (the first ``n_images`` when set) and the crop box of ``cfg``."""
     assert cfg.data is not None, "checked by train_autoencoder"
-    ds = open_dataset(cfg.data, cfg.partition, in_memory=cfg.in_memory)
+    records = RecordOptions(feature=cfg.feature, shape=cfg.shape)
+    ds = open_dataset(cfg.data, cfg.partition, in_memory=cfg.in_memory, records=records)
     if cfg.n_images is not None:
         ds = ArrayDataset(ds.path, ds.key, in_memory=cfg.in_memory, indices=np.arange(min(cfg.n_images, len(ds))))
     _, h, w = ds.image_shape

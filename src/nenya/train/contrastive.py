@@ -34,9 +34,10 @@ from nenya.models.resnet_big import SupConResNet
 from nenya.params import Params, option_preprocess, parse_decay_epochs
 from nenya.pipeline import storage
 from nenya.ranks import Ranks
+from nenya.sources import RecordOptions
 from nenya.train import common
 from nenya.train.augment import AugmentConfig, two_views
-from nenya.train.data import ArrayDataset, collate_batch, load_labels, open_dataset
+from nenya.train.data import ArrayDataset, collate_batch, is_tfrecord_spec, load_labels, open_dataset
 from nenya.train.health import HealthOptions, HealthProbe, collapse_message, metrics_line, snapshot_plot
 from nenya.train.losses import SupConLoss
 
@@ -146,9 +147,10 @@ def data_file(opt: Params) -> str:
     if not images:
         raise NenyaError("the opts name no training data: set images_file (and data_folder) to a preproc .h5 file")
     folder = getattr(opt, "data_folder", None)
-    if folder and not os.path.isabs(str(images)) and not storage.is_remote(str(images)):
-        return storage.join(folder, images)
-    return str(images)
+    prefix, images = ("tfrecord:", str(images)[9:]) if str(images).startswith("tfrecord:") else ("", str(images))
+    if folder and not os.path.isabs(images) and not storage.is_remote(images):
+        return prefix + storage.join(folder, images)
+    return prefix + images
 
 
 def output_folder(opt: Params, output: str | os.PathLike | None = None) -> str:
@@ -480,8 +482,21 @@ def _per_rank(batch_size: Any, ranks: Ranks) -> int:
     return max(1, int(batch_size) // ranks.world)
 
 
+def _open_tfrecords(opt: Params, path: str) -> tuple[ArrayDataset, ArrayDataset | None]:
+    """TFRecord training data (``feature`` and ``shape`` from the opts): every record trains; no
+    validation partition (the health metrics then use a fixed sample of the training records)."""
+    if opt.ssl_method == "SupCon":
+        raise InputError(f"SupCon reads its labels from a preproc HDF5 file's metadata; {path} is TFRecord data")
+    records = RecordOptions(feature=opt.get("feature"), shape=opt.get("shape"))
+    train_ds = open_dataset(path, in_memory=opt.get("data_in_memory", "auto"), records=records)
+    log.warning("%s: TFRecord data has no validation partition: no validation loss", path)
+    return train_ds, None
+
+
 def _open_partitions(opt: Params) -> tuple[ArrayDataset, ArrayDataset | None]:
     path = data_file(opt)
+    if is_tfrecord_spec(path):
+        return _open_tfrecords(opt, path)
     local = storage.fetch(path)
     if not os.path.exists(local):
         raise InputError(f"training data not found: {path} (from data_folder / images_file in the opts)")

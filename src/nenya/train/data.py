@@ -19,6 +19,7 @@ from torch.utils.data import Dataset
 
 from nenya._errors import InputError
 from nenya.pipeline import storage
+from nenya.sources import RecordOptions
 from nenya.sources.h5files import LazyH5, check_images, read_rows
 
 log = logging.getLogger(__name__)
@@ -161,9 +162,29 @@ def split_data_spec(spec: str) -> tuple[str, str | None, int | None]:
     return s, None, None
 
 
-def open_dataset(spec: str | os.PathLike, key: str | None = None, *, in_memory: bool | str = "auto") -> ArrayDataset:
+TFRECORD_SUFFIXES = (".tfrecord", ".tfrecords", ".tfrecord.gz", ".tfrecords.gz")
+
+
+def is_tfrecord_spec(spec: str | os.PathLike) -> bool:
+    """``tfrecord:PATTERN``, or a path or pattern ending like a TFRecord file."""
+    s = str(spec)
+    return s.startswith("tfrecord:") or s.lower().endswith(TFRECORD_SUFFIXES)
+
+
+def open_dataset(
+    spec: str | os.PathLike,
+    key: str | None = None,
+    *,
+    in_memory: bool | str = "auto",
+    records: RecordOptions | None = None,
+) -> ArrayDataset:
     """A training dataset from ``file.h5`` (+ partition), ``file.h5:train``, ``images.npy``, a folder
-    of images (local or URL; see :func:`load_image_folder`) or a URL of a file."""
+    of images (local or URL; see :func:`load_image_folder`), TFRecord files (``tfrecord:PATTERN``
+    or ``*.tfrecord``, with ``records`` naming the feature and shape; see :func:`load_tfrecords`)
+    or a URL of a file."""
+    if is_tfrecord_spec(spec):
+        tmp = load_tfrecords(str(spec).removeprefix("tfrecord:"), records or RecordOptions())
+        return ArrayDataset(tmp, in_memory=in_memory)
     path, spec_key, _ = split_data_spec(str(spec))
     key = spec_key or key
     if _is_folder(path):
@@ -190,6 +211,39 @@ def _is_folder(path: str) -> bool:
         return bool(fs.isdir(p))
     except Exception:  # not reachable as a folder: let the file path give its own error
         return False
+
+
+def load_tfrecords(pattern: str, records: RecordOptions, *, batch_size: int = 64) -> str:
+    """TFRecord files as one float32 ``.npy`` (N, C, H, W) in a temporary folder, written a batch at a
+    time into a memory map (memory holds one batch), read by
+    :class:`~nenya.sources.tfrecord.TFRecordSource`; returns its path."""
+    from nenya.sources.tfrecord import TFRecordSource
+
+    if not records.feature:
+        raise InputError(
+            f"training on TFRecord files ({pattern}) needs the image feature: --feature NAME "
+            "(and --shape H,W or a shape feature), or feature/shape in the options"
+        )
+    source = TFRecordSource(pattern, feature=records.feature, shape=records.shape)
+    plan = source.plan(max(len(source), 1))
+    out = None
+    path = os.path.join(storage.make_tempdir("nenya-tfrecord-"), "images.npy")
+    for shard in plan.shards:
+        for batch in source.read(shard, batch_size):
+            if out is None:
+                shape = (len(source), *batch.data.shape[1:])
+                out = np.lib.format.open_memmap(path, mode="w+", dtype=np.float32, shape=shape)
+            if batch.data.shape[1:] != out.shape[1:]:
+                raise InputError(
+                    f"{pattern}: record {batch.ids[0]} has shape {batch.data.shape[1:]}, the first {out.shape[1:]}; "
+                    "training needs images of one shape"
+                )
+            out[batch.positions] = batch.data
+    assert out is not None
+    out.flush()
+    del out
+    log.info("%d TFRecord images from %s as %s", len(source), pattern, path)
+    return path
 
 
 def load_image_folder(path: str, *, batch_size: int = 256) -> np.ndarray:
