@@ -18,7 +18,7 @@ from nenya.pipeline.registry import split_spec
 from nenya.pipeline.runner import RunOptions, RunSummary
 from nenya.preprocess import device_decode_unavailable
 from nenya.sinks import sinks
-from nenya.sources import RecordOptions, Source, SourceOptions, sources
+from nenya.sources import GridOptions, RecordOptions, Source, SourceOptions, sources
 from nenya.sources.hdf5 import DEFAULT_PARTITIONS, HDF5PreprocSource, latents_stem
 
 log = logging.getLogger(__name__)
@@ -119,6 +119,7 @@ def extract_collection(
     engine: Engine | None = None,
     decode: str = "cpu",
     records: RecordOptions = RecordOptions(),
+    grid: GridOptions = GridOptions(),
 ) -> RunSummary:
     """Encode an image folder or path table (any ``--source`` kind) into one output file.
 
@@ -128,7 +129,8 @@ def extract_collection(
     (default: this process). ``decode="gpu"`` decodes JPEGs on the encoder's CUDA device
     (:mod:`nenya.preprocess.device`); where that cannot run (no CUDA device, no image operators in
     torchvision, an interpolation without a tensor equivalent, the Ray engine) it warns once and
-    decodes on the CPU. ``records`` tells a record source (``tfrecord:``) where the image is.
+    decodes on the CPU. ``records`` tells a record source (``tfrecord:``) where the image is; ``grid`` how a gridded
+    source (``xarray:``) cuts its field.
 
     Example:
         >>> enc = load_encoder("timm:efficientnet_b0", options=EncoderOptions(layer=4, pool="none")).to("cpu")
@@ -148,9 +150,8 @@ def extract_collection(
             columns=None if columns is None else tuple(columns),
             max_pixels=max_pixels,
             jpeg_on_device=_jpeg_on_device(decode, encoder, engine),
-            feature=records.feature,
-            shape=records.shape,
-            id_feature=records.id_feature,
+            records=records,
+            grid=grid,
         ),
     )
     if skip:

@@ -32,7 +32,7 @@ from nenya.pipeline.runner import ShardStream
 from nenya.preprocess import ImageTransform
 from nenya.preprocess.cpu import decode_image
 from nenya.sample_data import write_preproc
-from nenya.sources import Source, SourceOptions, sources
+from nenya.sources import GridOptions, RecordOptions, Source, SourceOptions, sources
 from nenya.sources.h5files import as_strings
 from photokit import picture, radar_record, save, write_tfrecord, write_wds
 
@@ -238,7 +238,7 @@ def make_tfrecord(tmp: Path) -> Case:
     for path, idx in files.items():
         write_tfrecord(path, [radar_record(i) for i in idx])
     cls = sources.get("tfrecord")
-    options = SourceOptions(feature="ref", shape="size")
+    options = SourceOptions(records=RecordOptions(feature="ref", shape="size"))
     idx = [i for v in files.values() for i in v]
     arrays = np.stack([np.random.default_rng(i).normal(size=(1, 6, 5)).astype(np.float32) for i in idx])
     return Case(
@@ -256,6 +256,46 @@ def make_tfrecord(tmp: Path) -> Case:
     )
 
 
+def sst_field(times: int = 3, h: int = 10, w: int = 12, seed: int = 0):
+    """An SST-like (time, lat, lon) field as an xarray Dataset."""
+    import xarray as xr
+
+    rng = np.random.default_rng(seed)
+    data = rng.normal(size=(times, h, w)).astype(np.float32)
+    coords = {
+        "time": np.datetime64("2020-01-01") + np.arange(times).astype("timedelta64[D]"),
+        "lat": np.linspace(-4.5, 4.5, h),
+        "lon": np.linspace(100.0, 111.0, w),
+    }
+    return xr.Dataset({"sst": (("time", "lat", "lon"), data)}, coords=coords)
+
+
+def make_xarray(tmp: Path) -> Case:
+    path = tmp / "sst.nc"
+    ds = sst_field()
+    ds.to_netcdf(path, engine="h5netcdf")
+    cls = sources.get("xarray")
+    options = SourceOptions(grid=GridOptions(var="sst", sample_dim="time", tile=4, stride=4))
+    tiles = [(t, y, x) for t in range(3) for y in (0, 4) for x in (0, 4, 8)]
+    data, lat, lon = ds["sst"].values, ds["lat"].values, ds["lon"].values
+    days = [f"2020-01-0{t + 1}T00:00:00" for t in range(3)]
+    return Case(
+        open=lambda: cls.from_spec(str(path), options),
+        ids=[f"{days[t]}/{y}_{x}" for t, y, x in tiles],
+        arrays=np.stack([data[t, y : y + 4, x : x + 4][None] for t, y, x in tiles]),
+        change=lambda: sst_field(times=4).to_netcdf(path, engine="h5netcdf"),
+        run_missing=run_through_stream(lambda: cls.from_spec(str(tmp / "gone.nc"), options)),
+        missing=str(tmp / "gone.nc"),
+        metadata={
+            "time": [days[t] for t, _, _ in tiles],
+            "lat": [(lat[y + 1] + lat[y + 2]) / 2 for _, y, _ in tiles],
+            "lon": [(lon[x + 1] + lon[x + 2]) / 2 for _, _, x in tiles],
+            "y0": [y for _, y, _ in tiles],
+            "x0": [x for _, _, x in tiles],
+        },
+    )
+
+
 MAKERS: dict[str, Callable[[Path], Case]] = {
     "h5": make_h5,
     "images": make_images,
@@ -263,6 +303,7 @@ MAKERS: dict[str, Callable[[Path], Case]] = {
     "arrays": make_arrays,
     "wds": make_wds,
     "tfrecord": make_tfrecord,
+    "xarray": make_xarray,
 }
 
 

@@ -85,7 +85,7 @@ def test_gzip_explicit_shape_raw_and_image_bytes(tmp_path):
     np.testing.assert_array_equal(xi[0], np.arange(48, dtype=np.float32).reshape(4, 4, 3).transpose(2, 0, 1))
     with pytest.raises(InputError, match="do not fill the shape"):
         _read(TFRecordSource(str(tmp_path / "raw.tfrecord"), feature="x", shape="5,5"))
-    assert SourceOptions().feature is None
+    assert SourceOptions().records.feature is None
 
 
 def test_hrrr_like_records_train_an_autoencoder_and_a_contrastive_model(tmp_path, capsys):

@@ -115,6 +115,18 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--feature", help="the feature holding the image (a float/int list, or bytes)")
     r.add_argument("--shape", help="H,W or H,W,C of the image, or the name of an int feature holding it (HRRR: size)")
     r.add_argument("--id-feature", help="a one-value feature whose values are the ids (default: <file>/<record>)")
+    g = p.add_argument_group("gridded fields (--source xarray:FILE.nc|STORE.zarr)")
+    g.add_argument("--var", help="the variable (default: the only one with 2+ dimensions)")
+    g.add_argument("--sample-dim", help="the dimension of samples, e.g. time (default: the first of three)")
+    g.add_argument("--tile", type=int, help="cut each field into TILE x TILE cutouts (default: whole fields)")
+    g.add_argument("--stride", type=int, help="pixels between tiles (default: the tile size)")
+    g.add_argument(
+        "--max-nan-fraction",
+        type=float,
+        default=0.5,
+        help="skip tiles with more NaN pixels (recorded in the status table); below it NaNs are filled "
+        "with the tile's valid mean",
+    )
 
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
@@ -327,7 +339,7 @@ def _run_options(args, ranks):
 
 def _extract_collection(args, encoder, output, options, engine):
     from nenya.extract import extract_collection
-    from nenya.sources import RecordOptions
+    from nenya.sources import GridOptions, RecordOptions
 
     return extract_collection(
         args.source,
@@ -344,6 +356,7 @@ def _extract_collection(args, encoder, output, options, engine):
         engine=engine,
         decode=args.decode,
         records=RecordOptions(feature=args.feature, shape=args.shape, id_feature=args.id_feature),
+        grid=GridOptions(args.var, args.sample_dim, args.tile, args.stride, args.max_nan_fraction),
     )
 
 

@@ -30,6 +30,19 @@ class RecordOptions:
 
 
 @dataclass(frozen=True)
+class GridOptions:
+    """How a gridded source (``xarray:``) cuts a field: the variable ``var``, the ``sample_dim``, the
+    ``tile`` side and ``stride`` in pixels (None: whole fields) and ``max_nan_fraction`` (tiles with
+    more NaN pixels are skipped; below it NaNs are filled with the tile's valid mean)."""
+
+    var: str | None = None
+    sample_dim: str | None = None
+    tile: int | None = None
+    stride: int | None = None
+    max_nan_fraction: float = 0.5
+
+
+@dataclass(frozen=True)
 class SourceOptions:
     """What ``nenya extract --source KIND:WHERE`` passes to every source's ``from_spec``.
 
@@ -39,8 +52,8 @@ class SourceOptions:
         path_column, id_column, columns: a path table's columns (path, id, metadata to carry).
         max_pixels: skip images with more pixels (decompression bombs); None: the default.
         jpeg_on_device: leave clean JPEGs for the device to decode (``--decode gpu``).
-        feature, shape, id_feature: a record source's image feature, its shape (``H,W[,C]`` or a
-            feature name) and the feature holding ids (``tfrecord:``).
+        records: where a record source (``tfrecord:``) finds the image and the ids.
+        grid: how a gridded source (``xarray:``) cuts its field.
     """
 
     transform: ImageTransform | None = None
@@ -50,9 +63,8 @@ class SourceOptions:
     columns: tuple[str, ...] | None = None
     max_pixels: int | None = None
     jpeg_on_device: bool = False
-    feature: str | None = None
-    shape: str | None = None
-    id_feature: str | None = None
+    records: RecordOptions = RecordOptions()
+    grid: GridOptions = GridOptions()
 
 
 class Source(ABC):
@@ -95,9 +107,15 @@ sources.register(
     install_hint='pip install "nenya[records]"',
 )
 sources.register(
+    "xarray",
+    "nenya.sources.gridded:GriddedSource",
+    help="a NetCDF file or Zarr store, cut into tiles (--var, --sample-dim, --tile, --stride, --max-nan-fraction)",
+    install_hint='pip install "nenya[gridded]"',
+)
+sources.register(
     "wds",
     "nenya.sources.webdataset:WebDatasetSource",
     help="WebDataset tar shards (KEY.jpg + KEY.json per sample): wds:shards/{00000..00099}.tar",
 )
 
-__all__ = ["RecordOptions", "Source", "SourceOptions", "sources"]
+__all__ = ["GridOptions", "RecordOptions", "Source", "SourceOptions", "sources"]

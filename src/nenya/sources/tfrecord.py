@@ -185,15 +185,10 @@ class TFRecordSource(Source):
     @classmethod
     def from_spec(cls, where: str, options: SourceOptions) -> TFRecordSource:
         """``tfrecord:PATTERN`` with ``--feature``, ``--shape``, ``--id-feature`` (``nenya extract``)."""
-        if not options.feature:
+        r = options.records
+        if not r.feature:
             raise InputError("tfrecord:PATTERN needs --feature NAME (the feature holding the image)")
-        return cls(
-            where,
-            feature=options.feature,
-            shape=options.shape,
-            id_feature=options.id_feature,
-            skip_ids=options.skip_ids,
-        )
+        return cls(where, feature=r.feature, shape=r.shape, id_feature=r.id_feature, skip_ids=options.skip_ids)
 
     # -- listing -------------------------------------------------------------------------------
     def _list(self) -> None:
