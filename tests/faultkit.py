@@ -87,9 +87,10 @@ class Job:
 
     @property
     def output_name(self) -> str:
+        from nenya.sinks import sinks
         from nenya.sources.hdf5 import latents_name
 
-        return latents_name(str(self.preproc), ".h5" if self.fmt == "h5" else ".parquet")
+        return latents_name(str(self.preproc), sinks.get(self.fmt).ext)
 
 
 def make_model(folder: Path, *, seed: int = 0) -> Path:
@@ -186,7 +187,12 @@ def read_output(folder: str | os.PathLike, name: str) -> Output:
                     vecs.append(v[ok])
             out.ids, out.vectors = ids, np.concatenate(vecs) if vecs else out.vectors
         else:
-            t = pq.read_table(path)
+            if name.endswith(".lance"):
+                import lance
+
+                t = lance.dataset(str(path)).to_table()
+            else:
+                t = pq.read_table(path)
             out.ids = t.column("id").to_pylist()
             out.vectors = (
                 np.stack(t.column("vector").to_numpy(zero_copy_only=False)).astype(np.float32)

@@ -70,13 +70,15 @@ def extract_preproc(
 
 def split_output(output: str, fmt: str | None = None) -> tuple[str, str, str]:
     """``vectors.parquet`` -> (folder, file name, format), the format told by the extension among
-    the sinks that hold a collection in one file; a folder (trailing ``/`` or an existing directory)
-    gets ``vectors.<ext>`` inside it (Parquet unless ``fmt`` says otherwise)."""
+    the sinks that hold a collection in one file (``vectors.lance`` names a dataset folder); any other
+    folder (trailing ``/`` or an existing directory) gets ``vectors.<ext>`` inside it (Parquet unless
+    ``fmt`` says otherwise)."""
     by_ext = {cls.ext: name for name in sinks.names() if (cls := sinks.get(name)).collections}
     if fmt is not None and fmt not in by_ext.values():
         raise ValueError(f"image collections are written as {' or '.join(sorted(by_ext.values()))}, not {fmt!r}")
     out = str(output)
-    if out.endswith("/") or (not storage.is_remote(out) and os.path.isdir(storage.local_path(out))):
+    named = os.path.splitext(out.rstrip("/"))[1].lower() in by_ext  # vectors.lance is a dataset folder, not a parent
+    if not named and (out.endswith("/") or (not storage.is_remote(out) and os.path.isdir(storage.local_path(out)))):
         fmt = fmt or "parquet"
         return out.rstrip("/") or "/", storage.safe_name("vectors" + sinks.get(fmt).ext), fmt
     folder, _, name = out.rstrip("/").rpartition("/")

@@ -23,7 +23,7 @@ from nenya.sinks._parts import LockHolder
 N_VALID, N_TRAIN = 64, 32  # 16x16 cutouts; shards of 32 (2 batches of 16): valid 2 shards, train 1
 TOTAL = N_VALID + N_TRAIN
 SHARD = 32
-RANDOM_KILLS = 10  # per format: 20 random SIGKILLs in all
+RANDOM_KILLS = 10  # per format: 30 random SIGKILLs in all
 WORK_DIR = "/" + fk.WORK
 
 
@@ -34,7 +34,7 @@ def kit(tmp_path_factory):
     ckpt = fk.make_model(root / "model")
     with fk.Zygote() as z:
         jobs, refs = {}, {}
-        for fmt in ("h5", "parquet"):
+        for fmt in ("h5", "parquet", "lance"):
             jobs[fmt] = fk.make_job(root / fmt, fmt=fmt, n_valid=N_VALID, n_train=N_TRAIN, ckpt=ckpt)
             refs[fmt] = fk.reference(jobs[fmt], root / fmt / "ref", zygote=z)
             assert len(refs[fmt].output.ids) == TOTAL
@@ -63,7 +63,7 @@ def _done_markers(folder: Path) -> int:
 
 # -- random SIGKILLs -----------------------------------------------------------------------------
 @pytest.mark.slow
-@pytest.mark.parametrize("fmt", ["h5", "parquet"])
+@pytest.mark.parametrize("fmt", ["h5", "parquet", "lance"])
 def test_random_sigkills_lose_nothing(kit, fmt):
     """RANDOM_KILLS SIGKILLs at random moments (seeded), 4 in a row per cycle, then a completing rerun:
     every output equals the reference."""
@@ -108,6 +108,19 @@ def test_kill_at_fault_point(kit, point):
     items, already = fk.summary_counts(out)
     assert already == done and items == TOTAL - SHARD * done  # only unfinished shards are encoded again
     _check_final(kit, fmt, folder)
+
+
+@pytest.mark.parametrize("point", ["publish.before", "assemble.write", "publish.after"])
+def test_lance_killed_around_its_commit_loses_and_duplicates_nothing(kit, point):
+    """The Lance dataset is written in one commit (``assemble.write`` fires right after it): a kill
+    before it leaves no dataset, one after it must not make the rerun add the rows a second time."""
+    folder = kit["root"] / "lance" / f"kill-{point}"
+    rc, _, _ = _run(kit, "lance", folder, faults=f"{point}=kill")
+    assert rc != 0
+    assert (folder / kit["jobs"]["lance"].output_name).exists() == (point != "publish.before")
+    rc, out, err = _run(kit, "lance", folder)
+    assert rc == 0, err
+    _check_final(kit, "lance", folder)
 
 
 def test_kill_after_publish_leaves_nothing_behind(kit):

@@ -39,7 +39,9 @@ DEFAULT_PARTITIONS = ("valid", "train")
 
 def latents_format(path: str | os.PathLike) -> str:
     """``"h5"``, ``"parquet"`` or ``"npy"`` from a file name; anything else is an error naming the choices."""
-    name = storage.basename(str(path)).lower()
+    name = storage.basename(str(path).rstrip("/")).lower()
+    if name.endswith(".lance"):
+        return "lance"
     if name.endswith(H5_SUFFIXES):
         return "h5"
     if name.endswith(PARQUET_SUFFIXES):
@@ -48,7 +50,7 @@ def latents_format(path: str | os.PathLike) -> str:
         return "npy"
     raise InputError(
         f"cannot tell the layout of {path}: expected a Nenya _latents.h5 file, a Parquet file "
-        "with a 'vector' column, or X.npy with its X.parquet table of ids"
+        "with a 'vector' column, X.npy with its X.parquet table of ids, or a Lance dataset X.lance"
     )
 
 
@@ -117,7 +119,7 @@ class Latents:
 
     Attributes:
         path: the file as given.
-        format: ``"h5"``, ``"parquet"`` or ``"npy"``.
+        format: ``"h5"``, ``"parquet"``, ``"npy"`` or ``"lance"``.
         ids: (N,) object array of str.
         metadata: a DataFrame of N rows (``partition``/``row`` for Nenya files, then the stored columns;
             text columns holding numbers are converted to numbers).
@@ -168,6 +170,12 @@ class Latents:
             arr = self._npy()
             for a in range(0, self.n, chunk):
                 yield a, np.asarray(arr[a : a + chunk], dtype=np.float32)
+        elif self.format == "lance":
+            start = 0
+            for batch in _lance_dataset(self.path).to_batches(columns=["vector"], batch_size=chunk):
+                v = _fixed_list_to_numpy(batch.column(0), self.path)
+                yield start, v
+                start += len(v)
         else:
             with _open_binary(self.path) as fh:
                 pf = pq.ParquetFile(fh)
@@ -318,6 +326,35 @@ def _open_parquet(path: str, metadata: bool) -> Latents:
     return Latents(path, "parquet", ids, _to_numeric(df), int(dim))
 
 
+def _lance_dataset(path: str):
+    try:
+        import lance
+    except ImportError:
+        raise InputError(f'reading the Lance dataset {path} needs pylance: pip install "nenya[lance]"') from None
+    local = storage.local_path(path) if not storage.is_remote(path) else path
+    if not storage.is_remote(path) and not os.path.isdir(local):
+        raise InputError(f"latents file not found: {path}")
+    return lance.dataset(local)
+
+
+def _open_lance(path: str, metadata: bool) -> Latents:
+    ds = _lance_dataset(path)
+    names = ds.schema.names
+    if "vector" not in names:
+        raise InputError(f"{path} has no 'vector' column (columns: {', '.join(names[:12])})")
+    vtype = ds.schema.field("vector").type
+    dim = vtype.list_size if pa.types.is_fixed_size_list(vtype) else 0
+    cols = [c for c in names if c != "vector"] if metadata else [c for c in ("id",) if c in names]
+    n = ds.count_rows()
+    df = ds.to_table(columns=cols).to_pandas() if cols else pd.DataFrame(index=range(n))
+    ids = (
+        df.pop("id").astype(str).to_numpy(dtype=object)
+        if "id" in df.columns
+        else np.arange(n).astype(str).astype(object)
+    )
+    return Latents(path, "lance", ids, _to_numeric(df), int(dim))
+
+
 def _open_npy(path: str, metadata: bool) -> Latents:
     table_path = path[:-4] + ".parquet"
     local = storage.fetch(path) if storage.is_remote(path) else storage.local_path(path)
@@ -358,6 +395,8 @@ def read_about(path: str | os.PathLike) -> dict | None:
     path = str(path)
     fmt = latents_format(path)
     try:
+        if fmt == "lance":
+            return about_of(_lance_dataset(path).schema)
         if fmt == "h5":
             import h5py
 
@@ -388,6 +427,8 @@ def open_latents(path: str | os.PathLike, *, partitions: Sequence[str] | None = 
         return _open_h5(path, partitions, metadata)
     if fmt == "npy":
         return _open_npy(path, metadata)
+    if fmt == "lance":
+        return _open_lance(path, metadata)
     return _open_parquet(path, metadata)
 
 
@@ -433,9 +474,10 @@ def read_table(path: str | os.PathLike) -> pd.DataFrame:
 def output_path(input_path: str, suffix: str, output: str | None = None) -> str:
     """Where a result goes: ``output`` (a file, or a folder ending in ``/`` or existing), else next to
     the input as ``<stem><suffix>`` (e.g. ``x_latents_umap.parquet``)."""
+    input_path = input_path.rstrip("/") or input_path  # a dataset folder given as X.lance/
     base = storage.basename(input_path)
     stem = base
-    for ext in H5_SUFFIXES + PARQUET_SUFFIXES + (".npy", ".csv", ".faiss"):
+    for ext in H5_SUFFIXES + PARQUET_SUFFIXES + (".npy", ".csv", ".faiss", ".lance"):
         if stem.lower().endswith(ext):
             stem = stem[: -len(ext)]
             break

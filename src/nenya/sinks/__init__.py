@@ -133,4 +133,11 @@ sinks.register(
     help=".npy vectors (N, dim) plus a Parquet file of ids and metadata in the same row order (for FAISS)",
 )
 
+sinks.register(
+    "lance",
+    "nenya.sinks.lance:LanceSink",
+    help="a Lance dataset (id, metadata, vector) that LanceDB opens and searches: -o vectors.lance",
+    install_hint='pip install "nenya[lance]"',
+)
+
 __all__ = ["Sink", "WriteContext", "sinks", "vectors_of"]

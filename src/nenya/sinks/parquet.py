@@ -85,8 +85,7 @@ class ParquetSink(PartSink):
         self._check_names(plan)
         vectors = vectors_digest(context.fingerprint)
         for g in plan.groups:  # appending (resume by id): only vectors of the same model may join
-            previous = self.previous(g, self.table_name(g))
-            old = about_of(previous.schema_arrow) if previous is not None else None
+            old = self._existing_about(g)
             if old and old.get("vectors") and old["vectors"] != vectors:
                 raise OutputError(
                     f"{storage.join(self.output, self.output_name(g))} holds vectors of another model or preprocessing "
@@ -94,6 +93,11 @@ class ParquetSink(PartSink):
                     "Rerun with --overwrite to replace it, or choose another output"
                 )
         return super().start(plan, context)
+
+    def _existing_about(self, group: Group) -> dict | None:
+        """The model record of the output being appended to (None: no output, or no record)."""
+        previous = self.previous(group, self.table_name(group))
+        return about_of(previous.schema_arrow) if previous is not None else None
 
     def _with_about(self, schema: pa.Schema) -> pa.Schema:
         return schema.with_metadata({**(schema.metadata or {}), ABOUT_KEY: json.dumps(self._about).encode()})
