@@ -69,3 +69,17 @@ def radar_record(i: int, h: int = 6, w: int = 5) -> dict:
         "time": (f"2021-06-0{i}T00".encode(), "byte"),
         "valid_time": (f"2021-06-0{i}T01".encode(), "byte"),
     }
+
+
+def sst_field(times: int = 3, h: int = 10, w: int = 12, seed: int = 0):
+    """An SST-like (time, lat, lon) field as an xarray Dataset."""
+    import xarray as xr
+
+    rng = np.random.default_rng(seed)
+    data = rng.normal(size=(times, h, w)).astype(np.float32)
+    coords = {
+        "time": np.datetime64("2020-01-01") + np.arange(times).astype("timedelta64[D]"),
+        "lat": np.linspace(-4.5, 4.5, h),
+        "lon": np.linspace(100.0, 111.0, w),
+    }
+    return xr.Dataset({"sst": (("time", "lat", "lon"), data)}, coords=coords)

@@ -9,13 +9,13 @@ import pandas as pd
 import pytest
 import torch
 import xarray as xr
-from test_source_contract import sst_field
 
 from nenya._errors import InputError
 from nenya.cli import main
 from nenya.encoders import load_encoder
 from nenya.sources import GridOptions, SourceOptions
 from nenya.sources.gridded import GriddedSource
+from photokit import sst_field
 
 
 def _read(src):
@@ -90,3 +90,18 @@ def test_a_variable_of_the_wrong_rank_is_a_clear_error(tmp_path):
     xr.Dataset({"t": (("y", "x"), np.zeros((4, 4), np.float32))}).to_netcdf(tmp_path / "flat.nc", engine="h5netcdf")
     with pytest.raises(InputError, match="larger than the field"):
         GriddedSource(str(tmp_path / "flat.nc"), var="t", tile=9).plan(4)
+
+
+def test_skipped_nan_tiles_are_listed_in_the_status_table(checkpoint, tmp_path):
+    path, _ = checkpoint
+    ds = sst_field(times=2, h=8, w=8, seed=2)
+    ds["sst"].values[1, :, :4] = np.nan  # day 2: the western half is land
+    ds.to_netcdf(tmp_path / "sst.nc", engine="h5netcdf")
+    out = tmp_path / "v.parquet"
+    args = ["extract", "--source", f"xarray:{tmp_path / 'sst.nc'}", "--tile", "4", "--max-nan-fraction", "0.2"]
+    assert main([*args, "--model", f"supcon:{path}", "-o", str(out), "--no-progress"]) == 0
+    status = pd.read_csv(str(out) + ".status.csv")
+    skipped = status[status["status"] != "ok"]
+    assert list(skipped["id"]) == ["2020-01-02T00:00:00/0_0", "2020-01-02T00:00:00/4_0"]
+    assert set(skipped["status"]) == {"skipped:nan fraction 1.000 > 0.2"}
+    assert len(pd.read_parquet(out)) == 8 - 2

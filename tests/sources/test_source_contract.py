@@ -34,7 +34,7 @@ from nenya.preprocess.cpu import decode_image
 from nenya.sample_data import write_preproc
 from nenya.sources import GridOptions, RecordOptions, Source, SourceOptions, sources
 from nenya.sources.h5files import as_strings
-from photokit import picture, radar_record, save, write_tfrecord, write_wds
+from photokit import picture, radar_record, save, sst_field, write_tfrecord, write_wds
 
 # memory-mapped arrays reach torch read-only (the runner copies nothing; the encoder never writes in place)
 pytestmark = pytest.mark.filterwarnings("ignore:The given NumPy array is not writable:UserWarning")
@@ -254,20 +254,6 @@ def make_tfrecord(tmp: Path) -> Case:
             "record": [0, 1, 2, 0, 1],
         },
     )
-
-
-def sst_field(times: int = 3, h: int = 10, w: int = 12, seed: int = 0):
-    """An SST-like (time, lat, lon) field as an xarray Dataset."""
-    import xarray as xr
-
-    rng = np.random.default_rng(seed)
-    data = rng.normal(size=(times, h, w)).astype(np.float32)
-    coords = {
-        "time": np.datetime64("2020-01-01") + np.arange(times).astype("timedelta64[D]"),
-        "lat": np.linspace(-4.5, 4.5, h),
-        "lon": np.linspace(100.0, 111.0, w),
-    }
-    return xr.Dataset({"sst": (("time", "lat", "lon"), data)}, coords=coords)
 
 
 def make_xarray(tmp: Path) -> Case:

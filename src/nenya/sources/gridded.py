@@ -56,7 +56,10 @@ def _open(path: str):
     try:
         if is_zarr:
             store = storage.url_to_fs(path)[0].get_mapper(path) if storage.is_remote(path) else path
-            return xr.open_zarr(store, chunks=None, consolidated=None)
+            try:  # consolidated metadata when the store has it (one read), else the arrays' own
+                return xr.open_zarr(store, chunks=None, consolidated=True)
+            except Exception:  # noqa: BLE001 - any failure of the consolidated path: try the plain one
+                return xr.open_zarr(store, chunks=None, consolidated=False)
         local = storage.fetch(path)
         if not os.path.exists(local):
             raise InputError(f"gridded file not found: {path}")
