@@ -148,7 +148,7 @@ def main() -> None:
             f"{r['readers_peak_mb']:.0f}",
         ]
     ]
-    header = ["field", "tiles encoded", "skipped (NaN)", "seconds", "tiles/s", "main peak MB", "reader peak MB"]
+    header = ["field", "tiles", "of which skipped (NaN)", "seconds", "tiles/s", "main peak MB", "reader peak MB"]
     lines = markdown_table(header, rows) + [
         "",
         f"`xarray:` source over a Zarr store (chunks 1 x 512 x {SIDE}, written in {written:.0f} s), {args.tile}x{args.tile} "

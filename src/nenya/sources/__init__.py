@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from nenya.pipeline.items import Batch, Plan, Shard
+from nenya.pipeline.items import Batch, Group, Plan, Shard
 from nenya.pipeline.registry import Registry
 
 if TYPE_CHECKING:
@@ -86,6 +86,16 @@ class Source(ABC):
         """Release temporary copies and handles (called once by whoever made the source)."""
 
 
+def collection_plan(key: str, n: int, columns: list[str], fingerprint: str, shard_size: int) -> Plan:
+    """The plan of a source that is one collection: one group ``key`` of ``n`` items (output stem
+    ``vectors``) with these metadata ``columns``, cut into contiguous shards of ``shard_size``."""
+    if shard_size <= 0:
+        raise ValueError(f"shard_size must be positive, got {shard_size}")
+    group = Group(key, key, "vectors", {"": n}, {"": list(columns)}, fingerprint)
+    shards = [Shard(key, "", i, a, min(n, a + shard_size)) for i, a in enumerate(range(0, n, shard_size))]
+    return Plan([group], shards)
+
+
 #: Input kinds by name (``--source NAME:WHERE``; ``h5`` files are given as arguments).
 sources = Registry("source")
 sources.register("h5", "nenya.sources.hdf5:HDF5PreprocSource", help="Nenya preprocessed HDF5 files of cutouts")
@@ -118,4 +128,4 @@ sources.register(
     help="WebDataset tar shards (KEY.jpg + KEY.json per sample): wds:shards/{00000..00099}.tar",
 )
 
-__all__ = ["GridOptions", "RecordOptions", "Source", "SourceOptions", "sources"]
+__all__ = ["GridOptions", "RecordOptions", "Source", "SourceOptions", "collection_plan", "sources"]

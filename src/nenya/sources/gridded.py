@@ -33,8 +33,8 @@ import numpy as np
 
 from nenya._errors import InputError
 from nenya.pipeline import storage
-from nenya.pipeline.items import Batch, Group, Plan, Shard
-from nenya.sources import Source, SourceOptions
+from nenya.pipeline.items import Batch, Plan, Shard
+from nenya.sources import Source, SourceOptions, collection_plan
 
 log = logging.getLogger(__name__)
 
@@ -219,13 +219,8 @@ class GriddedSource(Source):
         return h.hexdigest()[:16]
 
     def plan(self, shard_size: int) -> Plan:
-        if shard_size <= 0:
-            raise ValueError(f"shard_size must be positive, got {shard_size}")
         self._ensure_listed()
-        n = len(self._ids)
-        group = Group(self.key, self.key, "vectors", {"": n}, {"": self._columns()}, self.fingerprint())
-        shards = [Shard(self.key, "", i, a, min(n, a + shard_size)) for i, a in enumerate(range(0, n, shard_size))]
-        return Plan([group], shards)
+        return collection_plan(self.key, len(self._ids), self._columns(), self.fingerprint(), shard_size)
 
     def localise(self) -> None:
         self.close()  # reopened (and a NetCDF URL fetched) in this process on the first read

@@ -20,7 +20,7 @@ import pyarrow as pa
 
 from nenya._errors import InputError
 from nenya.pipeline import storage
-from nenya.pipeline.items import Batch, Group, Plan, ReadTiming, Shard
+from nenya.pipeline.items import Batch, Plan, ReadTiming, Shard
 from nenya.preprocess import (
     DEFAULT_MAX_PIXELS,
     ImageTransform,
@@ -30,7 +30,7 @@ from nenya.preprocess import (
     device_candidate,
     read_bytes,
 )
-from nenya.sources import Source, SourceOptions
+from nenya.sources import Source, SourceOptions, collection_plan
 
 log = logging.getLogger(__name__)
 
@@ -113,16 +113,12 @@ class _ImageItems(Source):
         return h.hexdigest()[:16]
 
     def plan(self, shard_size: int) -> Plan:
-        if shard_size <= 0:
-            raise ValueError(f"shard_size must be positive, got {shard_size}")
         self._ensure_listed()
         n = len(self._ids)
         skipped = self._listed_total - n
         if skipped:
             log.info("%s: %d of %d items already done (skip_ids); %d to read", self.key, skipped, self._listed_total, n)
-        group = Group(self.key, self.key, "vectors", {"": n}, {"": self.metadata_columns()}, self.fingerprint())
-        shards = [Shard(self.key, "", i, a, min(n, a + shard_size)) for i, a in enumerate(range(0, n, shard_size))]
-        return Plan([group], shards)
+        return collection_plan(self.key, n, self.metadata_columns(), self.fingerprint(), shard_size)
 
     # -- reading -------------------------------------------------------------------------
     def locations(self, start: int, stop: int) -> list[str | None]:

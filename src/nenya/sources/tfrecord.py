@@ -33,8 +33,8 @@ import numpy as np
 
 from nenya._errors import InputError
 from nenya.pipeline import storage
-from nenya.pipeline.items import Batch, Group, Plan, Shard
-from nenya.sources import Source, SourceOptions
+from nenya.pipeline.items import Batch, Plan, Shard
+from nenya.sources import Source, SourceOptions, collection_plan
 
 log = logging.getLogger(__name__)
 
@@ -258,13 +258,8 @@ class TFRecordSource(Source):
         return h.hexdigest()[:16]
 
     def plan(self, shard_size: int) -> Plan:
-        if shard_size <= 0:
-            raise ValueError(f"shard_size must be positive, got {shard_size}")
         self._ensure_listed()
-        n = len(self._ids)
-        group = Group(self.key, self.key, "vectors", {"": n}, {"": list(self._columns)}, self.fingerprint())
-        shards = [Shard(self.key, "", i, a, min(n, a + shard_size)) for i, a in enumerate(range(0, n, shard_size))]
-        return Plan([group], shards)
+        return collection_plan(self.key, len(self._ids), self._columns, self.fingerprint(), shard_size)
 
     def localise(self) -> None:
         if self.files and (any(storage.is_remote(f) for f in self.files) or not all(map(os.path.exists, self._local))):
