@@ -104,4 +104,13 @@ def test_skipped_nan_tiles_are_listed_in_the_status_table(checkpoint, tmp_path):
     skipped = status[status["status"] != "ok"]
     assert list(skipped["id"]) == ["2020-01-02T00:00:00/0_0", "2020-01-02T00:00:00/4_0"]
     assert set(skipped["status"]) == {"skipped:nan fraction 1.000 > 0.2"}
-    assert len(pd.read_parquet(out)) == 8 - 2
+    df = pd.read_parquet(out)
+    assert len(df) == 8 - 2
+    v = ds["sst"].values
+    kept = [(t, y, x) for t in range(2) for y in (0, 4) for x in (0, 4) if not (t == 1 and x == 0)]
+    x = np.stack([v[t, y : y + 4, x : x + 4][None] for t, y, x in kept])  # a NetCDF read by the test itself
+    enc = load_encoder(f"supcon:{path}").to("cpu")
+    with torch.no_grad():
+        np.testing.assert_allclose(
+            np.stack(df["vector"]), enc.encode(torch.from_numpy(x)).numpy(), rtol=1e-4, atol=1e-5
+        )
