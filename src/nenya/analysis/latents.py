@@ -327,6 +327,10 @@ def _open_parquet(path: str, metadata: bool) -> Latents:
 
 
 def _lance_dataset(path: str):
+    import warnings
+
+    # lance warns when a process that used it forks; the reader processes that fork never use it
+    warnings.filterwarnings("ignore", message="lance is not fork-safe")
     try:
         import lance
     except ImportError:
