@@ -60,6 +60,7 @@ def run_demo(
     from nenya.analysis import demo_outputs
     from nenya.latents_extraction import main as extract_main
     from nenya.train.contrastive import train
+    from nenya.train.health import HealthOptions
 
     t0 = time.perf_counter()
     folder = os.path.abspath(folder)
@@ -77,7 +78,10 @@ def run_demo(
         json.dump(opts, f, indent=2)
     print(f"options:      {opts_file}")
     print(f"training:     SimCLR {model} for up to {train_seconds:.0f} s on the train partition ...", flush=True)
-    ckpt = train(opts_file, max_seconds=train_seconds, precision="auto")
+    # health metrics on 256 validation cutouts and a 256-cutout kNN bank: they cost forward passes, and
+    # the demo's time box is short
+    health = HealthOptions(sample=256, bank=256)
+    ckpt = train(opts_file, max_seconds=train_seconds, precision="auto", health=health)
     print(f"model:        {ckpt} (Nenya checkpoint format; learning curve next to it)", flush=True)
 
     latents = extract_main(opts_file, [data], clobber=True)[0]

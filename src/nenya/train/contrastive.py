@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -548,6 +549,14 @@ class _Limits:
     max_train_batches: int | None = None
     max_valid_batches: int | None = None
 
+    def later(self, seconds: float) -> _Limits:
+        """The same limits with the deadlines ``seconds`` later."""
+        return dataclasses.replace(
+            self,
+            deadline=None if self.deadline is None else self.deadline + seconds,
+            train_deadline=None if self.train_deadline is None else self.train_deadline + seconds,
+        )
+
 
 @dataclass
 class _Run:
@@ -977,7 +986,9 @@ def train_run(
             run.train_model = compiled
     try:
         if run.summary.start_epoch == 1 and run.ranks.is_main:
+            t0 = time.monotonic()
             _measure(run, 0, float("nan"))  # the untrained model: the baseline of every figure
+            run.limits = run.limits.later(time.monotonic() - t0)  # measuring is not training time
         for epoch in range(run.summary.start_epoch, int(opt.epochs) + 1):
             if not _epoch(run, epoch):
                 break
@@ -1001,7 +1012,8 @@ def train(
     Args:
         opt: a Params, a dict of options, or an opts JSON path (Nenya's keys; see docs/training.md).
         max_seconds: stop after this many seconds (the current epoch is cut short, validated within
-            the remaining time, and saved as ``last.pth``); None trains all ``epochs``.
+            the remaining time, and saved as ``last.pth``); None trains all ``epochs``. The untrained
+            model's health measurement (epoch 0) comes before and is not counted.
         progress: show a tqdm bar with the loss and images/s.
         **kwargs: ``resume`` (a checkpoint), ``auto_resume`` (continue from the folder's last.pth),
             ``output`` (model folder instead of ``<s3_outdir>/<model_folder>``), ``device``
