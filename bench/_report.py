@@ -100,3 +100,20 @@ def markdown_table(header: list[str], rows: list[list[str]]) -> list[str]:
         return "| " + " | ".join(str(c).ljust(w) for c, w in zip(r, widths)) + " |"
 
     return [fmt(header), "|" + "|".join("-" * (w + 2) for w in widths) + "|"] + [fmt(r) for r in rows]
+
+
+def tiny_encoder(fingerprint: str):
+    """A seeded strided conv (3 -> 8 channels, stride 4) pooled to 16 numbers, on the CPU: compute is
+    cheap, so a bench with it measures the source, the runner and the sink."""
+    from torch import nn
+
+    from nenya.encoders.base import Encoder, Preprocess
+
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 16)
+    )
+    enc = Encoder(
+        model, name="tiny", dim=16, preprocess=Preprocess(in_channels=3, demean=True), fingerprint=fingerprint
+    )
+    return enc.to("cpu", "fp32")

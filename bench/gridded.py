@@ -30,7 +30,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _report import add_save_args, load_average, markdown_table, report  # noqa: E402
+from _report import add_save_args, load_average, markdown_table, report, tiny_encoder  # noqa: E402
 
 SIDE = 4096
 
@@ -57,25 +57,12 @@ def write_store(path: str, steps: int, seed: int = 0) -> None:
 
 
 def child(args: argparse.Namespace) -> int:
-    import torch
-    from torch import nn
 
-    from nenya.encoders.base import Encoder, Preprocess
     from nenya.pipeline.runner import RunOptions, run
     from nenya.sinks.npy import NpySink
     from nenya.sources.gridded import GriddedSource
 
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 16)
-    )
-    encoder = Encoder(
-        model,
-        name="tiny",
-        dim=16,
-        preprocess=Preprocess(in_channels=3, demean=True),
-        fingerprint="bench-gridded-tiny-seed0",
-    ).to("cpu", "fp32")
+    encoder = tiny_encoder("bench-gridded-tiny-seed0")
     source = GriddedSource(args.store, var="sst", tile=args.tile, max_nan_fraction=0.5)
     sink = NpySink(args.out, overwrite=True, name="tiles.npy")
     opts = RunOptions(batch_size=256, num_workers=1, device="cpu", progress=False)

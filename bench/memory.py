@@ -44,7 +44,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from _report import add_save_args, markdown_table, report  # noqa: E402
+from _report import add_save_args, markdown_table, report, tiny_encoder  # noqa: E402
 
 RESULTS = HERE / "RESULTS.md"
 TARGETS_MB = {(1000, 100_000): 500, (10_000, 1_000_000): 300}
@@ -84,9 +84,7 @@ def write_input(path: str, n: int, *, metadata: bool, side: int = 64, chunk: int
 # -- the child: one extraction in a fresh process ----------------------------------------------
 def child(args: argparse.Namespace) -> int:
     import torch
-    from torch import nn
 
-    from nenya.encoders.base import Encoder, Preprocess
     from nenya.pipeline.runner import RunOptions, run
     from nenya.sources.hdf5 import HDF5PreprocSource
 
@@ -105,17 +103,7 @@ def child(args: argparse.Namespace) -> int:
     else:
         from nenya.sinks.hdf5 import NenyaLatentsSink as SinkClass
 
-    torch.manual_seed(0)
-    model = nn.Sequential(
-        nn.Conv2d(3, 8, 3, stride=4), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(8, 16)
-    )
-    encoder = Encoder(
-        model,
-        name="tiny",
-        dim=16,
-        preprocess=Preprocess(in_channels=3, demean=True),
-        fingerprint="bench-memory-tiny-seed0",
-    ).to("cpu", "fp32")
+    encoder = tiny_encoder("bench-memory-tiny-seed0")
     source = HDF5PreprocSource([args.file], partitions=("valid",))
     sink = SinkClass(args.out, overwrite=True)
     opts = RunOptions(

@@ -96,6 +96,36 @@ def collection_plan(key: str, n: int, columns: list[str], fingerprint: str, shar
     return Plan([group], shards)
 
 
+class CollectionSource(Source):
+    """Base of sources that are one collection listed lazily: subclasses implement ``_list`` (which
+    sets ``_ids`` and ``_listed``), ``_columns`` and ``fingerprint``; the length and the plan follow."""
+
+    key: str = ""
+    _listed: bool = False
+    _ids: list[str]
+
+    def _list(self) -> None:
+        raise NotImplementedError
+
+    def _columns(self) -> list[str]:
+        raise NotImplementedError
+
+    def fingerprint(self) -> str:
+        raise NotImplementedError
+
+    def _ensure_listed(self) -> None:
+        if not self._listed:
+            self._list()
+
+    def __len__(self) -> int:
+        self._ensure_listed()
+        return len(self._ids)
+
+    def plan(self, shard_size: int) -> Plan:
+        self._ensure_listed()
+        return collection_plan(self.key, len(self._ids), self._columns(), self.fingerprint(), shard_size)
+
+
 #: Input kinds by name (``--source NAME:WHERE``; ``h5`` files are given as arguments).
 sources = Registry("source")
 sources.register("h5", "nenya.sources.hdf5:HDF5PreprocSource", help="Nenya preprocessed HDF5 files of cutouts")
@@ -128,4 +158,4 @@ sources.register(
     help="WebDataset tar shards (KEY.jpg + KEY.json per sample): wds:shards/{00000..00099}.tar",
 )
 
-__all__ = ["GridOptions", "RecordOptions", "Source", "SourceOptions", "collection_plan", "sources"]
+__all__ = ["GridOptions", "RecordOptions", "Source", "SourceOptions", "CollectionSource", "collection_plan", "sources"]

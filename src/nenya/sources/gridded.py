@@ -33,8 +33,8 @@ import numpy as np
 
 from nenya._errors import InputError
 from nenya.pipeline import storage
-from nenya.pipeline.items import Batch, Plan, Shard
-from nenya.sources import Source, SourceOptions, collection_plan
+from nenya.pipeline.items import Batch, Shard
+from nenya.sources import CollectionSource, SourceOptions
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +77,7 @@ def _text(value: Any) -> Any:
     return value.item() if isinstance(value, np.generic) else value
 
 
-class GriddedSource(Source):
+class GriddedSource(CollectionSource):
     """Tiles (or whole fields) of one variable of a NetCDF file or Zarr store (see the module docstring).
 
     Example:
@@ -189,14 +189,6 @@ class GriddedSource(Source):
         self._per, self._n_total = per, len(ids)
         self._listed = True
 
-    def _ensure_listed(self) -> None:
-        if not self._listed:
-            self._list()
-
-    def __len__(self) -> int:
-        self._ensure_listed()
-        return len(self._ids)
-
     def _columns(self) -> list[str]:
         cols = [self._sample] if self._sample else []
         cols += [c for c in (self._coord(LAT_NAMES), self._coord(LON_NAMES)) if c]
@@ -217,10 +209,6 @@ class GriddedSource(Source):
             h.update(repr((st.st_size, st.st_mtime_ns)).encode())
         h.update("\n".join(self._ids).encode())
         return h.hexdigest()[:16]
-
-    def plan(self, shard_size: int) -> Plan:
-        self._ensure_listed()
-        return collection_plan(self.key, len(self._ids), self._columns(), self.fingerprint(), shard_size)
 
     def localise(self) -> None:
         self.close()  # reopened (and a NetCDF URL fetched) in this process on the first read

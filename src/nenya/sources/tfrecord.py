@@ -33,8 +33,8 @@ import numpy as np
 
 from nenya._errors import InputError
 from nenya.pipeline import storage
-from nenya.pipeline.items import Batch, Plan, Shard
-from nenya.sources import Source, SourceOptions, collection_plan
+from nenya.pipeline.items import Batch, Shard
+from nenya.sources import CollectionSource, SourceOptions
 
 log = logging.getLogger(__name__)
 
@@ -147,7 +147,7 @@ def _column(values: list) -> np.ndarray:
     return np.asarray(values, dtype=object)
 
 
-class TFRecordSource(Source):
+class TFRecordSource(CollectionSource):
     """Arrays (or encoded images) of one feature of ``tf.train.Example`` records (see the module docstring).
 
     Example:
@@ -211,7 +211,7 @@ class TFRecordSource(Source):
         self._listed_total = len(ids)
         self._rows = np.flatnonzero(keep)
         self._ids = [i for i, k in zip(ids, keep) if k]
-        self._columns = self._metadata_columns()
+        self._column_names = self._metadata_columns()
         self._listed = True
 
     def _read_ids(self) -> list[str]:
@@ -241,13 +241,8 @@ class TFRecordSource(Source):
         names = [k for k in sorted(features) if k not in skip and _scalar(features[k]) is not None]
         return [f"tf_{k}" if k in RESERVED else k for k in names] + ["file", "record"]
 
-    def _ensure_listed(self) -> None:
-        if not self._listed:
-            self._list()
-
-    def __len__(self) -> int:
-        self._ensure_listed()
-        return len(self._ids)
+    def _columns(self) -> list[str]:
+        return list(self._column_names)
 
     def fingerprint(self) -> str:
         self._ensure_listed()
@@ -256,10 +251,6 @@ class TFRecordSource(Source):
         h.update(repr((self.id_feature, str(self.dtype), len(self._ids))).encode())
         h.update("\n".join(self._ids).encode())
         return h.hexdigest()[:16]
-
-    def plan(self, shard_size: int) -> Plan:
-        self._ensure_listed()
-        return collection_plan(self.key, len(self._ids), self._columns, self.fingerprint(), shard_size)
 
     def localise(self) -> None:
         if self.files and (any(storage.is_remote(f) for f in self.files) or not all(map(os.path.exists, self._local))):
@@ -305,7 +296,7 @@ class TFRecordSource(Source):
             b = min(shard.stop, a + batch_size)
             rows = self._rows[a:b]
             images: list[np.ndarray] = []
-            meta: dict[str, list] = {c: [] for c in self._columns}
+            meta: dict[str, list] = {c: [] for c in self._column_names}
             handles: dict[int, Any] = {}
             try:
                 for r in rows:
@@ -316,7 +307,7 @@ class TFRecordSource(Source):
                     images.append(self._image(features, where))
                     if images[-1].shape != images[0].shape:
                         raise InputError(f"{where} has shape {images[-1].shape}, earlier ones {images[0].shape}")
-                    for c in self._columns[:-2]:
+                    for c in self._column_names[:-2]:
                         name = c[3:] if c.startswith("tf_") and c[3:] in RESERVED else c
                         meta[c].append(_scalar(features[name]) if name in features else None)
                     meta["file"].append(self.files[f])
