@@ -154,6 +154,7 @@ def test_torchrun_two_ranks_on_cpu(tmp_path, preproc):
     assert r.returncode == 0, r.stderr[-3000:]
     from nenya.encoders.weights import load_checkpoint
 
-    last = [line for line in r.stdout.splitlines() if line.endswith("last.pth")][0]
-    ckpt = load_checkpoint(last)
+    printed = [line for line in r.stdout.splitlines() if line.endswith("last.pth")]
+    assert len(printed) == 1, r.stdout  # rank 0 alone prints the summary
+    ckpt = load_checkpoint(printed[0])
     assert ckpt["epoch"] == 1 and not any("module." in k for k in ckpt["model"])

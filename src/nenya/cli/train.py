@@ -205,6 +205,16 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
     r.set_defaults(func=cmd_reconstruct)
 
 
+def _print_summary(summary) -> None:
+    """Print the last checkpoint and the summary line, from rank 0 only: under torchrun every rank
+    returns a summary, and two ranks printing at once interleave their lines."""
+    from nenya.ranks import Ranks
+
+    if Ranks.current().is_main:
+        print(summary.last, flush=True)
+        print(summary.line(), flush=True)
+
+
 def cmd_train_contrastive(args: argparse.Namespace) -> int:
     """Train SupConResNet from an opts JSON (flags override it); print the last checkpoint and a summary."""
     from nenya.params import Params
@@ -246,8 +256,7 @@ def cmd_train_contrastive(args: argparse.Namespace) -> int:
             enabled=not args.no_health,
         ),
     )
-    print(summary.last)
-    print(summary.line())
+    _print_summary(summary)
     return 0
 
 
@@ -287,8 +296,7 @@ def cmd_train_autoencoder(args: argparse.Namespace) -> int:
         max_seconds=args.max_seconds,
         progress=not args.no_progress,
     )
-    print(summary.last)
-    print(summary.line())
+    _print_summary(summary)
     return 0
 
 
