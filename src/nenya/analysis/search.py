@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -265,35 +264,8 @@ def encode_query_image(
     (timm, torchvision, ...) an image file decoded and resized as extraction does.
     ``options`` are the photo-model options (size, pool, ...) the latents were made with: see
     :func:`nenya.analysis.latents.read_about` and :func:`nenya.encoders.base.options_from_about`.
+    :class:`nenya.analysis.query.QueryEncoder` keeps the model loaded for many queries.
     """
-    import torch
+    from nenya.analysis.query import QueryEncoder
 
-    from nenya.encoders import load_encoder
-
-    encoder = load_encoder(spec, opt=opt, trust_checkpoint=trust_checkpoint, options=options).to("cpu")
-    local = storage.fetch(path)
-    if not os.path.exists(local):
-        raise InputError(f"query image not found: {path}")
-    if local.endswith(".npy"):
-        img = np.load(local, allow_pickle=False).astype(np.float32)
-        if img.ndim == 2:
-            img = img[None]
-        if img.ndim != 3:
-            raise InputError(f"{path} has shape {img.shape}; a query cutout is (H, W) or (C, H, W)")
-        batch = torch.from_numpy(img[None])
-    else:
-        transform = encoder.preprocess.image
-        if transform is None:
-            raise InputError(f"{encoder.name} encodes arrays, not image files: give the query as a .npy cutout")
-        from nenya.preprocess import decode_image
-
-        with open(local, "rb") as f:
-            arr = decode_image(f.read(), transform=transform)
-        batch = torch.from_numpy(np.ascontiguousarray(arr)[None])
-    out = encoder.encode(batch).cpu().numpy()
-    if out.ndim != 2:
-        raise InputError(
-            f"{encoder.name} gives one vector per tile {out.shape[1:]}; search an index of "
-            "pooled vectors, or pass the query with --vector"
-        )
-    return out.reshape(1, -1).astype(np.float32)
+    return QueryEncoder(spec, opt=opt, trust_checkpoint=trust_checkpoint, options=options).encode_file(path)

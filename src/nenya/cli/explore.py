@@ -391,33 +391,14 @@ def _query(args, about: dict | None = None):
 def _encode_query(args, about: dict | None):
     """Encode ``--image`` with the model that made the latents: the one they record (its spec,
     photo options and opts file) unless ``--model`` names another."""
-    from nenya.analysis.search import encode_query_image
-    from nenya.encoders.base import options_from_about
+    from nenya.analysis.query import QueryEncoder
 
-    about = about or {}
-    recorded = about.get("model")
-    spec = args.model or recorded
-    if not spec:
+    if not args.model and not (about or {}).get("model"):
         raise NenyaError(
             "--image needs --model SPEC: these latents do not record the model that made them (see `nenya models`)"
         )
-    options, opts = None, args.opts
-    if recorded and spec == recorded:
-        options = options_from_about(about)
-        opts = opts or about.get("opts")
-        log.info(
-            "encoding the query with %s%s, as the latents were made",
-            spec,
-            f" ({', '.join(f'{k}={v}' for k, v in about.get('options', {}).items())})" if about.get("options") else "",
-        )
-    elif recorded:
-        log.warning(
-            "these latents were made by %s but the query is encoded by %s: distances are only meaningful "
-            "between vectors of the same model and preprocessing",
-            recorded,
-            spec,
-        )
-    return encode_query_image(args.image, spec, opt=opts, trust_checkpoint=args.trust_checkpoint, options=options)
+    encoder = QueryEncoder.from_about(about, model=args.model, opts=args.opts, trust_checkpoint=args.trust_checkpoint)
+    return encoder.encode_file(args.image)
 
 
 def _open_index(target: str, metric: str, ef_search=None, nprobe=None):
