@@ -126,7 +126,11 @@ class QueryEncoder:
         try:
             img = np.load(io.BytesIO(data), allow_pickle=False)
         except ValueError as e:  # pickled object arrays are refused here, as everywhere
-            raise InputError(f"{name}: not a plain .npy array ({e})") from None
+            if "allow_pickle" in str(e):
+                raise InputError(
+                    f"{name}: not a plain .npy array (it holds pickled objects, which are refused)"
+                ) from None
+            raise InputError(f"{name}: not a readable .npy file ({e})") from None
         except (OSError, EOFError) as e:
             raise InputError(f"{name}: not a readable .npy file ({e})") from None
         if not isinstance(img, np.ndarray) or img.dtype.kind not in "fiub":

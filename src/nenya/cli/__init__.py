@@ -2,7 +2,7 @@
 
 ``extract`` (:mod:`.extract`), ``train``/``reconstruct`` (:mod:`.train`), ``umap``/``pca``/
 ``cluster``/``index``/``search``/``plot``/``explore`` (:mod:`.explore`), ``compare``/``duplicates``
-(:mod:`.compare`), ``demo``/``models`` (:mod:`.models`). This module only builds the parser, sets up logging and turns errors into
+(:mod:`.compare`), ``serve`` (:mod:`.serve`), ``demo``/``models`` (:mod:`.models`). This module only builds the parser, sets up logging and turns errors into
 messages; only the CLI prints.
 """
 
@@ -16,7 +16,7 @@ import time
 
 from nenya import __version__
 from nenya._errors import NenyaError
-from nenya.cli import compare, explore, extract, models, train
+from nenya.cli import compare, explore, extract, models, serve, train
 
 log = logging.getLogger("nenya")
 
@@ -42,7 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nenya {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for group in (extract, models, train, explore, compare):
+    for group in (extract, models, train, explore, compare, serve):
         group.register(sub)
     return parser
 

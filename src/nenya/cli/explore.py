@@ -528,26 +528,15 @@ def cmd_plot_neighbours(args: argparse.Namespace) -> int:
 
 def cmd_explore(args: argparse.Namespace) -> int:
     """Write the self-contained HTML explorer (``<name>_explorer.html``); print its path."""
-    from nenya.analysis import ImageLookup, fit_umap, open_latents, output_path, read_table, write_explorer
+    from nenya.analysis import ImageLookup, open_latents, output_path, write_explorer
+    from nenya.analysis.explorer import plane_coordinates
 
     with open_latents(args.latents, partitions=_parts(args)) as lat:
         vectors = lat.vectors()
         df = lat.metadata.copy()
         df.insert(0, "id", lat.ids)
-    if args.coords:
-        coords = read_table(args.coords)
-        x, y = _xy(coords, argparse.Namespace(x=None, y=None))
-        merged = df[["id"]].merge(coords[["id", x, y]].drop_duplicates("id"), on="id", how="left")
-        if merged[x].isna().any():
-            raise NenyaError(
-                f"{args.coords} lacks coordinates for {int(merged[x].isna().sum())} id(s) of {args.latents}"
-            )
-        u0, u1 = merged[x].to_numpy(), merged[y].to_numpy()
-        xlab, ylab = x, y
-    else:
-        xlab, ylab = "U0", "U1"
-        emb = fit_umap(vectors, ntrain=args.ntrain).embedding
-        u0, u1 = emb[:, 0], emb[:, 1]
+    u0, u1, xlab, ylab = plane_coordinates(df, vectors, coords=args.coords, ntrain=args.ntrain)
+    if not args.coords:
         df["U0"], df["U1"] = u0, u1
     lookup = None
     if args.images or "path" in df.columns:

@@ -25,7 +25,7 @@ from nenya.analysis.latents import local_target
 
 log = logging.getLogger(__name__)
 
-__all__ = ["write_explorer", "MAX_POINTS", "MAX_THUMBS"]
+__all__ = ["write_explorer", "with_dt", "plane_coordinates", "MAX_POINTS", "MAX_THUMBS"]
 
 MAX_POINTS = 250_000
 MAX_THUMBS = 2000
@@ -76,7 +76,7 @@ def write_explorer(
     shown, note = _sample(n_all, max_points, seed)
     x, y = x[shown], y[shown]
     tab = table.iloc[shown].reset_index(drop=True)
-    tab = _with_dt(tab)
+    tab = with_dt(tab)
     cols = columns(tab)
     nbr, nsc = _neighbours(vectors, shown, k, metric)
     thumbs: list[str] = []
@@ -138,7 +138,7 @@ def _lonlat(tab: pd.DataFrame, latlon: tuple[str, str] | None) -> tuple[np.ndarr
     )
 
 
-def _with_dt(tab: pd.DataFrame) -> pd.DataFrame:
+def with_dt(tab: pd.DataFrame) -> pd.DataFrame:
     """Nenya's DT = T90 - T10 when the table has those but no DT."""
     if "DT" not in tab.columns and "DT40" not in tab.columns and {"T90", "T10"} <= set(tab.columns):
         tab = tab.copy()
@@ -155,3 +155,33 @@ def _check_inputs(n_all: int, table: pd.DataFrame, vectors: np.ndarray | None) -
         )
     if "id" not in table.columns:
         raise ValueError("the table needs an 'id' column")
+
+
+PLANE_COLUMNS = (("U0", "U1"), ("US0", "US1"), ("PC0", "PC1"))
+
+
+def plane_coordinates(
+    table: pd.DataFrame, vectors: np.ndarray, *, coords: str | None = None, ntrain: int = 50_000
+) -> tuple[np.ndarray, np.ndarray, str, str]:
+    """Each row's position on the projection: from a ``coords`` table (``id`` and U0/U1, US0/US1 or
+    PC0/PC1, e.g. ``nenya umap``'s output), else a UMAP fitted here. Returns ``(x, y, xlabel, ylabel)``."""
+    from nenya._errors import NenyaError
+    from nenya.analysis.latents import read_table
+    from nenya.analysis.umap import fit_umap
+
+    if coords is None:
+        emb = fit_umap(vectors, ntrain=ntrain).embedding
+        return emb[:, 0], emb[:, 1], "U0", "U1"
+    tab = read_table(coords)
+    pair = next(((a, b) for a, b in PLANE_COLUMNS if a in tab.columns and b in tab.columns), None)
+    if pair is None or "id" not in tab.columns:
+        raise NenyaError(
+            f"{coords} needs an id column and U0/U1, US0/US1 or PC0/PC1 (from `nenya umap` or `nenya pca`); "
+            f"it has {', '.join(map(str, tab.columns[:20]))}"
+        )
+    x, y = pair
+    merged = table[["id"]].merge(tab[["id", x, y]].drop_duplicates("id"), on="id", how="left")
+    missing = int(merged[x].isna().sum())
+    if missing:
+        raise NenyaError(f"{coords} lacks coordinates for {missing} id(s) of the latents")
+    return merged[x].to_numpy(), merged[y].to_numpy(), x, y

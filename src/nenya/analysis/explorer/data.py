@@ -131,13 +131,14 @@ def columns(table: pd.DataFrame) -> list[Column]:
 
 
 def first_colour(cols: list[Column], color: str | None) -> str | None:
-    """The column coloured at first: ``color`` (checked), else the first category, else the first number."""
+    """The column coloured at first: ``color`` (checked), else the first category with more than one
+    level, else the first number."""
     usable = [c.name for c in cols if c.kind != "text"]
     if color is not None:
         if color not in usable:
             raise ValueError(f"cannot colour by {color!r}; columns: {', '.join(usable) or 'none'}")
         return color
-    cats = [c.name for c in cols if c.kind == "cat" and c.filterable]
+    cats = [c.name for c in cols if c.kind == "cat" and c.filterable and len(c.levels) > 1]
     nums = [c.name for c in cols if c.kind in ("num", "date") and c.filterable]
     first = cats or nums or usable
     return first[0] if first else None

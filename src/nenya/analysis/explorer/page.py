@@ -75,7 +75,7 @@ def _palette(n: int) -> list[str]:
     return [to_hex(tab[i % 20]) for i in range(max(n, 1))]
 
 
-def _mappers(cols: list[Column]) -> dict[str, object]:
+def colour_mappers(cols: list[Column]) -> dict[str, object]:
     from bokeh.models import CategoricalColorMapper, LinearColorMapper
     from bokeh.palettes import Viridis256
 
@@ -119,13 +119,13 @@ def _scatter(fig, source, view, colour_spec, name: str, xf: str, yf: str):
     )
 
 
-def _figure(name: str, title: str, xlabel: str, ylabel: str, **kw):
+def view_figure(name: str, title: str, xlabel: str, ylabel: str, *, backend: str = BACKEND, **kw):
     from bokeh.plotting import figure
 
     fig = figure(
         name=name,
         title=title,
-        output_backend=BACKEND,
+        output_backend=backend,
         tools="pan,wheel_zoom,box_zoom,box_select,lasso_select,reset",
         active_scroll="wheel_zoom",
         active_drag="lasso_select",
@@ -139,7 +139,7 @@ def _figure(name: str, title: str, xlabel: str, ylabel: str, **kw):
     return fig
 
 
-def _span(v: np.ndarray) -> tuple[float, float]:
+def span(v: np.ndarray) -> tuple[float, float]:
     """A fixed range around the finite values, 4% padding (fixed, so that find and the API can move it)."""
     f = v[np.isfinite(v)]
     lo, hi = (float(f.min()), float(f.max())) if len(f) else (0.0, 1.0)
@@ -147,24 +147,31 @@ def _span(v: np.ndarray) -> tuple[float, float]:
     return lo - pad, hi + pad
 
 
+def draw_coastlines(fig, coast: tuple[list[np.ndarray], list[np.ndarray]]) -> None:
+    """Coastlines (longitude and latitude polylines) under a map's points."""
+    lons, lats = coast
+    fig.multi_line(
+        xs=[a.astype(np.float64) for a in lons],
+        ys=[a.astype(np.float64) for a in lats],
+        line_color="#777777",
+        line_width=1,
+        name="coastlines",
+    )
+
+
 def _views(d: PageData, source, filt, colour_spec) -> list:
     from bokeh.models import CDSView, ColumnDataSource, CustomJS, HoverTool
 
     figs = []
     marks = ColumnDataSource({"x": [], "y": [], "lon": [], "lat": [], "kind": []}, name="nenya-marks")
-    proj = _figure("projection", "projection", d.xlabel, d.ylabel, x_range=_span(d.x), y_range=_span(d.y))
+    proj = view_figure("projection", "projection", d.xlabel, d.ylabel, x_range=span(d.x), y_range=span(d.y))
     figs.append((proj, "x", "y"))
     if d.lonlat is not None:
-        mp = _figure("map", "map", "longitude", "latitude", x_range=(-180, 180), y_range=(-90, 90), match_aspect=True)
+        mp = view_figure(
+            "map", "map", "longitude", "latitude", x_range=(-180, 180), y_range=(-90, 90), match_aspect=True
+        )
         if d.coast is not None:
-            lons, lats = d.coast
-            mp.multi_line(
-                xs=[a.astype(np.float64) for a in lons],
-                ys=[a.astype(np.float64) for a in lats],
-                line_color="#777777",
-                line_width=1,
-                name="coastlines",
-            )
+            draw_coastlines(mp, d.coast)
         figs.append((mp, "lon", "lat"))
     for fig, xf, yf in figs:
         r = _scatter(fig, source, CDSView(filter=filt), colour_spec, f"points:{fig.name}", xf, yf)
@@ -189,24 +196,26 @@ def _views(d: PageData, source, filt, colour_spec) -> list:
     return [f for f, _, _ in figs]
 
 
-def _filter_widgets(d: PageData, call) -> list:
+def filter_widgets(cols: list[Column], attach) -> list:
+    """A pick list per category and a range slider per number or date column (named ``filter:c<i>``);
+    ``attach(widget, property)`` connects each to whatever reacts (the page's script, or the server)."""
     from bokeh.models import DatetimeRangeSlider, MultiChoice, RangeSlider
 
     out = []
-    for i, c in enumerate(d.columns):
+    for i, c in enumerate(cols):
         if not c.filters or (c.kind != "cat" and c.lo is None):  # nothing to filter, or no finite value
             continue
         name = f"filter:c{i}"
         if c.kind == "cat":
             w = MultiChoice(title=c.name, options=c.levels, value=[], placeholder="all", name=name, width=SIDE - 20)
-            w.js_on_change("value", call("filter"))
+            attach(w, "value")
         else:
             lo, hi = float(c.lo or 0.0), float(c.hi if c.hi is not None else 0.0)
             hi = hi if hi > lo else lo + 1.0
             cls = DatetimeRangeSlider if c.kind == "date" else RangeSlider
             extra = {} if c.kind == "date" else {"step": (hi - lo) / 1000}
             w = cls(title=c.name, start=lo, end=hi, value=(lo, hi), name=name, width=SIDE - 20, **extra)
-            w.js_on_change("value_throttled", call("filter"))
+            attach(w, "value_throttled")
         out.append(w)
     return out
 
@@ -242,7 +251,7 @@ def _side(d: PageData, source, call) -> list:
         dt = Select(title=f"Nenya DT bin ({d.dt_column})", options=list(d.dt_bins), value="all", name="nenya-dt")
         dt.js_on_change("value", call("dt"))
         side.append(dt)
-    side += _filter_widgets(d, call)
+    side += filter_widgets(d.columns, lambda w, prop: w.js_on_change(prop, call("filter")))
     clear_f = Button(label="Clear filters", name="nenya-clear-filters", width=130)
     clear_f.js_on_event("button_click", call("clearFilters"))
     clear_s = Button(label="Clear selection", name="nenya-clear-selection", width=130)
@@ -300,7 +309,7 @@ def _script_data(d: PageData, views: list[str]) -> dict:
     }
 
 
-def _json_in_html(obj: dict) -> str:
+def json_in_html(obj: dict) -> str:
     """JSON inside a <script> element: nothing in it can end the element or start markup."""
     text = json.dumps(obj, ensure_ascii=True, separators=(",", ":"), allow_nan=False)
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
@@ -316,7 +325,7 @@ def build_page(d: PageData) -> str:
     source = ColumnDataSource(_source_data(d), name="nenya-points")
     source.selected.js_on_change("indices", CustomJS(code="window.nenya && window.nenya._onSelect()"))
     filt = BooleanFilter(booleans=np.ones(len(d.ids), dtype=bool), name="nenya-filter")
-    mappers = _mappers(d.columns)
+    mappers = colour_mappers(d.columns)
     field_of = {c.name: f"c{i}" for i, c in enumerate(d.columns)}
     if d.colour is not None:
         colour_spec: object = {"field": field_of[d.colour], "transform": mappers[d.colour]}
@@ -339,7 +348,7 @@ def build_page(d: PageData) -> str:
     head = f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
     at = page.index('<meta charset="utf-8">') + len('<meta charset="utf-8">')  # in <head>, before any script
     page = page[:at] + "\n" + head + page[at:]
-    blob = _json_in_html(_script_data(d, [f.name for f in figs]))
+    blob = json_in_html(_script_data(d, [f.name for f in figs]))
     tail = f'<script type="application/json" id="nenya-data">{blob}</script>\n<script>\n{script}\n</script>\n'
     at = page.rindex("</body>")  # the last one: BokehJS's own source contains the string too
     return page[:at] + tail + page[at:]

@@ -1,0 +1,252 @@
+"""``nenya serve``: a Bokeh server (Tornado) on 127.0.0.1 by default, one document per browser
+session, plus three small HTTP routes of our own:
+
+- ``GET nenya/thumb/<row>.png``: a row's thumbnail (``row`` a number the server listed, nothing else);
+- ``GET nenya/download/<token>``: a file the server wrote into its temporary folder (exports, large replies);
+- ``POST nenya/query?name=<file name>``: an uploaded query (``.npy`` cutout or an image for photo
+  models), size-limited and decoded from memory by the extraction's hardened readers.
+
+No request parameter is ever joined to a filesystem path: rows index the collection, tokens index a
+table the server filled, file names only tell ``.npy`` from an image.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import json
+import logging
+import re
+import signal
+from importlib import resources
+
+from nenya.analysis.explorer.page import json_in_html
+from nenya.analysis.query import IMAGE_SUFFIXES
+from nenya.analysis.serve.state import ServeState
+
+log = logging.getLogger(__name__)
+
+__all__ = ["make_server", "run_server", "CSP", "is_loopback"]
+
+CSP = (
+    "default-src 'none'; script-src 'self' 'unsafe-inline' 'unsafe-eval'; style-src 'self' 'unsafe-inline'; "
+    "img-src 'self' data: blob:; font-src 'self' data:; connect-src 'self' ws: wss:; base-uri 'none'; "
+    "form-action 'none'; frame-ancestors 'none'"
+)
+ROW = re.compile(r"^([0-9]{1,12})\.png$")
+TOKEN = re.compile(r"^[A-Za-z0-9_-]{8,64}$")
+UPLOAD_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_. -]{0,127}$")
+TEMPLATE = """{% extends base %}
+{% block preamble %}<meta http-equiv="Content-Security-Policy" content="{{ nenya_csp }}">
+<style>#nenya-upload-bar{font:13px sans-serif;padding:6px 8px;border-bottom:1px solid #ddd}
+#nenya-upload-msg{margin-left:8px;color:#555}</style>{% endblock %}
+{% block contents %}<div id="nenya-upload-bar">query by image: <input type="file" id="nenya-upload"
+ accept=".npy,image/*"{{ " disabled" if not nenya_query }}><span id="nenya-upload-msg">{{ nenya_query_note }}</span></div>
+{{ super() }}{% endblock %}
+{% block inner_body %}{{ super() }}
+<script type="application/json" id="nenya-data">{{ nenya_data }}</script>
+<script>{{ nenya_script }}</script>{% endblock %}
+"""
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` is reachable from this machine only."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def free_port(host: str) -> int:
+    """A port nobody listens on now (for ``--port 0``)."""
+    import socket
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def _handlers(state: ServeState):
+    """The Tornado handlers of the three routes (defined here: tornado is imported with Bokeh)."""
+    from tornado import web
+
+    class Base(web.RequestHandler):
+        def set_default_headers(self) -> None:
+            self.set_header("X-Content-Type-Options", "nosniff")
+            self.set_header("Referrer-Policy", "no-referrer")
+            self.set_header("Cache-Control", "no-store")
+
+        def fail(self, status: int, message: str) -> None:
+            self.set_status(status)
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps({"error": message}))
+
+    class Thumb(Base):
+        def get(self, name: str) -> None:
+            m = ROW.match(name)
+            if not m:
+                return self.fail(400, "a thumbnail is asked for as <row>.png, row a number the page listed")
+            row = int(m.group(1))
+            if row >= state.collection.n:
+                return self.fail(404, f"no row {row}")
+            png = state.collection.thumbnail(row)
+            if png is None:
+                return self.fail(404, f"row {row} has no image")
+            self.set_header("Content-Type", "image/png")
+            self.set_header("Cache-Control", "private, max-age=3600")
+            self.finish(png)
+
+    class Download(Base):
+        def get(self, token: str) -> None:
+            d = state.download(token) if TOKEN.match(token) else None
+            if d is None:
+                return self.fail(404, "no such download (they last while the server runs)")
+            self.set_header("Content-Type", d.content_type)
+            self.set_header("Content-Disposition", f'attachment; filename="{d.filename}"')
+            with open(d.path, "rb") as f:
+                while chunk := f.read(1 << 20):
+                    self.write(chunk)
+            self.finish()
+
+    @web.stream_request_body
+    class Query(Base):
+        def prepare(self) -> None:
+            self.chunks: list[bytes] = []
+            self.size = 0
+            self.refused = ""
+            if self.request.method != "POST":
+                return
+            name = self.get_query_argument("name", "")
+            if not UPLOAD_NAME.match(name) or ".." in name:
+                self.refused = "give the upload's file name as ?name=<file>.npy (or an image file name), no folders"
+            elif not name.lower().endswith((".npy", *IMAGE_SUFFIXES)):
+                self.refused = f"{name}: a query is a .npy cutout or an image file ({', '.join(IMAGE_SUFFIXES)})"
+            length = self.request.headers.get("Content-Length")
+            if length is not None and length.isdigit() and int(length) > state.options.max_upload:
+                self.fail(413, self._too_big(int(length)))
+
+        def _too_big(self, n: int) -> str:
+            return (
+                f"the upload is {n:,} bytes; this server takes at most {state.options.max_upload:,} (--max-upload-mb)"
+            )
+
+        def data_received(self, chunk: bytes) -> None:
+            self.size += len(chunk)
+            if self.size > state.options.max_upload:
+                if not self._finished:
+                    self.fail(413, self._too_big(self.size))
+                return
+            self.chunks.append(chunk)
+
+        async def post(self) -> None:
+            if self._finished:
+                return
+            if self.refused:
+                return self.fail(400, self.refused)
+            name = self.get_query_argument("name")
+            data = b"".join(self.chunks)
+            try:
+                loop = asyncio.get_running_loop()
+                result = await loop.run_in_executor(None, state.run_query, data, name)
+            except Exception as e:  # any bad upload gets its reason; the server keeps serving
+                if not isinstance(e, (ValueError, RuntimeError)):
+                    log.exception("query %s failed", name)
+                return self.fail(400 if not isinstance(e, RuntimeError) else 409, str(e))
+            self.set_header("Content-Type", "application/json")
+            self.finish(json.dumps(result.summary(state.collection), allow_nan=False))
+
+    return [
+        (r"/nenya/thumb/(.*)", Thumb),
+        (r"/nenya/download/(.*)", Download),
+        (r"/nenya/query", Query),
+    ]
+
+
+def _page_data(state: ServeState) -> dict:
+    c = state.collection
+    return {
+        "n": c.n,
+        "views": c.views,
+        "columns": [{"name": x.name, "kind": x.kind, "filter": x.filters} for x in c.columns],
+        "query": state.encoder is not None,
+        "max_upload": state.options.max_upload,
+        "k": state.options.k,
+    }
+
+
+def make_server(state: ServeState, *, host: str = "127.0.0.1", port: int = 5006):
+    """A started-but-not-running Bokeh :class:`~bokeh.server.server.Server` for ``state``."""
+    from bokeh.application import Application
+    from bokeh.application.handlers.function import FunctionHandler
+    from bokeh.server.server import Server
+    from jinja2 import Template
+
+    from nenya.analysis.serve.app import Session
+
+    script = resources.files("nenya.analysis.serve").joinpath("serve.js").read_text(encoding="utf-8")
+    template = Template(TEMPLATE)
+    variables = {
+        "nenya_csp": CSP,
+        "nenya_data": json_in_html(_page_data(state)),
+        "nenya_script": script,
+        "nenya_query": state.encoder is not None,
+        "nenya_query_note": "" if state.encoder is not None else state.no_query_reason,
+    }
+
+    def make_document(doc) -> None:
+        doc.template = template
+        doc.template_variables.update(variables)
+        doc._nenya_session = Session(state, doc)  # kept alive with its document
+
+    if port == 0:
+        port = free_port(host)
+    origins = [f"{host}:{port}"]
+    if is_loopback(host):
+        origins += [f"127.0.0.1:{port}", f"localhost:{port}"]
+    server = Server(
+        {"/": Application(FunctionHandler(make_document))},
+        address=host,
+        port=port,
+        allow_websocket_origin=origins,
+        extra_patterns=_handlers(state),
+        websocket_max_message_size=64 * 1024 * 1024,
+        unused_session_lifetime_milliseconds=60_000,
+        check_unused_sessions_milliseconds=30_000,
+        num_procs=1,
+    )
+    server.start()
+    return server
+
+
+def run_server(state: ServeState, *, host: str = "127.0.0.1", port: int = 5006, ready=None) -> None:
+    """Serve until Ctrl-C (or SIGTERM); then stop cleanly and remove the temporary folder.
+
+    ``ready(url)`` is called once the server listens (the CLI prints the URL)."""
+    if not is_loopback(host):
+        log.warning(
+            "serving on %s: anyone who can reach this machine can browse the collection and upload queries; "
+            "bind 127.0.0.1 (the default) unless you mean it",
+            host,
+        )
+    server = make_server(state, host=host, port=port)
+    shown = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
+    url = f"http://{shown}:{server.port}/"
+    loop = server.io_loop
+
+    def stop(*_: object) -> None:
+        loop.add_callback_from_signal(loop.stop)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        if ready is not None:
+            ready(url)
+        loop.start()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        server.stop()
+        state.close()
+        log.info("stopped serving %s", url)

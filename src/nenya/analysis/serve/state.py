@@ -1,0 +1,180 @@
+"""What every browser session of one ``nenya serve`` shares: the collection, the query encoder, the
+results of uploaded queries and the files offered for download (all in one temporary folder that
+the server removes when it stops)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import shutil
+import tempfile
+import threading
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from nenya.analysis.images import anomaly_rgb, to_data_uri
+from nenya.analysis.serve.collection import Collection, Placement
+
+log = logging.getLogger(__name__)
+
+__all__ = ["ServeOptions", "ServeState", "QueryResult", "Download"]
+
+MAX_QUERIES = 64
+MAX_DOWNLOADS = 64
+
+
+@dataclass(frozen=True)
+class ServeOptions:
+    """How ``nenya serve`` behaves.
+
+    Args:
+        k: neighbours listed for a clicked point, an id or an uploaded query.
+        points: at most this many points are drawn per view; beyond, a fixed-priority sample over a
+            density image of all the points in the viewport.
+        max_upload: the largest upload accepted (bytes).
+        title: page title; colour: the column coloured at first.
+    """
+
+    k: int = 10
+    points: int = 20_000
+    max_upload: int = 16 * 1024 * 1024
+    title: str = "nenya serve"
+    colour: str | None = None
+
+
+@dataclass
+class QueryResult:
+    """An encoded query and what it found."""
+
+    token: str
+    name: str
+    rows: np.ndarray
+    scores: np.ndarray
+    placement: Placement
+    image: str  # a data: URI of the query, "" when it cannot be pictured
+
+    def summary(self, collection: Collection) -> dict:
+        """The JSON the page and the API get."""
+        p = self.placement
+        return {
+            "token": self.token,
+            "name": self.name,
+            "neighbours": [
+                {"id": str(collection.ids[r]), "row": int(r), "score": float(s)} for r, s in zip(self.rows, self.scores)
+            ],
+            "placement": {
+                "x": p.x if np.isfinite(p.x) else None,
+                "y": p.y if np.isfinite(p.y) else None,
+                "method": p.method,
+            },
+        }
+
+
+@dataclass(frozen=True)
+class Download:
+    """A file the server wrote into its temporary folder, offered under a random token."""
+
+    path: str
+    filename: str
+    content_type: str
+
+
+@dataclass
+class ServeState:
+    """Shared by all sessions of one server.
+
+    ``encoder`` builds the query encoder on first use (loading a model is slow; many sessions never
+    upload); None means queries by upload are off (the page says why: ``no_query_reason``).
+    """
+
+    collection: Collection
+    options: ServeOptions = field(default_factory=ServeOptions)
+    encoder: Callable[[], object] | None = None
+    no_query_reason: str = ""
+    tmpdir: str = field(default_factory=lambda: tempfile.mkdtemp(prefix="nenya-serve-"))
+    queries: OrderedDict[str, QueryResult] = field(default_factory=OrderedDict)
+    downloads: OrderedDict[str, Download] = field(default_factory=OrderedDict)
+
+    def __post_init__(self) -> None:
+        self._lock = threading.Lock()
+        self._encoder_obj: object | None = None
+
+    # -- downloads --------------------------------------------------------------------------------
+    def new_file(self, suffix: str) -> str:
+        """A fresh file name inside the server's temporary folder."""
+        return os.path.join(self.tmpdir, secrets.token_hex(12) + suffix)
+
+    def offer(self, path: str, filename: str, content_type: str) -> str:
+        """Offer a file of the temporary folder for download; returns its URL (relative to the page)."""
+        token = secrets.token_urlsafe(18)
+        with self._lock:
+            self.downloads[token] = Download(path, filename, content_type)
+            while len(self.downloads) > MAX_DOWNLOADS:
+                _, old = self.downloads.popitem(last=False)
+                _remove(old.path)
+        return f"nenya/download/{token}"
+
+    def download(self, token: str) -> Download | None:
+        with self._lock:
+            return self.downloads.get(token)
+
+    # -- queries ----------------------------------------------------------------------------------
+    def query_encoder(self):
+        """The query encoder (built once); a RuntimeError saying why when queries are off."""
+        if self.encoder is None:
+            raise RuntimeError(self.no_query_reason or "queries by image are off for this collection")
+        with self._lock:
+            if self._encoder_obj is None:
+                self._encoder_obj = self.encoder()
+            return self._encoder_obj
+
+    def run_query(self, data: bytes, name: str) -> QueryResult:
+        """Encode an uploaded query, find its neighbours and place it; kept under a new token."""
+        encoder = self.query_encoder()
+        vector = encoder.encode_bytes(data, name)
+        c = self.collection
+        rows, scores = c.neighbours_of_vector(vector, self.options.k)
+        result = QueryResult(secrets.token_urlsafe(12), name, rows, scores, c.place(vector, rows), _picture(data, name))
+        with self._lock:
+            self.queries[result.token] = result
+            while len(self.queries) > MAX_QUERIES:
+                self.queries.popitem(last=False)
+        log.info("query %s: nearest %s", name, ", ".join(str(c.ids[r]) for r in rows[:3]))
+        return result
+
+    def query(self, token: str) -> QueryResult | None:
+        with self._lock:
+            return self.queries.get(token)
+
+    def close(self) -> None:
+        """Remove the temporary folder (downloads and nothing else: the server writes nowhere else)."""
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+
+def _remove(path: str) -> None:
+    try:
+        os.remove(path)
+    except OSError:
+        pass
+
+
+def _picture(data: bytes, name: str) -> str:
+    """A small picture of an uploaded query for the page (a data: URI), or ""."""
+    import io
+
+    try:
+        if name.lower().endswith(".npy"):
+            a = np.load(io.BytesIO(data), allow_pickle=False).astype(np.float32)
+            a = a.reshape(a.shape[-2:]) if a.ndim == 3 else a
+            return to_data_uri(anomaly_rgb(a)) if a.ndim == 2 else ""
+        from PIL import Image
+
+        with Image.open(io.BytesIO(data)) as im:
+            im.thumbnail((128, 128))
+            return to_data_uri(np.asarray(im.convert("RGB")))
+    except Exception:  # the picture is a courtesy: the query itself was decoded by the hardened reader
+        return ""

@@ -1,0 +1,87 @@
+"""``nenya serve``: the explorer over a whole collection as a local web app, with query by image."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from nenya.cli.explore import LATENTS_HELP, _parts
+
+_fmt = argparse.ArgumentDefaultsHelpFormatter
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``nenya serve`` to the ``nenya`` parser."""
+    p = sub.add_parser(
+        "serve",
+        help="serve an interactive explorer of a whole collection (local web app, query by image)",
+        description="Linked projection and map views over every point (a viewport sample over a density "
+        "image), filters, selections and CSV exports computed on the server, thumbnails on demand, and "
+        "query by image: upload a cutout (.npy) or photo, or give an id, to see its nearest neighbours "
+        "and where it lands. Binds 127.0.0.1 unless --host says otherwise; Ctrl-C stops it.",
+        formatter_class=_fmt,
+    )
+    p.add_argument("latents", help=LATENTS_HELP)
+    p.add_argument("--coords", help="a table with id and U0/U1 (from `nenya umap`) or PC0/PC1; default: fit UMAP")
+    p.add_argument("--images", help="preproc HDF5 file of the cutouts (thumbnails; rows matched by partition/row)")
+    p.add_argument("--image-root", help="folder that relative paths in the 'path' column are relative to")
+    p.add_argument("--index", help="a `nenya index` output (X.faiss) of these latents; default: exact, built at start")
+    p.add_argument("--umap-model", help="a UMAP pickled by nenya (in the UMAP dir): queries placed by its transform")
+    p.add_argument("--metric", default="l2", choices=["l2", "ip", "cosine"], help="metric of the index built here")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (anything but loopback is warned about)")
+    p.add_argument("--port", type=int, default=5006, help="port (0: any free one)")
+    p.add_argument("-k", type=int, default=10, help="neighbours listed for a point or a query")
+    p.add_argument("--points", type=int, default=20_000, help="most points drawn per view (a density image beneath)")
+    p.add_argument("--max-upload-mb", type=float, default=16.0, help="largest query upload accepted")
+    p.add_argument("--color", help="column coloured at first")
+    p.add_argument("--lat", help="latitude column of the map view (default: lat or latitude)")
+    p.add_argument("--lon", help="longitude column of the map view (default: lon or longitude)")
+    p.add_argument("--partitions", default=None, help="HDF5 partitions to read, comma-separated")
+    p.add_argument("--ntrain", type=int, default=50_000, help="UMAP sample when there is no --coords")
+    p.add_argument("--model", help="encode queries with this model instead of the one the latents record")
+    p.add_argument("--opts", help="opts JSON of --model (SupCon models)")
+    p.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary pickled objects (trusted files)")
+    p.add_argument("--title", default=None)
+    p.set_defaults(func=cmd_serve)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve until Ctrl-C; print the URL once listening."""
+    from nenya.analysis.serve import ServeOptions, ServeState, open_collection, query_encoder_for, run_server
+
+    if args.port < 0 or args.port > 65535:
+        raise ValueError(f"--port must be 0..65535; got {args.port}")
+    if args.max_upload_mb <= 0:
+        raise ValueError(f"--max-upload-mb must be positive; got {args.max_upload_mb}")
+    print(f"reading {args.latents} ...", file=sys.stderr, flush=True)
+    collection = open_collection(
+        args.latents,
+        coords=args.coords,
+        images=args.images,
+        image_root=args.image_root,
+        index=args.index,
+        umap_model=args.umap_model,
+        metric=args.metric,
+        lat=args.lat,
+        lon=args.lon,
+        partitions=_parts(args),
+        ntrain=args.ntrain,
+    )
+    encoder, reason = query_encoder_for(
+        collection, model=args.model, opts=args.opts, trust_checkpoint=args.trust_checkpoint
+    )
+    options = ServeOptions(
+        k=args.k,
+        points=args.points,
+        max_upload=int(args.max_upload_mb * 1024 * 1024),
+        title=args.title or f"nenya serve: {args.latents}",
+        colour=args.color,
+    )
+    state = ServeState(collection, options, encoder=encoder, no_query_reason=reason)
+
+    def ready(url: str) -> None:
+        print(f"serving {collection.n:,} points at {url} (Ctrl-C stops)", flush=True)
+
+    run_server(state, host=args.host, port=args.port, ready=ready)
+    print("stopped", file=sys.stderr)
+    return 0

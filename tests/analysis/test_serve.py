@@ -1,0 +1,365 @@
+"""``nenya serve``: the server's computations against numpy/pandas references, its HTTP routes against
+hostile requests, and the whole app over 200,000 points in headless Chromium through ``window.nenya``."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from nenya.analysis import build_index
+from nenya.analysis.serve import Collection, is_loopback
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from servekit import make_collection  # noqa: E402
+
+CHROMIUM = "/usr/bin/chromium"
+ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
+ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+
+
+def _inside(px: np.ndarray, py: np.ndarray, poly: list[list[float]]) -> np.ndarray:
+    """Point in polygon (even-odd rule), the reference for the server's selections."""
+    inside = np.zeros(len(px), bool)
+    j = len(poly) - 1
+    for i in range(len(poly)):
+        xi, yi = poly[i]
+        xj, yj = poly[j]
+        cross = (yi > py) != (yj > py)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            xint = (xj - xi) * (py - yi) / (yj - yi) + xi
+        inside ^= cross & (px < xint)
+        j = i
+    return inside
+
+
+def _small(n: int = 3000, seed: int = 0) -> tuple[Collection, pd.DataFrame, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    vec = rng.normal(size=(n, 8)).astype(np.float32)
+    table = pd.DataFrame(
+        {
+            "id": [f"i{k}" for k in range(n)],
+            "label": rng.choice(["a", "b", "=cmd()", None], n),
+            "DT40": np.where(rng.random(n) < 0.05, np.nan, rng.gamma(2, 1, n)),
+            "datetime": pd.Timestamp("2012-01-01") + pd.to_timedelta(rng.integers(0, 3650, n), unit="D"),
+            "lat": rng.uniform(-60, 60, n),
+            "lon": rng.uniform(-180, 180, n),
+        }
+    )
+    xy = rng.normal(size=(n, 2)) * 3
+    c = Collection(xy[:, 0], xy[:, 1], table, build_index(vec, kind="flat", ids=table["id"].to_numpy()))
+    return c, table, vec
+
+
+# -- the server's computations -------------------------------------------------------------------
+def test_filters_selections_and_exports_equal_pandas(tmp_path):
+    c, t, _ = _small()
+    f = {
+        "label": c.normalise_filter("label", ["a", "(missing)"]),
+        "DT40": c.normalise_filter("DT40", [1.0, None]),
+        "datetime": c.normalise_filter("datetime", ["2014-01-01", "2018-06-30T00:00:00Z"]),
+    }
+    keep = c.mask(f)
+    t0 = pd.Timestamp("2014-01-01")
+    ref = (
+        (t["label"].isin(["a"]) | t["label"].isna())
+        & (t["DT40"] >= 1.0)
+        & (t["datetime"] >= t0)
+        & (t["datetime"] <= pd.Timestamp("2018-06-30"))
+    )
+    assert keep.sum() > 100 and (keep == ref.to_numpy()).all()
+    poly = [[-2.0, -3.0], [4.0, -1.0], [3.0, 4.0], [-1.0, 2.5], [0.5, 0.5]]
+    rows = c.in_polygon("projection", [p[0] for p in poly], [p[1] for p in poly], keep)
+    assert (rows == np.flatnonzero(_inside(c.x, c.y, poly) & keep)).all() and len(rows) > 10
+    box = c.in_rect("map", 40, -30, -20, 50, np.ones(c.n, bool))
+    assert (box == np.flatnonzero(t["lon"].between(-30, 40) & t["lat"].between(-20, 50))).all()
+    out = tmp_path / "x.csv"
+    assert c.write_csv(rows, str(out)) == len(rows)
+    got = pd.read_csv(out, keep_default_na=False)
+    assert got["id"].tolist() == t["id"].iloc[rows].tolist()
+    assert np.allclose(got["DT40"].astype(float), t["DT40"].iloc[rows])
+    assert not got["label"].str.startswith("=").any()  # a spreadsheet must not run a cell
+    bad = c.normalise_filter
+    with pytest.raises(ValueError, match="no filter for column id"):
+        bad("id", ["i1"])
+    with pytest.raises(ValueError, match=r"give \[min, max\]"):
+        bad("DT40", [1])
+    with pytest.raises(ValueError, match="not a number or a date"):
+        bad("DT40", ["soon", 2])
+
+
+def test_viewport_sample_is_stable_and_density_counts_every_point():
+    c, _, _ = _small(20_000)
+    keep = np.ones(c.n, bool)
+    rows = c.in_rect("projection", -3, 3, -3, 3, keep)
+    a = c.sample(rows, 1000)
+    assert len(a) == 1000 and set(a) <= set(rows)
+    inner = c.in_rect("projection", -2, 2, -2, 2, keep)
+    b = c.sample(inner, 1000)
+    # zooming in keeps every point that was drawn and is still in view (no reshuffling)
+    assert set(a) & set(inner) <= set(b)
+    d = c.density("projection", -3, 3, -3, 3, keep, (64, 48))
+    assert d.shape == (48, 64) and d.sum() == len(rows)
+    assert c.sample(rows[:10], 1000).tolist() == rows[:10].tolist()
+
+
+def test_neighbours_and_placement():
+    c, _, vec = _small()
+    rows, scores = c.neighbours_of_row(7, 5)
+    d = ((vec - vec[7]) ** 2).sum(1)
+    d[7] = np.inf
+    assert rows.tolist() == np.argsort(d)[:5].tolist() and np.allclose(scores, np.sort(d)[:5], rtol=1e-4)
+    p = c.place(vec[7], rows)
+    assert p.method == "neighbours-mean" and np.isclose(p.x, c.x[rows].mean()) and np.isclose(p.y, c.y[rows].mean())
+    from sklearn.decomposition import PCA
+
+    c.reducer = PCA(2).fit(vec)  # anything with a fitted transform, as a UMAP has
+    p = c.place(vec[7], rows)
+    assert p.method == "umap-transform" and np.allclose([p.x, p.y], c.reducer.transform(vec[7:8])[0])
+
+
+def test_query_encoder_reads_uploads_safely(tmp_path):
+    from nenya._errors import InputError
+    from nenya.analysis.query import QueryEncoder
+
+    class Unloaded(QueryEncoder):
+        def __init__(self) -> None:  # the readers need no model
+            self.spec = "none"
+
+    q = Unloaded()
+    good = io.BytesIO()
+    np.save(good, np.ones((8, 8), np.float32))
+    assert q._cutout(good.getvalue(), "a.npy").shape == (1, 8, 8)
+    pickled = io.BytesIO()
+    np.save(pickled, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    with pytest.raises(InputError, match="not a plain .npy"):
+        q._cutout(pickled.getvalue(), "p.npy")
+    nan = io.BytesIO()
+    np.save(nan, np.full((4, 4), np.nan, np.float32))
+    with pytest.raises(InputError, match="NaN"):
+        q._cutout(nan.getvalue(), "n.npy")
+    with pytest.raises(InputError, match="not a readable .npy"):
+        q._cutout(b"\x93NUMPY garbage", "g.npy")
+    with pytest.raises(InputError, match=r"a query is a \.npy cutout or an image file"):
+        q.encode_bytes(b"MZ...", "tool.exe")
+
+
+def test_loopback_rules():
+    assert is_loopback("127.0.0.1") and is_loopback("localhost") and is_loopback("::1")
+    assert not is_loopback("0.0.0.0") and not is_loopback("192.168.1.4") and not is_loopback("example.org")
+
+
+# -- the running server -------------------------------------------------------------------------------
+N = 200_000
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    return make_collection(tmp_path_factory.mktemp("serve"), N)
+
+
+class Served:
+    def __init__(self, proc: subprocess.Popen, url: str, lines: list[str]) -> None:
+        self.proc, self.url, self.lines = proc, url, lines
+
+
+def _start(args: list[str], cwd: Path, timeout: float = 180) -> Served:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nenya", "serve", *args, "--port", "0"],
+        cwd=cwd,
+        env=ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    lines: list[str] = []
+    t0 = time.time()
+    assert proc.stdout is not None
+    while time.time() - t0 < timeout:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = re.search(r"at (http://\S+/) ", line)
+        if m:
+            return Served(proc, m.group(1), lines)
+    proc.kill()
+    raise AssertionError("nenya serve did not start:\n" + "".join(lines))
+
+
+def _stop(s: Served) -> str:
+    s.proc.send_signal(signal.SIGINT)  # Ctrl-C
+    out, _ = s.proc.communicate(timeout=30)
+    assert s.proc.returncode == 0, out
+    return "".join(s.lines) + out
+
+
+@pytest.fixture(scope="module")
+def server(data):
+    s = _start(
+        [data.latents, "--coords", data.coords, "--images", data.preproc, "--max-upload-mb", "1", "-k", "5"],
+        Path(data.latents).parent,
+    )
+    yield s
+    log = _stop(s)
+    assert "stopped" in log
+
+
+def _get(url: str, *, data: bytes | None = None, method: str = "GET") -> tuple[int, bytes]:
+    req = urllib.request.Request(url, data=data, method=method)
+    try:
+        with urllib.request.urlopen(req, timeout=60) as r:
+            return r.status, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read()
+
+
+def _raw_get(url: str, path: str) -> tuple[int, bytes]:
+    """A request line sent exactly as written (no client normalises the ../ away)."""
+    import http.client
+    from urllib.parse import urlparse
+
+    u = urlparse(url)
+    conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
+    conn.putrequest("GET", path, skip_host=False)
+    conn.endheaders()
+    r = conn.getresponse()
+    return r.status, r.read()
+
+
+TRAVERSALS = [
+    "/nenya/thumb/../../../../etc/passwd",
+    "/nenya/thumb/..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+    "/nenya/thumb/%2Fetc%2Fpasswd",
+    "/nenya/thumb//etc/passwd",
+    "/nenya/thumb/%252e%252e%252fetc%252fpasswd",
+    "/nenya/thumb/1.png%00../../etc/passwd",
+    "/nenya/download/..%2F..%2F..%2Fetc%2Fpasswd",
+    "/nenya/download/../../../etc/passwd",
+    "/nenya/download//etc/passwd",
+    "/static/../../../../../etc/passwd",
+    "/static/..%2F..%2F..%2F..%2Fetc%2Fpasswd",
+    "/nenya/query?name=../../../etc/passwd",
+]
+
+
+def test_path_traversal_and_bad_uploads_are_refused(server, data):
+    for path in TRAVERSALS:
+        status, body = _raw_get(server.url, path)
+        assert status in (400, 403, 404, 405), (path, status)
+        assert b"root:" not in body, path
+    ok, png = _get(server.url + "nenya/thumb/3.png")
+    assert ok == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
+    assert _get(server.url + f"nenya/thumb/{N}.png")[0] == 404
+    for name in ("../q.npy", "/etc/passwd", "..%2Fq.npy", "a/b.npy", "q.exe", ""):
+        status, body = _get(server.url + "nenya/query?name=" + name, data=b"x", method="POST")
+        assert status == 400, (name, status, body)
+        assert "error" in json.loads(body)
+    big = io.BytesIO()
+    np.save(big, np.zeros((600, 600), np.float32))  # 1.4 MB > --max-upload-mb 1
+    status, body = _get(server.url + "nenya/query?name=big.npy", data=big.getvalue(), method="POST")
+    assert status == 413 and "at most" in json.loads(body)["error"]
+    pickled = io.BytesIO()
+    np.save(pickled, np.array([{"x": 1}], dtype=object), allow_pickle=True)
+    status, body = _get(server.url + "nenya/query?name=p.npy", data=pickled.getvalue(), method="POST")
+    assert status == 400 and "not a plain .npy" in json.loads(body)["error"]
+    status, _ = _get(server.url + "nenya/thumb/3.png")
+    assert status == 200 and server.proc.poll() is None  # still serving
+
+
+def _open(p, url: str):
+    browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+    page = browser.new_page(viewport={"width": 1250, "height": 1100}, accept_downloads=True)
+    errors: list[str] = []
+    outside: list[str] = []
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: None if r.url.startswith((url, "data:", "blob:", "ws://")) else outside.append(r.url))
+    page.goto(url)
+    page.wait_for_function("window.nenya && window.nenya.ready", timeout=120_000)
+    return browser, page, errors, outside
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")
+def test_200k_points_in_chromium(server, data, tmp_path):
+    from playwright.sync_api import sync_playwright
+
+    t = data.table
+    x, y = t["U0"].to_numpy(), t["U1"].to_numpy()
+    lon, lat = t["lon"].to_numpy(dtype=float), t["lat"].to_numpy(dtype=float)
+    with sync_playwright() as p:
+        browser, page, errors, outside = _open(p, server.url)
+        st = page.evaluate("nenya.state()")
+        assert st["n"] == N and st["views"] == ["projection", "map"] and 0 < st["drawn"]["projection"] <= 20_000
+        # a lasso in the projection: exactly the ids Python finds among all 200,000
+        poly = [[-1.0, -1.5], [3.5, -0.5], [4.0, 3.0], [1.0, 4.5], [-2.0, 2.0], [0.5, 1.0]]
+        n_sel = page.evaluate("([p]) => nenya.select('projection', p)", [poly])
+        want = t["id"].to_numpy()[_inside(x, y, poly)]
+        assert n_sel == len(want) > 10_000
+        assert sorted(page.evaluate("nenya.selectedIds()")) == sorted(want.tolist())
+        # a box in the map
+        box = [[-40.0, -10.0], [25.0, -10.0], [25.0, 35.0], [-40.0, 35.0]]
+        page.evaluate("([p]) => nenya.select('map', p)", [box])
+        want = t["id"].to_numpy()[_inside(lon, lat, box)]
+        assert sorted(page.evaluate("nenya.selectedIds()")) == sorted(want.tolist())
+        # filters and an export agree with pandas
+        shown = page.evaluate("nenya.setFilter('pattern', ['front', 'eddy'])")
+        shown = page.evaluate("nenya.setFilter('DT40', [1.5, 4])")
+        ref = t[t["pattern"].isin(["front", "eddy"]) & t["DT40"].between(1.5, 4)]
+        assert shown == len(ref) and sorted(page.evaluate("nenya.shownIds()")) == sorted(ref["id"])
+        page.evaluate("([p]) => nenya.select('projection', p)", [poly])
+        csv = pd.read_csv(io.StringIO(page.evaluate("nenya.exportCsv()")), keep_default_na=False)
+        sel = ref[_inside(ref["U0"].to_numpy(), ref["U1"].to_numpy(), poly)]
+        assert csv["id"].tolist() == sel["id"].tolist()
+        assert np.allclose(csv["DT40"], sel["DT40"]) and csv["pattern"].tolist() == sel["pattern"].tolist()
+        # the panel lists the selection, with thumbnails fetched from the server
+        assert page.evaluate("nenya._text('nenya-selinfo')").startswith(f"{len(sel):,} selected")
+        # query by image: a cutout taken from the preproc file finds itself
+        import h5py
+
+        with h5py.File(data.preproc) as f:
+            cut = f["valid"][17]
+        buf = io.BytesIO()
+        np.save(buf, cut)
+        b64 = base64.b64encode(buf.getvalue()).decode()
+        res = page.evaluate(
+            """async ([b64]) => {
+                 const bin = atob(b64), a = new Uint8Array(bin.length);
+                 for (let i = 0; i < bin.length; i++) a[i] = bin.charCodeAt(i);
+                 return nenya.query(new Blob([a]), 'cutout17.npy');
+               }""",
+            [b64],
+        )
+        assert res["neighbours"][0]["id"] == "valid/17" and res["neighbours"][0]["score"] < 1e-6
+        assert res["placement"]["method"] == "neighbours-mean"
+        rows = [n["row"] for n in res["neighbours"]]
+        assert np.isclose(res["placement"]["x"], x[rows].mean()) and np.isclose(res["placement"]["y"], y[rows].mean())
+        assert "placed by the mean position of its neighbours" in page.evaluate("nenya._text('nenya-query')")
+        # an upload too large, or of a bad type, is refused with a message; the page keeps working
+        err = page.evaluate(
+            "nenya.query(new Blob([new Uint8Array(2 * 1024 * 1024)]), 'big.npy').then(() => 'no error', e => e.message)"
+        )
+        assert "at most" in err
+        err = page.evaluate("nenya.query(new Blob(['MZ']), 'tool.exe').then(() => 'no error', e => e.message)")
+        assert "a query is a .npy cutout or an image file" in err
+        assert page.evaluate("nenya.neighbours('valid/17')")[:1] != ["valid/17"]
+        assert page.evaluate("nenya.find('../../etc/passwd')") is False
+        page.evaluate("nenya.clearFilters()")
+        page.evaluate("nenya.find('valid/17')")
+        page.wait_for_timeout(1500)
+        page.screenshot(path=str(Path(os.environ.get("NENYA_SHOTS", tmp_path)) / "serve.png"), full_page=True)
+        browser.close()
+    assert errors == [] and outside == []
