@@ -27,8 +27,11 @@ class ServeData:
     n_real: int
 
 
-def make_collection(folder: Path, n: int, *, n_real: int = 400, size: int = 32, seed: int = 0) -> ServeData:
-    """Write ``n`` demo-like points under ``folder`` (``n_real`` of them real extractions)."""
+def make_collection(
+    folder: Path, n: int, *, n_real: int = 400, size: int = 32, seed: int = 0, hostile: str | None = None
+) -> ServeData:
+    """Write ``n`` demo-like points under ``folder`` (``n_real`` of them real extractions); ``hostile``
+    is the id of the first jittered copy (markup, to check that the page shows ids as text)."""
     from conftest import make_opts, save_checkpoint
     from nenya.analysis import open_latents, read_about
     from nenya.encoders.supcon import SupConEncoder
@@ -55,6 +58,8 @@ def make_collection(folder: Path, n: int, *, n_real: int = 400, size: int = 32, 
     vectors = vec0[src] + np.where(np.arange(n) < n_real, 0.0, 1.0)[:, None] * rng.normal(0, 0.05, (n, vec0.shape[1]))
     table = meta0.iloc[src].reset_index(drop=True)
     table.insert(0, "id", ids0 + [f"syn/{i}" for i in range(n - n_real)])
+    if hostile is not None and n > n_real:
+        table.loc[n_real, "id"] = hostile
     fake = np.arange(n) >= n_real
     table.loc[fake, "lat"] = rng.uniform(-60, 60, fake.sum())
     table.loc[fake, "lon"] = rng.uniform(-180, 180, fake.sum())

@@ -93,6 +93,7 @@ def run_demo(
     print(f"UMAP plot:    {pictures['umap_plot']}")
     print(f"gallery:      {pictures['gallery']}")
     print(f"explorer:     {pictures['explorer']} (open it in a browser; works offline)")
+    print(f"live app:     nenya serve {latents} --coords {pictures['table']} --images {data}")
     print(
         f"done in {time.perf_counter() - t0:.0f} s. Next: nenya extract {data} --opts {opts_file} "
         f"--format parquet --output {os.path.join(folder, 'parquet')}"

@@ -28,7 +28,7 @@ from servekit import make_collection  # noqa: E402
 
 CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
-ENV = {**os.environ, "PYTHONUNBUFFERED": "1"}
+HOSTILE = "<img src=x onerror=window.__pwned=1>"
 
 
 def _inside(px: np.ndarray, py: np.ndarray, poly: list[list[float]]) -> np.ndarray:
@@ -168,7 +168,7 @@ N = 200_000
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    return make_collection(tmp_path_factory.mktemp("serve"), N)
+    return make_collection(tmp_path_factory.mktemp("serve"), N, hostile=HOSTILE)
 
 
 class Served:
@@ -180,7 +180,7 @@ def _start(args: list[str], cwd: Path, timeout: float = 180) -> Served:
     proc = subprocess.Popen(
         [sys.executable, "-m", "nenya", "serve", *args, "--port", "0"],
         cwd=cwd,
-        env=ENV,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -358,8 +358,94 @@ def test_200k_points_in_chromium(server, data, tmp_path):
         assert page.evaluate("nenya.neighbours('valid/17')")[:1] != ["valid/17"]
         assert page.evaluate("nenya.find('../../etc/passwd')") is False
         page.evaluate("nenya.clearFilters()")
+        _mouse_lasso_upload_and_hostile_id(page, data, tmp_path)
         page.evaluate("nenya.find('valid/17')")
         page.wait_for_timeout(1500)
         page.screenshot(path=str(Path(os.environ.get("NENYA_SHOTS", tmp_path)) / "serve.png"), full_page=True)
         browser.close()
     assert errors == [] and outside == []
+
+
+def _screen(page, view: str, x: float, y: float) -> tuple[float, float]:
+    return page.evaluate(
+        """([view, x, y]) => {
+          const v = Bokeh.index.find_one(Bokeh.documents[0].get_model_by_name(view));
+          const r = v.el.getBoundingClientRect();
+          return [r.left + v.frame.x_scale.compute(x), r.top + v.frame.y_scale.compute(y)];
+        }""",
+        [view, x, y],
+    )
+
+
+def _mouse_lasso_upload_and_hostile_id(page, data, tmp_path) -> None:
+    """The UI's own paths: a lasso drawn with the mouse, the page's file input, and an id made of markup."""
+    t = data.table
+    x, y = t["U0"].to_numpy(), t["U1"].to_numpy()
+    page.evaluate("nenya.clearSelection()")
+    pts = [(-1.0, -1.0), (2.0, -1.0), (2.0, 2.0), (-1.0, 2.0)]
+    page.mouse.move(*_screen(page, "projection", *pts[0]))
+    page.mouse.down()
+    for q in [*pts[1:], pts[0]]:
+        page.mouse.move(*_screen(page, "projection", *q), steps=5)
+    page.mouse.up()
+    sel = page.evaluate("nenya.selectedIds()")
+    inside = _inside(x, y, [list(q) for q in pts])
+    loose = (x > -1.1) & (x < 2.1) & (y > -1.1) & (y < 2.1)
+    assert set(sel) <= set(t["id"][loose]) and abs(len(sel) - inside.sum()) <= 0.02 * inside.sum()
+    # the page's file input: a cutout picked by a person, encoded on the server
+    import h5py
+
+    with h5py.File(data.preproc) as f:
+        np.save(tmp_path / "pick.npy", f["valid"][42])
+    page.set_input_files("#nenya-upload", str(tmp_path / "pick.npy"))
+    page.wait_for_function(
+        "document.getElementById('nenya-upload-msg').textContent.includes('nearest')", timeout=60_000
+    )
+    assert page.text_content("#nenya-upload-msg").startswith("pick.npy: nearest valid/42")
+    # an id made of markup stays text everywhere: panel, table, neighbours, hover
+    hx, hy = float(x[data.n_real]), float(y[data.n_real])
+    box = [[hx - 1e-6, hy - 1e-6], [hx + 1e-6, hy - 1e-6], [hx + 1e-6, hy + 1e-6], [hx - 1e-6, hy + 1e-6]]
+    page.evaluate("([p]) => nenya.select('projection', p)", [box])
+    assert page.evaluate("nenya.selectedIds()") == [HOSTILE]
+    page.evaluate(f"nenya.neighbours({json.dumps(HOSTILE)})")
+    assert page.evaluate("nenya.find(" + json.dumps(HOSTILE) + ")") is True
+    page.mouse.move(*_screen(page, "projection", hx, hy))
+    # one hover card: the thumbnail (fetched from the server by row) and the id as text
+    card = page.locator('img[src^="nenya/thumb/"][style*="96px"]')
+    card.first.wait_for(timeout=10_000)
+    assert card.count() == 1
+    assert HOSTILE in page.evaluate("nenya._text('nenya-nbrs')")
+    assert page.locator('img[src="x"]').count() == 0 and page.evaluate("window.__pwned") is None
+
+
+def test_umap_placement_and_a_non_loopback_bind_warns(tmp_path):
+    """`nenya umap --save-model` keeps the fitted UMAP; `nenya serve --umap-model` places an uploaded
+    cutout with its transform, exactly as the UMAP itself does."""
+    from nenya import cli
+    from nenya.analysis import read_about
+    from nenya.analysis.query import QueryEncoder
+    from nenya.nenya_umap import load_umap, umap_dir
+
+    d = make_collection(tmp_path / "u", 1500, n_real=200)
+    coords = str(tmp_path / "u" / "u.parquet")
+    assert cli.main(["umap", d.latents, "--ntrain", "1500", "--save-model", "served", "-o", coords]) == 0
+    model = umap_dir() / "served_UMAP.pkl"
+    assert model.is_file()
+    s = _start([d.latents, "--coords", coords, "--umap-model", str(model), "--host", "0.0.0.0"], Path(d.latents).parent)
+    try:
+        import h5py
+
+        with h5py.File(d.preproc) as f:
+            buf = io.BytesIO()
+            np.save(buf, f["valid"][9])
+        status, body = _get(s.url + "nenya/query?name=c9.npy", data=buf.getvalue(), method="POST")
+        assert status == 200, body
+        res = json.loads(body)
+        # UMAP's transform is seeded by the bits of the vector: encode the query as the server does
+        vec = QueryEncoder.from_about(read_about(d.latents)).encode_bytes(buf.getvalue(), "c9.npy")
+        want = load_umap(model).transform(vec)[0]
+        assert res["neighbours"][0]["id"] == "valid/9" and res["placement"]["method"] == "umap-transform"
+        assert np.allclose([res["placement"]["x"], res["placement"]["y"]], want, atol=1e-3)
+    finally:
+        log = _stop(s)
+    assert "anyone who can reach this machine" in log

@@ -58,6 +58,12 @@ def _add_umap(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--transform-all", action="store_true", help="also pass the fitted sample through transform (Nenya's way)"
     )
+    p.add_argument(
+        "--save-model",
+        metavar="NAME",
+        help="also keep the fitted UMAP as <UMAP dir>/NAME_UMAP.pkl (for `nenya serve --umap-model` "
+        "and nenya.analyze_image); the UMAP dir is $NENYA_UMAP_DIR",
+    )
     p.set_defaults(func=cmd_umap)
 
 
@@ -270,6 +276,12 @@ def cmd_umap(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
         df = _table_with(lat, {"U0": res.embedding[:, 0], "U1": res.embedding[:, 1]})
+    if args.save_model:
+        from nenya.nenya_umap import save_umap, umap_dir
+        from nenya.pipeline.storage import safe_name
+
+        name = safe_name(args.save_model, what="--save-model")
+        print(save_umap(res.reducer, umap_dir() / f"{name}_UMAP.pkl"), file=sys.stderr)
     out = write_table(
         df,
         output_path(args.latents, "_umap.parquet", args.output),

@@ -30,6 +30,13 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metric", default="l2", choices=["l2", "ip", "cosine"], help="metric of the index built here")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (anything but loopback is warned about)")
     p.add_argument("--port", type=int, default=5006, help="port (0: any free one)")
+    p.add_argument(
+        "--allow-origin",
+        action="append",
+        default=[],
+        metavar="HOST[:PORT]",
+        help="another name the page is opened under (with --host: this machine's name), repeatable",
+    )
     p.add_argument("-k", type=int, default=10, help="neighbours listed for a point or a query")
     p.add_argument("--points", type=int, default=20_000, help="most points drawn per view (a density image beneath)")
     p.add_argument("--max-upload-mb", type=float, default=16.0, help="largest query upload accepted")
@@ -82,6 +89,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def ready(url: str) -> None:
         print(f"serving {collection.n:,} points at {url} (Ctrl-C stops)", flush=True)
 
-    run_server(state, host=args.host, port=args.port, ready=ready)
+    run_server(state, host=args.host, port=args.port, origins=tuple(args.allow_origin), ready=ready)
     print("stopped", file=sys.stderr)
     return 0

@@ -5,7 +5,7 @@ Each view draws a sample of the points in its viewport (at most ``ServeOptions.p
 fixed priority so panning never reshuffles them) over a density image of all of them; zoom in far
 enough and every point is drawn. A lasso or box in a view reaches the server as its geometry and
 selects over all points. The page's script (``serve.js``, ``window.nenya``) calls the server through
-two hidden text models (a request in, a reply out); large replies travel as downloads.
+two data sources that nothing draws (a request in, a reply out); large replies travel as downloads.
 """
 
 from __future__ import annotations
@@ -62,8 +62,11 @@ class Session:
         self.shown: dict[str, np.ndarray] = {}
         self.mappers = colour_mappers(self.c.columns)
         self._build()
-        for view in self.c.views:
-            self.refresh(view)
+        if self.colour is not None:
+            self.set_colour(self.colour)  # the legend, and every view drawn
+        else:
+            for view in self.c.views:
+                self.refresh(view)
         self._update_note()
 
     # -- building the document ------------------------------------------------------------------
@@ -74,7 +77,7 @@ class Session:
 
     def _build(self) -> None:
         from bokeh.layouts import column, row
-        from bokeh.models import ColumnDataSource, CustomJS, Div
+        from bokeh.models import ColumnDataSource, CustomJS
 
         self.sources: dict[str, Any] = {}
         self.density: dict[str, Any] = {}
@@ -84,14 +87,18 @@ class Session:
         self.images: dict[str, Any] = {}
         for view in self.c.views:
             self._build_view(view)
-        self.rpc_in = Div(text="", name="nenya-rpc-in", visible=False)
-        self.rpc_in.on_change("text", lambda attr, old, new: self.on_rpc(new))
-        self.rpc_out = Div(text="", name="nenya-rpc-out", visible=False)
-        self.rpc_out.js_on_change("text", CustomJS(code="window.nenya && window.nenya._reply(cb_obj.text)"))
+        # the API's channel: two data sources that nothing draws (a text model would be rendered as
+        # markup even when hidden, and requests carry ids)
+        self.rpc_in = ColumnDataSource({"msg": [""]}, name="nenya-rpc-in")
+        self.rpc_in.on_change("data", lambda attr, old, new: self.on_rpc(new["msg"][0]))
+        self.rpc_out = ColumnDataSource({"msg": [""]}, name="nenya-rpc-out")
+        self.rpc_out.js_on_change("data", CustomJS(code="window.nenya && window.nenya._reply(cb_obj.data.msg[0])"))
         self.table_src = ColumnDataSource({"id": []}, name="nenya-table-source")
         side = self._side()
-        layout = row(column(*self.figs.values()), column(*side, self.rpc_in, self.rpc_out))
+        layout = row(column(*self.figs.values()), column(*side))
         self.doc.add_root(layout)
+        self.doc.add_root(self.rpc_in)
+        self.doc.add_root(self.rpc_out)
         self.doc.title = self.state.options.title
 
     def _build_view(self, view: str) -> None:
@@ -128,7 +135,7 @@ class Session:
         )  # fmt: skip
         marks = ColumnDataSource({"x": [], "y": [], "kind": []}, name=f"nenya-marks:{view}")
         fig.scatter("x", "y", source=marks, size=11, fill_color=None, line_color="red", line_width=2)
-        fig.add_tools(HoverTool(renderers=[r], tooltips=self._tooltip()))
+        fig.add_tools(HoverTool(renderers=[r], tooltips=self._tooltip(), limit=1))  # one card, not a stack
         fig.on_event(RangesUpdate, lambda e, v=view: self.on_ranges(v, e))
         fig.on_event(SelectionGeometry, lambda e, v=view: self.on_geometry(v, e))
         fig.on_event(Tap, lambda e, v=view: self.on_tap(v, e))
@@ -148,7 +155,16 @@ class Session:
 
     def _side(self) -> list:
         from bokeh.layouts import row
-        from bokeh.models import Button, DataTable, Div, InlineStyleSheet, Select, TableColumn, TextInput
+        from bokeh.models import (
+            Button,
+            DataTable,
+            Div,
+            InlineStyleSheet,
+            Select,
+            StringFormatter,
+            TableColumn,
+            TextInput,
+        )
 
         sheet = InlineStyleSheet(css=SERVE_STYLE)
 
@@ -183,7 +199,7 @@ class Session:
             b = Button(label=label, name=name, width=130, button_type="primary" if "export" in name else "default")
             b.on_event("button_click", lambda e, fn=fn: self.guard(fn))
             buttons.append(b)
-        cols = [TableColumn(field="id", title="id")] + [
+        cols = [TableColumn(field="id", title="id", formatter=StringFormatter())] + [
             TableColumn(field=f"c{i}", title=c.name) for i, c in enumerate(self.c.columns)
         ]
         self.table_src.data = {"id": []} | {f"c{i}": [] for i in range(len(self.c.columns))}
@@ -419,7 +435,7 @@ class Session:
 
     def export_button(self) -> None:
         url, _ = self.export_path()
-        self.rpc_out.text = json.dumps({"download": url})
+        self._send(json.dumps({"download": url}))
 
     def show_neighbours(self, row: int) -> list[str]:
         rows, scores = self.c.neighbours_of_row(row, self.state.options.k)
@@ -512,7 +528,10 @@ class Session:
             if not isinstance(e, (ValueError, KeyError, TypeError, RuntimeError)):
                 log.exception("request %s failed", msg.get("op"))
             body = json.dumps({"id": rid, "ok": False, "error": str(e).strip("'\"")})
-        self.rpc_out.text = body
+        self._send(body)
+
+    def _send(self, text: str) -> None:
+        self.rpc_out.data = {"msg": [text]}
 
     def _dispatch(self, op: str, a: dict) -> Any:
         if op == "select":

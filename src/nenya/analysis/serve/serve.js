@@ -1,7 +1,7 @@
 // nenya serve: the page's scripting API (window.nenya) over the server. The same names as the
 // explorer page's API; here every call returns a Promise, because the answer is computed on the
-// server over the whole collection. Requests go one at a time through a hidden text model
-// (nenya-rpc-in); replies come back through another (nenya-rpc-out), large ones as downloads.
+// server over the whole collection. Requests go one at a time through a data source nothing
+// draws (nenya-rpc-in); replies come back through another (nenya-rpc-out), large ones as downloads.
 // Nothing from the data becomes markup here: messages are set as text.
 (function () {
   "use strict";
@@ -16,7 +16,7 @@
     return new Promise((resolve, reject) => {
       const id = ++seq;
       pending.set(id, { resolve, reject });
-      model("nenya-rpc-in").text = JSON.stringify({ id, op, args: args || {} });
+      model("nenya-rpc-in").data = { msg: [JSON.stringify({ id, op, args: args || {} })] };
     });
   }
   // one request at a time: each waits for the reply to the one before

@@ -176,8 +176,11 @@ def _page_data(state: ServeState) -> dict:
     }
 
 
-def make_server(state: ServeState, *, host: str = "127.0.0.1", port: int = 5006):
-    """A started-but-not-running Bokeh :class:`~bokeh.server.server.Server` for ``state``."""
+def make_server(state: ServeState, *, host: str = "127.0.0.1", port: int = 5006, origins: tuple[str, ...] = ()):
+    """A started-but-not-running Bokeh :class:`~bokeh.server.server.Server` for ``state``.
+
+    Pages may open the server's websocket only from ``host:port`` (and 127.0.0.1/localhost when
+    bound to loopback or to every address) and from the extra ``origins`` (``name[:port]``)."""
     from bokeh.application import Application
     from bokeh.application.handlers.function import FunctionHandler
     from bokeh.server.server import Server
@@ -202,14 +205,14 @@ def make_server(state: ServeState, *, host: str = "127.0.0.1", port: int = 5006)
 
     if port == 0:
         port = free_port(host)
-    origins = [f"{host}:{port}"]
-    if is_loopback(host):
-        origins += [f"127.0.0.1:{port}", f"localhost:{port}"]
+    allowed = [f"{host}:{port}", *origins]
+    if is_loopback(host) or host in ("0.0.0.0", "::", ""):
+        allowed += [f"127.0.0.1:{port}", f"localhost:{port}"]
     server = Server(
         {"/": Application(FunctionHandler(make_document))},
         address=host,
         port=port,
-        allow_websocket_origin=origins,
+        allow_websocket_origin=allowed,
         extra_patterns=_handlers(state),
         websocket_max_message_size=64 * 1024 * 1024,
         unused_session_lifetime_milliseconds=60_000,
@@ -220,7 +223,9 @@ def make_server(state: ServeState, *, host: str = "127.0.0.1", port: int = 5006)
     return server
 
 
-def run_server(state: ServeState, *, host: str = "127.0.0.1", port: int = 5006, ready=None) -> None:
+def run_server(
+    state: ServeState, *, host: str = "127.0.0.1", port: int = 5006, origins: tuple[str, ...] = (), ready=None
+) -> None:
     """Serve until Ctrl-C (or SIGTERM); then stop cleanly and remove the temporary folder.
 
     ``ready(url)`` is called once the server listens (the CLI prints the URL)."""
@@ -230,7 +235,7 @@ def run_server(state: ServeState, *, host: str = "127.0.0.1", port: int = 5006, 
             "bind 127.0.0.1 (the default) unless you mean it",
             host,
         )
-    server = make_server(state, host=host, port=port)
+    server = make_server(state, host=host, port=port, origins=origins)
     shown = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     url = f"http://{shown}:{server.port}/"
     loop = server.io_loop
