@@ -304,6 +304,15 @@ def test_200k_points_in_chromium(server, data, tmp_path):
         browser, page, errors, outside = _open(p, server.url)
         st = page.evaluate("nenya.state()")
         assert st["n"] == N and st["views"] == ["projection", "map"] and 0 < st["drawn"]["projection"] <= 20_000
+        # zoomed out: a sample over a density image; zoomed in: every point in the viewport is drawn
+        assert page.evaluate("Bokeh.documents[0].get_model_by_name('density:projection').visible") is True
+        v = page.evaluate("nenya.setView('projection', 0.0, 0.3, 0.0, 0.3)")
+        inside = int(((x >= 0) & (x <= 0.3) & (y >= 0) & (y <= 0.3)).sum())
+        assert v == {"drawn": inside, "in_view": inside} and 0 < inside < 20_000
+        rows = page.evaluate("Array.from(Bokeh.documents[0].get_model_by_name('nenya-points:projection').data.row)")
+        assert sorted(rows) == np.flatnonzero((x >= 0) & (x <= 0.3) & (y >= 0) & (y <= 0.3)).tolist()
+        assert page.evaluate("Bokeh.documents[0].get_model_by_name('density:projection').visible") is False
+        page.evaluate("nenya.setView('projection', -8, 10, -4, 10)")
         # a lasso in the projection: exactly the ids Python finds among all 200,000
         poly = [[-1.0, -1.5], [3.5, -0.5], [4.0, 3.0], [1.0, 4.5], [-2.0, 2.0], [0.5, 1.0]]
         n_sel = page.evaluate("([p]) => nenya.select('projection', p)", [poly])
@@ -449,3 +458,51 @@ def test_umap_placement_and_a_non_loopback_bind_warns(tmp_path):
     finally:
         log = _stop(s)
     assert "anyone who can reach this machine" in log
+
+
+def test_photo_folder_thumbnails_image_queries_and_a_saved_index(tmp_path, capsys):
+    """A photo collection: thumbnails from the paths, an uploaded JPEG finds itself through a `nenya index`
+    output, an image over the pixel limit is refused by the extraction's reader, and an index of other
+    latents is refused at start."""
+    from PIL import Image
+
+    from nenya import cli
+    from nenya.encoders import load_encoder
+    from nenya.encoders.base import EncoderOptions
+    from nenya.extract import extract_collection
+    from nenya.pipeline.runner import RunOptions
+    from photokit import picture, save
+
+    root = tmp_path / "photos"
+    for i in range(12):
+        save(picture(i, size=(40, 56)), root / f"p{i}.jpg", "JPEG", quality=92)
+    enc = load_encoder("timm:resnet18", options=EncoderOptions(size=48)).to("cpu")
+    out = str(tmp_path / "photos.parquet")
+    extract_collection(f"images:{root}", enc, out, options=RunOptions(batch_size=4, num_workers=0, progress=False))
+    assert cli.main(["pca", out, "-n", "2"]) == 0 and cli.main(["index", out]) == 0
+    few = tmp_path / "few"
+    for i in range(8):
+        save(picture(i, size=(40, 56)), few / f"p{i}.jpg", "JPEG", quality=92)
+    other = str(tmp_path / "other.parquet")
+    extract_collection(f"images:{few}", enc, other, options=RunOptions(batch_size=4, num_workers=0, progress=False))
+    assert cli.main(["index", other]) == 0
+    capsys.readouterr()
+    pca = str(tmp_path / "photos_pca.parquet")
+    s = _start([out, "--coords", pca, "--index", str(tmp_path / "photos.faiss")], tmp_path)
+    try:
+        status, png = _get(s.url + "nenya/thumb/0.png")
+        assert status == 200 and Image.open(io.BytesIO(png)).size == (64, 64)
+        status, body = _get(s.url + "nenya/query?name=p3.jpg", data=(root / "p3.jpg").read_bytes(), method="POST")
+        res = json.loads(body)
+        assert status == 200 and res["neighbours"][0]["id"] == "p3.jpg" and res["neighbours"][0]["score"] < 1e-6
+        bomb = io.BytesIO()
+        Image.new("1", (10_000, 9_000)).save(bomb, format="PNG")  # 90 million pixels in a small file
+        status, body = _get(s.url + "nenya/query?name=bomb.png", data=bomb.getvalue(), method="POST")
+        assert status == 400 and "pixel limit" in json.loads(body)["error"]
+        assert _get(s.url + "nenya/thumb/1.png")[0] == 200  # still serving
+    finally:
+        _stop(s)
+    # an index of other latents is refused at start, saying what to do
+    other_index = str(tmp_path / "other.faiss")
+    assert cli.main(["serve", out, "--coords", pca, "--index", other_index, "--port", "0"]) == 2
+    assert "rebuild it with `nenya index" in capsys.readouterr().err

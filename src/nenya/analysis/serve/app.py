@@ -60,6 +60,7 @@ class Session:
         self.syncing = False
         self.ranges: dict[str, tuple[float, float, float, float]] = {}
         self.shown: dict[str, np.ndarray] = {}
+        self.in_view: dict[str, tuple[int, int]] = {}  # per view: points drawn, points in the viewport
         self.mappers = colour_mappers(self.c.columns)
         self._build()
         if self.colour is not None:
@@ -278,7 +279,6 @@ class Session:
             self.images[view].visible = True
         else:
             self.images[view].visible = False
-        self.in_view = getattr(self, "in_view", {})
         self.in_view[view] = (len(shown), len(rows))
         self._update_note()
 
@@ -300,7 +300,7 @@ class Session:
         parts = [f"{n:,} points"]
         if self.filters:
             parts.append(f"filters ({_esc(', '.join(self.filters))}): {shown:,} of {n:,} shown")
-        for view, (drawn, inside) in getattr(self, "in_view", {}).items():
+        for view, (drawn, inside) in self.in_view.items():
             if inside > drawn:
                 parts.append(f"{view}: {drawn:,} of the {inside:,} in view drawn, density beneath")
         return "<br>".join(parts)
@@ -479,6 +479,21 @@ class Session:
         self.show_neighbours(row)
         return True
 
+    def set_view(self, view: str, x0: float, x1: float, y0: float, y1: float) -> dict:
+        """Move a view to a box (the API's pan and zoom) and redraw it."""
+        box = [float(v) for v in (x0, x1, y0, y1)]
+        if not all(math.isfinite(v) for v in box) or box[0] >= box[1] or box[2] >= box[3]:
+            raise ValueError("a view box needs finite x0 < x1 and y0 < y1")
+        fig = self.figs.get(view)
+        if fig is None:
+            raise ValueError(f"unknown view {view!r}; views: {', '.join(self.c.views)}")
+        fig.x_range.update(start=box[0], end=box[1])
+        fig.y_range.update(start=box[2], end=box[3])
+        self.ranges[view] = (box[0], box[1], box[2], box[3])
+        self.refresh(view)
+        drawn, inside = self.in_view[view]
+        return {"drawn": drawn, "in_view": inside}
+
     def show_query(self, token: str) -> dict:
         q = self.state.query(token)
         if q is None:
@@ -560,6 +575,8 @@ class Session:
             return None if row is None else self.show_neighbours(row)
         if op == "showQuery":
             return self.show_query(str(a["token"]))
+        if op == "setView":
+            return self.set_view(str(a["view"]), a["x0"], a["x1"], a["y0"], a["y1"])
         if op == "state":
             return {"n": self.c.n, "shown": int(self.keep.sum()), "selected": len(self.selected),
                     "views": self.c.views, "drawn": {v: int(len(s)) for v, s in self.shown.items()}}  # fmt: skip

@@ -236,14 +236,19 @@ class Collection:
     def write_csv(self, rows: np.ndarray, dest: str) -> int:
         """Write the rows' id and columns as CSV to ``dest`` (a local file); returns the row count.
 
-        Text cells that a spreadsheet would run as a formula are prefixed with ``'``."""
-        out = self.table.iloc[np.asarray(rows, dtype=np.int64)][self.export_columns()].copy()
+        Text cells that a spreadsheet would run as a formula are prefixed with ``'``; missing values
+        are empty cells. Written by Arrow's CSV writer (a few times faster than pandas')."""
+        import pyarrow as pa
+        import pyarrow.csv as pacsv
+
+        out = self.table.iloc[np.asarray(rows, dtype=np.int64)][self.export_columns()].reset_index(drop=True)
         for name in out.columns:
             s = out[name]
             if s.dtype == object or pd.api.types.is_string_dtype(s):
-                out[name] = s.map(_escape_cell)
-        with open(dest, "w", encoding="utf-8", newline="") as f:
-            out.to_csv(f, index=False)
+                text = s.astype("string")
+                out[name] = text.mask(text.str.startswith(FORMULA_START).fillna(False), "'" + text)
+        table = pa.Table.from_pandas(out, preserve_index=False)
+        pacsv.write_csv(table, dest, write_options=pacsv.WriteOptions(quoting_style="needed"))
         return len(out)
 
     # -- neighbours, queries, thumbnails ------------------------------------------------------------
@@ -301,15 +306,6 @@ def png_bytes(rgb: np.ndarray) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.ascontiguousarray(rgb)).save(buf, format="PNG")
     return buf.getvalue()
-
-
-def _escape_cell(v: Any) -> Any:
-    if isinstance(v, str):
-        if v == MISSING:
-            return ""
-        if v.startswith(FORMULA_START):
-            return "'" + v
-    return v
 
 
 def _number(v: Any, name: str) -> float:

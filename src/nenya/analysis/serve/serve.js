@@ -82,6 +82,7 @@
   api.queryId = (id) => rpc("queryId", { id: String(id) });
   api.query = (blob, name) => query(blob, name);
   api.state = () => rpc("state");
+  api.setView = (view, x0, x1, y0, y1) => rpc("setView", { view, x0, x1, y0, y1 });
   api._text = (name) => new DOMParser().parseFromString(model(name).text, "text/html").body.textContent.trim();
 
   function wireUpload() {

@@ -18,6 +18,7 @@ import json
 import logging
 import re
 import signal
+import threading
 from importlib import resources
 
 from nenya.analysis.explorer.page import json_in_html
@@ -243,6 +244,7 @@ def run_server(
     def stop(*_: object) -> None:
         loop.add_callback_from_signal(loop.stop)
 
+    threading.Thread(target=state.warm_up, name="nenya-query-model", daemon=True).start()
     previous = signal.signal(signal.SIGTERM, stop)
     try:
         if ready is not None:

@@ -100,7 +100,8 @@ class ServeState:
     downloads: OrderedDict[str, Download] = field(default_factory=OrderedDict)
 
     def __post_init__(self) -> None:
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # the tables of queries and downloads
+        self._encoder_lock = threading.Lock()  # loading the model (slow; nothing else waits on it)
         self._encoder_obj: object | None = None
 
     # -- downloads --------------------------------------------------------------------------------
@@ -127,10 +128,21 @@ class ServeState:
         """The query encoder (built once); a RuntimeError saying why when queries are off."""
         if self.encoder is None:
             raise RuntimeError(self.no_query_reason or "queries by image are off for this collection")
-        with self._lock:
+        with self._encoder_lock:
             if self._encoder_obj is None:
                 self._encoder_obj = self.encoder()
             return self._encoder_obj
+
+    def warm_up(self) -> None:
+        """Load the query model now (the server calls this in a thread at start, so the first upload
+        does not wait for it); a failure is logged here and told to whoever uploads."""
+        if self.encoder is None:
+            return
+        try:
+            self.query_encoder()
+            log.info("query model loaded")
+        except Exception as e:  # the server serves without queries; each upload gets this reason
+            log.warning("the model for queries by image could not be loaded: %s", e)
 
     def run_query(self, data: bytes, name: str) -> QueryResult:
         """Encode an uploaded query, find its neighbours and place it; kept under a new token."""
