@@ -27,14 +27,10 @@ import argparse
 import base64
 import io
 import os
-import re
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -115,19 +111,6 @@ ONE_BY_ONE = """async ([b64, ids, reps]) => {
 }"""
 
 
-def _inside(px: np.ndarray, py: np.ndarray, poly: list[list[float]]) -> np.ndarray:
-    """Point in polygon (even-odd rule): the reference count of a selection."""
-    inside = np.zeros(len(px), bool)
-    j = len(poly) - 1
-    for i in range(len(poly)):
-        (xi, yi), (xj, yj) = poly[i], poly[j]
-        cross = (yi > py) != (yj > py)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            inside ^= cross & (px < (xj - xi) * (py - yi) / (yj - yi) + xi)
-        j = i
-    return inside
-
-
 def _memory_mb(pid: int) -> dict[str, float]:
     """VmRSS and VmHWM (peak RSS) of a process, in MB."""
     out = {}
@@ -137,47 +120,6 @@ def _memory_mb(pid: int) -> dict[str, float]:
             if key in ("VmRSS", "VmHWM"):
                 out[key] = int(line.split()[1]) / 1024
     return out
-
-
-def _start(data, folder: Path, timeout: float = 900) -> tuple[subprocess.Popen, str, float, list[str]]:
-    """Launch ``nenya serve``; return the process, its URL, the seconds to the URL line and its output
-    (stdout and stderr, drained by a thread so that the server never blocks on a full pipe)."""
-    cmd = [sys.executable, "-m", "nenya", "serve", data.latents, "--coords", data.coords, "--images", data.preproc]
-    t0 = time.perf_counter()
-    proc = subprocess.Popen(
-        [*cmd, "--port", "0"],
-        cwd=folder,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    assert proc.stdout is not None
-    lines: list[str] = []
-    while time.perf_counter() - t0 < timeout:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        m = re.search(r"serving .* at (http://\S+/) ", line)
-        if m:
-            startup = time.perf_counter() - t0
-            threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True).start()  # type: ignore[arg-type]
-            return proc, m.group(1), startup, lines
-    proc.kill()
-    raise RuntimeError("nenya serve did not start:\n" + "".join(lines))
-
-
-def _stop(proc: subprocess.Popen) -> tuple[int, float]:
-    """SIGINT (Ctrl-C); the exit status and the seconds it took to exit."""
-    t0 = time.perf_counter()
-    proc.send_signal(signal.SIGINT)
-    try:
-        rc = proc.wait(timeout=120)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        rc = proc.wait()
-    return rc, time.perf_counter() - t0
 
 
 def _browse(url: str, chromium: str, cutout_b64: str, ids: list[str], reps: int) -> dict:
@@ -221,7 +163,8 @@ def _cutout(preproc: str) -> str:
 
 def _one(n: int, args) -> dict:
     """Write ``n`` points, serve them in a fresh process, measure, stop."""
-    from servekit import make_collection
+    from pagekit import inside
+    from servekit import make_collection, start_server, stop_server
 
     folder = Path(tempfile.mkdtemp(prefix="nenya-bench-serve-", dir=args.tmpdir))
     try:
@@ -230,23 +173,23 @@ def _one(n: int, args) -> dict:
         print(f"{n:,} points written in {time.perf_counter() - t:.0f} s", flush=True)
         tab = data.table
         want = {
-            "lasso": int(_inside(tab["U0"].to_numpy(), tab["U1"].to_numpy(), LASSO).sum()),
-            "box": int(_inside(tab["lon"].to_numpy(float), tab["lat"].to_numpy(float), BOX).sum()),
+            "lasso": int(inside(tab["U0"].to_numpy(), tab["U1"].to_numpy(), LASSO).sum()),
+            "box": int(inside(tab["lon"].to_numpy(float), tab["lat"].to_numpy(float), BOX).sum()),
         }
         ids = [str(tab["id"].iloc[(1000 * i + 7) % n]) for i in range(args.repeats)]
         del tab
         data.table = None  # the server holds its own copy; this process keeps none
-        proc, url, startup, lines = _start(data, folder)
+        served = start_server([data.latents, "--coords", data.coords, "--images", data.preproc], folder, timeout=900)
         try:
-            after = _memory_mb(proc.pid)["VmRSS"]
-            m = _browse(url, args.chromium, _cutout(data.preproc), ids, args.repeats)
-            mem = _memory_mb(proc.pid)
+            after = _memory_mb(served.proc.pid)["VmRSS"]
+            m = _browse(served.url, args.chromium, _cutout(data.preproc), ids, args.repeats)
+            mem = _memory_mb(served.proc.pid)
         finally:
-            rc, stop_s = _stop(proc)
+            rc, stop_s, log = stop_server(served)
     finally:
         shutil.rmtree(folder, ignore_errors=True)
-    r = {"n": n, "startup_s": startup, "rss_mb": after, "peak_mb": mem["VmHWM"], "end_mb": mem["VmRSS"]}
-    r.update(m, want=want, rc=rc, stop_s=stop_s, log="".join(lines))
+    r = {"n": n, "startup_s": served.startup, "rss_mb": after, "peak_mb": mem["VmHWM"], "end_mb": mem["VmRSS"]}
+    r.update(m, want=want, rc=rc, stop_s=stop_s, log=log)
     print({k: v for k, v in r.items() if k != "log"}, flush=True)
     return r
 

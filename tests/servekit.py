@@ -9,6 +9,13 @@ records the model, with a coordinates table beside it.
 from __future__ import annotations
 
 import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,3 +89,54 @@ def make_collection(
     coords = str(folder / "big_umap.parquet")
     table[["id", "U0", "U1"]].to_parquet(coords, index=False)
     return ServeData(latents, coords, pre, table, n_real)
+
+
+@dataclass
+class Served:
+    """A running ``nenya serve``: its process, URL, seconds to start and output so far."""
+
+    proc: subprocess.Popen
+    url: str
+    startup: float
+    lines: list[str]
+
+
+def start_server(args: list[str], cwd: Path | str, *, timeout: float = 180) -> Served:
+    """Launch ``nenya serve ARGS --port 0`` and wait for its URL line; its output is drained by a thread
+    (so the server never blocks on a full pipe) into ``Served.lines``."""
+    t0 = time.perf_counter()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "nenya", "serve", *map(str, args), "--port", "0"],
+        cwd=cwd,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    while time.perf_counter() - t0 < timeout:
+        line = proc.stdout.readline()
+        if not line:
+            break
+        lines.append(line)
+        m = re.search(r"serving .* at (http://\S+/) ", line)
+        if m:
+            threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True).start()
+            return Served(proc, m.group(1), time.perf_counter() - t0, lines)
+    proc.kill()
+    raise RuntimeError("nenya serve did not start:\n" + "".join(lines))
+
+
+def stop_server(served: Served, *, timeout: float = 120) -> tuple[int, float, str]:
+    """Ctrl-C (SIGINT); the exit status, the seconds it took to exit and the server's whole output."""
+    t0 = time.perf_counter()
+    served.proc.send_signal(signal.SIGINT)
+    try:
+        rc = served.proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        served.proc.kill()
+        rc = served.proc.wait()
+    seconds = time.perf_counter() - t0
+    time.sleep(0.2)  # the drain thread reads the last lines
+    return rc, seconds, "".join(served.lines)

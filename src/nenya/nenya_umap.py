@@ -12,10 +12,8 @@ Names follow Nenya: ``<sensor>_Nenya_<root>_<DTkey>_UMAP.pkl`` with its table
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
-import pickle
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,10 +21,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from nenya._errors import InputError, NenyaError
+from nenya._errors import InputError
 from nenya.analysis.dtbins import DT_bins
 from nenya.analysis.plots import cells_on_grid, grid_umap
-from nenya.config import config_value
+from nenya.analysis.umap_files import UMAPFileError, load_umap, save_umap, umap_dir
 from nenya.encoders.named import resolve_opts
 from nenya.params import Params
 from nenya.pipeline import storage
@@ -57,10 +55,6 @@ umap_DT = DT_bins
 NAMED_UMAPS = {"v4": ("MODIS", "96clear_v4"), "v5": ("MODIS", "96clear_v5"), "viirs_v1": ("VIIRS", "98clear_v1")}
 
 
-class UMAPFileError(NenyaError):
-    """A UMAP pickle is missing, outside the UMAP dir, or not one nenya wrote."""
-
-
 def DT_key(DT: float) -> str:
     """The DT bin holding ``DT`` (lower < DT <= upper)."""
     for key, (lo, hi) in DT_bins.items():
@@ -81,12 +75,6 @@ def DT_interval(inp: tuple[float, float] | str | None) -> tuple[float, float]:
     return (DT, DT + 1e12) if dDT < 0 else (DT - dDT, DT + dDT)
 
 
-def umap_dir() -> Path:
-    """The local folder of fitted UMAPs (see the module docstring)."""
-    value = config_value("umap_dir", "NENYA_UMAP_DIR")
-    return Path(value) if value else storage.cache_dir() / "umap"
-
-
 def umap_prefix(model_name: str) -> str:
     """``<sensor>_Nenya_<root>`` of a named model, or of an opts JSON (``SST_Nenya_<model_root>``)."""
     if model_name in NAMED_UMAPS:
@@ -103,53 +91,6 @@ def umap_paths(model_name: str, DT_key: str = "all", folder: str | os.PathLike |
     base = Path(folder) if folder is not None else umap_dir()
     stem = f"{umap_prefix(model_name)}_{DT_key}"
     return str(base / f"{stem}_UMAP.pkl"), str(base / f"{stem}.parquet")
-
-
-def _digest(path: str | os.PathLike) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def save_umap(reducer: Any, path: str | os.PathLike) -> str:
-    """Pickle a fitted UMAP to a new local file, with a ``.sha256`` companion that :func:`load_umap` checks."""
-    path = Path(path)
-    if storage.is_remote(str(path)):
-        raise ValueError(f"UMAP pickles are written to local files only; got {path}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with storage.atomic_local(path) as tmp:
-        with open(tmp, "wb") as f:
-            pickle.dump(reducer, f, protocol=pickle.HIGHEST_PROTOCOL)
-    with storage.atomic_local(str(path) + ".sha256") as tmp, open(tmp, "w") as f:
-        f.write(_digest(path) + "\n")
-    log.info("saved UMAP to %s", path)
-    return str(path)
-
-
-def load_umap(path: str | os.PathLike) -> Any:
-    """Unpickle a UMAP that nenya wrote inside the UMAP dir (anything else is refused: unpickling runs code)."""
-    folder = umap_dir().resolve()
-    p = Path(path).expanduser().resolve()
-    if folder != p.parent and folder not in p.parents:
-        raise UMAPFileError(
-            f"{path} is outside the UMAP dir {folder}; nenya unpickles UMAPs only from there "
-            "(set NENYA_UMAP_DIR to the folder that holds your UMAP files)"
-        )
-    if not p.is_file():
-        raise UMAPFileError(
-            f"UMAP file not found: {p}. Fit one with nenya.nenya_umap.umap_subset(..., "
-            f"umap_savefile={p.name!r}) or copy your UMAP files into {folder}"
-        )
-    companion = Path(str(p) + ".sha256")
-    if not companion.is_file() or companion.read_text().strip() != _digest(p):
-        raise UMAPFileError(
-            f"{p} was not written by nenya (its {companion.name} is missing or does not match); "
-            "refit it with umap_subset, which writes both files"
-        )
-    with open(p, "rb") as f:
-        return pickle.load(f)  # noqa: S301 - only nenya's own files in the user's UMAP dir (checked above)
 
 
 def load(model_name: str, DT: float | None = None, use_s3: bool = False) -> tuple[Any, str]:

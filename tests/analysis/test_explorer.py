@@ -14,8 +14,10 @@ from PIL import Image
 from nenya.analysis import write_explorer
 from nenya.analysis.images import ImageLookup
 from nenya.sample_data import write_preproc
+from pagekit import CHROMIUM
+from pagekit import inside as _inside
+from pagekit import screen as _screen
 
-CHROMIUM = "/usr/bin/chromium"
 ARGS = [
     "--headless",
     "--no-sandbox",
@@ -90,32 +92,6 @@ def _open(p, path):
     page.goto("file://" + path)
     page.wait_for_function("window.nenya && window.nenya.ready", timeout=120_000)
     return browser, page, outside, errors
-
-
-def _inside(px: np.ndarray, py: np.ndarray, poly: list[list[float]]) -> np.ndarray:
-    """Point in polygon (even-odd rule), the reference for the page's selection."""
-    inside = np.zeros(len(px), bool)
-    j = len(poly) - 1
-    for i in range(len(poly)):
-        xi, yi = poly[i]
-        xj, yj = poly[j]
-        cross = (yi > py) != (yj > py)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            xint = (xj - xi) * (py - yi) / (yj - yi) + xi
-        inside ^= cross & (px < xint)
-        j = i
-    return inside
-
-
-def _screen(page, view: str, x: float, y: float) -> tuple[float, float]:
-    return page.evaluate(
-        """([view, x, y]) => {
-          const v = Bokeh.index.find_one(Bokeh.documents[0].get_model_by_name(view));
-          const r = v.el.getBoundingClientRect();
-          return [r.left + v.frame.x_scale.compute(x), r.top + v.frame.y_scale.compute(y)];
-        }""",
-        [view, x, y],
-    )
 
 
 def _selected_rows(page, renderer: str) -> list[int]:

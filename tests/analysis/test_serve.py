@@ -7,11 +7,7 @@ import base64
 import io
 import json
 import os
-import re
-import signal
-import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -24,26 +20,12 @@ from nenya.analysis import build_index
 from nenya.analysis.serve import Collection, is_loopback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from servekit import make_collection  # noqa: E402
+from pagekit import CHROMIUM, inside  # noqa: E402
+from pagekit import screen as _screen  # noqa: E402
+from servekit import make_collection, start_server, stop_server  # noqa: E402
 
-CHROMIUM = "/usr/bin/chromium"
 ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking"]
 HOSTILE = "<img src=x onerror=window.__pwned=1>"
-
-
-def _inside(px: np.ndarray, py: np.ndarray, poly: list[list[float]]) -> np.ndarray:
-    """Point in polygon (even-odd rule), the reference for the server's selections."""
-    inside = np.zeros(len(px), bool)
-    j = len(poly) - 1
-    for i in range(len(poly)):
-        xi, yi = poly[i]
-        xj, yj = poly[j]
-        cross = (yi > py) != (yj > py)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            xint = (xj - xi) * (py - yi) / (yj - yi) + xi
-        inside ^= cross & (px < xint)
-        j = i
-    return inside
 
 
 def _small(n: int = 3000, seed: int = 0) -> tuple[Collection, pd.DataFrame, np.ndarray]:
@@ -83,7 +65,7 @@ def test_filters_selections_and_exports_equal_pandas(tmp_path):
     assert keep.sum() > 100 and (keep == ref.to_numpy()).all()
     poly = [[-2.0, -3.0], [4.0, -1.0], [3.0, 4.0], [-1.0, 2.5], [0.5, 0.5]]
     rows = c.in_polygon("projection", [p[0] for p in poly], [p[1] for p in poly], keep)
-    assert (rows == np.flatnonzero(_inside(c.x, c.y, poly) & keep)).all() and len(rows) > 10
+    assert (rows == np.flatnonzero(inside(c.x, c.y, poly) & keep)).all() and len(rows) > 10
     box = c.in_rect("map", 40, -30, -20, 50, np.ones(c.n, bool))
     assert (box == np.flatnonzero(t["lon"].between(-30, 40) & t["lat"].between(-20, 50))).all()
     out = tmp_path / "x.csv"
@@ -171,50 +153,15 @@ def data(tmp_path_factory):
     return make_collection(tmp_path_factory.mktemp("serve"), N, hostile=HOSTILE)
 
 
-class Served:
-    def __init__(self, proc: subprocess.Popen, url: str, lines: list[str]) -> None:
-        self.proc, self.url, self.lines = proc, url, lines
-
-
-def _start(args: list[str], cwd: Path, timeout: float = 180) -> Served:
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "nenya", "serve", *args, "--port", "0"],
-        cwd=cwd,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
-    lines: list[str] = []
-    t0 = time.time()
-    assert proc.stdout is not None
-    while time.time() - t0 < timeout:
-        line = proc.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        m = re.search(r"at (http://\S+/) ", line)
-        if m:
-            return Served(proc, m.group(1), lines)
-    proc.kill()
-    raise AssertionError("nenya serve did not start:\n" + "".join(lines))
-
-
-def _stop(s: Served) -> str:
-    s.proc.send_signal(signal.SIGINT)  # Ctrl-C
-    out, _ = s.proc.communicate(timeout=30)
-    assert s.proc.returncode == 0, out
-    return "".join(s.lines) + out
-
-
 @pytest.fixture(scope="module")
 def server(data):
-    s = _start(
+    s = start_server(
         [data.latents, "--coords", data.coords, "--images", data.preproc, "--max-upload-mb", "1", "-k", "5"],
         Path(data.latents).parent,
     )
     yield s
-    log = _stop(s)
+    rc, _, log = stop_server(s)
+    assert rc == 0, log
     assert "stopped" in log
 
 
@@ -316,13 +263,13 @@ def test_200k_points_in_chromium(server, data, tmp_path):
         # a lasso in the projection: exactly the ids Python finds among all 200,000
         poly = [[-1.0, -1.5], [3.5, -0.5], [4.0, 3.0], [1.0, 4.5], [-2.0, 2.0], [0.5, 1.0]]
         n_sel = page.evaluate("([p]) => nenya.select('projection', p)", [poly])
-        want = t["id"].to_numpy()[_inside(x, y, poly)]
+        want = t["id"].to_numpy()[inside(x, y, poly)]
         assert n_sel == len(want) > 10_000
         assert sorted(page.evaluate("nenya.selectedIds()")) == sorted(want.tolist())
         # a box in the map
         box = [[-40.0, -10.0], [25.0, -10.0], [25.0, 35.0], [-40.0, 35.0]]
         page.evaluate("([p]) => nenya.select('map', p)", [box])
-        want = t["id"].to_numpy()[_inside(lon, lat, box)]
+        want = t["id"].to_numpy()[inside(lon, lat, box)]
         assert sorted(page.evaluate("nenya.selectedIds()")) == sorted(want.tolist())
         # filters and an export agree with pandas
         shown = page.evaluate("nenya.setFilter('pattern', ['front', 'eddy'])")
@@ -331,7 +278,7 @@ def test_200k_points_in_chromium(server, data, tmp_path):
         assert shown == len(ref) and sorted(page.evaluate("nenya.shownIds()")) == sorted(ref["id"])
         page.evaluate("([p]) => nenya.select('projection', p)", [poly])
         csv = pd.read_csv(io.StringIO(page.evaluate("nenya.exportCsv()")), keep_default_na=False)
-        sel = ref[_inside(ref["U0"].to_numpy(), ref["U1"].to_numpy(), poly)]
+        sel = ref[inside(ref["U0"].to_numpy(), ref["U1"].to_numpy(), poly)]
         assert csv["id"].tolist() == sel["id"].tolist()
         assert np.allclose(csv["DT40"], sel["DT40"]) and csv["pattern"].tolist() == sel["pattern"].tolist()
         # the panel lists the selection, with thumbnails fetched from the server
@@ -375,17 +322,6 @@ def test_200k_points_in_chromium(server, data, tmp_path):
     assert errors == [] and outside == []
 
 
-def _screen(page, view: str, x: float, y: float) -> tuple[float, float]:
-    return page.evaluate(
-        """([view, x, y]) => {
-          const v = Bokeh.index.find_one(Bokeh.documents[0].get_model_by_name(view));
-          const r = v.el.getBoundingClientRect();
-          return [r.left + v.frame.x_scale.compute(x), r.top + v.frame.y_scale.compute(y)];
-        }""",
-        [view, x, y],
-    )
-
-
 def _mouse_lasso_upload_and_hostile_id(page, data, tmp_path) -> None:
     """The UI's own paths: a lasso drawn with the mouse, the page's file input, and an id made of markup."""
     t = data.table
@@ -398,9 +334,9 @@ def _mouse_lasso_upload_and_hostile_id(page, data, tmp_path) -> None:
         page.mouse.move(*_screen(page, "projection", *q), steps=5)
     page.mouse.up()
     sel = page.evaluate("nenya.selectedIds()")
-    inside = _inside(x, y, [list(q) for q in pts])
+    hit = inside(x, y, [list(q) for q in pts])
     loose = (x > -1.1) & (x < 2.1) & (y > -1.1) & (y < 2.1)
-    assert set(sel) <= set(t["id"][loose]) and abs(len(sel) - inside.sum()) <= 0.02 * inside.sum()
+    assert set(sel) <= set(t["id"][loose]) and abs(len(sel) - hit.sum()) <= 0.02 * hit.sum()
     # the page's file input: a cutout picked by a person, encoded on the server
     import h5py
 
@@ -433,14 +369,16 @@ def test_umap_placement_and_a_non_loopback_bind_warns(tmp_path):
     from nenya import cli
     from nenya.analysis import read_about
     from nenya.analysis.query import QueryEncoder
-    from nenya.nenya_umap import load_umap, umap_dir
+    from nenya.analysis.umap_files import load_umap, umap_dir
 
     d = make_collection(tmp_path / "u", 1500, n_real=200)
     coords = str(tmp_path / "u" / "u.parquet")
     assert cli.main(["umap", d.latents, "--ntrain", "1500", "--save-model", "served", "-o", coords]) == 0
     model = umap_dir() / "served_UMAP.pkl"
     assert model.is_file()
-    s = _start([d.latents, "--coords", coords, "--umap-model", str(model), "--host", "0.0.0.0"], Path(d.latents).parent)
+    s = start_server(
+        [d.latents, "--coords", coords, "--umap-model", str(model), "--host", "0.0.0.0"], Path(d.latents).parent
+    )
     try:
         import h5py
 
@@ -456,7 +394,8 @@ def test_umap_placement_and_a_non_loopback_bind_warns(tmp_path):
         assert res["neighbours"][0]["id"] == "valid/9" and res["placement"]["method"] == "umap-transform"
         assert np.allclose([res["placement"]["x"], res["placement"]["y"]], want, atol=1e-3)
     finally:
-        log = _stop(s)
+        rc, _, log = stop_server(s)
+    assert rc == 0, log
     assert "anyone who can reach this machine" in log
 
 
@@ -488,7 +427,7 @@ def test_photo_folder_thumbnails_image_queries_and_a_saved_index(tmp_path, capsy
     assert cli.main(["index", other]) == 0
     capsys.readouterr()
     pca = str(tmp_path / "photos_pca.parquet")
-    s = _start([out, "--coords", pca, "--index", str(tmp_path / "photos.faiss")], tmp_path)
+    s = start_server([out, "--coords", pca, "--index", str(tmp_path / "photos.faiss")], tmp_path)
     try:
         status, png = _get(s.url + "nenya/thumb/0.png")
         assert status == 200 and Image.open(io.BytesIO(png)).size == (64, 64)
@@ -501,7 +440,7 @@ def test_photo_folder_thumbnails_image_queries_and_a_saved_index(tmp_path, capsy
         assert status == 400 and "pixel limit" in json.loads(body)["error"]
         assert _get(s.url + "nenya/thumb/1.png")[0] == 200  # still serving
     finally:
-        _stop(s)
+        assert stop_server(s)[0] == 0
     # an index of other latents is refused at start, saying what to do
     other_index = str(tmp_path / "other.faiss")
     assert cli.main(["serve", out, "--coords", pca, "--index", other_index, "--port", "0"]) == 2

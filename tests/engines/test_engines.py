@@ -7,6 +7,7 @@ sets them); Ray runs on a real two-node local cluster started with ``ray start``
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import socket
@@ -218,7 +219,8 @@ def test_killed_rank_is_reported_and_rerun_resumes(preproc, checkpoint, opts_fil
     assert len(list(work.glob("*.done.json"))) == 4 + 2  # rank 0's four and rank 1's first two are kept
     second = subprocess.run(cli(*args, "--devices", 2), capture_output=True, text=True, env=ENV, timeout=300)
     assert second.returncode == 0, second.stderr
-    assert "rank 0 of 2: 0 of 8 shards to encode (6 already committed)" in second.stderr
+    # rank 0 has nothing to do; it may plan after rank 1 has already committed one of its two shards
+    assert re.search(r"rank 0 of 2: 0 of 8 shards to encode \([678] already committed\)", second.stderr)
     assert "rank 1 of 2: 2 of 8 shards to encode (6 already committed)" in second.stderr  # only what was lost
     assert_same(pd.read_parquet(final), reference)
     assert_status_complete(final, reference["id"])

@@ -277,7 +277,7 @@ def cmd_umap(args: argparse.Namespace) -> int:
         )
         df = _table_with(lat, {"U0": res.embedding[:, 0], "U1": res.embedding[:, 1]})
     if args.save_model:
-        from nenya.nenya_umap import save_umap, umap_dir
+        from nenya.analysis.umap_files import save_umap, umap_dir
         from nenya.pipeline.storage import safe_name
 
         name = safe_name(args.save_model, what="--save-model")

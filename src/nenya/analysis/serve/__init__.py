@@ -80,7 +80,7 @@ def open_collection(
         lookup = ImageLookup(table, images=images, image_root=image_root)
     reducer = None
     if umap_model is not None:
-        from nenya.nenya_umap import load_umap
+        from nenya.analysis.umap_files import load_umap
 
         reducer = load_umap(umap_model)
     return Collection(x, y, table, idx, images=lookup, reducer=reducer, lat=lat, lon=lon, xlabel=xlabel, ylabel=ylabel)

@@ -21,6 +21,8 @@ import signal
 import threading
 from importlib import resources
 
+from tornado import web
+
 from nenya.analysis.explorer.page import json_in_html
 from nenya.analysis.query import IMAGE_SUFFIXES
 from nenya.analysis.serve.state import ServeState
@@ -69,99 +71,114 @@ def free_port(host: str) -> int:
         return int(s.getsockname()[1])
 
 
-def _handlers(state: ServeState):
-    """The Tornado handlers of the three routes (defined here: tornado is imported with Bokeh)."""
-    from tornado import web
+class _Base(web.RequestHandler):
+    """Our routes' common headers and JSON errors; ``state`` comes from the route's arguments."""
 
-    class Base(web.RequestHandler):
-        def set_default_headers(self) -> None:
-            self.set_header("X-Content-Type-Options", "nosniff")
-            self.set_header("Referrer-Policy", "no-referrer")
-            self.set_header("Cache-Control", "no-store")
+    state: ServeState
 
-        def fail(self, status: int, message: str) -> None:
-            self.set_status(status)
-            self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps({"error": message}))
+    def initialize(self, state: ServeState) -> None:
+        self.state = state
 
-    class Thumb(Base):
-        def get(self, name: str) -> None:
-            m = ROW.match(name)
-            if not m:
-                return self.fail(400, "a thumbnail is asked for as <row>.png, row a number the page listed")
-            row = int(m.group(1))
-            if row >= state.collection.n:
-                return self.fail(404, f"no row {row}")
-            png = state.collection.thumbnail(row)
-            if png is None:
-                return self.fail(404, f"row {row} has no image")
-            self.set_header("Content-Type", "image/png")
-            self.set_header("Cache-Control", "private, max-age=3600")
-            self.finish(png)
+    def set_default_headers(self) -> None:
+        self.set_header("X-Content-Type-Options", "nosniff")
+        self.set_header("Referrer-Policy", "no-referrer")
+        self.set_header("Cache-Control", "no-store")
 
-    class Download(Base):
-        def get(self, token: str) -> None:
-            d = state.download(token) if TOKEN.match(token) else None
-            if d is None:
-                return self.fail(404, "no such download (they last while the server runs)")
-            self.set_header("Content-Type", d.content_type)
-            self.set_header("Content-Disposition", f'attachment; filename="{d.filename}"')
-            with open(d.path, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    self.write(chunk)
-            self.finish()
+    def fail(self, status: int, message: str) -> None:
+        self.set_status(status)
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": message}))
 
-    @web.stream_request_body
-    class Query(Base):
-        def prepare(self) -> None:
-            self.chunks: list[bytes] = []
-            self.size = 0
-            self.refused = ""
-            if self.request.method != "POST":
-                return
-            name = self.get_query_argument("name", "")
-            if not UPLOAD_NAME.match(name) or ".." in name:
-                self.refused = "give the upload's file name as ?name=<file>.npy (or an image file name), no folders"
-            elif not name.lower().endswith((".npy", *IMAGE_SUFFIXES)):
-                self.refused = f"{name}: a query is a .npy cutout or an image file ({', '.join(IMAGE_SUFFIXES)})"
-            length = self.request.headers.get("Content-Length")
-            if length is not None and length.isdigit() and int(length) > state.options.max_upload:
-                self.fail(413, self._too_big(int(length)))
 
-        def _too_big(self, n: int) -> str:
-            return (
-                f"the upload is {n:,} bytes; this server takes at most {state.options.max_upload:,} (--max-upload-mb)"
-            )
+class _Thumb(_Base):
+    """``GET nenya/thumb/<row>.png``: a row's thumbnail; nothing but a row number is accepted."""
 
-        def data_received(self, chunk: bytes) -> None:
-            self.size += len(chunk)
-            if self.size > state.options.max_upload:
-                if not self._finished:
-                    self.fail(413, self._too_big(self.size))
-                return
-            self.chunks.append(chunk)
+    def get(self, name: str) -> None:
+        m = ROW.match(name)
+        if not m:
+            return self.fail(400, "a thumbnail is asked for as <row>.png, row a number the page listed")
+        row = int(m.group(1))
+        if row >= self.state.collection.n:
+            return self.fail(404, f"no row {row}")
+        png = self.state.collection.thumbnail(row)
+        if png is None:
+            return self.fail(404, f"row {row} has no image")
+        self.set_header("Content-Type", "image/png")
+        self.set_header("Cache-Control", "private, max-age=3600")
+        self.finish(png)
 
-        async def post(self) -> None:
-            if self._finished:
-                return
-            if self.refused:
-                return self.fail(400, self.refused)
-            name = self.get_query_argument("name")
-            data = b"".join(self.chunks)
-            try:
-                loop = asyncio.get_running_loop()
-                result = await loop.run_in_executor(None, state.run_query, data, name)
-            except Exception as e:  # any bad upload gets its reason; the server keeps serving
-                if not isinstance(e, (ValueError, RuntimeError)):
-                    log.exception("query %s failed", name)
-                return self.fail(400 if not isinstance(e, RuntimeError) else 409, str(e))
-            self.set_header("Content-Type", "application/json")
-            self.finish(json.dumps(result.summary(state.collection), allow_nan=False))
 
+class _Download(_Base):
+    """``GET nenya/download/<token>``: a file the server wrote and listed under that token."""
+
+    def get(self, token: str) -> None:
+        d = self.state.download(token) if TOKEN.match(token) else None
+        if d is None:
+            return self.fail(404, "no such download (they last while the server runs)")
+        self.set_header("Content-Type", d.content_type)
+        self.set_header("Content-Disposition", f'attachment; filename="{d.filename}"')
+        with open(d.path, "rb") as f:
+            while chunk := f.read(1 << 20):
+                self.write(chunk)
+        self.finish()
+
+
+@web.stream_request_body
+class _Query(_Base):
+    """``POST nenya/query?name=<file name>``: an uploaded query, refused as soon as it is too large."""
+
+    def prepare(self) -> None:
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.refused = ""
+        if self.request.method != "POST":
+            return
+        name = self.get_query_argument("name", "")
+        if not UPLOAD_NAME.match(name) or ".." in name:
+            self.refused = "give the upload's file name as ?name=<file>.npy (or an image file name), no folders"
+        elif not name.lower().endswith((".npy", *IMAGE_SUFFIXES)):
+            self.refused = f"{name}: a query is a .npy cutout or an image file ({', '.join(IMAGE_SUFFIXES)})"
+        length = self.request.headers.get("Content-Length")
+        if length is not None and length.isdigit() and int(length) > self.state.options.max_upload:
+            self.fail(413, self._too_big(int(length)))
+
+    def _too_big(self, n: int) -> str:
+        return (
+            f"the upload is {n:,} bytes; this server takes at most {self.state.options.max_upload:,} (--max-upload-mb)"
+        )
+
+    def data_received(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.state.options.max_upload:
+            if not self._finished:
+                self.fail(413, self._too_big(self.size))
+            return
+        self.chunks.append(chunk)
+
+    async def post(self) -> None:
+        if self._finished:
+            return
+        if self.refused:
+            return self.fail(400, self.refused)
+        name = self.get_query_argument("name")
+        data = b"".join(self.chunks)
+        try:
+            loop = asyncio.get_running_loop()
+            result = await loop.run_in_executor(None, self.state.run_query, data, name)
+        except Exception as e:  # any bad upload gets its reason; the server keeps serving
+            if not isinstance(e, (ValueError, RuntimeError)):
+                log.exception("query %s failed", name)
+            return self.fail(409 if isinstance(e, RuntimeError) else 400, str(e))
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps(result.summary(self.state.collection), allow_nan=False))
+
+
+def _routes(state: ServeState) -> list:
+    args = {"state": state}
     return [
-        (r"/nenya/thumb/(.*)", Thumb),
-        (r"/nenya/download/(.*)", Download),
-        (r"/nenya/query", Query),
+        (r"/nenya/thumb/(.*)", _Thumb, args),
+        (r"/nenya/download/(.*)", _Download, args),
+        (r"/nenya/query", _Query, args),
     ]
 
 
@@ -214,7 +231,7 @@ def make_server(state: ServeState, *, host: str = "127.0.0.1", port: int = 5006,
         address=host,
         port=port,
         allow_websocket_origin=allowed,
-        extra_patterns=_handlers(state),
+        extra_patterns=_routes(state),
         websocket_max_message_size=64 * 1024 * 1024,
         unused_session_lifetime_milliseconds=60_000,
         check_unused_sessions_milliseconds=30_000,

@@ -130,7 +130,10 @@ class ServeState:
             raise RuntimeError(self.no_query_reason or "queries by image are off for this collection")
         with self._encoder_lock:
             if self._encoder_obj is None:
-                self._encoder_obj = self.encoder()
+                try:
+                    self._encoder_obj = self.encoder()
+                except Exception as e:  # said to whoever uploads (HTTP 409), not a server error
+                    raise RuntimeError(f"the model for queries by image could not be loaded: {e}") from e
             return self._encoder_obj
 
     def warm_up(self) -> None:
