@@ -254,8 +254,8 @@ def test_200k_points_in_chromium(server, data, tmp_path):
         # zoomed out: a sample over a density image; zoomed in: every point in the viewport is drawn
         assert page.evaluate("Bokeh.documents[0].get_model_by_name('density:projection').visible") is True
         v = page.evaluate("nenya.setView('projection', 0.0, 0.3, 0.0, 0.3)")
-        inside = int(((x >= 0) & (x <= 0.3) & (y >= 0) & (y <= 0.3)).sum())
-        assert v == {"drawn": inside, "in_view": inside} and 0 < inside < 20_000
+        zoomed = int(((x >= 0) & (x <= 0.3) & (y >= 0) & (y <= 0.3)).sum())
+        assert v == {"drawn": zoomed, "in_view": zoomed} and 0 < zoomed < 20_000
         rows = page.evaluate("Array.from(Bokeh.documents[0].get_model_by_name('nenya-points:projection').data.row)")
         assert sorted(rows) == np.flatnonzero((x >= 0) & (x <= 0.3) & (y >= 0) & (y <= 0.3)).tolist()
         assert page.evaluate("Bokeh.documents[0].get_model_by_name('density:projection').visible") is False
