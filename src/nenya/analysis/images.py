@@ -81,6 +81,7 @@ class ImageLookup:
         self.image_root = image_root
         self.size = size
         self._local: str | None = None
+        self._parts: np.ndarray | None = None  # each row's partition, computed once (thumbnails come one by one)
         if images is not None:
             if "row" not in self.table.columns:
                 raise InputError(
@@ -116,11 +117,13 @@ class ImageLookup:
         from nenya.sources.h5files import open_checked, read_rows
 
         out: list[np.ndarray | None] = [None] * len(rows)
-        parts = (
-            self.table["partition"].astype(str).to_numpy()
-            if "partition" in self.table.columns
-            else np.full(len(self.table), "valid", dtype=object)
-        )
+        if self._parts is None:
+            self._parts = (
+                self.table["partition"].astype(str).to_numpy()
+                if "partition" in self.table.columns
+                else np.full(len(self.table), "valid", dtype=object)
+            )
+        parts = self._parts
         with open_checked(self._preproc()) as f:
             for p in pd.unique(parts[rows]):
                 if p not in f:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import logging
 import math
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
@@ -104,6 +105,7 @@ class Collection:
         # and zooming never reshuffle which points are drawn
         self.priority = np.random.default_rng(self.seed).permutation(n).astype(np.int32)
         self._thumbs: OrderedDict[int, bytes | None] = OrderedDict()
+        self._thumb_lock = threading.Lock()  # thumbnails are read in the server's worker threads
 
     # -- basics ---------------------------------------------------------------------------------
     @property
@@ -281,9 +283,10 @@ class Collection:
 
     def thumbnail(self, row: int) -> bytes | None:
         """A PNG of a row's image (None: no image), cached."""
-        if row in self._thumbs:
-            self._thumbs.move_to_end(row)
-            return self._thumbs[row]
+        with self._thumb_lock:
+            if row in self._thumbs:
+                self._thumbs.move_to_end(row)
+                return self._thumbs[row]
         png = None
         if self.images is not None and self.images.kind is not None:
             try:
@@ -293,9 +296,10 @@ class Collection:
                 im = None
             if im is not None:
                 png = png_bytes(anomaly_rgb(im) if self.images.kind == "anomaly" else im)
-        self._thumbs[row] = png
-        if len(self._thumbs) > THUMB_CACHE:
-            self._thumbs.popitem(last=False)
+        with self._thumb_lock:
+            self._thumbs[row] = png
+            if len(self._thumbs) > THUMB_CACHE:
+                self._thumbs.popitem(last=False)
         return png
 
 

@@ -93,14 +93,15 @@ class _Base(web.RequestHandler):
 class _Thumb(_Base):
     """``GET nenya/thumb/<row>.png``: a row's thumbnail; nothing but a row number is accepted."""
 
-    def get(self, name: str) -> None:
+    async def get(self, name: str) -> None:
         m = ROW.match(name)
         if not m:
             return self.fail(400, "a thumbnail is asked for as <row>.png, row a number the page listed")
         row = int(m.group(1))
         if row >= self.state.collection.n:
             return self.fail(404, f"no row {row}")
-        png = self.state.collection.thumbnail(row)
+        # read in a thread: a page asks for dozens at once, and the server keeps answering meanwhile
+        png = await asyncio.get_running_loop().run_in_executor(None, self.state.collection.thumbnail, row)
         if png is None:
             return self.fail(404, f"row {row} has no image")
         self.set_header("Content-Type", "image/png")
