@@ -445,3 +445,16 @@ def test_photo_folder_thumbnails_image_queries_and_a_saved_index(tmp_path, capsy
     other_index = str(tmp_path / "other.faiss")
     assert cli.main(["serve", out, "--coords", pca, "--index", other_index, "--port", "0"]) == 2
     assert "rebuild it with `nenya index" in capsys.readouterr().err
+
+
+def test_no_password_in_a_url_reaches_the_page_or_the_terminal(monkeypatch, capsys):
+    import nenya.analysis.serve as serve
+    from nenya import cli
+
+    seen: dict = {}
+    monkeypatch.setattr(serve, "open_collection", lambda *a, **k: _small(300)[0])
+    monkeypatch.setattr(serve, "run_server", lambda state, **k: seen.update(title=state.options.title))
+    assert cli.main(["serve", "s3://KEY:sekret@bucket/x.parquet", "--port", "0"]) == 0
+    out = capsys.readouterr()
+    assert seen["title"] == "nenya serve: s3://***@bucket/x.parquet"
+    assert "sekret" not in out.err + out.out

@@ -60,7 +60,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be 0..65535; got {args.port}")
     if args.max_upload_mb <= 0:
         raise ValueError(f"--max-upload-mb must be positive; got {args.max_upload_mb}")
-    print(f"reading {args.latents} ...", file=sys.stderr, flush=True)
+    from nenya.pipeline.storage import redact
+
+    shown = redact(args.latents)  # a URL's password never reaches the page or the terminal
+    print(f"reading {shown} ...", file=sys.stderr, flush=True)
     collection = open_collection(
         args.latents,
         coords=args.coords,
@@ -81,7 +84,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         k=args.k,
         points=args.points,
         max_upload=int(args.max_upload_mb * 1024 * 1024),
-        title=args.title or f"nenya serve: {args.latents}",
+        title=args.title or f"nenya serve: {shown}",
         colour=args.color,
     )
     state = ServeState(collection, options, encoder=encoder, no_query_reason=reason)
