@@ -363,6 +363,7 @@ def _mouse_lasso_upload_and_hostile_id(page, data, tmp_path) -> None:
     assert page.locator('img[src="x"]').count() == 0 and page.evaluate("window.__pwned") is None
 
 
+@pytest.mark.slow  # fits a UMAP (numba) in a fresh process: ~25 s; CI runs it with -m slow
 def test_umap_placement_and_a_non_loopback_bind_warns(tmp_path):
     """`nenya umap --save-model` keeps the fitted UMAP; `nenya serve --umap-model` places an uploaded
     cutout with its transform, exactly as the UMAP itself does."""
