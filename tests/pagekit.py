@@ -33,3 +33,12 @@ def screen(page, view: str, x: float, y: float) -> tuple[float, float]:
         }""",
         [view, x, y],
     )
+
+
+def draw_lasso(page, view: str, pts: list[tuple[float, float]]) -> None:
+    """Draw a closed lasso through data points ``pts`` with the mouse (the views' default drag tool)."""
+    page.mouse.move(*screen(page, view, *pts[0]))
+    page.mouse.down()
+    for q in [*pts[1:], pts[0]]:
+        page.mouse.move(*screen(page, view, *q), steps=5)
+    page.mouse.up()

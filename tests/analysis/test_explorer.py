@@ -14,7 +14,7 @@ from PIL import Image
 from nenya.analysis import write_explorer
 from nenya.analysis.images import ImageLookup
 from nenya.sample_data import write_preproc
-from pagekit import CHROMIUM
+from pagekit import CHROMIUM, draw_lasso
 from pagekit import inside as _inside
 from pagekit import screen as _screen
 
@@ -202,11 +202,7 @@ def test_mouse_hover_click_colour_and_hostile_ids(tmp_path):
             assert page.evaluate("Bokeh.documents[0].get_model_by_name('nenya-marks').data.x.length") == 7
             # a lasso drawn with the mouse selects points inside it, in both views, and fills the panel
             pts = [(-1.5, -1.5), (1.5, -1.5), (1.5, 1.5), (-1.5, 1.5)]
-            page.mouse.move(*_screen(page, "projection", *pts[0]))
-            page.mouse.down()
-            for q in [*pts[1:], pts[0]]:
-                page.mouse.move(*_screen(page, "projection", *q), steps=5)
-            page.mouse.up()
+            draw_lasso(page, "projection", pts)
             sel = page.evaluate("window.nenya.selectedIds()")
             inside = _inside(xy[:, 0].astype(float), xy[:, 1].astype(float), [list(q) for q in pts])
             assert len(sel) > 20 and set(sel) <= set(table["id"][_inside_loose(xy, pts)])

@@ -20,7 +20,7 @@ from nenya.analysis import build_index
 from nenya.analysis.serve import Collection, is_loopback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pagekit import CHROMIUM, inside  # noqa: E402
+from pagekit import CHROMIUM, draw_lasso, inside  # noqa: E402
 from pagekit import screen as _screen  # noqa: E402
 from servekit import make_collection, start_server, stop_server  # noqa: E402
 
@@ -328,11 +328,7 @@ def _mouse_lasso_upload_and_hostile_id(page, data, tmp_path) -> None:
     x, y = t["U0"].to_numpy(), t["U1"].to_numpy()
     page.evaluate("nenya.clearSelection()")
     pts = [(-1.0, -1.0), (2.0, -1.0), (2.0, 2.0), (-1.0, 2.0)]
-    page.mouse.move(*_screen(page, "projection", *pts[0]))
-    page.mouse.down()
-    for q in [*pts[1:], pts[0]]:
-        page.mouse.move(*_screen(page, "projection", *q), steps=5)
-    page.mouse.up()
+    draw_lasso(page, "projection", pts)
     sel = page.evaluate("nenya.selectedIds()")
     hit = inside(x, y, [list(q) for q in pts])
     loose = (x > -1.1) & (x < 2.1) & (y > -1.1) & (y < 2.1)

@@ -220,30 +220,43 @@ def filter_widgets(cols: list[Column], attach) -> list:
     return out
 
 
+def panel_divs(names: list[str], css: str) -> dict:
+    """The side panel's text boxes, by name, sharing one style sheet."""
+    from bokeh.models import Div, InlineStyleSheet
+
+    sheet = InlineStyleSheet(css=css)
+    return {n: Div(text="", name=n, width=SIDE, stylesheets=[sheet]) for n in names}
+
+
+def selection_table(cols: list[Column]) -> tuple:
+    """``(table, source)``: the selection's rows (``nenya-table``), ids shown as text."""
+    from bokeh.models import ColumnDataSource, DataTable, StringFormatter, TableColumn
+
+    source = ColumnDataSource({"id": []} | {f"c{i}": [] for i in range(len(cols))}, name="nenya-table-source")
+    columns = [TableColumn(field="id", title="id", formatter=StringFormatter())] + [
+        TableColumn(field=f"c{i}", title=c.name) for i, c in enumerate(cols)
+    ]
+    table = DataTable(
+        source=source, columns=columns, width=SIDE, height=220, name="nenya-table", index_position=None,
+        reorderable=False,
+    )  # fmt: skip
+    return table, source
+
+
 def _side(d: PageData, source, call) -> list:
-    from bokeh.models import (
-        Button,
-        ColumnDataSource,
-        DataTable,
-        Div,
-        InlineStyleSheet,
-        Select,
-        StringFormatter,
-        TableColumn,
-        TextInput,
+    from bokeh.layouts import row
+    from bokeh.models import Button, Select, TextInput
+
+    div = panel_divs(
+        ["nenya-title", "nenya-note", "nenya-legend", "nenya-selinfo", "nenya-gallery", "nenya-nbrs", "nenya-preview"],
+        STYLE,
     )
-
-    sheet = InlineStyleSheet(css=STYLE)
-
-    def div(name: str) -> Div:
-        return Div(text="", name=name, width=SIDE, stylesheets=[sheet])
-
     usable = [c.name for c in d.columns if c.kind != "text"]
-    side: list = [div("nenya-title"), div("nenya-note")]
+    side: list = [div["nenya-title"], div["nenya-note"]]
     if usable:
         colour = Select(title="colour by", options=usable, value=d.colour or usable[0], name="nenya-colour")
         colour.js_on_change("value", call("colour"))
-        side += [colour, div("nenya-legend")]
+        side += [colour, div["nenya-legend"]]
     find = TextInput(title="find an id", placeholder="id, then Enter", name="nenya-find", width=SIDE - 20)
     find.js_on_change("value", call("find"))
     side.append(find)
@@ -258,30 +271,9 @@ def _side(d: PageData, source, call) -> list:
     clear_s.js_on_event("button_click", call("clearSelection"))
     export = Button(label="Export CSV", button_type="primary", name="nenya-export", width=130)
     export.js_on_event("button_click", call("export"))
-    fields: dict[str, list] = {"id": []} | {f"c{i}": [] for i in range(len(d.columns))}
-    table_src = ColumnDataSource(fields, name="nenya-table-source")
-    cols = [TableColumn(field="id", title="id", formatter=StringFormatter())] + [
-        TableColumn(field=f"c{i}", title=c.name) for i, c in enumerate(d.columns)
-    ]
-    table = DataTable(
-        source=table_src,
-        columns=cols,
-        width=SIDE,
-        height=220,
-        name="nenya-table",
-        index_position=None,
-        reorderable=False,
-    )
-    from bokeh.layouts import row
-
-    side += [
-        row(clear_f, clear_s, export),
-        div("nenya-selinfo"),
-        div("nenya-gallery"),
-        table,
-        div("nenya-nbrs"),
-        div("nenya-preview"),
-    ]
+    table, _ = selection_table(d.columns)
+    side += [row(clear_f, clear_s, export), div["nenya-selinfo"], div["nenya-gallery"], table]
+    side += [div["nenya-nbrs"], div["nenya-preview"]]
     return side
 
 

@@ -26,6 +26,8 @@ from nenya.analysis.explorer.page import (
     colour_mappers,
     draw_coastlines,
     filter_widgets,
+    panel_divs,
+    selection_table,
     span,
     view_figure,
 )
@@ -94,7 +96,6 @@ class Session:
         self.rpc_in.on_change("data", lambda attr, old, new: self.on_rpc(new["msg"][0]))
         self.rpc_out = ColumnDataSource({"msg": [""]}, name="nenya-rpc-out")
         self.rpc_out.js_on_change("data", CustomJS(code="window.nenya && window.nenya._reply(cb_obj.data.msg[0])"))
-        self.table_src = ColumnDataSource({"id": []}, name="nenya-table-source")
         side = self._side()
         layout = row(column(*self.figs.values()), column(*side))
         self.doc.add_root(layout)
@@ -156,24 +157,10 @@ class Session:
 
     def _side(self) -> list:
         from bokeh.layouts import row
-        from bokeh.models import (
-            Button,
-            DataTable,
-            Div,
-            InlineStyleSheet,
-            Select,
-            StringFormatter,
-            TableColumn,
-            TextInput,
-        )
+        from bokeh.models import Button, Select, TextInput
 
-        sheet = InlineStyleSheet(css=SERVE_STYLE)
-
-        def div(name: str) -> Div:
-            return Div(text="", name=name, width=SIDE, stylesheets=[sheet])
-
-        self.divs = {n: div(n) for n in ("nenya-title", "nenya-note", "nenya-legend", "nenya-selinfo",
-                                          "nenya-gallery", "nenya-nbrs", "nenya-query")}  # fmt: skip
+        names = ["nenya-title", "nenya-note", "nenya-legend", "nenya-selinfo", "nenya-gallery", "nenya-nbrs"]
+        self.divs = panel_divs([*names, "nenya-query"], SERVE_STYLE)
         self.divs["nenya-title"].text = f'<h2 style="margin:4px 0">{_esc(self.state.options.title)}</h2>'
         side: list = [self.divs["nenya-title"], self.divs["nenya-note"]]
         usable = [c.name for c in self.c.columns if c.kind != "text"]
@@ -200,12 +187,7 @@ class Session:
             b = Button(label=label, name=name, width=130, button_type="primary" if "export" in name else "default")
             b.on_event("button_click", lambda e, fn=fn: self.guard(fn))
             buttons.append(b)
-        cols = [TableColumn(field="id", title="id", formatter=StringFormatter())] + [
-            TableColumn(field=f"c{i}", title=c.name) for i, c in enumerate(self.c.columns)
-        ]
-        self.table_src.data = {"id": []} | {f"c{i}": [] for i in range(len(self.c.columns))}
-        table = DataTable(source=self.table_src, columns=cols, width=SIDE, height=220, name="nenya-table",
-                          index_position=None, reorderable=False)  # fmt: skip
+        table, self.table_src = selection_table(self.c.columns)
         side += [row(*buttons), self.divs["nenya-selinfo"], self.divs["nenya-gallery"], table]
         side += [self.divs["nenya-nbrs"], self.divs["nenya-query"]]
         return side
