@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from nenya.cli.explore import LATENTS_HELP, _parts
@@ -92,6 +93,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def ready(url: str) -> None:
         print(f"serving {collection.n:,} points at {url} (Ctrl-C stops)", flush=True)
 
-    run_server(state, host=args.host, port=args.port, origins=tuple(args.allow_origin), ready=ready)
-    print("stopped", file=sys.stderr)
+    clean = run_server(state, host=args.host, port=args.port, origins=tuple(args.allow_origin), ready=ready)
+    print("stopped", file=sys.stderr, flush=True)
+    if clean is False:  # a worker still busy (a model loading, a large export): its work is not ours to wait for
+        sys.stdout.flush()
+        os._exit(0)
     return 0

@@ -16,6 +16,7 @@ import asyncio
 import ipaddress
 import json
 import logging
+import os
 import re
 import signal
 import threading
@@ -26,6 +27,7 @@ from tornado import web
 from nenya.analysis.explorer.page import json_in_html
 from nenya.analysis.query import IMAGE_SUFFIXES
 from nenya.analysis.serve.state import ServeState
+from nenya.analysis.serve.work import Busy
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +103,12 @@ class _Thumb(_Base):
         if row >= self.state.collection.n:
             return self.fail(404, f"no row {row}")
         # read in a thread: a page asks for dozens at once, and the server keeps answering meanwhile
-        png = await asyncio.get_running_loop().run_in_executor(None, self.state.collection.thumbnail, row)
+        try:
+            png = await asyncio.get_running_loop().run_in_executor(
+                self.state.reads, self.state.collection.thumbnail, row
+            )
+        except Busy as e:
+            return self.fail(503, str(e))
         if png is None:
             return self.fail(404, f"row {row} has no image")
         self.set_header("Content-Type", "image/png")
@@ -165,7 +172,9 @@ class _Query(_Base):
         data = b"".join(self.chunks)
         try:
             loop = asyncio.get_running_loop()
-            result = await loop.run_in_executor(None, self.state.run_query, data, name)
+            result = await loop.run_in_executor(self.state.work, self.state.run_query, data, name)
+        except Busy as e:
+            return self.fail(503, str(e))
         except Exception as e:  # any bad upload gets its reason; the server keeps serving
             if not isinstance(e, (ValueError, RuntimeError)):
                 log.exception("query %s failed", name)
@@ -243,11 +252,21 @@ def make_server(state: ServeState, *, host: str = "127.0.0.1", port: int = 5006,
 
 
 def run_server(
-    state: ServeState, *, host: str = "127.0.0.1", port: int = 5006, origins: tuple[str, ...] = (), ready=None
-) -> None:
+    state: ServeState,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 5006,
+    origins: tuple[str, ...] = (),
+    ready=None,
+    grace: float = 5.0,
+) -> bool:
     """Serve until Ctrl-C (or SIGTERM); then stop cleanly and remove the temporary folder.
 
-    ``ready(url)`` is called once the server listens (the CLI prints the URL)."""
+    ``ready(url)`` is called once the server listens (the CLI prints the URL). The first Ctrl-C or
+    SIGTERM stops the event loop, cancels waiting work and gives running work ``grace`` seconds; a
+    second one exits at once (status 130), the temporary folder removed. Returns True when every
+    worker finished in time, False when some were left behind (daemon threads: the caller may exit).
+    """
     if not is_loopback(host):
         log.warning(
             "serving on %s: anyone who can reach this machine can browse the collection and upload queries; "
@@ -257,21 +276,71 @@ def run_server(
     server = make_server(state, host=host, port=port, origins=origins)
     shown = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     url = f"http://{shown}:{server.port}/"
-    loop = server.io_loop
-
-    def stop(*_: object) -> None:
-        loop.add_callback_from_signal(loop.stop)
-
     threading.Thread(target=state.warm_up, name="nenya-query-model", daemon=True).start()
-    previous = signal.signal(signal.SIGTERM, stop)
+    signals = _StopSignals(server.io_loop.asyncio_loop, state)
     try:
+        signals.install()
         if ready is not None:
             ready(url)
-        loop.start()
-    except KeyboardInterrupt:
+        server.io_loop.start()
+    except KeyboardInterrupt:  # a Ctrl-C that reached Python before our handlers were installed
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
-        server.stop()
-        state.close()
-        log.info("stopped serving %s", url)
+        signals.shutting_down()
+        try:
+            server.stop()
+            clean = state.shutdown(grace)
+        finally:
+            signals.restore()
+    log.info("stopped serving %s", url)
+    return clean
+
+
+class _StopSignals:
+    """SIGINT and SIGTERM stop the event loop; during the shutdown that follows, a second one exits.
+
+    While the loop runs, the handlers go through its wakeup file (``loop.add_signal_handler``), so
+    a signal wakes the loop whichever thread the kernel hands it to. Python's default SIGINT handler
+    instead raises KeyboardInterrupt wherever the main thread happens to be, inside any callback or
+    library call, and only once that thread next runs Python code. Off the main thread (embedded in
+    tests or a notebook) nothing is installed and the caller stops the loop."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, state: ServeState) -> None:
+        self.loop, self.state = loop, state
+        self.active = threading.current_thread() is threading.main_thread()
+        self.previous: dict = {}
+        self.stopping = False
+
+    def install(self) -> None:
+        if not self.active:
+            return
+        self.previous = {s: signal.getsignal(s) for s in self.SIGNALS}
+        for s in self.SIGNALS:
+            self.loop.add_signal_handler(s, self._first, s)
+
+    def _first(self, sig: signal.Signals) -> None:
+        if self.stopping:
+            return self._force(sig)
+        self.stopping = True
+        log.info("%s: stopping (once more to exit at once)", signal.Signals(sig).name)
+        self.loop.stop()
+
+    def _force(self, sig: int, frame: object = None) -> None:
+        log.warning("%s again: exiting now", signal.Signals(sig).name)
+        self.state.close()
+        os._exit(130)
+
+    def shutting_down(self) -> None:
+        """The loop has stopped: a plain handler (run by the main thread between its waits) forces."""
+        if not self.active:
+            return
+        self.stopping = True
+        for s in self.SIGNALS:
+            self.loop.remove_signal_handler(s)
+            signal.signal(s, self._force)
+
+    def restore(self) -> None:
+        for s, h in self.previous.items():
+            signal.signal(s, h)

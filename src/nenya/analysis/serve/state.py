@@ -10,6 +10,7 @@ import secrets
 import shutil
 import tempfile
 import threading
+import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ import numpy as np
 
 from nenya.analysis.images import anomaly_rgb, to_data_uri
 from nenya.analysis.serve.collection import Collection, Placement
+from nenya.analysis.serve.work import WorkPool
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,9 @@ class ServeOptions:
             density image of all the points in the viewport.
         max_upload: the largest upload accepted (bytes).
         title: page title; colour: the column coloured at first.
+        workers: heavy tasks (uploaded queries, exports) run at once, off the event loop; thumbnail
+            reads have twice as many threads of their own. Beyond a short waiting line the server
+            answers "busy" (HTTP 503) at once.
     """
 
     k: int = 10
@@ -44,6 +49,7 @@ class ServeOptions:
     max_upload: int = 16 * 1024 * 1024
     title: str = "nenya serve"
     colour: str | None = None
+    workers: int = 2
 
 
 @dataclass
@@ -103,6 +109,9 @@ class ServeState:
         self._lock = threading.Lock()  # the tables of queries and downloads
         self._encoder_lock = threading.Lock()  # loading the model (slow; nothing else waits on it)
         self._encoder_obj: object | None = None
+        w = self.options.workers
+        self.work = WorkPool(w, backlog=4 * w, name="nenya-work")  # queries, exports
+        self.reads = WorkPool(2 * w, backlog=256, name="nenya-read")  # thumbnails (a page asks for dozens)
 
     # -- downloads --------------------------------------------------------------------------------
     def new_file(self, suffix: str) -> str:
@@ -164,6 +173,15 @@ class ServeState:
     def query(self, token: str) -> QueryResult | None:
         with self._lock:
             return self.queries.get(token)
+
+    def shutdown(self, grace: float = 5.0) -> bool:
+        """Stop the workers (waiting work cancelled, running work given ``grace`` seconds in all) and
+        remove the temporary folder; True when every worker finished in time."""
+        t0 = time.monotonic()
+        clean = self.work.shutdown(timeout=grace)
+        clean = self.reads.shutdown(timeout=max(0.0, grace - (time.monotonic() - t0))) and clean
+        self.close()
+        return clean
 
     def close(self) -> None:
         """Remove the temporary folder (downloads and nothing else: the server writes nowhere else)."""
