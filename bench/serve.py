@@ -182,7 +182,7 @@ def _one(n: int, args) -> dict:
         served = start_server([data.latents, "--coords", data.coords, "--images", data.preproc], folder, timeout=900)
         try:
             after = _memory_mb(served.proc.pid)["VmRSS"]
-            m = _browse(served.url, args.chromium, _cutout(data.preproc), ids, args.repeats)
+            m = _browse(served.page, args.chromium, _cutout(data.preproc), ids, args.repeats)
             mem = _memory_mb(served.proc.pid)
         finally:
             rc, stop_s, log = stop_server(served)

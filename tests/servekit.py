@@ -93,22 +93,41 @@ def make_collection(
 
 @dataclass
 class Served:
-    """A running ``nenya serve``: its process, URL, seconds to start and output so far."""
+    """A running ``nenya serve``: its process, base URL (``http://127.0.0.1:PORT/``), the URL it
+    printed (``page``: with ``?token=``), its token, seconds to start and output so far."""
 
     proc: subprocess.Popen
     url: str
     startup: float
     lines: list[str]
+    page: str = ""
+    token: str = ""
+
+    def get(
+        self, path: str, *, data: bytes | None = None, method: str = "GET", headers: dict | None = None
+    ) -> tuple[int, bytes]:
+        """``path`` (relative to the base URL) with the token in an Authorization header unless
+        ``headers`` say otherwise; (status, body) for errors too."""
+        import urllib.error
+        import urllib.request
+
+        h = {"Authorization": f"token {self.token}"} if headers is None else headers
+        req = urllib.request.Request(self.url + path, data=data, method=method, headers=h)
+        try:
+            with urllib.request.urlopen(req, timeout=60) as r:
+                return r.status, r.read()
+        except urllib.error.HTTPError as e:
+            return e.code, e.read()
 
 
-def start_server(args: list[str], cwd: Path | str, *, timeout: float = 180) -> Served:
+def start_server(args: list[str], cwd: Path | str, *, timeout: float = 180, env: dict | None = None) -> Served:
     """Launch ``nenya serve ARGS --port 0`` and wait for its URL line; its output is drained by a thread
     (so the server never blocks on a full pipe) into ``Served.lines``."""
     t0 = time.perf_counter()
     proc = subprocess.Popen(
         [sys.executable, "-m", "nenya", "serve", *map(str, args), "--port", "0"],
         cwd=cwd,
-        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -120,21 +139,30 @@ def start_server(args: list[str], cwd: Path | str, *, timeout: float = 180) -> S
         if not line:
             break
         lines.append(line)
-        m = re.search(r"serving .* at (http://\S+/) ", line)
+        m = re.search(r"serving .* at (http://\S+/)(\?token=(\S+))? \(", line)
         if m:
             threading.Thread(target=lines.extend, args=(proc.stdout,), daemon=True).start()
-            return Served(proc, m.group(1), time.perf_counter() - t0, lines)
+            page = m.group(1) + (m.group(2) or "")
+            return Served(proc, m.group(1), time.perf_counter() - t0, lines, page, m.group(3) or "")
     proc.kill()
     raise RuntimeError("nenya serve did not start:\n" + "".join(lines))
 
 
-def stop_server(served: Served, *, timeout: float = 120) -> tuple[int, float, str]:
-    """Ctrl-C (SIGINT); the exit status, the seconds it took to exit and the server's whole output."""
+def stop_server(served: Served, *, timeout: float = 60, sig: int = signal.SIGINT) -> tuple[int, float, str]:
+    """Ctrl-C (SIGINT, or ``sig``); the exit status, the seconds it took to exit and the server's whole
+    output (with every thread's stack, when py-spy is installed, if it did not exit in time)."""
     t0 = time.perf_counter()
-    served.proc.send_signal(signal.SIGINT)
+    served.proc.send_signal(sig)
     try:
         rc = served.proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
+        import shutil
+
+        if shutil.which("py-spy"):
+            dump = subprocess.run(
+                ["py-spy", "dump", "--native", "--pid", str(served.proc.pid)], capture_output=True, text=True
+            )
+            served.lines.append(f"still running {timeout} s after signal {sig}; its threads:\n{dump.stdout}")
         served.proc.kill()
         rc = served.proc.wait()
     seconds = time.perf_counter() - t0

@@ -8,8 +8,6 @@ import io
 import json
 import os
 import sys
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -165,16 +163,7 @@ def server(data):
     assert "stopped" in log
 
 
-def _get(url: str, *, data: bytes | None = None, method: str = "GET") -> tuple[int, bytes]:
-    req = urllib.request.Request(url, data=data, method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=60) as r:
-            return r.status, r.read()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read()
-
-
-def _raw_get(url: str, path: str) -> tuple[int, bytes]:
+def _raw_get(url: str, path: str, token: str) -> tuple[int, bytes]:
     """A request line sent exactly as written (no client normalises the ../ away)."""
     import http.client
     from urllib.parse import urlparse
@@ -182,6 +171,7 @@ def _raw_get(url: str, path: str) -> tuple[int, bytes]:
     u = urlparse(url)
     conn = http.client.HTTPConnection(u.hostname, u.port, timeout=30)
     conn.putrequest("GET", path, skip_host=False)
+    conn.putheader("Authorization", f"token {token}")
     conn.endheaders()
     r = conn.getresponse()
     return r.status, r.read()
@@ -205,36 +195,36 @@ TRAVERSALS = [
 
 def test_path_traversal_and_bad_uploads_are_refused(server, data):
     for path in TRAVERSALS:
-        status, body = _raw_get(server.url, path)
+        status, body = _raw_get(server.url, path, server.token)
         assert status in (400, 403, 404, 405), (path, status)
         assert b"root:" not in body, path
-    ok, png = _get(server.url + "nenya/thumb/3.png")
+    ok, png = server.get("nenya/thumb/3.png")
     assert ok == 200 and png[:8] == b"\x89PNG\r\n\x1a\n"
-    assert _get(server.url + f"nenya/thumb/{N}.png")[0] == 404
+    assert server.get(f"nenya/thumb/{N}.png")[0] == 404
     for name in ("../q.npy", "/etc/passwd", "..%2Fq.npy", "a/b.npy", "q.exe", ""):
-        status, body = _get(server.url + "nenya/query?name=" + name, data=b"x", method="POST")
+        status, body = server.get("nenya/query?name=" + name, data=b"x", method="POST")
         assert status == 400, (name, status, body)
         assert "error" in json.loads(body)
     big = io.BytesIO()
     np.save(big, np.zeros((600, 600), np.float32))  # 1.4 MB > --max-upload-mb 1
-    status, body = _get(server.url + "nenya/query?name=big.npy", data=big.getvalue(), method="POST")
+    status, body = server.get("nenya/query?name=big.npy", data=big.getvalue(), method="POST")
     assert status == 413 and "at most" in json.loads(body)["error"]
     pickled = io.BytesIO()
     np.save(pickled, np.array([{"x": 1}], dtype=object), allow_pickle=True)
-    status, body = _get(server.url + "nenya/query?name=p.npy", data=pickled.getvalue(), method="POST")
+    status, body = server.get("nenya/query?name=p.npy", data=pickled.getvalue(), method="POST")
     assert status == 400 and "not a plain .npy" in json.loads(body)["error"]
-    status, _ = _get(server.url + "nenya/thumb/3.png")
+    status, _ = server.get("nenya/thumb/3.png")
     assert status == 200 and server.proc.poll() is None  # still serving
 
 
-def _open(p, url: str):
+def _open(p, url: str, page_url: str):
     browser = p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
     page = browser.new_page(viewport={"width": 1250, "height": 1100}, accept_downloads=True)
     errors: list[str] = []
     outside: list[str] = []
     page.on("pageerror", lambda e: errors.append(str(e)))
     page.on("request", lambda r: None if r.url.startswith((url, "data:", "blob:", "ws://")) else outside.append(r.url))
-    page.goto(url)
+    page.goto(page_url)
     page.wait_for_function("window.nenya && window.nenya.ready", timeout=120_000)
     return browser, page, errors, outside
 
@@ -248,7 +238,7 @@ def test_200k_points_in_chromium(server, data, tmp_path):
     x, y = t["U0"].to_numpy(), t["U1"].to_numpy()
     lon, lat = t["lon"].to_numpy(dtype=float), t["lat"].to_numpy(dtype=float)
     with sync_playwright() as p:
-        browser, page, errors, outside = _open(p, server.url)
+        browser, page, errors, outside = _open(p, server.url, server.page)
         st = page.evaluate("nenya.state()")
         assert st["n"] == N and st["views"] == ["projection", "map"] and 0 < st["drawn"]["projection"] <= 20_000
         # zoomed out: a sample over a density image; zoomed in: every point in the viewport is drawn
@@ -382,7 +372,7 @@ def test_umap_placement_and_a_non_loopback_bind_warns(tmp_path):
         with h5py.File(d.preproc) as f:
             buf = io.BytesIO()
             np.save(buf, f["valid"][9])
-        status, body = _get(s.url + "nenya/query?name=c9.npy", data=buf.getvalue(), method="POST")
+        status, body = s.get("nenya/query?name=c9.npy", data=buf.getvalue(), method="POST")
         assert status == 200, body
         res = json.loads(body)
         # UMAP's transform is seeded by the bits of the vector: encode the query as the server does
@@ -426,16 +416,16 @@ def test_photo_folder_thumbnails_image_queries_and_a_saved_index(tmp_path, capsy
     pca = str(tmp_path / "photos_pca.parquet")
     s = start_server([out, "--coords", pca, "--index", str(tmp_path / "photos.faiss")], tmp_path)
     try:
-        status, png = _get(s.url + "nenya/thumb/0.png")
+        status, png = s.get("nenya/thumb/0.png")
         assert status == 200 and Image.open(io.BytesIO(png)).size == (64, 64)
-        status, body = _get(s.url + "nenya/query?name=p3.jpg", data=(root / "p3.jpg").read_bytes(), method="POST")
+        status, body = s.get("nenya/query?name=p3.jpg", data=(root / "p3.jpg").read_bytes(), method="POST")
         res = json.loads(body)
         assert status == 200 and res["neighbours"][0]["id"] == "p3.jpg" and res["neighbours"][0]["score"] < 1e-6
         bomb = io.BytesIO()
         Image.new("1", (10_000, 9_000)).save(bomb, format="PNG")  # 90 million pixels in a small file
-        status, body = _get(s.url + "nenya/query?name=bomb.png", data=bomb.getvalue(), method="POST")
+        status, body = s.get("nenya/query?name=bomb.png", data=bomb.getvalue(), method="POST")
         assert status == 400 and "pixel limit" in json.loads(body)["error"]
-        assert _get(s.url + "nenya/thumb/1.png")[0] == 200  # still serving
+        assert s.get("nenya/thumb/1.png")[0] == 200  # still serving
     finally:
         assert stop_server(s)[0] == 0
     # an index of other latents is refused at start, saying what to do

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 
 from nenya.cli.explore import LATENTS_HELP, _parts
@@ -38,6 +39,17 @@ def register(sub: argparse._SubParsersAction) -> None:
         metavar="HOST[:PORT]",
         help="another name the page is opened under (with --host: this machine's name), repeatable",
     )
+    p.add_argument(
+        "--token",
+        default=None,
+        help="the token every request needs (default: $NENYA_SERVE_TOKEN, else a random one per start); "
+        "the printed URL carries it, and the page keeps it in a cookie",
+    )
+    p.add_argument(
+        "--no-token",
+        action="store_true",
+        help="no token (loopback only): anyone on this machine can then browse, export and upload",
+    )
     p.add_argument("-k", type=int, default=10, help="neighbours listed for a point or a query")
     p.add_argument("--points", type=int, default=20_000, help="most points drawn per view (a density image beneath)")
     p.add_argument("--max-upload-mb", type=float, default=16.0, help="largest query upload accepted")
@@ -61,6 +73,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise ValueError(f"--port must be 0..65535; got {args.port}")
     if args.max_upload_mb <= 0:
         raise ValueError(f"--max-upload-mb must be positive; got {args.max_upload_mb}")
+    token = _token(args)
     from nenya.pipeline.storage import redact
 
     shown = redact(args.latents)  # a URL's password never reaches the page or the terminal
@@ -93,9 +106,36 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def ready(url: str) -> None:
         print(f"serving {collection.n:,} points at {url} (Ctrl-C stops)", flush=True)
 
-    clean = run_server(state, host=args.host, port=args.port, origins=tuple(args.allow_origin), ready=ready)
+    clean = run_server(
+        state, host=args.host, port=args.port, origins=tuple(args.allow_origin), ready=ready, token=token
+    )
     print("stopped", file=sys.stderr, flush=True)
     if clean is False:  # a worker still busy (a model loading, a large export): its work is not ours to wait for
         sys.stdout.flush()
         os._exit(0)
     return 0
+
+
+def _token(args: argparse.Namespace) -> str | None:
+    """The server's token: --token, $NENYA_SERVE_TOKEN (kept out of the process list), or a new one;
+    None with --no-token, which is refused off loopback."""
+    from nenya.analysis.serve import is_loopback
+    from nenya.analysis.serve.access import ENV, new_token
+
+    if args.no_token:
+        if args.token:
+            raise ValueError("--token and --no-token contradict each other: give one")
+        if not is_loopback(args.host):
+            raise ValueError(
+                f"--no-token is refused with --host {args.host}: anyone who reaches it could read the collection"
+            )
+        print(
+            "warning: --no-token: anyone on this machine (other users of a shared node, any local program) "
+            "can browse, export and upload",
+            file=sys.stderr,
+        )
+        return None
+    token = args.token or os.environ.get(ENV) or new_token()
+    if not re.fullmatch(r"[A-Za-z0-9._~-]{16,256}", token):
+        raise ValueError("a token is 16 to 256 of the characters A-Z a-z 0-9 . _ ~ - (--token or $NENYA_SERVE_TOKEN)")
+    return token

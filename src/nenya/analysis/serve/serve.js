@@ -5,6 +5,8 @@
 // Nothing from the data becomes markup here: messages are set as text.
 (function () {
   "use strict";
+  // the token leaves the address bar (and the history) once the server has set its cookie, as Jupyter's does
+  if (/[?&]token=/.test(location.search)) history.replaceState(null, "", location.pathname);
   const DATA = JSON.parse(document.getElementById("nenya-data").textContent);
   const api = { ready: false };
   window.nenya = api;

@@ -13,7 +13,6 @@ table the server filled, file names only tell ``.npy`` from an image.
 from __future__ import annotations
 
 import asyncio
-import ipaddress
 import json
 import logging
 import os
@@ -26,6 +25,7 @@ from tornado import web
 
 from nenya.analysis.explorer.page import json_in_html
 from nenya.analysis.query import IMAGE_SUFFIXES
+from nenya.analysis.serve.access import Access, bokeh_auth, host_names, is_loopback
 from nenya.analysis.serve.state import ServeState
 from nenya.analysis.serve.work import Busy
 
@@ -54,16 +54,6 @@ TEMPLATE = """{% extends base %}
 """
 
 
-def is_loopback(host: str) -> bool:
-    """Whether ``host`` is reachable from this machine only."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 def free_port(host: str) -> int:
     """A port nobody listens on now (for ``--port 0``)."""
     import socket
@@ -74,12 +64,21 @@ def free_port(host: str) -> int:
 
 
 class _Base(web.RequestHandler):
-    """Our routes' common headers and JSON errors; ``state`` comes from the route's arguments."""
+    """Our routes' common headers, access check and JSON errors; ``state`` and ``access`` come from
+    the route's arguments."""
 
     state: ServeState
+    access: Access
 
-    def initialize(self, state: ServeState) -> None:
-        self.state = state
+    def initialize(self, state: ServeState, access: Access) -> None:
+        self.state, self.access = state, access
+
+    def prepare(self) -> None:
+        self.access.check(self)
+
+    def write_error(self, status_code: int, **kwargs: object) -> None:
+        self.set_header("Content-Type", "application/json")
+        self.finish(json.dumps({"error": self._reason}))
 
     def set_default_headers(self) -> None:
         self.set_header("X-Content-Type-Options", "nosniff")
@@ -136,6 +135,7 @@ class _Query(_Base):
     """``POST nenya/query?name=<file name>``: an uploaded query, refused as soon as it is too large."""
 
     def prepare(self) -> None:
+        self.access.check(self)  # before a byte of the body is read
         self.chunks: list[bytes] = []
         self.size = 0
         self.refused = ""
@@ -183,8 +183,8 @@ class _Query(_Base):
         self.finish(json.dumps(result.summary(self.state.collection), allow_nan=False))
 
 
-def _routes(state: ServeState) -> list:
-    args = {"state": state}
+def _routes(state: ServeState, access: Access) -> list:
+    args = {"state": state, "access": access}
     return [
         (r"/nenya/thumb/(.*)", _Thumb, args),
         (r"/nenya/download/(.*)", _Download, args),
@@ -204,11 +204,22 @@ def _page_data(state: ServeState) -> dict:
     }
 
 
-def make_server(state: ServeState, *, host: str = "127.0.0.1", port: int = 5006, origins: tuple[str, ...] = ()):
+def make_server(
+    state: ServeState,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 5006,
+    origins: tuple[str, ...] = (),
+    token: str | None = None,
+):
     """A started-but-not-running Bokeh :class:`~bokeh.server.server.Server` for ``state``.
 
-    Pages may open the server's websocket only from ``host:port`` (and 127.0.0.1/localhost when
-    bound to loopback or to every address) and from the extra ``origins`` (``name[:port]``)."""
+    Every route needs ``token`` (None: none, loopback only; see :mod:`.access`) and a ``Host`` this
+    server answers to: ``host`` (and 127.0.0.1/localhost when bound to loopback or to every
+    address) and the extra ``origins`` (``name[:port]``), from which pages may also open the
+    websocket. The :class:`~.access.Access` rules are ``server.nenya_access``."""
+    if token is None and not is_loopback(host):
+        raise ValueError(f"a server on {host} without a token would let anyone reach the collection: drop --no-token")
     from bokeh.application import Application
     from bokeh.application.handlers.function import FunctionHandler
     from bokeh.server.server import Server
@@ -236,18 +247,23 @@ def make_server(state: ServeState, *, host: str = "127.0.0.1", port: int = 5006,
     allowed = [f"{host}:{port}", *origins]
     if is_loopback(host) or host in ("0.0.0.0", "::", ""):
         allowed += [f"127.0.0.1:{port}", f"localhost:{port}"]
+    access = Access(token, host_names(host, origins), port)
     server = Server(
         {"/": Application(FunctionHandler(make_document))},
+        auth_provider=bokeh_auth(access),
+        exclude_cookies=[access.cookie],  # Bokeh copies cookies and headers into the page's session token
+        exclude_headers=["Authorization", "Cookie"],
         address=host,
         port=port,
         allow_websocket_origin=allowed,
-        extra_patterns=_routes(state),
+        extra_patterns=_routes(state, access),
         websocket_max_message_size=64 * 1024 * 1024,
         unused_session_lifetime_milliseconds=60_000,
         check_unused_sessions_milliseconds=30_000,
         num_procs=1,
     )
     server.start()
+    server.nenya_access = access
     return server
 
 
@@ -259,10 +275,11 @@ def run_server(
     origins: tuple[str, ...] = (),
     ready=None,
     grace: float = 5.0,
+    token: str | None = None,
 ) -> bool:
     """Serve until Ctrl-C (or SIGTERM); then stop cleanly and remove the temporary folder.
 
-    ``ready(url)`` is called once the server listens (the CLI prints the URL). The first Ctrl-C or
+    ``ready(url)`` is called once the server listens (the CLI prints the URL, which carries ``token``). The first Ctrl-C or
     SIGTERM stops the event loop, cancels waiting work and gives running work ``grace`` seconds; a
     second one exits at once (status 130), the temporary folder removed. Returns True when every
     worker finished in time, False when some were left behind (daemon threads: the caller may exit).
@@ -273,9 +290,11 @@ def run_server(
             "bind 127.0.0.1 (the default) unless you mean it",
             host,
         )
-    server = make_server(state, host=host, port=port, origins=origins)
+    server = make_server(state, host=host, port=port, origins=origins, token=token)
     shown = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
-    url = f"http://{shown}:{server.port}/"
+    shown = f"[{shown}]" if ":" in shown else shown
+    base = f"http://{shown}:{server.port}/"
+    url = base + (f"?token={token}" if token else "")
     threading.Thread(target=state.warm_up, name="nenya-query-model", daemon=True).start()
     signals = _StopSignals(server.io_loop.asyncio_loop, state)
     try:
@@ -292,7 +311,7 @@ def run_server(
             clean = state.shutdown(grace)
         finally:
             signals.restore()
-    log.info("stopped serving %s", url)
+    log.info("stopped serving %s", base)  # never the token
     return clean
 
 

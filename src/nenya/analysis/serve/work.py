@@ -55,7 +55,7 @@ class WorkPool(Executor):
         with self._lock:
             if self._closed:
                 raise RuntimeError("the server is stopping")
-            if len(self._waiting) >= self.backlog and self._running >= self.workers:
+            if self._running + len(self._waiting) >= self.workers + self.backlog:
                 raise Busy(f"the server is busy ({self._running} tasks running, {len(self._waiting)} waiting); retry")
             self._waiting.append(future)
             if len(self._threads) < self.workers and len(self._threads) < self._running + len(self._waiting):
