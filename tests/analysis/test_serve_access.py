@@ -161,7 +161,7 @@ def test_work_pool_bounds_work_and_never_waits_past_its_deadline():
     assert started.wait(5)
     queued = [pool.submit(lambda: 1)]
     t = time.monotonic()
-    assert pool.shutdown(timeout=0.5) is False  # a task still running is left behind, in time
+    assert pool.close(timeout=0.5) is False  # a task still running is left behind, in time
     assert time.monotonic() - t < 2 and all(f.cancelled() or f.done() for f in queued)
     with pytest.raises(RuntimeError, match="stopping"):
         pool.submit(lambda: 1)

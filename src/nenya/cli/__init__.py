@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import argparse
 import logging
-import signal
 import sys
 import time
 
 from nenya import __version__
 from nenya._errors import NenyaError
 from nenya.cli import compare, explore, extract, models, serve, train
+from nenya.pipeline import interrupt
 
 log = logging.getLogger("nenya")
 
@@ -60,10 +60,6 @@ class _Redact(logging.Filter):
         return True
 
 
-def _sigterm(signum, frame):  # stop like Ctrl-C: after the current batch, committed shards kept
-    raise KeyboardInterrupt
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -76,7 +72,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("nenya").setLevel(min(level, logging.INFO))
     for handler in logging.getLogger().handlers:
         handler.addFilter(_Redact())
-    signal.signal(signal.SIGTERM, _sigterm)
+    interrupt.install()  # SIGTERM stops like Ctrl-C: after the current batch, committed shards kept
     t = time.perf_counter()
     try:
         return args.func(args)

@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from nenya._errors import InputError, NenyaError
 from nenya.encoders.base import Encoder
-from nenya.pipeline import faults
+from nenya.pipeline import faults, interrupt
 from nenya.pipeline.items import Batch, Plan, Shard, StageTimings
 from nenya.preprocess import decode_on_device
 from nenya.sinks import Sink, WriteContext
@@ -392,6 +392,7 @@ def drive(
                         "the input (see the skip reasons in the log) or raise the limit"
                     )
             bar.update(len(batch))
+            interrupt.check()  # a Ctrl-C or SIGTERM swallowed by a finalizer still stops here
         t3 = time.perf_counter()
         writer.close()
         job.timings.write, job.timings.write_wait = writer.busy, time.perf_counter() - t3

@@ -178,8 +178,8 @@ class ServeState:
         """Stop the workers (waiting work cancelled, running work given ``grace`` seconds in all) and
         remove the temporary folder; True when every worker finished in time."""
         t0 = time.monotonic()
-        clean = self.work.shutdown(timeout=grace)
-        clean = self.reads.shutdown(timeout=max(0.0, grace - (time.monotonic() - t0))) and clean
+        clean = self.work.close(timeout=grace)
+        clean = self.reads.close(timeout=max(0.0, grace - (time.monotonic() - t0))) and clean
         self.close()
         return clean
 

@@ -3,7 +3,7 @@ the event loop, a bounded number at a time, so that one user's export never stal
 
 Why not ``concurrent.futures.ThreadPoolExecutor``: its threads are joined when the interpreter exits,
 so a thread still busy (a model still loading, a large export half written) kept a stopped server
-alive; ours are daemon threads that :meth:`WorkPool.shutdown` waits for only up to a deadline. And a
+alive; ours are daemon threads that :meth:`WorkPool.close` waits for only up to a deadline. And a
 full pool answers at once (:class:`Busy`) instead of queueing without bound.
 """
 
@@ -50,7 +50,7 @@ class WorkPool(Executor):
         with self._lock:
             return self._running + len(self._waiting)
 
-    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:  # type: ignore[override]
+    def submit(self, fn: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Future:
         future: Future = Future()
         with self._lock:
             if self._closed:
@@ -85,7 +85,10 @@ class WorkPool(Executor):
                 with self._lock:
                     self._running -= 1
 
-    def shutdown(self, wait: bool = True, *, cancel_futures: bool = True, timeout: float | None = None) -> bool:
+    def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        self.close(wait, cancel_futures=cancel_futures)
+
+    def close(self, wait: bool = True, *, cancel_futures: bool = True, timeout: float | None = None) -> bool:
         """Refuse new work, cancel what has not started, and wait (at most ``timeout`` seconds when
         ``wait``) for what runs; True when every worker has finished."""
         with self._lock:
