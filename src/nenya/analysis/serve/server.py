@@ -275,11 +275,12 @@ def run_server(
     origins: tuple[str, ...] = (),
     ready=None,
     grace: float = 5.0,
-    token: str | None = None,
+    token: str | None = "auto",
 ) -> bool:
     """Serve until Ctrl-C (or SIGTERM); then stop cleanly and remove the temporary folder.
 
-    ``ready(url)`` is called once the server listens (the CLI prints the URL, which carries ``token``). The first Ctrl-C or
+    ``ready(url)`` is called once the server listens with the URL to open, which carries ``token``
+    (default: the URL is printed). ``token="auto"`` makes a random one; None means none (loopback only). The first Ctrl-C or
     SIGTERM stops the event loop, cancels waiting work and gives running work ``grace`` seconds; a
     second one exits at once (status 130), the temporary folder removed. Returns True when every
     worker finished in time, False when some were left behind (daemon threads: the caller may exit).
@@ -290,6 +291,10 @@ def run_server(
             "bind 127.0.0.1 (the default) unless you mean it",
             host,
         )
+    if token == "auto":
+        from nenya.analysis.serve.access import new_token
+
+        token = new_token()
     server = make_server(state, host=host, port=port, origins=origins, token=token)
     shown = host if host not in ("0.0.0.0", "::", "") else "127.0.0.1"
     shown = f"[{shown}]" if ":" in shown else shown
@@ -299,8 +304,7 @@ def run_server(
     signals = _StopSignals(server.io_loop.asyncio_loop, state)
     try:
         signals.install()
-        if ready is not None:
-            ready(url)
+        (ready or _print_url)(url)
         server.io_loop.start()
     except KeyboardInterrupt:  # a Ctrl-C that reached Python before our handlers were installed
         pass
@@ -313,6 +317,10 @@ def run_server(
             signals.restore()
     log.info("stopped serving %s", base)  # never the token
     return clean
+
+
+def _print_url(url: str) -> None:
+    print(f"serving at {url} (Ctrl-C stops)", flush=True)  # the token is the user's: shown, never logged
 
 
 class _StopSignals:
