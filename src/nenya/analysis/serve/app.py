@@ -14,7 +14,8 @@ import html
 import json
 import logging
 import math
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -32,6 +33,9 @@ from nenya.analysis.explorer.page import (
     view_figure,
 )
 from nenya.analysis.serve.state import ServeState
+
+if TYPE_CHECKING:
+    from nenya.analysis.serve.rpc import Offload
 
 log = logging.getLogger(__name__)
 
@@ -56,8 +60,8 @@ class Session:
         self.c = state.collection
         self.doc = doc
         self.filters: dict[str, dict] = {}
-        self.keep = np.ones(self.c.n, dtype=bool)
-        self.selected = np.zeros(0, dtype=np.int64)
+        self.keep: np.ndarray = np.ones(self.c.n, dtype=bool)
+        self.selected: np.ndarray = np.zeros(0, dtype=np.int64)
         self.colour = self._first_colour(state.options.colour)
         self.syncing = False
         self.ranges: dict[str, tuple[float, float, float, float]] = {}
@@ -410,17 +414,19 @@ class Session:
             self.syncing = False
         return name
 
-    def export_path(self) -> tuple[str, int]:
-        path = self.state.new_file(".csv")
-        n = self.c.write_csv(self.selected, path)
-        return self.state.offer(path, "nenya-selection.csv", "text/csv"), n
-
     def export_button(self) -> None:
-        url, _ = self.export_path()
-        self._send(json.dumps({"download": url}))
+        from nenya.analysis.serve.rpc import Offload, export
 
-    def show_neighbours(self, row: int) -> list[str]:
-        rows, scores = self.c.neighbours_of_row(row, self.state.options.k)
+        off = export(self, {})
+        self._offload(None, "export", Offload(off.work, lambda r: self._send(json.dumps({"download": r["url"]}))))
+
+    def status(self) -> dict:
+        return {"n": self.c.n, "shown": int(self.keep.sum()), "selected": len(self.selected),
+                "views": self.c.views, "drawn": {v: int(len(s)) for v, s in self.shown.items()}}  # fmt: skip
+
+    def show_neighbours(self, row: int, rows: np.ndarray | None = None, scores: np.ndarray | None = None) -> list[str]:
+        if rows is None or scores is None:
+            rows, scores = self.c.neighbours_of_row(row, self.state.options.k)
         self._mark_rows([row, *rows.tolist()])
         self.divs["nenya-nbrs"].text = f"<h3>neighbours of {_esc(self.c.ids[row])}</h3>" + self._hits(rows, scores)
         return [str(self.c.ids[r]) for r in rows]
@@ -499,73 +505,83 @@ class Session:
 
     # -- the scripting API --------------------------------------------------------------------------
     def on_rpc(self, text: str) -> None:
-        """Answer one request of ``window.nenya``: ``{"id", "op", "args"}`` -> ``{"id", "ok", ...}``."""
+        """Answer one request of ``window.nenya``: ``{"id", "op", "args"}`` -> ``{"id", "ok", ...}``.
+
+        Runs on the event loop under the document lock. An operation either answers at once, or
+        returns :class:`Offload`: its work then runs in the server's worker pool, off the loop (other
+        sessions and thumbnails go on meanwhile), and its ``then`` back under the lock."""
         try:
             msg = json.loads(text)
             rid = msg["id"]
         except (ValueError, KeyError, TypeError):
             return
+        op = str(msg.get("op"))
         try:
-            result = self._dispatch(str(msg.get("op")), msg.get("args") or {})
-            reply: dict[str, Any] = {"id": rid, "ok": True, "result": result}
-            body = json.dumps(reply, allow_nan=False)
-            if len(body) > INLINE_REPLY:
-                path = self.state.new_file(".json")
-                with open(path, "w", encoding="utf-8") as f:
-                    json.dump(result, f)
-                body = json.dumps(
-                    {
-                        "id": rid,
-                        "ok": True,
-                        "url": self.state.offer(path, "reply.json", "application/json"),
-                        "json": True,
-                    }
-                )
+            from nenya.analysis.serve.rpc import OPS
+
+            fn = OPS.get(op)
+            if fn is None:
+                raise ValueError(f"unknown request {op!r}")
+            out = fn(self, msg.get("args") or {})
         except Exception as e:  # every failure is answered, and the server keeps serving
-            if not isinstance(e, (ValueError, KeyError, TypeError, RuntimeError)):
-                log.exception("request %s failed", msg.get("op"))
-            body = json.dumps({"id": rid, "ok": False, "error": str(e).strip("'\"")})
-        self._send(body)
+            return self._fail(rid, op, e)
+        from nenya.analysis.serve.rpc import Offload
+
+        if isinstance(out, Offload):
+            self._offload(rid, op, out)
+        else:
+            self._send(self._reply(rid, out))
+
+    def _offload(self, rid: Any, op: str, off: Offload) -> None:
+        import asyncio
+        import functools
+
+        from nenya.analysis.serve.work import Busy
+
+        # with no ``then``, the worker also encodes the reply (a long list of ids: seconds of JSON at 1M)
+        work = off.work if off.then is not None else (lambda: self._reply(rid, off.work()))
+        try:
+            future = asyncio.wrap_future(self.state.work.submit(work))
+        except (Busy, RuntimeError) as e:
+            return self._fail(rid, op, e)
+
+        def done(f: asyncio.Future) -> None:  # on the loop, without the lock: hand back under it
+            if f.cancelled():
+                return
+            e = f.exception()
+            if e is not None:
+                cb = functools.partial(self._fail, rid, op, e)
+            elif off.then is None:
+                cb = functools.partial(self._send, f.result())  # the reply, encoded by the worker
+            else:
+                cb = functools.partial(self._then, rid, op, off.then, f.result())
+            self.doc.add_next_tick_callback(cb)
+
+        future.add_done_callback(done)
+
+    def _then(self, rid: Any, op: str, then: Callable[[Any], Any], data: Any) -> None:
+        try:
+            result = then(data)
+            if rid is not None:  # None: the UI's own request (the export button), answered by then()
+                self._send(self._reply(rid, result))
+        except Exception as e:
+            self._fail(rid, op, e)
+
+    def _reply(self, rid: Any, result: Any) -> str:
+        """The reply's JSON; a long one is written to a file and offered as a download."""
+        body = json.dumps({"id": rid, "ok": True, "result": result}, allow_nan=False)
+        if len(body) <= INLINE_REPLY:
+            return body
+        path = self.state.new_file(".json")
+        with open(path, "w", encoding="utf-8") as f:
+            json.dump(result, f)
+        url = self.state.offer(path, "reply.json", "application/json")
+        return json.dumps({"id": rid, "ok": True, "url": url, "json": True})
+
+    def _fail(self, rid: Any, op: str, e: BaseException) -> None:
+        if not isinstance(e, (ValueError, KeyError, TypeError, RuntimeError)):
+            log.error("request %s failed", op, exc_info=e)
+        self._send(json.dumps({"id": rid, "ok": False, "error": str(e).strip("'\"")}))
 
     def _send(self, text: str) -> None:
         self.rpc_out.data = {"msg": [text]}
-
-    def _dispatch(self, op: str, a: dict) -> Any:
-        if op == "select":
-            return self.set_selection(self.c.in_polygon(str(a["view"]), *_polygon(a["polygon"]), self.keep))
-        if op == "selectBox":
-            return self.set_selection(self.c.in_rect(str(a["view"]), a["x0"], a["x1"], a["y0"], a["y1"], self.keep))
-        if op == "selectedIds":
-            return self.c.ids[self.selected].tolist()
-        if op == "setFilter":
-            return self.set_filter(str(a["name"]), a.get("spec"))
-        if op == "clearFilters":
-            return self.clear_filters()
-        if op == "clearSelection":
-            return self.clear_selection()
-        if op == "shownIds":
-            return self.c.ids[self.keep].tolist()
-        if op == "exportCsv":
-            url, n = self.export_path()
-            return {"url": url, "rows": n}
-        if op == "setColour":
-            return self.set_colour(str(a["name"]))
-        if op == "find":
-            return self.find(str(a["id"]))
-        if op in ("neighbours", "queryId"):
-            row = self.c.row_of(str(a["id"]))
-            return None if row is None else self.show_neighbours(row)
-        if op == "showQuery":
-            return self.show_query(str(a["token"]))
-        if op == "setView":
-            return self.set_view(str(a["view"]), a["x0"], a["x1"], a["y0"], a["y1"])
-        if op == "state":
-            return {"n": self.c.n, "shown": int(self.keep.sum()), "selected": len(self.selected),
-                    "views": self.c.views, "drawn": {v: int(len(s)) for v, s in self.shown.items()}}  # fmt: skip
-        raise ValueError(f"unknown request {op!r}")
-
-
-def _polygon(poly: Any) -> tuple[list[float], list[float]]:
-    if not isinstance(poly, list) or not all(isinstance(p, list) and len(p) == 2 for p in poly):
-        raise ValueError("a polygon is a list of [x, y] pairs")
-    return [float(p[0]) for p in poly], [float(p[1]) for p in poly]
