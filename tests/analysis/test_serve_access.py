@@ -13,6 +13,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 import numpy as np
+import pandas as pd
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -166,3 +167,82 @@ def test_work_pool_bounds_work_and_never_waits_past_its_deadline():
     with pytest.raises(RuntimeError, match="stopping"):
         pool.submit(lambda: 1)
     stuck.set()
+
+
+# -- many users ------------------------------------------------------------------------------------
+def _polygons(x: np.ndarray, y: np.ndarray, k: int) -> list[list[list[float]]]:
+    """``k`` different triangles, each around a point of the collection (so that none is empty)."""
+    out = []
+    for i in range(k):
+        row = (i * 7919) % len(x)
+        r, a = 0.6 + 0.05 * i, 0.5 * i
+        out.append([[x[row] + r * np.cos(a + t), y[row] + r * np.sin(a + t)] for t in (0.0, 2.1, 4.2)])
+    return out
+
+
+@pytest.mark.slow
+@pytest.mark.browser
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")
+def test_twelve_sessions_at_once_keep_their_own_selections(tmp_path):
+    """12 browser contexts on one server over 100,000 points, all at once: each lassoes its own region
+    and filters its own pattern, gets exactly the ids numpy finds, while one exports everything and
+    the others fetch thumbnails; no session sees another's selection or filter."""
+    import asyncio
+
+    from playwright.async_api import async_playwright
+
+    from pagekit import inside
+
+    d = make_collection(tmp_path / "many", 100_000, n_real=200)
+    t = d.table
+    x, y = t["U0"].to_numpy(), t["U1"].to_numpy()
+    polys = _polygons(x, y, 12)
+    # each session filters the pattern most common under its own lasso (so that both bite)
+    pattern = t["pattern"].astype(str).to_numpy()
+    levels = [pd.Series(pattern[inside(x, y, q)]).mode().iloc[0] for q in polys]
+    s = start_server([d.latents, "--coords", d.coords, "--images", d.preproc], Path(d.latents).parent)
+
+    async def one(browser, i: int) -> dict:
+        ctx = await browser.new_context()
+        page = await ctx.new_page()
+        await page.goto(s.page)
+        await page.wait_for_function("window.nenya && window.nenya.ready", timeout=240_000)
+        out: dict = {"shown": await page.evaluate("([v]) => nenya.setFilter('pattern', [v])", [levels[i]])}
+        out["n"] = await page.evaluate("([p]) => nenya.select('projection', p)", [polys[i]])
+        if i == 0:  # one session exports all it shows while the others read thumbnails
+            await page.evaluate("nenya.selectBox('projection', -100, 100, -100, 100)")
+            out["csv_rows"] = (await page.evaluate("nenya.exportCsv()")).count("\n") - 1
+            out["n"] = await page.evaluate("([p]) => nenya.select('projection', p)", [polys[i]])
+        else:
+            rows = list(range(i * 100, i * 100 + 24))
+            js = "async (rows) => Promise.all(rows.map(r => fetch('nenya/thumb/' + r + '.png').then(x => x.status)))"
+            out["thumbs"] = await page.evaluate(js, rows)
+        out["ids"] = await page.evaluate("nenya.selectedIds()")
+        out["state"] = await page.evaluate("nenya.state()")
+        await ctx.close()
+        return out
+
+    async def main() -> list[dict]:
+        async with async_playwright() as p:
+            browser = await p.chromium.launch(executable_path=CHROMIUM, args=ARGS)
+            try:
+                return await asyncio.gather(*(one(browser, i) for i in range(12)))
+            finally:
+                await browser.close()
+
+    try:
+        results = asyncio.run(main())
+    finally:
+        rc, _, log = stop_server(s)
+    assert rc == 0, log
+    for i, r in enumerate(results):
+        level = levels[i]
+        keep = (t["pattern"].astype(str) == level).to_numpy()
+        want = t["id"].to_numpy()[keep & inside(x, y, polys[i])]
+        assert r["shown"] == keep.sum() and r["n"] == len(want) > 0, (i, r["n"], len(want))
+        assert sorted(r["ids"]) == sorted(want.tolist()), i
+        assert r["state"]["selected"] == len(want) and r["state"]["shown"] == keep.sum()
+        if i == 0:
+            assert r["csv_rows"] == keep.sum()
+        else:
+            assert r["thumbs"] == [200] * 24
