@@ -420,6 +420,13 @@ class Session:
         off = export(self, {})
         self._offload(None, "export", Offload(off.work, lambda r: self._send(json.dumps({"download": r["url"]}))))
 
+    def close(self) -> None:
+        """Drop the per-session arrays (the session ended; its document may live on a while)."""
+        self.keep = np.zeros(0, dtype=bool)
+        self.selected = np.zeros(0, dtype=np.int64)
+        self.shown.clear()
+        self.filters = {}
+
     def status(self) -> dict:
         return {"n": self.c.n, "shown": int(self.keep.sum()), "selected": len(self.selected),
                 "views": self.c.views, "drawn": {v: int(len(s)) for v, s in self.shown.items()}}  # fmt: skip

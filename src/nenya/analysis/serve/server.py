@@ -240,7 +240,10 @@ def make_server(
     def make_document(doc) -> None:
         doc.template = template
         doc.template_variables.update(variables)
-        doc._nenya_session = Session(state, doc)  # kept alive with its document
+        session = Session(state, doc)
+        doc._nenya_session = session  # kept alive with its document
+        # a browser session ended: drop its arrays now rather than whenever its document is collected
+        doc.on_session_destroyed(lambda context: session.close())
 
     if port == 0:
         port = free_port(host)
@@ -258,8 +261,10 @@ def make_server(
         allow_websocket_origin=allowed,
         extra_patterns=_routes(state, access),
         websocket_max_message_size=64 * 1024 * 1024,
-        unused_session_lifetime_milliseconds=60_000,
-        check_unused_sessions_milliseconds=30_000,
+        # a closed tab's session (its selection and filter arrays: megabytes at millions of points)
+        # is dropped 15-25 s after its websocket closes
+        unused_session_lifetime_milliseconds=15_000,
+        check_unused_sessions_milliseconds=10_000,
         num_procs=1,
     )
     server.start()
