@@ -426,6 +426,8 @@ class Session:
         self.selected = np.zeros(0, dtype=np.int64)
         self.shown.clear()
         self.filters = {}
+        log.info("a browser session ended")
+        _give_back_memory()
 
     def status(self) -> dict:
         return {"n": self.c.n, "shown": int(self.keep.sum()), "selected": len(self.selected),
@@ -592,3 +594,16 @@ class Session:
 
     def _send(self, text: str) -> None:
         self.rpc_out.data = {"msg": [text]}
+
+
+def _give_back_memory() -> None:
+    """Hand freed heap pages back to the system (glibc keeps them otherwise: a server left running for
+    days would hold the high-water mark of its busiest hour)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
