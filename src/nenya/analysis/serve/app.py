@@ -39,7 +39,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Session", "MAX_TABLE", "MAX_GALLERY", "INLINE_REPLY"]
+__all__ = ["Session", "MAX_TABLE", "MAX_GALLERY", "INLINE_REPLY", "give_back_memory"]
 
 MAX_TABLE = 1000
 MAX_GALLERY = 32
@@ -427,7 +427,10 @@ class Session:
         self.shown.clear()
         self.filters = {}
         log.info("a browser session ended")
-        _give_back_memory()
+        # its document is dropped once this hook returns: collect and trim a moment later
+        from tornado.ioloop import IOLoop
+
+        IOLoop.current().call_later(2.0, give_back_memory)
 
     def status(self) -> dict:
         return {"n": self.c.n, "shown": int(self.keep.sum()), "selected": len(self.selected),
@@ -596,13 +599,19 @@ class Session:
         self.rpc_out.data = {"msg": [text]}
 
 
-def _give_back_memory() -> None:
+def give_back_memory() -> None:
     """Hand freed heap pages back to the system (glibc keeps them otherwise: a server left running for
     days would hold the high-water mark of its busiest hour)."""
     import ctypes
     import gc
 
     gc.collect()
+    try:
+        import pyarrow as pa  # exports write through Arrow, whose allocator keeps freed blocks
+
+        pa.default_memory_pool().release_unused()
+    except (ImportError, AttributeError):
+        pass
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):  # not glibc: nothing to do
