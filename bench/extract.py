@@ -2,7 +2,7 @@
 
 (a) ceiling   the model alone on cutouts already in memory as tensors, preprocessed beforehand
               exactly as nenya's Encoder does (demean, 3 channels, channels_last), inference_mode;
-(b) nenya     ``nenya.pipeline.runner.run``: HDF5PreprocSource -> SupConEncoder -> NenyaLatentsSink,
+(b) nenya     ``nenya.engines.runner.run``: HDF5PreprocSource -> SupConEncoder -> NenyaLatentsSink,
               writing a real latents file;
 (c) original  the original Nenya loop: a Dataset reading one HDF5 row per item, np.resize +
               np.repeat to 3 channels, a DataLoader, ``model(x)`` in fp32 under no_grad, one
@@ -41,8 +41,8 @@ import numpy as np
 import torch
 
 from nenya.encoders.supcon import SupConEncoder, build_model
+from nenya.engines.runner import RunOptions, run
 from nenya.params import Params
-from nenya.pipeline.runner import RunOptions, run
 from nenya.sample_data import write_preproc
 from nenya.sinks.hdf5 import NenyaLatentsSink
 from nenya.sources.hdf5 import HDF5PreprocSource, latents_name

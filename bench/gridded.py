@@ -58,7 +58,7 @@ def write_store(path: str, steps: int, seed: int = 0) -> None:
 
 def child(args: argparse.Namespace) -> int:
 
-    from nenya.pipeline.runner import RunOptions, run
+    from nenya.engines.runner import RunOptions, run
     from nenya.sinks.npy import NpySink
     from nenya.sources.gridded import GriddedSource
 

@@ -85,7 +85,7 @@ def write_input(path: str, n: int, *, metadata: bool, side: int = 64, chunk: int
 def child(args: argparse.Namespace) -> int:
     import torch
 
-    from nenya.pipeline.runner import RunOptions, run
+    from nenya.engines.runner import RunOptions, run
     from nenya.sources.hdf5 import HDF5PreprocSource
 
     if args.threads:

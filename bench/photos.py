@@ -88,8 +88,8 @@ def child(args: argparse.Namespace) -> int:
     dev = enc.device
     t = 0.0
     if args.child == "nenya":
+        from nenya.engines.runner import RunOptions
         from nenya.extract import extract_collection
-        from nenya.pipeline.runner import RunOptions
 
         folder = args.folder
         if args.n < len(os.listdir(args.folder)):  # a sub-folder of links to the first n files

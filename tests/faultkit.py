@@ -302,7 +302,7 @@ class Zygote:
     CODE = (
         "import json, os, sys, traceback\n"
         "import torch, h5py, pyarrow.parquet, numpy, nenya.cli, nenya.extract, nenya.encoders.supcon\n"
-        "import nenya.sinks.hdf5, nenya.sinks.parquet, nenya.pipeline.runner\n"
+        "import nenya.sinks.hdf5, nenya.sinks.parquet, nenya.engines.runner\n"
         "out = sys.stdout\n"
         "for line in sys.stdin:\n"
         "    job = json.loads(line)\n"

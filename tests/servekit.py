@@ -42,9 +42,9 @@ def make_collection(
     from conftest import make_opts, save_checkpoint
     from nenya.analysis import open_latents, read_about
     from nenya.encoders.supcon import SupConEncoder
+    from nenya.engines.runner import RunOptions
     from nenya.latents_extraction import extract_preproc
     from nenya.params import Params
-    from nenya.pipeline.runner import RunOptions
     from nenya.sample_data import write_preproc
     from nenya.sinks.parquet import ABOUT_KEY
     from nenya.train_util import option_preprocess

@@ -18,9 +18,9 @@ import faultkit as fk
 from nenya._errors import CheckpointError, InputError, OutputError
 from nenya.encoders.supcon import SupConEncoder
 from nenya.encoders.weights import load_checkpoint
+from nenya.engines.runner import RunOptions
 from nenya.extract import extract_preproc
 from nenya.pipeline import storage
-from nenya.pipeline.runner import RunOptions
 from nenya.sample_data import write_preproc
 from nenya.sources.h5files import open_checked
 from s3server import s3, s3_server  # noqa: F401  (pytest fixtures)

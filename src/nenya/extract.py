@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 from nenya.encoders.base import Encoder
 from nenya.engines import Engine, default_engine
+from nenya.engines.runner import RunOptions, RunSummary
 from nenya.pipeline import storage
 from nenya.pipeline.registry import split_spec
-from nenya.pipeline.runner import RunOptions, RunSummary
 from nenya.preprocess import device_decode_unavailable
 from nenya.sinks import sinks
 from nenya.sources import GridOptions, RecordOptions, Source, SourceOptions, sources

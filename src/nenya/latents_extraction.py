@@ -19,11 +19,11 @@ from torch.utils.data import DataLoader, Dataset
 from nenya.encoders.base import Encoder
 from nenya.encoders.named import find_weights, latents_dir, resolve_opts
 from nenya.encoders.supcon import SupConEncoder
+from nenya.engines.runner import RunOptions, run
 from nenya.extract import DEBUG_BATCHES, extract_preproc
 from nenya.params import Params
 from nenya.pipeline import storage
 from nenya.pipeline.items import Shard
-from nenya.pipeline.runner import RunOptions, run
 from nenya.sinks.memory import ArraySink
 from nenya.sources.h5files import open_checked
 from nenya.sources.hdf5 import HDF5PreprocSource, latents_name

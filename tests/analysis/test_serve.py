@@ -395,8 +395,8 @@ def test_photo_folder_thumbnails_image_queries_and_a_saved_index(tmp_path, capsy
     from nenya import cli
     from nenya.encoders import load_encoder
     from nenya.encoders.base import EncoderOptions
+    from nenya.engines.runner import RunOptions
     from nenya.extract import extract_collection
-    from nenya.pipeline.runner import RunOptions
     from photokit import picture, save
 
     root = tmp_path / "photos"

@@ -27,8 +27,8 @@ from torch import nn
 from conftest import make_opts, save_checkpoint
 from nenya.encoders import encoders, load_encoder
 from nenya.encoders.base import Encoder, EncoderOptions
+from nenya.engines.runner import RunOptions, run
 from nenya.params import Params, option_preprocess
-from nenya.pipeline.runner import RunOptions, run
 from nenya.preprocess.cpu import decode_image
 from nenya.sample_data import make_cutouts
 from nenya.sinks.memory import ArraySink

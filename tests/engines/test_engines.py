@@ -23,8 +23,8 @@ import pytest
 
 from nenya._errors import NenyaError, OutputError
 from nenya.encoders.supcon import SupConEncoder
+from nenya.engines.runner import RunOptions
 from nenya.extract import extract_collection, extract_preproc
-from nenya.pipeline.runner import RunOptions
 from nenya.sinks import WriteContext
 from nenya.sinks.parquet import ParquetSink
 from nenya.sources.hdf5 import HDF5PreprocSource

@@ -13,8 +13,8 @@ from nenya._errors import OutputError
 from nenya.analysis import read_about
 from nenya.encoders import load_encoder
 from nenya.encoders.base import EncoderOptions, options_from_about
+from nenya.engines.runner import RunOptions
 from nenya.extract import extract_collection, extract_preproc
-from nenya.pipeline.runner import RunOptions
 from photokit import picture, save
 
 OPTS = RunOptions(batch_size=4, shard_size=8, num_workers=0, device="cpu", progress=False)

@@ -15,8 +15,8 @@ import pytest
 import faultkit as fk
 from nenya._errors import InputError, NenyaError, OutputError
 from nenya.encoders.supcon import SupConEncoder
+from nenya.engines.runner import RunOptions, run
 from nenya.extract import extract_preproc
-from nenya.pipeline.runner import RunOptions, run
 from nenya.sample_data import write_preproc
 from nenya.sinks.npy import NpySink
 from nenya.sources.hdf5 import HDF5PreprocSource

@@ -21,8 +21,8 @@ from PIL import Image, ImageOps
 
 from nenya import cli
 from nenya.encoders.base import ImageTransform
+from nenya.engines.runner import RunOptions
 from nenya.extract import extract_collection
-from nenya.pipeline.runner import RunOptions
 from nenya.preprocess import device as dd
 from nenya.preprocess.cpu import decode_image
 from nenya.preprocess.cpu import resize_crop as pil_resize_crop

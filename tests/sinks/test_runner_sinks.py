@@ -14,8 +14,8 @@ import torch
 from conftest import read_partition, reference_latents, save_checkpoint
 from nenya._errors import OutputError
 from nenya.encoders.supcon import SupConEncoder
+from nenya.engines.runner import RunOptions, run
 from nenya.extract import extract_preproc
-from nenya.pipeline.runner import RunOptions, run
 from nenya.sinks.hdf5 import NenyaLatentsSink
 from nenya.sources.hdf5 import HDF5PreprocSource, latents_name
 

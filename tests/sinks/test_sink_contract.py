@@ -29,8 +29,8 @@ from torch import nn
 
 from nenya.analysis import read_about, read_latents
 from nenya.encoders.base import Encoder
+from nenya.engines.runner import RunOptions
 from nenya.extract import extract_collection, extract_preproc
-from nenya.pipeline.runner import RunOptions
 from nenya.preprocess import ImageTransform, Preprocess
 from nenya.preprocess.cpu import decode_image
 from nenya.sample_data import write_preproc

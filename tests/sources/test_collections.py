@@ -16,8 +16,8 @@ from PIL import Image
 
 from nenya.encoders import load_encoder
 from nenya.encoders.base import EncoderOptions
+from nenya.engines.runner import RunOptions
 from nenya.extract import extract_collection
-from nenya.pipeline.runner import RunOptions
 from nenya.preprocess.cpu import decode_image
 from photokit import picture, save, small_encoder
 

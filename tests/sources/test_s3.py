@@ -525,8 +525,8 @@ def test_image_folder_and_path_table_from_s3_to_s3_equal_local(s3, isolated, tmp
 
     from nenya.encoders import load_encoder
     from nenya.encoders.base import EncoderOptions
+    from nenya.engines.runner import RunOptions
     from nenya.extract import extract_collection
-    from nenya.pipeline.runner import RunOptions
 
     local = tmp_path / "photos"
     (local / "sub").mkdir(parents=True)

@@ -27,8 +27,8 @@ import pandas as pd
 import pytest
 
 from nenya._errors import NenyaError
+from nenya.engines.runner import ShardStream
 from nenya.pipeline.items import Plan
-from nenya.pipeline.runner import ShardStream
 from nenya.preprocess import ImageTransform
 from nenya.preprocess.cpu import decode_image
 from nenya.sample_data import write_preproc

@@ -319,7 +319,7 @@ def _output(args, opt) -> str:
 
 
 def _run_options(args, ranks):
-    from nenya.pipeline.runner import RunOptions, default_workers
+    from nenya.engines.runner import RunOptions, default_workers
 
     workers = args.workers
     if workers is None:

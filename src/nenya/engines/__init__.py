@@ -10,7 +10,7 @@
 
 An engine is built from :class:`EngineOptions` (``Engine.from_options``), places the encoder where
 this process needs it (:meth:`Engine.prepare`) and runs (:meth:`Engine.run`, the signature of
-:func:`nenya.pipeline.runner.run`); they all drive the runner's one loop. To add one, write a module
+:func:`nenya.engines.runner.run`); they all drive the runner's one loop. To add one, write a module
 here and register it below (or through the ``nenya.engines`` entry-point group).
 """
 
@@ -25,7 +25,7 @@ from nenya.ranks import Ranks
 
 if TYPE_CHECKING:  # the package stays light: `--devices` imports it before torch
     from nenya.encoders.base import Encoder
-    from nenya.pipeline.runner import RunOptions, RunSummary
+    from nenya.engines.runner import RunOptions, RunSummary
     from nenya.sinks import Sink
     from nenya.sources import Source
 

@@ -4,13 +4,13 @@ from __future__ import annotations
 
 from nenya.encoders.base import Encoder
 from nenya.engines import EngineOptions
-from nenya.pipeline.runner import RunOptions, RunSummary, run
+from nenya.engines.runner import RunOptions, RunSummary, run
 from nenya.sinks import Sink
 from nenya.sources import Source
 
 
 class LocalEngine:
-    """:func:`nenya.pipeline.runner.run` as an engine."""
+    """:func:`nenya.engines.runner.run` as an engine."""
 
     decodes_on_device = True
     label = ""

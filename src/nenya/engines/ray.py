@@ -3,9 +3,9 @@
 Each actor builds its own encoder from an :class:`EncoderBuilder` (the model spec and options:
 never the model object) on its device, receives the source once (sources pickle cheaply and open
 their files lazily) and, per call, reads and encodes one whole shard through the runner's
-:func:`~nenya.pipeline.runner.encode_batch`. It returns the shard's batches (ids, positions, rows,
+:func:`~nenya.engines.runner.encode_batch`. It returns the shard's batches (ids, positions, rows,
 metadata, status; no pixels) with their vectors. The driver feeds them to the runner's
-:func:`~nenya.pipeline.runner.drive`: one writer, the same sink code, the same commit per shard
+:func:`~nenya.engines.runner.drive`: one writer, the same sink code, the same commit per shard
 and the same files as the local engine.
 
 Inputs must be readable where the actors run: local paths on a one-machine cluster, URLs
@@ -26,8 +26,8 @@ from nenya._errors import NenyaError
 from nenya.encoders import EncoderBuilder
 from nenya.encoders.base import Encoder
 from nenya.engines import EngineOptions
+from nenya.engines.runner import RunOptions, RunSummary, ShardStream, drive, encode_batch, start
 from nenya.pipeline.items import Batch, Shard, StageTimings
-from nenya.pipeline.runner import RunOptions, RunSummary, ShardStream, drive, encode_batch, start
 from nenya.sinks import Sink
 from nenya.sources import Source
 

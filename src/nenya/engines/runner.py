@@ -249,6 +249,7 @@ class Share:
 
     rank: int = 0
     world: int = 1
+    job: str = ""
 
     def select(self, plan: Plan, todo: list[Shard]) -> list[Shard]:
         """This process's shards, from those not yet committed (``todo``, in plan order)."""
@@ -288,6 +289,7 @@ def start(
         about=encoder.about(),
         rank=share.rank,
         world=share.world,
+        job=share.job,
     )
     done = sink.start(plan, context)
     try:

@@ -25,8 +25,8 @@ from nenya import ranks as _ranks
 from nenya._errors import NenyaError
 from nenya.encoders.base import Encoder
 from nenya.engines import EngineOptions
+from nenya.engines.runner import RunOptions, RunSummary, Share, run
 from nenya.pipeline.items import Plan, Shard
-from nenya.pipeline.runner import RunOptions, RunSummary, Share, run
 from nenya.ranks import Ranks, launch
 from nenya.sinks import Sink
 
@@ -43,7 +43,7 @@ class RankShare(Share):
 
     def __init__(self, ranks: Ranks, sink, *, timeout: float = 1800.0, poll: float = 0.5) -> None:
         self.ranks, self.sink, self.timeout, self.poll = ranks, sink, timeout, poll
-        self.rank, self.world = ranks.rank, ranks.world
+        self.rank, self.world, self.job = ranks.rank, ranks.world, ranks.token
         self.plan: Plan | None = None
         self.mine: list[Shard] = []
 
@@ -117,8 +117,10 @@ class RankShare(Share):
         assert self.plan is not None
         for g in self.plan.groups:
             holder = self.sink.lock_holder(g, rank)
-            if holder is None or holder.since < _ranks.PROCESS_T0 - 1:
-                continue  # not taken, or by a rank of an earlier run: this run's has not started yet
+            if holder is None or (holder.job and self.ranks.token and holder.job != self.ranks.token):
+                continue  # not taken, or by a rank of another job: this job's has not taken it yet
+            if not (holder.job and self.ranks.token) and holder.since < _ranks.PROCESS_T0 - 1:
+                continue  # no job recorded (an older run): judged by time
             if holder.dead_here():
                 return f"rank {rank} (pid {holder.pid}) died"
         return None
@@ -163,7 +165,13 @@ class RankShare(Share):
                             "same inputs? every rank must run the same command)"
                         )
                     elif (dead := self._dead(r)) is not None:
-                        problems.append(dead)
+                        # it may have committed its last shard, said so and exited since `committed`
+                        # and the markers were read: a rank that finished leaves its marker before it exits
+                        late = self._read_marker(first, r)
+                        if late is None:
+                            problems.append(dead)
+                        elif not late.get("ok"):
+                            problems.append(f"rank {r} stopped: {late.get('error')}")
                 if problems:
                     raise NenyaError(
                         f"{len(missing)} shard(s) will not be committed in this run: "

@@ -89,14 +89,3 @@ def split_spec(spec: str) -> tuple[str, str]:
     if not sep or "/" in prefix or "\\" in prefix or len(prefix) == 1:  # a path, or a Windows drive
         return "", spec
     return prefix, rest
-
-
-# The registries live next to what they register (nenya.encoders, nenya.sources, nenya.sinks,
-# nenya.engines); these names stay for code that imported them from here.
-_HOMES = {"encoders": "nenya.encoders", "sources": "nenya.sources", "sinks": "nenya.sinks", "engines": "nenya.engines"}
-
-
-def __getattr__(name: str) -> Registry:
-    if name in _HOMES:
-        return getattr(importlib.import_module(_HOMES[name]), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

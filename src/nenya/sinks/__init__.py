@@ -32,6 +32,8 @@ class WriteContext:
         about: the model's description (:meth:`nenya.encoders.base.Encoder.about`) for the outputs.
         rank, world: this process among ``world`` processes writing the same outputs (torchrun
             ranks); the engine that splits the work says so here.
+        job: what identifies that job (its ranks share it; "" for a single process): a lock left
+            by another job's rank is never taken for one of this job's.
     """
 
     dim: int
@@ -40,6 +42,7 @@ class WriteContext:
     about: dict[str, Any] = field(default_factory=dict)
     rank: int = 0
     world: int = 1
+    job: str = ""
 
 
 class Sink(ABC):

@@ -41,7 +41,7 @@ WORK = ".nenya-work"
 STATUS_SUFFIX = ".status.csv"
 
 
-def _lock(path: str):
+def _lock(path: str, job: str = ""):
     """An exclusive, non-blocking lock on ``path`` (None where flock is unavailable)."""
     try:
         import fcntl
@@ -61,7 +61,7 @@ def _lock(path: str):
         ) from None
     fh.seek(0)
     fh.truncate()
-    fh.write(json.dumps(dataclasses.asdict(LockHolder(os.getpid(), os.uname().nodename, time.time()))))
+    fh.write(json.dumps(dataclasses.asdict(LockHolder(os.getpid(), os.uname().nodename, time.time(), job))))
     fh.flush()
     return fh
 
@@ -73,12 +73,13 @@ class LockHolder:
     pid: int
     host: str
     since: float
+    job: str = ""  # the job of the rank that took it ("" for a single process, or an older nenya)
 
     @classmethod
     def parse(cls, text: str) -> LockHolder | None:
         try:
             d = json.loads(text)
-            return cls(int(d["pid"]), str(d["host"]), float(d["since"]))
+            return cls(int(d["pid"]), str(d["host"]), float(d["since"]), str(d.get("job", "")))
         except (ValueError, KeyError, TypeError):
             return None
 
@@ -182,7 +183,7 @@ class PartSink(Sink):
         self._grid: tuple[int, int] | None = None
         self._t0: dict[tuple[str, str], float] = {}
         self._locks: list = []
-        self.rank, self.world = 0, 1  # from the WriteContext given to start()
+        self.rank, self.world, self.job = 0, 1, ""  # from the WriteContext given to start()
 
     # -- names and locations ------------------------------------------------------------
     def output_name(self, group: Group) -> str:
@@ -252,7 +253,7 @@ class PartSink(Sink):
     # -- lifecycle ----------------------------------------------------------------------
     def start(self, plan: Plan, context: WriteContext) -> set[tuple[str, str]]:
         dim, fingerprint, grid, about = context.dim, context.fingerprint, context.grid, context.about
-        self.rank, self.world = context.rank, context.world
+        self.rank, self.world, self.job = context.rank, context.world, context.job
         self._check_names(plan)
         self._plan, self._dim, self._grid = plan, dim, grid
         # the model's description, with a digest of what determines the vectors (model, weights,
@@ -289,7 +290,7 @@ class PartSink(Sink):
         done: set[tuple[str, str]] = set()
         gdir = self.group_dir(g)
         lock_path = rank_lock_name(gdir, self.rank)
-        lock = _lock(lock_path)
+        lock = _lock(lock_path, self.job)
         if lock is not None:
             self._locks.append((lock_path, lock))
         if self.world == 1:  # a job of several ranks holds <group>.rank<r>.lock files too
