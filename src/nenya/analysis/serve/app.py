@@ -32,14 +32,14 @@ from nenya.analysis.explorer.page import (
     span,
     view_figure,
 )
-from nenya.analysis.serve.state import ServeState
+from nenya.analysis.serve.state import ServeState, give_back_memory
 
 if TYPE_CHECKING:
     from nenya.analysis.serve.rpc import Offload
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Session", "MAX_TABLE", "MAX_GALLERY", "INLINE_REPLY", "give_back_memory"]
+__all__ = ["Session", "MAX_TABLE", "MAX_GALLERY", "INLINE_REPLY"]
 
 MAX_TABLE = 1000
 MAX_GALLERY = 32
@@ -597,22 +597,3 @@ class Session:
 
     def _send(self, text: str) -> None:
         self.rpc_out.data = {"msg": [text]}
-
-
-def give_back_memory() -> None:
-    """Hand freed heap pages back to the system (glibc keeps them otherwise: a server left running for
-    days would hold the high-water mark of its busiest hour)."""
-    import ctypes
-    import gc
-
-    gc.collect()
-    try:
-        import pyarrow as pa  # exports write through Arrow, whose allocator keeps freed blocks
-
-        pa.default_memory_pool().release_unused()
-    except (ImportError, AttributeError):
-        pass
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):  # not glibc: nothing to do
-        pass

@@ -23,7 +23,7 @@ from nenya.analysis.serve.work import WorkPool
 
 log = logging.getLogger(__name__)
 
-__all__ = ["ServeOptions", "ServeState", "QueryResult", "Download"]
+__all__ = ["ServeOptions", "ServeState", "QueryResult", "Download", "give_back_memory"]
 
 MAX_QUERIES = 64
 MAX_DOWNLOADS = 64
@@ -211,3 +211,22 @@ def _picture(data: bytes, name: str) -> str:
             return to_data_uri(np.asarray(im.convert("RGB")))
     except Exception:  # the picture is a courtesy: the query itself was decoded by the hardened reader
         return ""
+
+
+def give_back_memory() -> None:
+    """Hand freed heap pages back to the system (glibc keeps them otherwise: a server left running for
+    days would hold the high-water mark of its busiest hour)."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        import pyarrow as pa  # exports write through Arrow, whose allocator keeps freed blocks
+
+        pa.default_memory_pool().release_unused()
+    except (ImportError, AttributeError):
+        pass
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # not glibc: nothing to do
+        pass
