@@ -240,17 +240,16 @@ def make_server(
     def make_document(doc) -> None:
         doc.template = template
         doc.template_variables.update(variables)
-        session = Session(state, doc)
-        doc._nenya_session = session  # kept alive with its document
+        session = Session(state, doc)  # kept alive by the callbacks its widgets registered
         # a browser session ended: drop its arrays now rather than whenever its document is collected
         doc.on_session_destroyed(lambda context: session.close())
 
     if port == 0:
         port = free_port(host)
-    allowed = [f"{host}:{port}", *origins]
-    if is_loopback(host) or host in ("0.0.0.0", "::", ""):
-        allowed += [f"127.0.0.1:{port}", f"localhost:{port}"]
     access = Access(token, host_names(host, origins), port)
+    # pages may open the websocket from the names the Host check accepts: one rule for both (Bokeh's
+    # allowlist cannot spell an IPv6 address; the access check still covers it)
+    allowed = [*origins, *(f"{h}:{port}" for h in sorted(access.hosts) if ":" not in h)]
     server = Server(
         {"/": Application(FunctionHandler(make_document))},
         auth_provider=bokeh_auth(access),
