@@ -247,6 +247,44 @@ def test_rank_locks_share_one_job_and_refuse_another(preproc, tmp_path):
     start(0, 1).abort()
 
 
+def test_rank_zero_tells_this_jobs_dead_rank_from_an_earlier_runs_lock(preproc):
+    """A killed run's lock can be seconds old when the rerun starts: it must never be taken for a rank
+    of the rerun dying (the killed-rank test above failed this way on a fresh clone)."""
+    from nenya.engines.torchrun import RankShare, Ranks
+    from nenya.sinks._parts import LockHolder
+
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()
+    here = os.uname().nodename
+    plan = HDF5PreprocSource([str(preproc)]).plan(SHARD)
+
+    class Locks:  # the only part of a sink rank 0 reads to call a rank dead
+        holder: LockHolder | None = None
+
+        def lock_holder(self, group, rank):
+            return self.holder
+
+    def verdict(token: str, holder: LockHolder) -> str | None:
+        sink = Locks()
+        sink.holder = holder
+        share = RankShare(Ranks(0, 2, 0, 2, token), sink)
+        share.plan = plan
+        return share._dead(1)
+
+    now = time.time()
+    # this run has a job id: only a lock with that id is this job's, however recent the other is
+    assert verdict("job-b", LockHolder(gone.pid, here, now, "", os.getppid())) is None
+    assert verdict("job-b", LockHolder(gone.pid, here, now, "job-a", os.getppid())) is None
+    assert verdict("job-b", LockHolder(gone.pid, here, now, "job-b", os.getppid())) == f"rank 1 (pid {gone.pid}) died"
+    assert verdict("job-b", LockHolder(os.getpid(), here, now, "job-b", os.getppid())) is None  # alive
+    # no job id (torchrun without --rdzv-id): a lock from another launch, or from before this process
+    assert verdict("", LockHolder(gone.pid, here, now, "", os.getpid())) is None
+    assert verdict("", LockHolder(gone.pid, here, now - 60, "", os.getppid())) is None
+    assert verdict("", LockHolder(gone.pid, here, now, "job-a", os.getppid())) is None
+    assert verdict("", LockHolder(gone.pid, here, now, "", os.getppid())) == f"rank 1 (pid {gone.pid}) died"
+    assert verdict("", LockHolder(gone.pid, "elsewhere", now, "", os.getppid())) is None  # not judged from here
+
+
 def test_engine_flags_are_checked(preproc, checkpoint, opts_file, tmp_path):
     r = subprocess.run(
         cli(*preproc_args(preproc, checkpoint, opts_file, tmp_path / "o"), "--engine", "torchrun"),

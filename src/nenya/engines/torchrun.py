@@ -113,17 +113,22 @@ class RankShare(Share):
 
     # -- rank 0 -------------------------------------------------------------------------
     def _dead(self, rank: int) -> str | None:
-        """How a rank ended, when the holder of its lock is a process of this machine that is gone."""
+        """How a rank ended, when the holder of its lock is this job's rank, on this machine, and gone."""
         assert self.plan is not None
         for g in self.plan.groups:
             holder = self.sink.lock_holder(g, rank)
-            if holder is None or (holder.job and self.ranks.token and holder.job != self.ranks.token):
-                continue  # not taken, or by a rank of another job: this job's has not taken it yet
-            if not (holder.job and self.ranks.token) and holder.since < _ranks.PROCESS_T0 - 1:
-                continue  # no job recorded (an older run): judged by time
-            if holder.dead_here():
+            if holder is not None and self._this_jobs(holder) and holder.dead_here():
                 return f"rank {rank} (pid {holder.pid}) died"
         return None
+
+    def _this_jobs(self, holder) -> bool:
+        """Whether a lock was taken by a rank of this job (not one left by an earlier, killed run)."""
+        if self.ranks.token or holder.job:  # a job id (--devices, torchrun --rdzv-id) settles it
+            return holder.job == self.ranks.token
+        # no id on either side: ranks of one launch share a parent, and took their locks after it started
+        if holder.ppid and holder.ppid != os.getppid():
+            return False
+        return holder.since >= _ranks.PROCESS_T0 - 1
 
     def _wait(self) -> None:
         assert self.plan is not None

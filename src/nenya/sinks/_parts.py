@@ -61,7 +61,8 @@ def _lock(path: str, job: str = ""):
         ) from None
     fh.seek(0)
     fh.truncate()
-    fh.write(json.dumps(dataclasses.asdict(LockHolder(os.getpid(), os.uname().nodename, time.time(), job))))
+    holder = LockHolder(os.getpid(), os.uname().nodename, time.time(), job, os.getppid())
+    fh.write(json.dumps(dataclasses.asdict(holder)))
     fh.flush()
     return fh
 
@@ -74,12 +75,15 @@ class LockHolder:
     host: str
     since: float
     job: str = ""  # the job of the rank that took it ("" for a single process, or an older nenya)
+    ppid: int = 0  # its parent (ranks of one launch share it; 0 from an older nenya)
 
     @classmethod
     def parse(cls, text: str) -> LockHolder | None:
         try:
             d = json.loads(text)
-            return cls(int(d["pid"]), str(d["host"]), float(d["since"]), str(d.get("job", "")))
+            return cls(
+                int(d["pid"]), str(d["host"]), float(d["since"]), str(d.get("job", "")), int(d.get("ppid", 0))
+            )
         except (ValueError, KeyError, TypeError):
             return None
 
