@@ -250,7 +250,7 @@ def test_rank_locks_share_one_job_and_refuse_another(preproc, tmp_path):
 def test_rank_zero_tells_this_jobs_dead_rank_from_an_earlier_runs_lock(preproc):
     """A killed run's lock can be seconds old when the rerun starts: it must never be taken for a rank
     of the rerun dying (the killed-rank test above failed this way on a fresh clone)."""
-    from nenya.engines.torchrun import RankShare, Ranks
+    from nenya.engines.torchrun import Ranks, RankShare
     from nenya.sinks._parts import LockHolder
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])

@@ -81,9 +81,7 @@ class LockHolder:
     def parse(cls, text: str) -> LockHolder | None:
         try:
             d = json.loads(text)
-            return cls(
-                int(d["pid"]), str(d["host"]), float(d["since"]), str(d.get("job", "")), int(d.get("ppid", 0))
-            )
+            return cls(int(d["pid"]), str(d["host"]), float(d["since"]), str(d.get("job", "")), int(d.get("ppid", 0)))
         except (ValueError, KeyError, TypeError):
             return None
 
