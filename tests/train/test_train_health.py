@@ -134,7 +134,7 @@ def test_simclr_stays_healthy_and_a_constant_encoder_is_called_collapsed(tmp_pat
     assert min(ranks[1:]) > 3 and "collapsed" not in caplog.text
     caplog.clear()
 
-    from nenya.train import contrastive
+    from nenya.train.contrastive import run as contrastive  # where the run's start makes the model
 
     made = contrastive._model_and_optimiser
 

@@ -1,4 +1,4 @@
-"""Machinery shared by the trainers: ranks, devices and precision, checkpoints, learning curves.
+"""Machinery shared by the trainers: ranks, devices and precision, checkpoints and resuming, learning curves.
 
 Ranks, devices and precision follow the package's one policy (:mod:`nenya.ranks`,
 :mod:`nenya.device`); this module adds what training alone needs on top of it.
@@ -19,6 +19,7 @@ import torch
 
 from nenya._errors import NenyaError
 from nenya.device import autocast, resolve_device, resolve_precision
+from nenya.encoders.weights import fit_state
 from nenya.params import Params
 from nenya.pipeline import storage
 from nenya.ranks import Ranks
@@ -37,6 +38,8 @@ __all__ = [
     "optimise",
     "plain",
     "plain_params",
+    "resume_location",
+    "resume_state",
     "seed_everything",
     "setup_distributed",
 ]
@@ -204,6 +207,46 @@ def checkpoint_state(
     }
     state.update(extra)
     return state
+
+
+def resume_location(
+    writer: CheckpointWriter, resume: str | os.PathLike | None, auto_resume: bool
+) -> str | os.PathLike | None:
+    """The checkpoint a run resumes from: ``resume`` when given, else with ``auto_resume`` the model
+    folder's ``last.pth`` when there is one, else None (a new run)."""
+    if resume is None and auto_resume and storage.exists(writer.location("last.pth")):
+        return writer.location("last.pth")
+    return resume
+
+
+def resume_state(
+    ckpt: dict[str, Any],
+    source: str,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    scaler: Any = None,
+    *,
+    what: str,
+    advice: str,
+    warn: logging.Logger | None = None,
+) -> tuple[int, int]:
+    """Load a checkpoint's model (strictly, by :func:`~nenya.encoders.weights.fit_state`), optimiser
+    and fp16 scaler state into a run; returns ``(epochs done, optimiser steps done)``.
+
+    Args:
+        ckpt: the checkpoint (as :func:`~nenya.encoders.weights.load_checkpoint` reads it).
+        source: where it came from, for the messages.
+        what, advice: what the weights must fit and what to check when they do not (the error).
+        warn: the logger that warns when the checkpoint holds no optimiser state (None: silence).
+    """
+    fit_state(model, ckpt["model"], source=f"cannot resume: {source}", what=what, advice=advice)
+    if ckpt.get("optimizer"):
+        optimizer.load_state_dict(ckpt["optimizer"])
+    elif warn is not None:
+        warn.warning("%s holds no optimiser state: momentum restarts from zero", source)
+    if scaler is not None and ckpt.get("scaler"):
+        scaler.load_state_dict(ckpt["scaler"])
+    return int(ckpt.get("epoch") or 0), int(ckpt.get("step") or 0)
 
 
 # --------------------------------------------------------------------------- learning curves

@@ -4,6 +4,7 @@ A dataset is indexed by batches (``__getitems__``): each batch's rows are read i
 order with as few contiguous reads as possible, and the file is opened lazily in whichever process
 reads it (fork and spawn safe), so memory stays bounded whatever the file size. Files smaller than
 ``max_memory_bytes`` are loaded whole instead, which is faster for the small sets of quick runs.
+The contrastive trainer's data is opened here too: the partitions of its opts and each epoch's loader.
 """
 
 from __future__ import annotations
@@ -15,10 +16,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset, RandomSampler, SequentialSampler
 
-from nenya._errors import InputError
+from nenya._errors import InputError, NenyaError
+from nenya.params import Params
 from nenya.pipeline import storage
+from nenya.ranks import Ranks
 from nenya.sources import RecordOptions
 from nenya.sources.h5files import LazyH5, check_images, read_rows
 
@@ -337,3 +340,129 @@ def load_labels(ds: ArrayDataset, column: str) -> tuple[np.ndarray, list[str]]:
         values = values[ds.indices]
     names, labels = np.unique(values, return_inverse=True)
     return labels.astype(np.int64), [str(n) for n in names]
+
+
+# --------------------------------------------------------------------------- the contrastive trainer's data
+#: the contrastive trainer's logger: its messages about its data keep the name they always had
+_trainer_log = logging.getLogger("nenya.train.contrastive")
+
+
+def loader_workers(ds: ArrayDataset, num_workers: Any) -> int:
+    """Reader processes for ``ds``: none for data in memory, else ``num_workers`` (at most the CPUs but one)."""
+    return 0 if ds.in_memory else min(int(num_workers), max((os.cpu_count() or 1) - 1, 0))
+
+
+def data_file(opt: Params) -> str:
+    """``<data_folder>/<images_file>`` (either may be a URL), or ``images_file`` alone."""
+    images = getattr(opt, "images_file", None)
+    if not images:
+        raise NenyaError("the opts name no training data: set images_file (and data_folder) to a preproc .h5 file")
+    folder = getattr(opt, "data_folder", None)
+    prefix, images = ("tfrecord:", str(images)[9:]) if str(images).startswith("tfrecord:") else ("", str(images))
+    if folder and not os.path.isabs(images) and not storage.is_remote(images):
+        return prefix + storage.join(folder, images)
+    return prefix + images
+
+
+def epoch_loader(
+    ds: ArrayDataset,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    epoch: int,
+    seed: int,
+    ranks: Ranks,
+    num_workers: int,
+    device: torch.device,
+) -> DataLoader:
+    """One epoch's batches of ``ds`` for this rank: shuffled by ``seed`` and ``epoch`` (a
+    DistributedSampler over several ranks) or in order; the last partial batch of a shuffled
+    dataset of at least two batches per rank is dropped."""
+    sampler: Any
+    if ranks.distributed:
+        sampler = torch.utils.data.distributed.DistributedSampler(
+            ds, num_replicas=ranks.world, rank=ranks.rank, shuffle=shuffle, seed=seed, drop_last=shuffle
+        )
+        sampler.set_epoch(epoch)
+    elif shuffle:
+        sampler = RandomSampler(ds, generator=torch.Generator().manual_seed(seed * 1_000_003 + epoch))
+    else:
+        sampler = SequentialSampler(ds)
+    workers = loader_workers(ds, num_workers)
+    drop_last = shuffle and len(ds) // max(ranks.world, 1) >= 2 * batch_size
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=sampler,
+        drop_last=drop_last,
+        num_workers=workers,
+        collate_fn=collate_batch,
+        pin_memory=device.type == "cuda",
+        persistent_workers=False,
+    )
+
+
+def per_rank(batch_size: Any, ranks: Ranks) -> int:
+    """Each rank's share of a global batch size (at least 1)."""
+    return max(1, int(batch_size) // ranks.world)
+
+
+def _open_tfrecords(opt: Params, path: str) -> tuple[ArrayDataset, ArrayDataset | None]:
+    """TFRecord training data (``feature`` and ``shape`` from the opts): every record trains; no
+    validation partition (the health metrics then use a fixed sample of the training records)."""
+    if opt.ssl_method == "SupCon":
+        raise InputError(f"SupCon reads its labels from a preproc HDF5 file's metadata; {path} is TFRecord data")
+    records = RecordOptions(feature=opt.get("feature"), shape=opt.get("shape"))
+    train_ds = open_dataset(path, in_memory=opt.get("data_in_memory", "auto"), records=records)
+    _trainer_log.warning("%s: TFRecord data has no validation partition: no validation loss", path)
+    return train_ds, None
+
+
+def open_partitions(opt: Params) -> tuple[ArrayDataset, ArrayDataset | None]:
+    """The training and validation partitions of a contrastive run's data (:func:`data_file`); the
+    validation one is None when the file has none (or the data is TFRecord), and SupCon's labels
+    are attached."""
+    path = data_file(opt)
+    if is_tfrecord_spec(path):
+        return _open_tfrecords(opt, path)
+    local = storage.fetch(path)
+    if not os.path.exists(local):
+        raise InputError(f"training data not found: {path} (from data_folder / images_file in the opts)")
+    in_memory = opt.get("data_in_memory", "auto")
+    keys = _partition_names(local)
+    train_key, valid_key = opt.train_key, opt.valid_key
+    if train_key not in keys:
+        if valid_key in keys:
+            _trainer_log.warning(
+                "%s has no %r partition: training on %r (and validating on it too)", path, train_key, valid_key
+            )
+            train_key = valid_key
+        else:
+            raise InputError(
+                f"{path} has neither {train_key!r} nor {valid_key!r}; it holds {keys}. Set train_key "
+                "and valid_key in the opts"
+            )
+    train_ds = open_dataset(local, train_key, in_memory=in_memory)
+    valid_ds = open_dataset(local, valid_key, in_memory=in_memory) if valid_key in keys else None
+    if valid_ds is None:
+        _trainer_log.warning("%s has no %r partition: no validation loss", path, valid_key)
+    if opt.ssl_method == "SupCon":
+        _attach_labels(opt, train_ds, valid_ds)
+    return train_ds, valid_ds
+
+
+def _attach_labels(opt: Params, *datasets: ArrayDataset | None) -> None:
+    """SupCon: give each dataset the integer classes of ``opt.label_column``."""
+    column = str(opt.label_column)  # set: prepare_opt refuses SupCon without it
+    for ds in datasets:
+        if ds is not None:
+            labels, names = load_labels(ds, column)
+            ds.labels = torch.from_numpy(labels)
+            _trainer_log.info("SupCon labels from %r: %d classes (%s)", column, len(names), ", ".join(names[:8]))
+
+
+def _partition_names(local: str) -> list[str]:
+    from nenya.sources.h5files import open_checked
+
+    with open_checked(local) as f:
+        return sorted(k for k in f.keys() if not k.endswith("_metadata"))
