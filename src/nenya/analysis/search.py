@@ -16,7 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from nenya._errors import InputError
-from nenya.analysis.latents import Latents, local_target
+from nenya.analysis.latents import Latents, local_target, open_latents, read_about
 from nenya.pipeline import storage
 from nenya.sinks.parquet import ABOUT_KEY, about_of
 
@@ -29,6 +29,7 @@ __all__ = [
     "LatentIndex",
     "build_index",
     "load_index",
+    "open_index",
     "ids_path",
     "KINDS",
     "METRICS",
@@ -248,6 +249,29 @@ def load_index(path: str, *, ef_search: int | None = None, nprobe: int | None = 
         ivf.make_direct_map()
     params = {k: v for k, v in info.items() if k not in ("metric", "kind")}
     return LatentIndex(index, ids, info.get("metric", "l2"), kind, params, about_of(table.schema))
+
+
+def open_index(
+    target: str, *, metric: str = "l2", ef_search: int | None = None, nprobe: int | None = None
+) -> LatentIndex:
+    """What to search: a saved index (``X.faiss``, loaded with :func:`load_index`) or a latents file
+    of any layout, indexed exactly (a flat index with ``metric``) with the model it records.
+
+    Args:
+        target: a ``.faiss`` file from ``nenya index`` or a latents file (path or URL).
+        metric: ``l2``, ``ip`` or ``cosine``, for a latents file (a saved index keeps its own).
+        ef_search, nprobe: HNSW search breadth and IVF lists visited, overriding a saved index's.
+
+    Example:
+        >>> index = open_index("x_latents.h5", metric="cosine")   # doctest: +SKIP
+        >>> ids, scores, rows = index.search_id("valid/0", 5)     # doctest: +SKIP
+    """
+    if target.endswith(".faiss"):
+        return load_index(target, ef_search=ef_search, nprobe=nprobe)
+    with open_latents(target, metadata=False) as lat:
+        index = build_index(lat, kind="flat", metric=metric)
+    index.about = read_about(target)  # so queries by image are encoded as the latents were
+    return index
 
 
 def encode_query_image(

@@ -13,7 +13,7 @@ import os
 import sys
 
 from nenya._errors import NenyaError
-from nenya.cli.explore import LATENTS_HELP, _common, _fmt, _parts
+from nenya.cli._latents import HELP_FORMAT, LATENTS_HELP, add_latents_args, partitions
 
 log = logging.getLogger(__name__)
 
@@ -32,7 +32,7 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
         "two-sample test, k-means cluster shares with a test per cluster, a joint projection (PNG and explorer "
         "page). With --same-items, two encodings of the same ids: kNN overlap@k per item and linear CKA. "
         "Writes report.md, report.html, summary.json and the tables as Parquet into the output folder.",
-        formatter_class=_fmt,
+        formatter_class=HELP_FORMAT,
     )
     p.add_argument("a", help="collection A: " + LATENTS_HELP)
     p.add_argument("b", help="collection B (or the second encoding, with --same-items)")
@@ -110,8 +110,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if not args.force:
         check_same_model(args.a, args.b)
-    ids_a, xa, meta_a = read_latents(args.a, partitions=_parts(args))
-    ids_b, xb, meta_b = read_latents(args.b, partitions=_parts(args))
+    ids_a, xa, meta_a = read_latents(args.a, partitions=partitions(args))
+    ids_b, xb, meta_b = read_latents(args.b, partitions=partitions(args))
     if names is None:
         from nenya.analysis import output_path
 
@@ -151,8 +151,8 @@ def _compare_same_items(args, out: str, names) -> int:
     from nenya.analysis.compare import compare_encodings
     from nenya.analysis.compare_report import write_agreement_report
 
-    ids_a, xa, _ = read_latents(args.a, partitions=_parts(args))
-    ids_b, xb, _ = read_latents(args.b, partitions=_parts(args))
+    ids_a, xa, _ = read_latents(args.a, partitions=partitions(args))
+    ids_b, xb, _ = read_latents(args.b, partitions=partitions(args))
     if names is None:
         names = (os.path.basename(output_path(args.a, "")), os.path.basename(output_path(args.b, "")))
         names = names if names[0] != names[1] else ("A", "B")
@@ -172,9 +172,9 @@ def _add_duplicates(sub: argparse._SubParsersAction) -> None:
         description="Range search with FAISS (exact up to 200,000 vectors, IVF above), groups by union-find, "
         "one representative each. Writes <name>_duplicates.parquet (id, group, representative, distance) and, "
         "with a split (--split-column, or the partition column), <name>_leakage.parquet (pairs across splits).",
-        formatter_class=_fmt,
+        formatter_class=HELP_FORMAT,
     )
-    _common(p, output_help="output folder (ending in /) or the duplicates .parquet file")
+    add_latents_args(p, output_help="output folder (ending in /) or the duplicates .parquet file")
     how = p.add_mutually_exclusive_group(required=True)
     how.add_argument("--threshold", type=float, help="distance under which two items are near-duplicates")
     how.add_argument("--auto", action="store_true", help="choose the threshold from the nearest-neighbour distances")
@@ -190,7 +190,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
     from nenya.analysis import output_path, read_latents, write_table
     from nenya.analysis.duplicates import find_duplicates
 
-    ids, vectors, meta = read_latents(args.latents, partitions=_parts(args))
+    ids, vectors, meta = read_latents(args.latents, partitions=partitions(args))
     r = find_duplicates(
         (ids, vectors, meta),
         threshold=args.threshold,
