@@ -1,6 +1,9 @@
-"""The SupCon loss (Khosla et al. 2020); without labels it is SimCLR's NT-Xent."""
+"""The losses of the trainers: SupCon (Khosla et al. 2020; without labels it is SimCLR's NT-Xent), and
+the autoencoder's LogCosh."""
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import nn
@@ -65,3 +68,9 @@ class SupConLoss(nn.Module):
         mean_log_prob_pos = (mask * log_prob).sum(1) / mask.sum(1)
         loss = -(self.temperature / self.base_temperature) * mean_log_prob_pos
         return loss.view(anchor_count, batch_size).mean()
+
+
+def logcosh(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean log(cosh(pred - target)), computed stably as ``|d| + softplus(-2|d|) - log 2``."""
+    d = (pred - target).float().abs()
+    return (d + torch.nn.functional.softplus(-2.0 * d) - math.log(2.0)).mean()
