@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import replace
 
 from nenya.encoders.base import Encoder
 from nenya.engines import Engine, default_engine
@@ -17,9 +18,9 @@ from nenya.engines.runner import RunOptions, RunSummary
 from nenya.pipeline import storage
 from nenya.pipeline.registry import split_spec
 from nenya.preprocess import device_decode_unavailable
-from nenya.sinks import sinks
+from nenya.sinks import Sink, sinks
 from nenya.sources import GridOptions, RecordOptions, Source, SourceOptions, sources
-from nenya.sources.hdf5 import DEFAULT_PARTITIONS, HDF5PreprocSource, latents_stem
+from nenya.sources.hdf5 import DEFAULT_PARTITIONS, HDF5PreprocSource
 
 log = logging.getLogger(__name__)
 
@@ -50,15 +51,7 @@ def extract_preproc(
     sink = sinks.get(fmt)(output, overwrite=clobber, suffix="_debug" if debug else "")
     if debug:
         log.warning("debug: only the first %d items of each partition, written as *_latents_debug%s", limit, sink.ext)
-    existing = set(storage.listdir_names(output))
-    unfinished = sink.unfinished()  # killed while publishing: finish them again
-    todo = []
-    for f in files:
-        name = sink.output_name_for(latents_stem(f))
-        if name in existing and name not in unfinished and not clobber:
-            log.info("skipping %s: %s exists in %s (use clobber to redo it)", f, name, output)
-        else:
-            todo.append(f)
+    todo = _not_done(files, HDF5PreprocSource, sink, output, clobber=clobber)
     if not todo:
         return RunSummary()
     source = HDF5PreprocSource(todo, partitions=partitions, limit=limit)
@@ -66,6 +59,21 @@ def extract_preproc(
         return (engine or default_engine()).run(source, encoder, sink, options)
     finally:
         source.close()
+
+
+def _not_done(files: list[str], kind: type[Source], sink: Sink, output: str, *, clobber: bool) -> list[str]:
+    """The ``files`` whose output in ``output`` is not finished (all of them with ``clobber``): each
+    output's name is the sink's name for the stem the source ``kind`` proposes for that file."""
+    existing = set(storage.listdir_names(output))
+    unfinished = sink.unfinished()  # killed while publishing: finish them again
+    todo = []
+    for f in files:
+        name = sink.output_name_for(kind.output_stem(f))
+        if name in existing and name not in unfinished and not clobber:
+            log.info("skipping %s: %s exists in %s (use clobber to redo it)", f, name, output)
+        else:
+            todo.append(f)
+    return todo
 
 
 def split_output(output: str, fmt: str | None = None) -> tuple[str, str, str]:
@@ -114,46 +122,59 @@ def extract_collection(
     overwrite: bool = False,
     dtype: str = "float32",
     options: RunOptions = RunOptions(),
-    path_column: str = "path",
+    source_options: SourceOptions | None = None,
+    engine: Engine | None = None,
+    path_column: str | None = None,
     id_column: str | None = None,
     columns: Sequence[str] | None = None,
     max_pixels: int | None = None,
-    engine: Engine | None = None,
-    decode: str = "cpu",
-    records: RecordOptions = RecordOptions(),
-    grid: GridOptions = GridOptions(),
+    decode: str | None = None,
+    records: RecordOptions | None = None,
+    grid: GridOptions | None = None,
 ) -> RunSummary:
     """Encode an image folder or path table (any ``--source`` kind) into one output file.
 
     When the output exists, only ids it does not account for are encoded and added after its
     rows (resume by id, owned by the sink: a folder that grew gets only its new images);
     ``overwrite`` starts over. ``engine`` (:mod:`nenya.engines`) decides where shards are encoded
-    (default: this process). ``decode="gpu"`` decodes JPEGs on the encoder's CUDA device
-    (:mod:`nenya.preprocess.device`); where that cannot run (no CUDA device, no image operators in
-    torchvision, an interpolation without a tensor equivalent, the Ray engine) it warns once and
-    decodes on the CPU. ``records`` tells a record source (``tfrecord:``) where the image is; ``grid`` how a gridded
-    source (``xarray:``) cuts its field.
+    (default: this process).
+
+    ``source_options`` (:class:`~nenya.sources.SourceOptions`) say how the source reads: a path
+    table's columns, the pixel limit, where a record source finds the image (``records``), how a
+    gridded source cuts its field (``grid``), and ``jpeg_on_device``: decode JPEGs on the encoder's
+    CUDA device (:mod:`nenya.preprocess.device`); where that cannot run (no CUDA device, no image
+    operators in torchvision, an interpolation without a tensor equivalent, the Ray engine) it warns
+    once and decodes on the CPU. Their ``transform`` and ``skip_ids`` are set here, from the encoder
+    and the existing output. The same options may instead be given one by one, as keywords
+    (``path_column``, ``id_column``, ``columns``, ``max_pixels``, ``records``, ``grid``, and
+    ``decode="gpu"`` for ``jpeg_on_device``), but not together with ``source_options``.
 
     Example:
         >>> enc = load_encoder("timm:efficientnet_b0", options=EncoderOptions(layer=4, pool="none")).to("cpu")
         >>> extract_collection("images:photos/", enc, "tiles.parquet").items
+        >>> extract_collection("table:photos.csv", enc, "v.parquet", source_options=SourceOptions(id_column="uid"))
     """
+    given = _source_options(
+        source_options,
+        path_column=path_column,
+        id_column=id_column,
+        columns=columns,
+        max_pixels=max_pixels,
+        decode=decode,
+        records=records,
+        grid=grid,
+    )
     folder, name, fmt = split_output(output, fmt)
     engine = engine or default_engine()
     sink = sinks.get(fmt)(folder, overwrite=overwrite, name=name, **({"dtype": dtype} if dtype != "float32" else {}))
     skip = sink.resume_ids()
     source = open_collection(
         spec,
-        SourceOptions(
+        replace(
+            given,
             transform=encoder.preprocess.image,
             skip_ids=frozenset(skip),
-            path_column=path_column,
-            id_column=id_column,
-            columns=None if columns is None else tuple(columns),
-            max_pixels=max_pixels,
-            jpeg_on_device=_jpeg_on_device(decode, encoder, engine),
-            records=records,
-            grid=grid,
+            jpeg_on_device=given.jpeg_on_device and _device_decodes(encoder, engine),
         ),
     )
     if skip:
@@ -166,12 +187,26 @@ def extract_collection(
         source.close()
 
 
-def _jpeg_on_device(decode: str, encoder: Encoder, engine: Engine) -> bool:
-    """Whether readers leave JPEGs for the device to decode (``--decode gpu`` where it can run)."""
+def _source_options(given: SourceOptions | None, **one_by_one) -> SourceOptions:
+    """``source_options``, or the same built from the keywords older callers give one by one."""
+    passed = {k: v for k, v in one_by_one.items() if v is not None}
+    if given is not None:
+        if passed:
+            raise TypeError(
+                f"extract_collection() got source_options and {', '.join(passed)}: give either "
+                f"source_options=SourceOptions(...) or the keywords, not both"
+            )
+        return given
+    decode = passed.pop("decode", "cpu")
     if decode not in ("cpu", "gpu"):
         raise ValueError(f"decode must be 'cpu' or 'gpu', got {decode!r}")
-    if decode == "cpu":
-        return False
+    if "columns" in passed:
+        passed["columns"] = tuple(passed["columns"])
+    return SourceOptions(jpeg_on_device=decode == "gpu", **passed)
+
+
+def _device_decodes(encoder: Encoder, engine: Engine) -> bool:
+    """Whether the device can decode the JPEGs readers leave it (``--decode gpu``); warns when not."""
     why: str | None
     if not engine.decodes_on_device:
         why = f"the {type(engine).__name__} decodes in its workers' reader threads"

@@ -109,7 +109,7 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
     )
     t.add_argument("--id-column", help="column of ids (default: the path)")
     t.add_argument(
-        "--columns", type=lambda s: [c for c in s.split(",") if c], help="metadata columns to carry (default: all)"
+        "--columns", type=lambda s: tuple(c for c in s.split(",") if c), help="metadata columns to carry (default: all)"
     )
     r = p.add_argument_group("records (--source tfrecord:PATTERN)")
     r.add_argument("--feature", help="the feature holding the image (a float/int list, or bytes)")
@@ -337,9 +337,24 @@ def _run_options(args, ranks):
     )
 
 
+def _source_options(args):
+    """How the sources of ``--source`` read, from the command line (the job adds the encoder's
+    transform and the ids the output already holds)."""
+    from nenya.sources import GridOptions, RecordOptions, SourceOptions
+
+    return SourceOptions(
+        path_column=args.path_column,
+        id_column=args.id_column,
+        columns=args.columns,
+        max_pixels=args.max_pixels,
+        jpeg_on_device=args.decode == "gpu",
+        records=RecordOptions(feature=args.feature, shape=args.shape, id_feature=args.id_feature),
+        grid=GridOptions(args.var, args.sample_dim, args.tile, args.stride, args.max_nan_fraction),
+    )
+
+
 def _extract_collection(args, encoder, output, options, engine):
     from nenya.extract import extract_collection
-    from nenya.sources import GridOptions, RecordOptions
 
     return extract_collection(
         args.source,
@@ -349,14 +364,8 @@ def _extract_collection(args, encoder, output, options, engine):
         overwrite=args.clobber,
         dtype=args.dtype,
         options=options,
-        path_column=args.path_column,
-        id_column=args.id_column,
-        columns=args.columns,
-        max_pixels=args.max_pixels,
+        source_options=_source_options(args),
         engine=engine,
-        decode=args.decode,
-        records=RecordOptions(feature=args.feature, shape=args.shape, id_feature=args.id_feature),
-        grid=GridOptions(args.var, args.sample_dim, args.tile, args.stride, args.max_nan_fraction),
     )
 
 

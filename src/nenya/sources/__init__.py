@@ -51,7 +51,8 @@ class SourceOptions:
         skip_ids: ids an existing output already holds (resume by id): not read again.
         path_column, id_column, columns: a path table's columns (path, id, metadata to carry).
         max_pixels: skip images with more pixels (decompression bombs); None: the default.
-        jpeg_on_device: leave clean JPEGs for the device to decode (``--decode gpu``).
+        jpeg_on_device: leave clean JPEGs for the device to decode (``--decode gpu``); the extraction
+            job turns it off, with a warning, where the device or the engine cannot decode them.
         records: where a record source (``tfrecord:``) finds the image and the ids.
         grid: how a gridded source (``xarray:``) cuts its field.
     """
@@ -77,6 +78,13 @@ class Source(ABC):
     @abstractmethod
     def read(self, shard: Shard, batch_size: int) -> Iterator[Batch]:
         """Yield the shard's items in order, ``batch_size`` at a time; the last has ``last=True``."""
+
+    @classmethod
+    def output_stem(cls, url: str) -> str:
+        """The stem this kind of source proposes for the output of one input ``url`` (that input's group's
+        ``name`` in the plan), told from the input's name alone: what a job passes to the sink's
+        ``output_name_for`` to see whether an output is done before planning (which may fetch files)."""
+        raise NotImplementedError(f"{cls.__name__} does not name one output per input")
 
     def localise(self) -> None:
         """Make this (unpickled) source readable in the process it landed in: a remote worker

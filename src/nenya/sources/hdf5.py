@@ -61,6 +61,11 @@ class HDF5PreprocSource(Source):
         self._selection: dict[tuple[str, str], np.ndarray | None] = {}
         self._tmpdir: str | None = None
 
+    @classmethod
+    def output_stem(cls, url: str) -> str:
+        """``X_preproc_Y.h5`` -> ``X_latents_Y``; ``X.h5`` -> ``X_latents`` (:func:`latents_stem`)."""
+        return latents_stem(url)
+
     # -- planning (main process) --------------------------------------------------------
     def _fetch(self, url: str) -> str:
         if not storage.is_remote(url):
@@ -104,7 +109,7 @@ class HDF5PreprocSource(Source):
                         shards.append(Shard(url, p, i, start, min(n, start + shard_size)))
             size = os.path.getsize(lazy.path)
             fp = f"{storage.basename(url)}|{size}|{';'.join(shapes)}|sel={self._sel_digest()}|limit={self.limit}"
-            groups.append(Group(url, url, latents_stem(url), sizes, meta_cols, fp))
+            groups.append(Group(url, url, self.output_stem(url), sizes, meta_cols, fp))
         return Plan(groups, shards)
 
     def _sel_digest(self) -> str:
