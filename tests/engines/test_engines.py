@@ -251,7 +251,7 @@ def test_rank_zero_tells_this_jobs_dead_rank_from_an_earlier_runs_lock(preproc):
     """A killed run's lock can be seconds old when the rerun starts: it must never be taken for a rank
     of the rerun dying (the killed-rank test above failed this way on a fresh clone)."""
     from nenya.engines.torchrun import Ranks, RankShare
-    from nenya.sinks._parts import LockHolder
+    from nenya.sinks.locks import LockHolder
 
     gone = subprocess.Popen([sys.executable, "-c", "pass"])
     gone.wait()

@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 
 import faultkit as fk
-from nenya.sinks._parts import LockHolder
+from nenya.sinks.locks import LockHolder
 
 N_VALID, N_TRAIN = 64, 32  # 16x16 cutouts; shards of 32 (2 batches of 16): valid 2 shards, train 1
 TOTAL = N_VALID + N_TRAIN

@@ -3,6 +3,8 @@
 A sink is one output format. To add one, write a module in this package with a :class:`Sink`
 subclass and register it below (or through the ``nenya.sinks`` entry-point group): the CLI's
 ``--format`` choices, ``nenya models`` and the tests that run every sink come from :data:`sinks`.
+A file format usually subclasses :class:`PartSink` (:mod:`nenya.sinks.parts`: shard parts, resume,
+locks, the status table and atomic publishing) and implements its ``assemble``.
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from nenya.pipeline.items import Batch, Group, Plan, Shard
 from nenya.pipeline.registry import Registry
 
 if TYPE_CHECKING:
-    from nenya.sinks._parts import LockHolder
+    from nenya.sinks.locks import LockHolder
+    from nenya.sinks.parts import PartSink
 
 
 @dataclass(frozen=True)
@@ -143,4 +146,12 @@ sinks.register(
     install_hint='pip install "nenya[lance]"',
 )
 
-__all__ = ["Sink", "WriteContext", "sinks", "vectors_of"]
+__all__ = ["PartSink", "Sink", "WriteContext", "sinks", "vectors_of"]
+
+
+def __getattr__(name: str):
+    if name == "PartSink":  # the base of file sinks needs pyarrow: imported on first use, not with the registry
+        from nenya.sinks.parts import PartSink
+
+        return PartSink
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

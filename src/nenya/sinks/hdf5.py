@@ -11,8 +11,8 @@ import nenya
 from nenya.pipeline import faults, storage
 from nenya.pipeline.items import Group
 from nenya.sinks import vectors_of
-from nenya.sinks._parts import PartSink
 from nenya.sinks.parquet import ABOUT_KEY
+from nenya.sinks.parts import PartSink
 
 
 class NenyaLatentsSink(PartSink):

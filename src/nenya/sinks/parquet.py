@@ -13,7 +13,8 @@ from nenya._errors import OutputError
 from nenya.pipeline import faults, storage
 from nenya.pipeline.items import Group
 from nenya.sinks import WriteContext, vectors_of
-from nenya.sinks._parts import PartSink, vectors_digest
+from nenya.sinks.manifest import vectors_digest
+from nenya.sinks.parts import PartSink
 
 #: schema-metadata key (Parquet) and attribute (HDF5) holding :meth:`Encoder.about` as JSON
 ABOUT_KEY = b"nenya"
