@@ -75,11 +75,11 @@ def _page(folder: Path, n: int, *, n_images: int, thumbs: int, k: int) -> tuple[
 
 TIMED = """async () => {
   const frames = () => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
-  const time = async (f) => { const t = performance.now(); f(); await frames(); return performance.now() - t; };
+  const time = async (f) => { const t = performance.now(); await f(); await frames(); return performance.now() - t; };
   const fig = Bokeh.documents[0].get_model_by_name("projection");
   const out = {};
   out.select_ms = await time(() => window.nenya.select("projection", [[-2, -2], [3, -1.5], [4, 3], [0.5, 5], [-3, 2]]));
-  out.selected = window.nenya.selectedIds().length;
+  out.selected = (await window.nenya.selectedIds()).length;
   out.filter_ms = await time(() => window.nenya.setFilter("DT40", [1, 2.5]));
   out.export_ms = await time(() => window.nenya.exportCsv());
   out.clear_ms = await time(() => window.nenya.clearFilters());
@@ -104,7 +104,7 @@ def _measure(path: str, chromium: str) -> dict:
             page.wait_for_function("window.nenya && window.nenya.ready", timeout=600_000)
             load_s = time.perf_counter() - t
             m = page.evaluate(TIMED)
-            m["shown"] = page.evaluate("window.nenya.shownIds().length")
+            m["shown"] = page.evaluate("window.nenya.shownIds().then((s) => s.length)")
         finally:
             browser.close()
     return {"load_s": load_s, **m}

@@ -272,7 +272,7 @@ def test_100k_points_select_and_filter(tmp_path):
             assert page.evaluate("([v, p]) => window.nenya.select(v, p)", ["projection", poly]) == want.sum()
             page.evaluate("window.nenya.setFilter('DT40', [0.5, 1.5])")
             keep = table["DT40"].between(0.5, 1.5).to_numpy()
-            assert page.evaluate("window.nenya.selectedIds().length") == (want & keep).sum()
+            assert page.evaluate("window.nenya.selectedIds().then((s) => s.length)") == (want & keep).sum()
             assert outside == [] and errors == []
         finally:
             browser.close()

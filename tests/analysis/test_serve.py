@@ -312,6 +312,44 @@ def test_200k_points_in_chromium(server, data, tmp_path):
     assert errors == [] and outside == []
 
 
+PUBLIC_API = "Object.keys(window.nenya).filter((k) => !k.startsWith('_')).sort()"
+SIDE_PANEL = """() => {
+  const layout = Bokeh.documents[0].roots().find((r) => r.children && r.children.length === 2);
+  const flat = (m) => (m.children ? m.children.flatMap(flat) : [[m.constructor.__name__, m.name]]);
+  return flat(layout.children[1]).filter(([, name]) => !String(name).startsWith("filter:"));
+}"""
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")
+def test_the_page_and_the_server_are_one_explorer(server, data, tmp_path):
+    """One window.nenya and one side panel: the offline page and the server expose the same API names
+    and the same panel (widgets, text boxes, table), and the page's answers are Promises as the server's."""
+    from playwright.sync_api import sync_playwright
+
+    from nenya.analysis.explorer import write_explorer
+
+    t = data.table.iloc[:2000]
+    path = write_explorer(str(tmp_path / "page.html"), t["U0"].to_numpy(), t["U1"].to_numpy(), t, color="pattern")
+    with sync_playwright() as p:
+        browser, page, errors, outside = _open(p, server.url, server.page)
+        served = page.evaluate(PUBLIC_API), page.evaluate(SIDE_PANEL)
+        offline = browser.new_page()
+        offline.on("pageerror", lambda e: errors.append(str(e)))
+        offline.goto("file://" + path)
+        offline.wait_for_function("window.nenya && window.nenya.ready", timeout=60_000)
+        assert offline.evaluate(PUBLIC_API) == served[0]
+        assert {"select", "selectedIds", "setFilter", "exportCsv", "neighbours", "query", "setView"} <= set(served[0])
+        assert offline.evaluate(SIDE_PANEL) == served[1] and len(served[1]) >= 15
+        assert offline.evaluate("window.nenya.selectedIds() instanceof Promise") is True
+        assert page.evaluate("window.nenya.selectedIds() instanceof Promise") is True
+        # what only a server can do is refused on the page with a message that says so
+        err = offline.evaluate("nenya.query(new Blob(['x']), 'q.npy').then(() => 'no error', (e) => e.message)")
+        assert "needs nenya serve" in err
+        browser.close()
+    assert errors == [] and outside == []
+
+
 def _mouse_lasso_upload_and_hostile_id(page, data, tmp_path) -> None:
     """The UI's own paths: a lasso drawn with the mouse, the page's file input, and an id made of markup."""
     t = data.table

@@ -18,7 +18,7 @@ import pandas as pd
 
 from nenya.analysis.dtbins import DT_bins
 from nenya.analysis.explorer.coastlines import coastlines
-from nenya.analysis.explorer.data import columns, find_lat_lon, first_colour, neighbours, thumbnails
+from nenya.analysis.explorer.data import columns, dt_column, find_lat_lon, first_colour, neighbours, thumbnails
 from nenya.analysis.explorer.page import PageData, build_page
 from nenya.analysis.images import Images
 from nenya.analysis.latents import local_target
@@ -102,7 +102,7 @@ def write_explorer(
         metric=metric,
         thumbs=thumbs,
         thumb_rows=trows,
-        dt_column=next((c for c in ("DT40", "DT") if c in tab.columns), None),
+        dt_column=dt_column(cols),
         dt_bins=DT_bins,
     )
     page = build_page(data)

@@ -215,3 +215,9 @@ def thumbnails(
             uris.append(to_data_uri(rgb))
             got.append(int(r))
     return uris, np.asarray(got, dtype=np.int64)
+
+
+def dt_column(cols: list[Column]) -> str | None:
+    """The column Nenya's DT bins filter on: ``DT40``, else ``DT`` (None: neither)."""
+    names = {c.name for c in cols}
+    return next((n for n in ("DT40", "DT") if n in names), None)

@@ -23,7 +23,7 @@ from importlib import resources
 
 from tornado import web
 
-from nenya.analysis.explorer.page import json_in_html
+from nenya.analysis.explorer.layout import json_in_html, nenya_js, script_data
 from nenya.analysis.query import IMAGE_SUFFIXES
 from nenya.analysis.serve.access import Access, bokeh_auth, host_names, is_loopback
 from nenya.analysis.serve.state import ServeState
@@ -193,11 +193,18 @@ def _routes(state: ServeState, access: Access) -> list:
 
 
 def _page_data(state: ServeState) -> dict:
+    from nenya.analysis.dtbins import DT_bins
+    from nenya.analysis.explorer.data import dt_column, first_colour
+
     c = state.collection
     return {
+        **script_data(c.columns, first_colour(c.columns, state.options.colour), dt_column(c.columns), DT_bins),
         "n": c.n,
+        "title": state.options.title,
+        "note": [f"{c.n:,} points"],
+        "among": "in this collection",
         "views": c.views,
-        "columns": [{"name": x.name, "kind": x.kind, "filter": x.filters} for x in c.columns],
+        "thumbs": c.images is not None and c.images.kind is not None,
         "query": state.encoder is not None,
         "max_upload": state.options.max_upload,
         "k": state.options.k,
@@ -227,7 +234,7 @@ def make_server(
 
     from nenya.analysis.serve.app import Session
 
-    script = resources.files("nenya.analysis.serve").joinpath("serve.js").read_text(encoding="utf-8")
+    script = nenya_js(resources.files("nenya.analysis.serve").joinpath("serve_host.js").read_text(encoding="utf-8"))
     template = Template(TEMPLATE)
     variables = {
         "nenya_csp": CSP,

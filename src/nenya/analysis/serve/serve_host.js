@@ -1,16 +1,13 @@
-// nenya serve: the page's scripting API (window.nenya) over the server. The same names as the
-// explorer page's API; here every call returns a Promise, because the answer is computed on the
-// server over the whole collection. Requests go one at a time through a data source nothing
-// draws (nenya-rpc-in); replies come back through another (nenya-rpc-out), large ones as downloads.
-// Nothing from the data becomes markup here: messages are set as text.
+// nenya serve: the server as the explorer's host (window.nenyaHost). The collection and every
+// computation over it live on the server; each host function is one request through a data source
+// nothing draws (nenya-rpc-in), answered through another (nenya-rpc-out), large replies as downloads.
+// The side panel and window.nenya are nenya.js, shared with the offline page.
 (function () {
   "use strict";
   // the token leaves the address bar (and the history) once the server has set its cookie, as Jupyter's does
   if (/[?&]token=/.test(location.search)) history.replaceState(null, "", location.pathname);
   const DATA = JSON.parse(document.getElementById("nenya-data").textContent);
-  const api = { ready: false };
-  window.nenya = api;
-  let doc = null, seq = 0, chain = Promise.resolve();
+  let doc = null, seq = 0, chain = Promise.resolve(), lines = DATA.note;
   const pending = new Map();
   const model = (name) => doc.get_model_by_name(name);
 
@@ -40,10 +37,10 @@
     a.click();
     setTimeout(() => a.remove(), 1000);
   }
-  api._reply = async function (text) {
+  async function reply(text) {
     if (!text) return;
     const m = JSON.parse(text);
-    if (m.download) { saveAs(m.download); return; }
+    if (m.note) { lines = m.note; if (window.nenya && window.nenya.ready) window.nenya._note(lines); }
     const p = pending.get(m.id);
     if (!p) return;
     pending.delete(m.id);
@@ -52,7 +49,7 @@
       if (m.url) { const t = await fetchText(m.url); p.resolve(m.json ? JSON.parse(t) : t); }
       else p.resolve(m.result);
     } catch (e) { p.reject(e); }
-  };
+  }
 
   async function query(blob, name) {
     name = name || blob.name || "query.npy";
@@ -66,27 +63,6 @@
     return rpc("showQuery", { token: body.token });
   }
 
-  api.views = () => DATA.views.slice();
-  api.columns = () => DATA.columns.map((c) => ({ ...c }));
-  api.backend = () => "server";
-  api.select = (view, polygon) => rpc("select", { view, polygon });
-  api.selectBox = (view, x0, x1, y0, y1) => rpc("selectBox", { view, x0, x1, y0, y1 });
-  api.selectedIds = () => rpc("selectedIds");
-  api.setFilter = (name, spec) => rpc("setFilter", { name, spec: spec === undefined ? null : spec });
-  api.clearFilters = () => rpc("clearFilters");
-  api.clearSelection = () => rpc("clearSelection");
-  api.shownIds = () => rpc("shownIds");
-  api.exportCsv = async () => fetchText((await rpc("exportCsv")).url);
-  api.exportUrl = async () => (await rpc("exportCsv")).url;
-  api.setColour = (name) => rpc("setColour", { name });
-  api.find = (id) => rpc("find", { id: String(id) });
-  api.neighbours = (id) => rpc("neighbours", { id: String(id) });
-  api.queryId = (id) => rpc("queryId", { id: String(id) });
-  api.query = (blob, name) => query(blob, name);
-  api.state = () => rpc("state");
-  api.setView = (view, x0, x1, y0, y1) => rpc("setView", { view, x0, x1, y0, y1 });
-  api._text = (name) => new DOMParser().parseFromString(model(name).text, "text/html").body.textContent.trim();
-
   function wireUpload() {
     const input = document.getElementById("nenya-upload"), msg = document.getElementById("nenya-upload-msg");
     if (!input) return;
@@ -95,23 +71,52 @@
       if (!f) return;
       msg.textContent = `encoding ${f.name}...`;
       try {
-        const res = await query(f, f.name);
+        const res = await window.nenya.query(f, f.name);
         msg.textContent = `${f.name}: nearest ${res.neighbours.length ? res.neighbours[0].id : "(none)"}; placed by ${res.placement.method}`;
       } catch (e) { msg.textContent = String(e.message || e); }
       input.value = "";
     });
   }
 
-  function start() {
-    const Bokeh = window.Bokeh;
-    if (!Bokeh || !Bokeh.documents || !Bokeh.documents.length || !Bokeh.documents[0].get_model_by_name("nenya-rpc-in")) {
-      setTimeout(start, 20);
-      return;
-    }
-    doc = Bokeh.documents[0];
-    wireUpload();
-    api.ready = true;
-    document.body.dataset.nenyaReady = "1";
-  }
-  start();
+  window.nenyaHost = {
+    data: DATA,
+    start(d) {
+      doc = d;
+      wireUpload();
+    },
+    _reply: reply,
+    backend: () => "server",
+    number: (v) => (typeof v === "string" ? Date.parse(v) : Number(v)),
+    thumb: (row) => (DATA.thumbs && row >= 0 ? `nenya/thumb/${row}.png` : null),
+    thumbRows: () => [],
+    noteLines: () => lines,
+    select: (view, polygon) => rpc("select", { view, polygon }),
+    selectBox: (view, x0, x1, y0, y1) => rpc("selectBox", { view, x0, x1, y0, y1 }),
+    geometry(view, g) {
+      if (g.type === "rect") return rpc("selectBox", { view, x0: g.x0, x1: g.x1, y0: g.y0, y1: g.y1 });
+      if (g.type === "poly") return rpc("select", { view, polygon: Array.from(g.x, (x, i) => [x, g.y[i]]) });
+      return null;
+    },
+    selection: () => rpc("selection"),
+    selectedIds: () => rpc("selectedIds"),
+    shownIds: () => rpc("shownIds"),
+    setFilter: (name, spec, leftOpen) => rpc("setFilter", { name, spec, left_open: leftOpen }),
+    clearFilters: () => rpc("clearFilters"),
+    clearSelection: () => rpc("clearSelection"),
+    exportCsv: async () => fetchText((await rpc("exportCsv")).url),
+    exportUrl: async () => (await rpc("exportCsv")).url,
+    download: async () => saveAs((await rpc("exportCsv")).url),
+    setColour: (c) => rpc("setColour", { name: c.name }),
+    setView: (view, x0, x1, y0, y1) => rpc("setView", { view, x0, x1, y0, y1 }),
+    find: (id) => rpc("find", { id }),
+    neighbours: (id) => rpc("neighbours", { id }),
+    nearest: (view, x, y) => rpc("nearest", { view, x, y }),
+    pointAt(view, i) {
+      const d = model("nenya-points:" + view).data;
+      const row = d.row[i];
+      return row === undefined ? null : { row, id: d.id[i], image: DATA.thumbs ? row : -1, imageId: d.id[i], value: d.c[i] };
+    },
+    query,
+    state: () => rpc("state"),
+  };
 })();
