@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from nenya.cli._latents import HELP_FORMAT, add_image_args, add_latents_args
-from nenya.cli._latents import LATENTS_HELP as LATENTS_HELP  # cli/serve.py imports it from here
-from nenya.cli._latents import partitions as _parts  # cli/serve.py imports it from here too
+from nenya.cli._latents import HELP_FORMAT, add_image_args, add_latents_args, partitions
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -41,7 +39,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     from nenya.analysis import ImageLookup, open_latents, output_path, write_explorer
     from nenya.analysis.explorer import plane_coordinates
 
-    with open_latents(args.latents, partitions=_parts(args)) as lat:
+    with open_latents(args.latents, partitions=partitions(args)) as lat:
         vectors = lat.vectors()
         df = lat.metadata.copy()
         df.insert(0, "id", lat.ids)

@@ -7,7 +7,7 @@ import os
 import re
 import sys
 
-from nenya.cli.explore import LATENTS_HELP, _parts
+from nenya.cli._latents import LATENTS_HELP, partitions
 
 _fmt = argparse.ArgumentDefaultsHelpFormatter
 
@@ -88,7 +88,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         metric=args.metric,
         lat=args.lat,
         lon=args.lon,
-        partitions=_parts(args),
+        partitions=partitions(args),
         ntrain=args.ntrain,
     )
     encoder, reason = query_encoder_for(
