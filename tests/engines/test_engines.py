@@ -250,6 +250,7 @@ def test_rank_locks_share_one_job_and_refuse_another(preproc, tmp_path):
 def test_rank_zero_tells_this_jobs_dead_rank_from_an_earlier_runs_lock(preproc):
     """A killed run's lock can be seconds old when the rerun starts: it must never be taken for a rank
     of the rerun dying (the killed-rank test above failed this way on a fresh clone)."""
+    from nenya import ranks as _ranks
     from nenya.engines.torchrun import Ranks, RankShare
     from nenya.sinks.locks import LockHolder
 
@@ -279,7 +280,7 @@ def test_rank_zero_tells_this_jobs_dead_rank_from_an_earlier_runs_lock(preproc):
     assert verdict("job-b", LockHolder(os.getpid(), here, now, "job-b", os.getppid())) is None  # alive
     # no job id (torchrun without --rdzv-id): a lock from another launch, or from before this process
     assert verdict("", LockHolder(gone.pid, here, now, "", os.getpid())) is None
-    assert verdict("", LockHolder(gone.pid, here, now - 60, "", os.getppid())) is None
+    assert verdict("", LockHolder(gone.pid, here, _ranks.PROCESS_T0 - 60, "", os.getppid())) is None
     assert verdict("", LockHolder(gone.pid, here, now, "job-a", os.getppid())) is None
     assert verdict("", LockHolder(gone.pid, here, now, "", os.getppid())) == f"rank 1 (pid {gone.pid}) died"
     assert verdict("", LockHolder(gone.pid, "elsewhere", now, "", os.getppid())) is None  # not judged from here
