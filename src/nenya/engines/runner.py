@@ -7,6 +7,7 @@ Every shard is committed by the sink as a whole, so an interrupted run resumes w
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -161,32 +162,40 @@ def _worker_init(_: int) -> None:
 
 
 class _Writer:
-    """A background thread feeding the sink; errors surface in the main thread."""
+    """A background thread feeding the sink; errors surface in the main thread.
+
+    Its end is its own event, never ``Thread.is_alive()``: on Python 3.11 a ``join()`` interrupted by
+    Ctrl-C or SIGTERM marks the still-running thread as stopped (CPython's bpo-45274 handling), and a
+    process that then exits kills the writer in the middle of a part, leaving its temporary file."""
 
     def __init__(self, sink: Sink, depth: int = 8) -> None:
         self.sink = sink
         self.q: queue.Queue = queue.Queue(maxsize=depth)
         self.error: BaseException | None = None
         self.busy = 0.0
+        self.finished = threading.Event()
         self.thread = threading.Thread(target=self._loop, name="nenya-writer", daemon=True)
         self.thread.start()
 
     def _loop(self) -> None:
-        while True:
-            job = self.q.get()
-            if job is None:
-                return
-            if self.error is not None:
-                continue
-            t = time.perf_counter()
-            try:
-                batch, vectors = job
-                self.sink.write(batch, vectors)
-                if batch.last:
-                    self.sink.commit(batch.shard)
-            except BaseException as e:  # reported by put()/close()
-                self.error = e
-            self.busy += time.perf_counter() - t
+        try:
+            while True:
+                job = self.q.get()
+                if job is None:
+                    return
+                if self.error is not None:
+                    continue
+                t = time.perf_counter()
+                try:
+                    batch, vectors = job
+                    self.sink.write(batch, vectors)
+                    if batch.last:
+                        self.sink.commit(batch.shard)
+                except BaseException as e:  # reported by put()/close()
+                    self.error = e
+                self.busy += time.perf_counter() - t
+        finally:
+            self.finished.set()
 
     def put(self, batch: Batch, vectors: np.ndarray) -> None:
         if self.error is not None:
@@ -195,9 +204,18 @@ class _Writer:
 
     def close(self) -> None:
         self.q.put(None)
-        self.thread.join()
+        self.finished.wait()
         if self.error is not None:
             raise self.error
+
+    def stop(self, timeout: float = 60.0) -> None:
+        """After an error or a stop: let the writer finish what it was given (a shard it is committing
+        is then whole, not a temporary file), for at most ``timeout`` seconds."""
+        if self.finished.is_set():
+            return
+        with contextlib.suppress(queue.Full):
+            self.q.put(None, timeout=timeout)
+        self.finished.wait(timeout)
 
 
 def _flag(batch: Batch, bad: torch.Tensor, reason: str) -> None:
@@ -409,9 +427,7 @@ def drive(
         if close is not None:
             close()  # a generator: shut its readers down now, not at garbage collection
         if not ok:
-            if writer.thread.is_alive():
-                writer.q.put(None)
-                writer.thread.join(timeout=60)
+            writer.stop()
             sink.abort()
     summary.seconds = time.perf_counter() - job.t_start
     return summary
