@@ -212,6 +212,29 @@ def test_path_table_carries_typed_metadata_and_reads_everywhere(tmp_path):
     assert pq.read_table(out).num_rows == 4
 
 
+def test_source_options_as_one_object_equal_the_keywords(tmp_path):
+    """The CLI hands SourceOptions down whole; Python callers may give the same as keywords: same output.
+    Both at once is a TypeError that names the way out."""
+    from nenya.sources import SourceOptions
+
+    imgs = tmp_path / "imgs"
+    for i in range(4):
+        save(picture(i), imgs / f"p{i}.png", "PNG")
+    csv = tmp_path / "t.csv"
+    pd.DataFrame({"uid": [f"u{i}" for i in range(4)], "file": [str(imgs / f"p{i}.png") for i in range(4)],
+                  "label": list("abab")}).to_csv(csv, index=False)  # fmt: skip
+    enc = small_encoder()
+    a, b = tmp_path / "a.parquet", tmp_path / "b.parquet"
+    extract_collection(f"table:{csv}", enc, str(a), options=OPTS, path_column="file", id_column="uid")
+    whole = SourceOptions(path_column="file", id_column="uid")
+    extract_collection(f"table:{csv}", enc, str(b), options=OPTS, source_options=whole)
+    ta, tb = pd.read_parquet(a), pd.read_parquet(b)
+    assert list(ta["id"]) == ["u0", "u1", "u2", "u3"] and ta.drop(columns="vector").equals(tb.drop(columns="vector"))
+    assert np.array_equal(np.stack(ta["vector"]), np.stack(tb["vector"]))
+    with pytest.raises(TypeError, match="either source_options"):
+        extract_collection(f"table:{csv}", enc, str(tmp_path / "c.parquet"), source_options=whole, id_column="uid")
+
+
 def test_output_name_must_stay_in_folder(tmp_path):
     from nenya._errors import OutputError
     from nenya.extract import split_output
