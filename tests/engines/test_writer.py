@@ -10,6 +10,7 @@ from types import SimpleNamespace
 import pytest
 
 from nenya.engines.runner import _Writer
+from nenya.pipeline import interrupt
 
 
 class SlowSink:
@@ -35,10 +36,17 @@ def test_a_stop_while_the_writer_commits_waits_for_the_commit():
     w = _Writer(sink)
     w.put(SimpleNamespace(last=True, shard="s0"), None)
     assert sink.started.wait(10)
-    threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()  # the stop, in the main thread
-    threading.Timer(0.6, sink.release.set).start()  # the part is written a moment later
-    with pytest.raises(KeyboardInterrupt):
-        w.close()
+    # Python's own Ctrl-C handler for this test (an earlier in-process CLI run may have installed
+    # nenya's, which would remember the stop for later tests), restored after
+    before = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        threading.Timer(0.2, os.kill, (os.getpid(), signal.SIGINT)).start()  # the stop, in the main thread
+        threading.Timer(0.6, sink.release.set).start()  # the part is written a moment later
+        with pytest.raises(KeyboardInterrupt):
+            w.close()
+    finally:
+        signal.signal(signal.SIGINT, before)
+        interrupt.reset()
     assert sink.committed == []  # still writing when the stop arrived
     w.stop(timeout=10)
     assert sink.committed == ["s0"] and w.finished.is_set()  # stop() waited for the whole part
