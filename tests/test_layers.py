@@ -86,3 +86,78 @@ def test_the_checker_sees_an_arrow_back_up(tmp_path):
         "sources/s.py:1 imports nenya.latents_extraction",
         "sources/s.py:1 imports the documented face nenya.latents_extraction",
     ]
+
+
+def _module_level_imports(src: Path = SRC) -> dict[str, set[str]]:
+    """module -> the nenya modules it imports when it is imported (top-level statements only: not
+    inside functions, not under ``if TYPE_CHECKING``), each resolved to an existing module."""
+    names = {".".join(p.relative_to(src.parent).with_suffix("").parts).removesuffix(".__init__"): p
+             for p in src.rglob("*.py")}  # fmt: skip
+    graph: dict[str, set[str]] = {}
+    for mod, path in names.items():
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        body = [n for n in tree.body if not (isinstance(n, ast.If) and "TYPE_CHECKING" in ast.unparse(n.test))]
+        deps = set()
+        for node in body:
+            if isinstance(node, ast.Import):
+                deps |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                deps |= {f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in names else node.module
+                         for a in node.names}  # fmt: skip
+        graph[mod] = {d for d in deps if d in names and d != mod}
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """The import circles: strongly connected groups of more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    out: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in graph.get(v, ()):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            group = []
+            while True:
+                w = stack.pop()
+                group.append(w)
+                if w == v:
+                    break
+            if len(group) > 1:
+                out.append(sorted(group))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return out
+
+
+def test_no_import_circles():
+    graph = _module_level_imports()
+    assert len(graph) > 100 and _cycles(graph) == []
+    assert _cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}) == [["a", "b", "c"]]  # it can fail
+
+
+def test_rooms_stay_small():
+    """No file in src/ over 600 lines, no class over 300, no function over 80 (one concern a room)."""
+    big = []
+    for path in sorted(SRC.rglob("*.py")):
+        text = path.read_text(encoding="utf-8")
+        rel = path.relative_to(SRC)
+        if text.count("\n") > 600:
+            big.append(f"{rel}: {text.count(chr(10))} lines")
+        for node in ast.walk(ast.parse(text)):
+            limit = 80 if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) else 300
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                n = node.end_lineno - node.lineno + 1  # type: ignore[operator]
+                if n > limit:
+                    big.append(f"{rel}:{node.lineno} {node.name}: {n} lines (at most {limit})")
+    assert big == [], "\n".join(big)
