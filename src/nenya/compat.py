@@ -53,20 +53,36 @@ _MISSING_OP = "operator torchvision::"
 _lock = threading.Lock()
 #: The Library holding the schemas must stay alive for them to stay defined (module-level, set once).
 _SCHEMA_LIBRARY: list[torch.library.Library] = []
+#: Set once the warning about the schemas has been logged (it is said once per process).
+_WARNED = threading.Event()
+_WARNING = "torchvision's compiled ops do not match this torch build; its models work, detection ops will not"
 
 
-def import_torchvision() -> ModuleType:
+def import_torchvision(*, warn: bool = True) -> ModuleType:
     """Import torchvision, working around a compiled extension that does not match this torch.
 
     torchvision wheels built for another torch (e.g. the CUDA wheel next to a CPU torch) fail
     to import with ``RuntimeError: operator torchvision::nms does not exist``. On exactly that
     failure, the half-imported modules are dropped, the operator schemas are defined from
-    Python, torchvision is imported again and one warning is logged: its models and transforms
-    work; its detection operators (nms, roi_align, deform_conv2d) raise when called.
+    Python and torchvision is imported again: its models and transforms work; its detection
+    operators (nms, roi_align, deform_conv2d) raise when called.
+
+    Args:
+        warn: log that warning (once per process) when the schemas were needed. Callers that
+            use torchvision's models or operators warn; those that only need it importable
+            (timm imports it for its transforms) pass ``warn=False``.
 
     Raises:
         NenyaError: torchvision is not installed, or fails to import for another reason.
     """
+    tv = _import_torchvision()
+    if warn and _SCHEMA_LIBRARY and not _WARNED.is_set():
+        _WARNED.set()
+        log.warning(_WARNING)
+    return tv
+
+
+def _import_torchvision() -> ModuleType:
     with _lock:
         if "torchvision" in sys.modules and hasattr(sys.modules["torchvision"], "models"):
             return sys.modules["torchvision"]
@@ -97,7 +113,6 @@ def import_torchvision() -> ModuleType:
                 f"torchvision fails to import even with its operator schemas defined ({e}); "
                 f"install the torchvision build that matches torch {torch.__version__}"
             ) from e
-        log.warning("torchvision's compiled ops do not match this torch build; its models work, detection ops will not")
         return tv
 
 

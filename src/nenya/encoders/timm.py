@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 def import_timm() -> ModuleType:
     """Import timm (which imports torchvision: see :func:`import_torchvision`)."""
     try:
-        import_torchvision()
+        import_torchvision(warn=False)
     except NenyaError as e:
         log.debug("timm without torchvision: %s", e)
     try:

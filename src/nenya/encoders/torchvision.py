@@ -143,7 +143,7 @@ class TorchvisionEncoder(Encoder):
         pre = image_preprocess(defaults, options)
         dim = _dim(model, pre, name)
         fp = encoder_fingerprint("torchvision", name, None, None, pre, tag)
-        log.info("torchvision:%s: %d-d (classifier %s removed), input %s", name, dim, head, pre.image)
+        log.info("torchvision:%s: %d-d (classifier %s removed), input %s, weights %s", name, dim, head, pre.image, tag)
         return cls(model, name=f"torchvision:{name}", dim=dim, preprocess=pre, fingerprint=fp)
 
 

@@ -67,7 +67,7 @@ def unavailable(device: torch.device, transform: ImageTransform | None) -> str |
     try:
         from nenya.compat import import_torchvision
 
-        import_torchvision()
+        import_torchvision(warn=False)
         from torchvision.io.image import _assert_has_image_ops
 
         _assert_has_image_ops()
@@ -146,7 +146,7 @@ def nvjpeg(datas: list[torch.Tensor], device: torch.device) -> list[torch.Tensor
     """torchvision's batched ``decode_jpeg`` to RGB on ``device`` (nvjpeg on CUDA)."""
     from nenya.compat import import_torchvision
 
-    import_torchvision()
+    import_torchvision(warn=False)
     from torchvision.io import ImageReadMode, decode_jpeg
 
     return decode_jpeg(datas, mode=ImageReadMode.RGB, device=device)
