@@ -54,3 +54,18 @@ def test_explore_reads_the_dataset(outputs, capsys):
     page = outputs / "page.html"
     assert main(["explore", str(outputs / "vectors.lance"), "--coords", coords, "-o", str(page)]) == 0
     assert (outputs / "page.html").stat().st_size > 10_000
+
+
+def test_a_new_dataset_is_written_without_lances_warning_that_it_will_be_created(tmp_path, capfd):
+    root = tmp_path / "photos"
+    for i in range(3):
+        save(picture(i), str(root / f"p{i}.png"), "PNG")
+    enc = small_encoder()
+    capfd.readouterr()
+    extract_collection(f"images:{root}", enc, str(tmp_path / "vectors.lance"))  # new
+    save(picture(3), str(root / "p3.png"), "PNG")
+    extract_collection(f"images:{root}", enc, str(tmp_path / "vectors.lance"))  # appended
+    extract_collection(f"images:{root}", enc, str(tmp_path / "vectors.lance"), overwrite=True)  # replaced
+    err = capfd.readouterr().err
+    assert "No existing dataset" not in err and "WARN" not in err, err
+    assert lancedb.connect(str(tmp_path)).open_table("vectors").count_rows() == 4

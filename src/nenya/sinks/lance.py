@@ -94,7 +94,8 @@ class LanceSink(ParquetSink):
             empty = pa.table(cols)
             schema, tables = self._with_about(empty.schema), [empty]
         reader = pa.RecordBatchReader.from_batches(schema, (b for t in tables for b in t.cast(schema).to_batches()))
-        mode = "append" if self.append and os.path.isdir(dest) else "overwrite"
+        # "create" for a new dataset: lance warns "No existing dataset ... will be created" on the others
+        mode = ("append" if self.append else "overwrite") if os.path.isdir(dest) else "create"
         _lance().write_dataset(reader, dest, schema=schema, mode=mode)
         faults.point("assemble.write")
 
