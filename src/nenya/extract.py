@@ -19,6 +19,7 @@ from nenya.pipeline import storage
 from nenya.pipeline.registry import split_spec
 from nenya.preprocess import device_decode_unavailable
 from nenya.sinks import Sink, sinks
+from nenya.sinks.status import STATUS_SUFFIX, read_status
 from nenya.sources import GridOptions, RecordOptions, Source, SourceOptions, sources
 from nenya.sources.hdf5 import DEFAULT_PARTITIONS, HDF5PreprocSource
 
@@ -70,7 +71,7 @@ def _not_done(files: list[str], kind: type[Source], sink: Sink, output: str, *, 
     for f in files:
         name = sink.output_name_for(kind.output_stem(f))
         if name in existing and name not in unfinished and not clobber:
-            log.info("skipping %s: %s exists in %s (use clobber to redo it)", f, name, output)
+            log.info("skipping %s: %s exists in %s (--clobber redoes it; clobber=True in Python)", f, name, output)
         else:
             todo.append(f)
     return todo
@@ -178,13 +179,22 @@ def extract_collection(
         ),
     )
     if skip:
-        log.info("%s exists with %d ids: encoding only new ones", storage.join(folder, name), len(skip))
+        dest = storage.join(folder, name)
+        log.info("%s exists with %s: encoding only new ones", dest, _accounted_for(dest, len(skip)))
     try:
         if hasattr(source, "__len__") and len(source) == 0:  # everything is in the output already
             return RunSummary()
         return engine.run(source, encoder, sink, options)
     finally:
         source.close()
+
+
+def _accounted_for(dest: str, ids: int) -> str:
+    """What the ``ids`` an existing output accounts for are: items with vectors, and items skipped
+    earlier (in its status table, with their reasons, but not in its rows)."""
+    skipped = sum(status != "ok" for _, status in read_status(dest + STATUS_SUFFIX))
+    text = f"vectors of {ids - skipped} item{'s' * (ids - skipped != 1)}"
+    return text + (f" and {skipped} skipped (see its {STATUS_SUFFIX})" if skipped else "")
 
 
 def _source_options(given: SourceOptions | None, **one_by_one) -> SourceOptions:
