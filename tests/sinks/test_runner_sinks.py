@@ -93,7 +93,7 @@ def test_other_model_into_unfinished_output_is_refused(opt, encoder, preproc, tm
     other_ckpt = tmp_path / "other.pth"
     save_checkpoint(opt, other_ckpt, seed=42)
     other = SupConEncoder.from_checkpoint(other_ckpt, opt).to("cpu")
-    with pytest.raises(OutputError, match="different model.*--overwrite"):
+    with pytest.raises(OutputError, match=r"different model.*--overwrite \(in Python: overwrite=True, or clobber=True"):
         extract_preproc([str(preproc)], other, str(out), options=OPTS)
     summary = extract_preproc([str(preproc)], other, str(out), options=OPTS, clobber=True)
     assert summary.shards_already_done == 0 and summary.items == 58

@@ -1,6 +1,6 @@
 """The manifest of an output's work folder (``manifest.json``): a digest of the run's fingerprint
 (inputs, model weights, preprocessing, output schema), so a rerun continues the parts there only
-when it would produce the same output."""
+when it would produce the same output; and the check that an existing output holds this run's vectors."""
 
 from __future__ import annotations
 
@@ -9,9 +9,13 @@ import json
 import os
 import shutil
 import time
+from typing import TYPE_CHECKING
 
 from nenya._errors import OutputError
 from nenya.pipeline import storage
+
+if TYPE_CHECKING:
+    from nenya.sinks import WriteContext
 
 MANIFEST = "manifest.json"
 
@@ -19,6 +23,32 @@ MANIFEST = "manifest.json"
 def vectors_digest(fingerprint: str) -> str:
     """A short digest of what determines a run's vectors (model, weights, preprocessing, precision)."""
     return hashlib.sha256(fingerprint.encode()).hexdigest()[:16]
+
+
+def describe_model(about: dict) -> str:
+    """A model record (:meth:`nenya.encoders.base.Encoder.about`) as the user names it: spec, options,
+    precision and dimension."""
+    options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in (about.get("options") or {}).items())
+    what = " ".join(x for x in (str(about.get("model", "unknown model")), options, about.get("precision", "")) if x)
+    return what + (f", {about['dim']}-d" if about.get("dim") else "")
+
+
+def check_same_vectors(where: str, recorded: dict | None, context: WriteContext) -> None:
+    """Refuse the existing output ``where`` when its model record (``recorded``) says that another model,
+    weights, preprocessing or precision made its vectors than this run's (``context``): rows added to it
+    would not be comparable, and a run with nothing new to encode would pass another model's vectors off
+    as its own. Outputs without a record (other tools, older versions) are not refused."""
+    ours = vectors_digest(context.fingerprint)
+    if not recorded or not recorded.get("vectors") or recorded["vectors"] == ours:
+        return
+    theirs, this = describe_model(recorded), describe_model(context.about)
+    if theirs == this:  # the same spec with other weights (a checkpoint rewritten in place)
+        theirs, this = f"{theirs}, vectors {recorded['vectors']}", f"{this}, vectors {ours}"
+    raise OutputError(
+        f"{where} holds vectors of another model or preprocessing ({theirs}; this run: {this}): this run's "
+        "vectors would not be comparable with them. Rerun with --clobber (also --overwrite) to replace it, or "
+        "write to another output"
+    )
 
 
 def digest(fp: str) -> str:
@@ -36,8 +66,9 @@ def check_manifest(gdir: str, fp: str, *, overwrite: bool, rank: int) -> None:
         if old != digest(fp):
             if not overwrite:
                 raise OutputError(
-                    f"{gdir} holds an unfinished run with a different model, preprocessing, input or "
-                    "output format; rerun with --overwrite (clobber=True) to discard it, or choose another output"
+                    f"{gdir} holds an unfinished run with a different model, preprocessing, input or output format; "
+                    "rerun with --overwrite (in Python: overwrite=True, or clobber=True for preproc files) to discard "
+                    "it, or choose another output"
                 )
             if rank == 0:
                 shutil.rmtree(gdir)

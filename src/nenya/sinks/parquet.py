@@ -91,7 +91,7 @@ class ParquetSink(PartSink):
                 raise OutputError(
                     f"{storage.join(self.output, self.output_name(g))} holds vectors of another model or preprocessing "
                     f"({_describe(old)}; this run: {_describe(context.about)}): new rows would not be comparable. "
-                    "Rerun with --overwrite to replace it, or choose another output"
+                    "Rerun with --overwrite (overwrite=True in Python) to replace it, or choose another output"
                 )
         return super().start(plan, context)
 
