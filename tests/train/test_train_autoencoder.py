@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import logging
 
 import numpy as np
 import pytest
@@ -55,10 +56,18 @@ def _cfg(data, out, **kw):
     return AutoencoderConfig(**base)
 
 
-def test_loss_falls_and_checkpoints_record_architecture(tmp_path, images):
+def test_loss_falls_and_checkpoints_record_architecture(tmp_path, images, caplog):
     path, arr = images
-    summary = train_autoencoder(_cfg(path, tmp_path / "ae"), progress=False)
+    with caplog.at_level(logging.INFO, logger="nenya.train.autoencoder"):
+        summary = train_autoencoder(_cfg(path, tmp_path / "ae"), progress=False)
     assert summary.steps == 40
+    # the summary's losses say which they are, and its epoch mean is the one the checkpoint's log line gave
+    logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("checkpoint 2 at step 40")]
+    assert logged == [f"checkpoint 2 at step 40: epoch mean loss {summary.epoch_mean:.4g}"]
+    line = summary.line()
+    assert line.startswith("40 steps, 2 checkpoints,"), line
+    want = f"first batch loss {summary.first_loss:.4g} -> last batch {summary.final_loss:.4g}; epoch mean"
+    assert want in line and line.endswith(f"epoch mean {summary.epoch_mean:.4g} (checkpoint 2)"), line
     enc = load_encoder(f"ae:{summary.last}")
     x = enc.prepare(torch.from_numpy(arr))  # the whole set, cropped and normalised as in training
     torch.manual_seed(0)  # the same initialisation as the run (seed 0)
@@ -82,6 +91,7 @@ def test_loss_falls_and_checkpoints_record_architecture(tmp_path, images):
     )
     ckpt = load_checkpoint(more.last)
     assert more.steps == 60 and ckpt["step"] == 60 and ckpt["epoch"] == 3
+    assert more.line().startswith("20 steps (steps 41-60), 3 checkpoints,"), more.line()  # this run's steps
     assert int(ckpt["optimizer"]["state"][0]["step"]) == 60
 
 
