@@ -83,6 +83,8 @@ def test_resume_continues_epochs_and_optimiser_exactly(tmp_path, preproc):
     assert load_checkpoint(first.last)["epoch"] == 1
     resumed = train_run(opt, progress=False, output=str(tmp_path / "b"), auto_resume=True)
     assert resumed.start_epoch == 2 and resumed.epochs_done == 2
+    # the summary counts this run's steps and images (the total steps apart)
+    assert resumed.line().startswith(f"epochs 2-2, 2 steps (4 in all), {first.images} images in "), resumed.line()
     a, b = load_checkpoint(straight.last), load_checkpoint(resumed.last)
     assert a["epoch"] == b["epoch"] == 2 and a["step"] == b["step"] == 4
     for k in a["model"]:
@@ -96,6 +98,7 @@ def test_resume_continues_epochs_and_optimiser_exactly(tmp_path, preproc):
     assert epochs == ["1", "2"]
     again = train_run(opt, progress=False, resume=str(tmp_path / "b" / "ckpt_epoch_2.pth"), output=str(tmp_path / "b"))
     assert again.steps == 4 and again.epochs_done == 2  # nothing left to do
+    assert again.line().startswith("no epoch run, 0 steps (4 in all), 0 images in "), again.line()
 
 
 def test_time_limit_debug_and_nenya_main(tmp_path, preproc):

@@ -32,7 +32,10 @@ class TrainSummary:
     folder: str
     epochs_done: int = 0
     start_epoch: int = 1
+    #: optimiser steps at the end (a resumed run's earlier steps included) and at the start
     steps: int = 0
+    start_step: int = 0
+    #: the images this run trained on
     images: int = 0
     seconds: float = 0.0
     train_loss: float | None = None
@@ -46,10 +49,12 @@ class TrainSummary:
         return self.images / self.seconds if self.seconds > 0 else 0.0
 
     def line(self) -> str:
-        """One line for the CLI: epochs, steps, speed, losses."""
+        """One line for the CLI: this run's epochs, steps and images (with the step count in all when it
+        resumed), speed, losses."""
+        done = self.steps - self.start_step
         parts = [
             f"epochs {self.start_epoch}-{self.epochs_done}" if self.epochs_done >= self.start_epoch else "no epoch run",
-            f"{self.steps} steps",
+            f"{done} steps" + (f" ({self.steps} in all)" if self.start_step else ""),
             f"{self.images} images in {self.seconds:.1f} s",
             f"{self.images_per_s:.1f} images/s",
         ]
@@ -228,6 +233,7 @@ def _start(
         start_epoch=start_epoch,
         epochs_done=start_epoch - 1,
         steps=global_step,
+        start_step=global_step,
     )
     log.info(
         "training %s (%s) on %s: %d images, batch %d x %d rank(s), epochs %d-%d, %s",
