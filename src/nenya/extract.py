@@ -14,11 +14,11 @@ from dataclasses import replace
 
 from nenya.encoders.base import Encoder
 from nenya.engines import Engine, default_engine
-from nenya.engines.runner import RunOptions, RunSummary
+from nenya.engines.runner import RunOptions, RunSummary, write_context
 from nenya.pipeline import storage
 from nenya.pipeline.registry import split_spec
 from nenya.preprocess import device_decode_unavailable
-from nenya.sinks import Sink, sinks
+from nenya.sinks import Sink, WriteContext, sinks
 from nenya.sinks.status import STATUS_SUFFIX, read_status
 from nenya.sources import GridOptions, RecordOptions, Source, SourceOptions, sources
 from nenya.sources.hdf5 import DEFAULT_PARTITIONS, HDF5PreprocSource
@@ -52,7 +52,7 @@ def extract_preproc(
     sink = sinks.get(fmt)(output, overwrite=clobber, suffix="_debug" if debug else "")
     if debug:
         log.warning("debug: only the first %d items of each partition, written as *_latents_debug%s", limit, sink.ext)
-    todo = _not_done(files, HDF5PreprocSource, sink, output, clobber=clobber)
+    todo = _not_done(files, HDF5PreprocSource, sink, output, clobber=clobber, context=write_context(encoder))
     if not todo:
         return RunSummary()
     source = HDF5PreprocSource(todo, partitions=partitions, limit=limit)
@@ -62,18 +62,23 @@ def extract_preproc(
         source.close()
 
 
-def _not_done(files: list[str], kind: type[Source], sink: Sink, output: str, *, clobber: bool) -> list[str]:
+def _not_done(
+    files: list[str], kind: type[Source], sink: Sink, output: str, *, clobber: bool, context: WriteContext
+) -> list[str]:
     """The ``files`` whose output in ``output`` is not finished (all of them with ``clobber``): each
-    output's name is the sink's name for the stem the source ``kind`` proposes for that file."""
+    output's name is the sink's name for the stem the source ``kind`` proposes for that file. An
+    existing output made by another model than ``context``'s is an error, not a finished one."""
     existing = set(storage.listdir_names(output))
     unfinished = sink.unfinished()  # killed while publishing: finish them again
     todo = []
     for f in files:
         name = sink.output_name_for(kind.output_stem(f))
-        if name in existing and name not in unfinished and not clobber:
-            log.info("skipping %s: %s exists in %s (--clobber redoes it; clobber=True in Python)", f, name, output)
-        else:
-            todo.append(f)
+        if name in existing and not clobber:
+            sink.check_existing(name, context)
+            if name not in unfinished:
+                log.info("skipping %s: %s exists in %s (--clobber redoes it; clobber=True in Python)", f, name, output)
+                continue
+        todo.append(f)
     return todo
 
 
@@ -168,6 +173,8 @@ def extract_collection(
     folder, name, fmt = split_output(output, fmt)
     engine = engine or default_engine()
     sink = sinks.get(fmt)(folder, overwrite=overwrite, name=name, **({"dtype": dtype} if dtype != "float32" else {}))
+    if not overwrite:  # whether or not anything is new: another model's output is never this run's
+        sink.check_existing(name, write_context(encoder))
     skip = sink.resume_ids()
     source = open_collection(
         spec,

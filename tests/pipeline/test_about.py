@@ -55,7 +55,7 @@ def test_appending_vectors_of_another_preprocessing_is_refused(photos, tmp_path)
     save(picture(9, size=(40, 56)), photos / "p9.jpg", "JPEG", quality=92)
     with pytest.raises(
         OutputError,
-        match=r"another model or preprocessing.*--size 48.*--size 64.*--overwrite \(overwrite=True in Python\)",
+        match=r"another model or preprocessing.*--size 48.*--size 64.*--overwrite; in Python: overwrite=True",
     ):
         extract_collection(f"images:{photos}", encoder(64), out, options=OPTS)
     pd.testing.assert_frame_equal(pd.read_parquet(out), before)  # untouched

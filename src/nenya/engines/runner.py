@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import queue
 import re
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -273,9 +274,50 @@ class Share:
         """This process's shards, from those not yet committed (``todo``, in plan order)."""
         return todo
 
-    def finish(self, sink: Sink, plan: Plan) -> list[str]:
-        """Called once this process's shards are committed: assemble (or leave it to another process)."""
-        return sink.finish()
+    def gather(self, sink: Sink, plan: Plan) -> bool:
+        """Called once this process's shards are committed: wait for the shards other processes commit,
+        and say whether this process assembles the outputs (it then judges the skips over every item)."""
+        return True
+
+
+def write_context(encoder: Encoder, share: Share | None = None) -> WriteContext:
+    """What a sink is told about a run of ``encoder`` (placed on its device): its dimension, tiles,
+    description and the fingerprint of what determines its vectors, and ``share``'s rank and world.
+    Outputs record this; an existing output is checked against it."""
+    share = share or Share()
+    # the resolved precision: "auto" may mean bf16 on one machine and fp32 on another
+    fingerprint = f"{encoder.fingerprint}|{encoder.preprocess}|{encoder.autocast_dtype or 'fp32'}"
+    return WriteContext(
+        dim=encoder.dim,
+        fingerprint=fingerprint,
+        grid=encoder.grid,
+        about=encoder.about(),
+        rank=share.rank,
+        world=share.world,
+        job=share.job,
+    )
+
+
+def check_skips(skipped: int, items: int, limit: float | None, *, final: bool, examples: Sequence[str] = ()) -> None:
+    """The ``--max-skip-fraction`` rule, one for every engine: more than ``limit`` of ``items`` skipped is
+    an error. During a run (``final=False``) it is judged once 100 items are seen, so that a few early
+    bad items do not stop a large run; at its end (``final=True``, before any output is assembled) over
+    every item of the run, whatever their number. ``examples`` ("id: reason") are named in the error."""
+    if limit is None or items == 0 or skipped <= limit * items or (not final and items < 100):
+        return
+    raise_to = f"{math.ceil(skipped / items * 1000) / 1000:g}"
+    seen = f" (for example {'; '.join(examples)})" if examples else ""
+    if final:
+        raise NenyaError(
+            f"{skipped} of {items} items skipped ({skipped / items:.1%}), more than --max-skip-fraction {limit} "
+            f"allows{seen}; no output was written. Rerun with a higher limit (--max-skip-fraction {raise_to}) to "
+            "write it from the committed shards (they are kept), or fix or remove those inputs and rerun with --overwrite"
+        )
+    raise NenyaError(
+        f"{skipped} of {items} items skipped so far, more than --max-skip-fraction {limit}{seen}: something is "
+        f"wrong with the input. Rerun with a higher limit (--max-skip-fraction {raise_to}) to resume from the "
+        "committed shards (they are kept), or fix the input and rerun with --overwrite"
+    )
 
 
 @dataclass
@@ -298,18 +340,7 @@ def start(
     share = share or Share()
     shard_size = max(options.batch_size, -(-options.shard_size // options.batch_size) * options.batch_size)
     plan = source.plan(shard_size)
-    # the resolved precision: "auto" may mean bf16 on one machine and fp32 on another
-    fingerprint = f"{encoder.fingerprint}|{encoder.preprocess}|{encoder.autocast_dtype or 'fp32'}"
-    context = WriteContext(
-        dim=encoder.dim,
-        fingerprint=fingerprint,
-        grid=encoder.grid,
-        about=encoder.about(),
-        rank=share.rank,
-        world=share.world,
-        job=share.job,
-    )
-    done = sink.start(plan, context)
+    done = sink.start(plan, write_context(encoder, share))
     try:
         todo = share.select(plan, [s for s in plan.shards if (s.group, s.key) not in done])
     except BaseException:
@@ -394,30 +425,26 @@ def drive(
         smoothing=0.1,
     )
     ok = False
+    examples: list[str] = []  # a few skipped items, named if there are too many
     try:
         for batch, out in stream:
             batch.data = None  # the pixels are no longer needed: keep the writer queue light
             writer.put(batch, out)
             summary.items += len(batch)
             if batch.status is not None:
-                summary.skipped += sum(s != "ok" for s in batch.status)
-                if (
-                    options.max_skip_fraction is not None
-                    and summary.items >= 100
-                    and summary.skipped > options.max_skip_fraction * summary.items
-                ):
-                    raise NenyaError(
-                        f"{summary.skipped} of {summary.items} items skipped so far, more than "
-                        f"--max-skip-fraction {options.max_skip_fraction}; something is wrong with "
-                        "the input (see the skip reasons in the log) or raise the limit"
-                    )
+                summary.skipped += _count_skips(batch, examples)
+                check_skips(summary.skipped, summary.items, options.max_skip_fraction, final=False, examples=examples)
             bar.update(len(batch))
             interrupt.check()  # a Ctrl-C or SIGTERM swallowed by a finalizer still stops here
         t3 = time.perf_counter()
         writer.close()
         job.timings.write, job.timings.write_wait = writer.busy, time.perf_counter() - t3
         t4 = time.perf_counter()
-        summary.outputs = job.share.finish(sink, job.plan)
+        if job.share.gather(sink, job.plan):
+            # every item of the plan, resumed shards and other ranks' included (this process's own without a count)
+            items, skipped = sink.item_counts() or (summary.items, summary.skipped)
+            check_skips(skipped, items, options.max_skip_fraction, final=True, examples=examples)
+            summary.outputs = sink.finish()
         job.timings.finalize = time.perf_counter() - t4
         summary.timings = job.timings
         ok = True
@@ -431,6 +458,14 @@ def drive(
             sink.abort()
     summary.seconds = time.perf_counter() - job.t_start
     return summary
+
+
+def _count_skips(batch: Batch, examples: list[str], keep: int = 3) -> int:
+    """The skipped items of ``batch``; the first ``keep`` of the run are added to ``examples``."""
+    assert batch.status is not None
+    skipped = [(i, s) for i, s in zip(batch.ids, batch.status) if s != "ok"]
+    examples += [f"{i}: {s.removeprefix('skipped:')}" for i, s in skipped[: max(0, keep - len(examples))]]
+    return len(skipped)
 
 
 def run(

@@ -39,7 +39,8 @@ GRACE = 30.0
 
 
 class RankShare(Share):
-    """One rank's share of a plan: every world-th shard; rank 0 waits for the others and assembles."""
+    """One rank's share of a plan: every world-th shard; rank 0 waits for the others, judges the
+    skipped items over all of them (``--max-skip-fraction``) and assembles."""
 
     def __init__(self, ranks: Ranks, sink, *, timeout: float = 1800.0, poll: float = 0.5) -> None:
         self.ranks, self.sink, self.timeout, self.poll = ranks, sink, timeout, poll
@@ -95,16 +96,16 @@ class RankShare(Share):
         )
         return self.mine
 
-    def finish(self, sink: Sink, plan: Plan) -> list[str]:
+    def gather(self, sink: Sink, plan: Plan) -> bool:
         if self.ranks.rank != 0:
             sink.abort()  # nothing is uncommitted: this releases this rank's locks
             self._write_markers(True)
-            return []
+            return False
         self._wait()
         for g in plan.groups:
             for r in range(1, self.ranks.world):
                 sink.remove_post(g, f"rank{r}")
-        return sink.finish()
+        return True  # rank 0 judges every rank's items together, then assembles
 
     def failed(self, error: BaseException) -> None:
         """Tell rank 0 this rank stopped (called by the engine on any error or interruption)."""

@@ -95,6 +95,22 @@ class Sink(ABC):
         """Output names whose publishing was interrupted (they may exist but must be finished again)."""
         return set()
 
+    def recorded_model(self, name: str) -> dict | None:
+        """The model record (:meth:`~nenya.encoders.base.Encoder.about` and its ``vectors`` digest) of the
+        existing output ``name``; None when there is none, it records no model, or the format keeps none."""
+        return None
+
+    def check_existing(self, name: str, context: WriteContext) -> None:
+        """Refuse (an :class:`~nenya._errors.OutputError` that names the file and the fix) the existing
+        output ``name`` when another model, weights, preprocessing or precision than ``context``'s made
+        its vectors: a run must neither add to it nor report it as already done. Called whenever the
+        output exists, whether or not there is anything new to encode. No check by default."""
+
+    def item_counts(self) -> tuple[int, int] | None:
+        """(items, skipped items) over the committed shards of the started plan, by any process and
+        any earlier run (None: this sink does not keep counts; the runner counts what it wrote)."""
+        return None
+
     def resume_ids(self) -> set[str]:
         """Resume by id: the ids an existing output already accounts for, after which new rows are
         appended (empty when there is no output to extend, or the sink does not append)."""

@@ -11,7 +11,7 @@ import nenya
 from nenya.pipeline import faults, storage
 from nenya.pipeline.items import Group
 from nenya.sinks import vectors_of
-from nenya.sinks.parquet import ABOUT_KEY
+from nenya.sinks.parquet import ABOUT_KEY, parse_about
 from nenya.sinks.parts import PartSink
 
 
@@ -28,6 +28,18 @@ class NenyaLatentsSink(PartSink):
     ext = ".h5"
     collections = False  # one file per preproc input, Nenya's layout
     supports_tiles = False
+
+    def recorded_model(self, name: str) -> dict | None:
+        """The model record in the ``nenya`` attribute of the latents file ``name``."""
+        dest = storage.join(self.output, name)
+        if not storage.exists(dest):
+            return None
+        fs, path = storage.url_to_fs(dest)
+        try:
+            with fs.open(path, "rb") as fh, h5py.File(fh, "r") as f:
+                return parse_about(f.attrs.get(ABOUT_KEY.decode()))
+        except (OSError, ValueError):  # not an HDF5 file: nothing recorded
+            return None
 
     def assemble(self, group: Group, path: str) -> None:
         with h5py.File(path, "w") as f:

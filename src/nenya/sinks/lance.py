@@ -59,11 +59,9 @@ class LanceSink(ParquetSink):
         ds = _lance().dataset(dest)
         return set(ds.to_table(columns=["id"]).column("id").to_pylist())
 
-    def _existing_about(self, group: Group) -> dict | None:
-        dest = self.output_path(group)
-        if not self.append or not os.path.isdir(dest):
-            return None
-        return about_of(_lance().dataset(dest).schema)
+    def recorded_model(self, name: str) -> dict | None:
+        dest = storage.join(self.output, name)
+        return about_of(_lance().dataset(dest).schema) if os.path.isdir(dest) else None
 
     def _rows(self, group: Group):
         """The committed parts of ``group`` as output tables, one at a time."""

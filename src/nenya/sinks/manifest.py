@@ -46,8 +46,8 @@ def check_same_vectors(where: str, recorded: dict | None, context: WriteContext)
         theirs, this = f"{theirs}, vectors {recorded['vectors']}", f"{this}, vectors {ours}"
     raise OutputError(
         f"{where} holds vectors of another model or preprocessing ({theirs}; this run: {this}): this run's "
-        "vectors would not be comparable with them. Rerun with --clobber (also --overwrite) to replace it, or "
-        "write to another output"
+        "vectors would not be comparable with them. Rerun with --clobber (or --overwrite; in Python: overwrite=True, "
+        "or clobber=True for preproc files) to replace it, or write to another output"
     )
 
 

@@ -9,11 +9,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from nenya._errors import OutputError
 from nenya.pipeline import faults, storage
 from nenya.pipeline.items import Group
 from nenya.sinks import WriteContext, vectors_of
-from nenya.sinks.manifest import vectors_digest
 from nenya.sinks.parts import PartSink
 
 #: schema-metadata key (Parquet) and attribute (HDF5) holding :meth:`Encoder.about` as JSON
@@ -31,11 +29,6 @@ def parse_about(raw: str | bytes | None) -> dict | None:
 def about_of(schema: pa.Schema | None) -> dict | None:
     """The model description stored in a Parquet schema by nenya (None for other files)."""
     return parse_about((schema.metadata or {}).get(ABOUT_KEY) if schema is not None else None)
-
-
-def _describe(about: dict) -> str:
-    options = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in (about.get("options") or {}).items())
-    return " ".join(x for x in (str(about.get("model", "unknown model")), options, about.get("precision", "")) if x)
 
 
 class ParquetSink(PartSink):
@@ -84,21 +77,22 @@ class ParquetSink(PartSink):
 
     def start(self, plan, context: WriteContext):
         self._check_names(plan)
-        vectors = vectors_digest(context.fingerprint)
-        for g in plan.groups:  # appending (resume by id): only vectors of the same model may join
-            old = self._existing_about(g)
-            if old and old.get("vectors") and old["vectors"] != vectors:
-                raise OutputError(
-                    f"{storage.join(self.output, self.output_name(g))} holds vectors of another model or preprocessing "
-                    f"({_describe(old)}; this run: {_describe(context.about)}): new rows would not be comparable. "
-                    "Rerun with --overwrite (overwrite=True in Python) to replace it, or choose another output"
-                )
+        if self.append:  # resume by id: only vectors of the same model may join
+            for g in plan.groups:
+                self.check_existing(self.output_name(g), context)
         return super().start(plan, context)
 
-    def _existing_about(self, group: Group) -> dict | None:
-        """The model record of the output being appended to (None: no output, or no record)."""
-        previous = self.previous(group, self.table_name(group))
-        return about_of(previous.schema_arrow) if previous is not None else None
+    def recorded_model(self, name: str) -> dict | None:
+        """The model record in the schema of the output ``name`` (of its ids table for npy)."""
+        dest = storage.join(self.output, self.table_name_of(name))
+        if not storage.exists(dest):
+            return None
+        fs, path = storage.url_to_fs(dest)
+        try:
+            with fs.open(path, "rb") as f:
+                return about_of(pq.read_schema(f))
+        except (OSError, ValueError):  # not a Parquet file: nothing recorded
+            return None
 
     def _with_about(self, schema: pa.Schema) -> pa.Schema:
         return schema.with_metadata({**(schema.metadata or {}), ABOUT_KEY: json.dumps(self._about).encode()})

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 from collections import defaultdict
+from collections.abc import Iterable
 
 import numpy as np
 import pyarrow as pa
@@ -109,6 +110,17 @@ def kept_items(part: str) -> int:
     """Items of the part ``part`` that are ``ok``, from its done marker."""
     with open(part[: -len(PART)] + DONE) as f:
         return json.load(f)["ok"]
+
+
+def counts(dones: Iterable[str]) -> tuple[int, int]:
+    """(items, skipped items) over the committed shards whose done markers are among ``dones``."""
+    items = skipped = 0
+    for done in dones:
+        if os.path.exists(done):
+            with open(done) as f:
+                marker = json.load(f)
+            items, skipped = items + marker["items"], skipped + marker["skipped"]
+    return items, skipped
 
 
 def committed_keys(gdir: str) -> set[str]:

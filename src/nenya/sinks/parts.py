@@ -33,7 +33,7 @@ from nenya.pipeline import faults, storage
 from nenya.pipeline.items import Batch, Group, Plan, Shard
 from nenya.sinks import Sink, WriteContext, locks, notes, partfiles
 from nenya.sinks.locks import LockHolder
-from nenya.sinks.manifest import check_manifest, vectors_digest, write_manifest
+from nenya.sinks.manifest import check_manifest, check_same_vectors, vectors_digest, write_manifest
 from nenya.sinks.status import STATUS_SUFFIX, read_status, write_status
 
 log = logging.getLogger(__name__)
@@ -128,6 +128,9 @@ class PartSink(Sink):
     def _ids_in_output(self, dest: str) -> set[str]:
         """The ``id`` column of an existing output without a status table (formats that have one)."""
         return set()
+
+    def check_existing(self, name: str, context: WriteContext) -> None:
+        check_same_vectors(storage.join(self.output, name), self.recorded_model(name), context)
 
     # -- coordination between the ranks of one job ----------------------------------------
     def lock_holder(self, group: Group, rank: int) -> LockHolder | None:
@@ -243,6 +246,12 @@ class PartSink(Sink):
             for s in self._plan.shards
             if os.path.exists(os.path.join(dirs[s.group], s.key + partfiles.DONE))
         }
+
+    def item_counts(self) -> tuple[int, int]:
+        """(items, skipped items) of the plan's committed shards, from their done markers."""
+        assert self._plan is not None
+        dirs = {g.key: self.group_dir(g) for g in self._plan.groups}
+        return partfiles.counts(os.path.join(dirs[s.group], s.key + partfiles.DONE) for s in self._plan.shards)
 
     def parts(self, group: Group, partition: str) -> list[str]:
         """Committed part files of a partition, in plan order."""
