@@ -95,3 +95,14 @@ def test_files_joined_on_id_and_items_in_one_only_counted(tmp_path):
     assert r.mean_overlap == pytest.approx(1.0) and r.cka == pytest.approx(1.0, abs=1e-6)
     with pytest.raises(ValueError, match="share 0 id"):
         compare_encodings((ids[:3], x[:3]), (np.array(["x", "y", "z"], dtype=object), x[:3]), progress=False)
+
+
+def test_neighbour_searches_show_items_searched_or_no_bar(capsys):
+    ids, x = _clustered(3000, 8)
+    compare_encodings((ids, x), (ids, x[:, ::-1].copy()), k=5)
+    err = capsys.readouterr().err
+    for side in ("A", "B"):  # counted in items, chunk by chunk, and left at the end
+        assert f"neighbours in {side}: 100%" in err and "3000/3000" in err, err
+    assert "0/1 " not in err and "chunk" not in err
+    compare_encodings((ids[:300], x[:300]), (ids[:300], x[:300]), k=5)  # one chunk: no bar that jumps to its end
+    assert "neighbours in" not in capsys.readouterr().err

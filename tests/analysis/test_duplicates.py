@@ -111,3 +111,13 @@ def test_flat_and_ivf_agree_and_cosine_works():
         find_duplicates((ids, vectors), progress=False)
     with pytest.raises(ValueError, match="no column 'split'"):
         find_duplicates((ids, vectors), threshold=0.1, split_column="split", progress=False)
+
+
+def test_the_search_shows_items_searched_or_no_bar(capsys):
+    x = np.random.default_rng(0).normal(size=(3000, 8)).astype(np.float32)
+    ids = np.array([f"i{i}" for i in range(3000)], dtype=object)
+    find_duplicates((ids, x), threshold=0.01)
+    err = capsys.readouterr().err
+    assert "near-duplicate search: 100%" in err and "3000/3000" in err and "0/1 " not in err, err
+    find_duplicates((ids[:300], x[:300]), threshold=0.01)  # one chunk: no bar that jumps to its end
+    assert "near-duplicate search" not in capsys.readouterr().err

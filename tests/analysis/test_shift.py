@@ -176,6 +176,28 @@ def test_cli_compare_refuses_two_models_unless_forced_and_same_items_compares_th
     assert changed["overlap"].is_monotonic_increasing and changed["overlap"].iloc[0] == overlap["overlap"].min()
 
 
+def test_cli_compare_progress_covers_the_report_and_says_what_runs(tmp_path, capsys):
+    """The stages bar of the tests, then the report's (projection, explorer page, files): none ends before
+    its work does, and each says what runs."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    for name, seed in (("a", 1), ("b", 2)):
+        x = _collection(120, 8, seed=seed)
+        vec = pa.FixedSizeListArray.from_arrays(pa.array(x.ravel()), 8)
+        pq.write_table(
+            pa.table({"id": [f"{name}{i}" for i in range(120)], "vector": vec}), tmp_path / f"{name}.parquet"
+        )
+    args = ["compare", str(tmp_path / "a.parquet"), str(tmp_path / "b.parquet"), "--projection", "pca", "--force"]
+    assert main([*args, "--permutations", "20", "--clusters", "3", "-o", str(tmp_path / "rep")]) == 0
+    err = capsys.readouterr().err
+    order = ["compare: MMD² test", "compare: k-means clusters", "compare: done", "report: PCA projection",
+             "report: explorer page", "report: report files", "report: done"]  # fmt: skip
+    at = [err.find(s) for s in order]
+    assert -1 not in at and at == sorted(at), (at, err)
+    assert "3/3" in err[at[2] : at[3]] and "3/3" in err[at[-1] :]  # each bar full only once its work is done
+
+
 @pytest.mark.browser
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")
 def test_report_and_explorer_pages_in_chromium(two_collections, capsys):

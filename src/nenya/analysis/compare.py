@@ -19,7 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+
+from nenya.analysis.progress import chunk_bar, query_chunks
 
 log = logging.getLogger(__name__)
 
@@ -84,13 +85,15 @@ def _neighbours(x: np.ndarray, k: int, metric: str, exact: bool, progress: bool,
     n = len(x)
     index = build_index(x, kind="flat" if exact else "hnsw", metric=metric, ef_search=max(128, 4 * k))
     out = np.full((n, k), -1, dtype=np.int64)
-    for s in tqdm(range(0, n, CHUNK), desc=desc, unit="chunk", disable=not progress, leave=False):
-        e = min(s + CHUNK, n)
-        _, _, rows = index.search(x[s:e], k + 1)
-        is_self = rows == np.arange(s, e)[:, None]
-        # move the item itself (when found) to the end, keep the order of the others, keep k
-        order = np.argsort(is_self, axis=1, kind="stable")
-        out[s:e] = np.take_along_axis(rows, order, axis=1)[:, :k]
+    chunks = query_chunks(n, CHUNK)
+    with chunk_bar(chunks, desc, progress) as bar:
+        for s, e in chunks:
+            _, _, rows = index.search(x[s:e], k + 1)
+            is_self = rows == np.arange(s, e)[:, None]
+            # move the item itself (when found) to the end, keep the order of the others, keep k
+            order = np.argsort(is_self, axis=1, kind="stable")
+            out[s:e] = np.take_along_axis(rows, order, axis=1)[:, :k]
+            bar.update(e - s)
     return out
 
 
@@ -139,7 +142,8 @@ def compare_encodings(
         a, b: latents files of any layout nenya writes, or ``(ids, vectors)`` pairs.
         k: neighbours per item. metric: ``l2``, ``ip`` or ``cosine`` (as ``nenya index``).
         exact_limit: exact neighbours (FAISS flat) up to this many common items, HNSW beyond.
-        progress: progress bars for the neighbour searches.
+        progress: progress bars for the neighbour searches (counting items; none for a search done
+            in one chunk).
 
     Example:
         >>> r = compare_encodings("resnet50_latents.parquet", "effnet_latents.parquet", k=10)  # doctest: +SKIP

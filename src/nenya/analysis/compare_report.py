@@ -20,6 +20,7 @@ import pandas as pd
 from nenya.analysis.compare import EncodingAgreement
 from nenya.analysis.images import ImageLookup
 from nenya.analysis.latents import local_target, write_table
+from nenya.analysis.progress import Stages
 from nenya.analysis.shift import CollectionShift
 
 log = logging.getLogger(__name__)
@@ -180,6 +181,7 @@ def write_shift_report(
     projection: str = "umap",
     images: JointImages | None = None,
     seed: int = 0,
+    progress: bool = False,
 ) -> dict[str, str]:
     """Write the report of :func:`~nenya.analysis.shift.compare_collections` into ``out_dir``.
 
@@ -187,49 +189,74 @@ def write_shift_report(
     ``projection`` (``umap`` or ``pca``; ``none`` for neither) also ``points.parquet`` (the sample's
     id, collection, cluster and coordinates), ``projection.png`` and ``explorer.html`` (the explorer
     page with a ``collection`` column); with ``images``, ``clusters.png`` (examples of the
-    most-changed clusters). Returns the paths by name.
+    most-changed clusters). ``progress``: a bar over these stages, saying which runs. Returns the
+    paths by name.
     """
-    from nenya.analysis.plots import scatter_plot
-
+    pictures = images is not None and images.kind is not None
+    names = [f"{projection.upper()} projection", "explorer page"] if projection != "none" else []
+    names += ["cluster pictures"] * pictures + ["report files"]
     paths = {"clusters": os.path.join(out_dir, "clusters.parquet")}
     os.makedirs(out_dir, exist_ok=True)
     write_table(r.clusters, paths["clusters"])
-    if projection != "none":
-        table = _points(r, metas)
-        z = np.concatenate([vectors[0][r.rows_a], vectors[1][r.rows_b]])
-        xy, (xl, yl) = _project(z, projection, seed)
-        table[xl], table[yl] = xy[:, 0], xy[:, 1]
-        paths["points"] = os.path.join(out_dir, "points.parquet")
-        write_table(table, paths["points"])
-        paths["projection"] = os.path.join(out_dir, "projection.png")
-        title = f"{projection.upper()} of {r.names[0]} and {r.names[1]} ({len(table):,} items)"
-        scatter_plot(
-            xy[:, 0],
-            xy[:, 1],
-            paths["projection"],
-            color=table["collection"],
-            color_name="collection",
-            title=title,
-            xlabel=xl,
-            ylabel=yl,
-        )
-        from nenya.analysis.explorer import write_explorer
+    with Stages("report", names, progress=progress) as stages:
+        if projection != "none":
+            stages.start(names[0])
+            table, xy, z, (xl, yl) = _projection(r, vectors, metas, projection, seed, out_dir, paths)
+            stages.start("explorer page")
+            from nenya.analysis.explorer import write_explorer
 
-        paths["explorer"] = write_explorer(
-            os.path.join(out_dir, "explorer.html"),
-            xy[:, 0],
-            xy[:, 1],
-            table,
-            vectors=z,
-            images=images,
-            color="collection",
-            title=f"nenya compare: {r.names[0]} vs {r.names[1]}",
-            xlabel=xl,
-            ylabel=yl,
-        )
-    if images is not None and images.kind is not None:
-        paths["cluster_images"] = _cluster_pictures(r, images, os.path.join(out_dir, "clusters.png"))
-    return _write_report(out_dir, _shift_blocks(r, paths), f"{r.names[0]} vs {r.names[1]}", r.summary(), paths)
+            paths["explorer"] = write_explorer(
+                os.path.join(out_dir, "explorer.html"),
+                xy[:, 0],
+                xy[:, 1],
+                table,
+                vectors=z,
+                images=images,
+                color="collection",
+                title=f"nenya compare: {r.names[0]} vs {r.names[1]}",
+                xlabel=xl,
+                ylabel=yl,
+            )
+        if pictures:
+            assert images is not None
+            stages.start("cluster pictures")
+            paths["cluster_images"] = _cluster_pictures(r, images, os.path.join(out_dir, "clusters.png"))
+        stages.start("report files")
+        return _write_report(out_dir, _shift_blocks(r, paths), f"{r.names[0]} vs {r.names[1]}", r.summary(), paths)
+
+
+def _projection(
+    r: CollectionShift,
+    vectors: tuple[np.ndarray, np.ndarray],
+    metas: tuple[pd.DataFrame, pd.DataFrame],
+    projection: str,
+    seed: int,
+    out_dir: str,
+    paths: dict[str, str],
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, tuple[str, str]]:
+    """Project the sample; write ``points.parquet`` and ``projection.png`` (into ``paths``); return the
+    points table, the coordinates, the sample's vectors and the axes' names."""
+    from nenya.analysis.plots import scatter_plot
+
+    table = _points(r, metas)
+    z = np.concatenate([vectors[0][r.rows_a], vectors[1][r.rows_b]])
+    xy, (xl, yl) = _project(z, projection, seed)
+    table[xl], table[yl] = xy[:, 0], xy[:, 1]
+    paths["points"] = os.path.join(out_dir, "points.parquet")
+    write_table(table, paths["points"])
+    paths["projection"] = os.path.join(out_dir, "projection.png")
+    title = f"{projection.upper()} of {r.names[0]} and {r.names[1]} ({len(table):,} items)"
+    scatter_plot(
+        xy[:, 0],
+        xy[:, 1],
+        paths["projection"],
+        color=table["collection"],
+        color_name="collection",
+        title=title,
+        xlabel=xl,
+        ylabel=yl,
+    )
+    return table, xy, z, (xl, yl)
 
 
 def _verdict(p: float, alpha: float = 0.01) -> str:

@@ -18,7 +18,8 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
+
+from nenya.analysis.progress import chunk_bar, query_chunks
 
 log = logging.getLogger(__name__)
 
@@ -118,13 +119,15 @@ def auto_threshold(x: np.ndarray, metric: str = "l2", *, index=None, seed: int =
 def _pairs(x: np.ndarray, index, radius2: float, metric: str, progress: bool) -> tuple[np.ndarray, ...]:
     """(rows a, rows b, distances) of every pair a < b within the radius, streamed by query chunks."""
     out_a, out_b = [], []
-    for s in tqdm(range(0, len(x), CHUNK), desc="duplicates", unit="chunk", disable=not progress, leave=False):
-        q = x[s : s + CHUNK]
-        lims, d2, rows = index.range_search(q, float(radius2))
-        owner = np.repeat(np.arange(s, s + len(q)), np.diff(lims.astype(np.int64)))
-        keep = rows > owner  # each pair once, never an item with itself
-        out_a.append(owner[keep])
-        out_b.append(rows[keep].astype(np.int64))
+    chunks = query_chunks(len(x), CHUNK)
+    with chunk_bar(chunks, "near-duplicate search", progress) as bar:
+        for s, e in chunks:
+            lims, d2, rows = index.range_search(x[s:e], float(radius2))
+            owner = np.repeat(np.arange(s, e), np.diff(lims.astype(np.int64)))
+            keep = rows > owner  # each pair once, never an item with itself
+            out_a.append(owner[keep])
+            out_b.append(rows[keep].astype(np.int64))
+            bar.update(e - s)
     if not out_a:
         return np.zeros(0, np.int64), np.zeros(0, np.int64), np.zeros(0)
     a, b = np.concatenate(out_a), np.concatenate(out_b)
@@ -179,7 +182,7 @@ def find_duplicates(
         ivf_above: above this many vectors, an IVF index (approximate, bounded time) instead of flat.
         nprobe: cells of the IVF index searched per query (of about ``4 sqrt(n)``). Near-duplicates
             lie in the same or a neighbouring cell, so a few dozen find them; raise it for large thresholds.
-        progress: a progress bar over the query chunks.
+        progress: a progress bar over the items searched (none for a search done in one chunk).
 
     Example:
         >>> r = find_duplicates("vectors.parquet", auto=True, split_column="split")   # doctest: +SKIP

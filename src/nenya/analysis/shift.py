@@ -29,6 +29,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from nenya._errors import InputError
+from nenya.analysis.progress import Stages
 
 log = logging.getLogger(__name__)
 
@@ -350,7 +351,9 @@ def compare_collections(
         permutations: permutations for the MMD p-value. clusters: k for the k-means on the union.
         holdout: the classifier's held-out share (scored for its test). seed: every random choice.
         names: the collections' names (default: the file stems, or A and B).
-        progress: progress bars.
+        progress: progress bars: one over the stages (MMD² test, classifier test, k-means clusters),
+            and one over the MMD's blocks. The report (:func:`~nenya.analysis.compare_report.write_shift_report`)
+            has its own.
 
     Example:
         >>> r = compare_collections("modis_latents.h5", "viirs_latents.h5")   # doctest: +SKIP
@@ -366,14 +369,13 @@ def compare_collections(
         names = (name_a, name_b) if name_a != name_b else ("A", "B")
     rng = np.random.default_rng(seed)
     sa, sb = _sample(len(xa), sample, rng), _sample(len(xb), sample, rng)
-    steps = tqdm(total=3, desc="compare", unit="step", disable=not progress, leave=False)
-    mmd2, mmd_p, sigma = mmd_test(xa[sa], xb[sb], permutations=permutations, seed=seed, progress=progress)
-    steps.update()
-    acc, clf_p, clf_n = classifier_test(xa[sa], xb[sb], holdout=holdout, seed=seed)
-    steps.update()
-    table, la, lb = cluster_shares(xa, xb, k=clusters, seed=seed, ids_a=ids_a, ids_b=ids_b)
-    steps.update()
-    steps.close()
+    with Stages("compare", ["MMD² test", "classifier test", "k-means clusters"], progress=progress) as stages:
+        stages.start("MMD² test")
+        mmd2, mmd_p, sigma = mmd_test(xa[sa], xb[sb], permutations=permutations, seed=seed, progress=progress)
+        stages.start("classifier test")
+        acc, clf_p, clf_n = classifier_test(xa[sa], xb[sb], holdout=holdout, seed=seed)
+        stages.start("k-means clusters")
+        table, la, lb = cluster_shares(xa, xb, k=clusters, seed=seed, ids_a=ids_a, ids_b=ids_b)
     log.info(
         "%s vs %s: MMD² %.3g (p %.3g), classifier accuracy %.3f (p %.3g)", names[0], names[1], mmd2, mmd_p, acc, clf_p
     )

@@ -130,7 +130,14 @@ def cmd_compare(args: argparse.Namespace) -> int:
     )
     images = _images(args, r, (meta_a, meta_b))
     paths = write_shift_report(
-        r, out, vectors=(xa, xb), metas=(meta_a, meta_b), projection=args.projection, images=images, seed=args.seed
+        r,
+        out,
+        vectors=(xa, xb),
+        metas=(meta_a, meta_b),
+        projection=args.projection,
+        images=images,
+        seed=args.seed,
+        progress=not args.no_progress,
     )
     print(f"{names[0]}: {r.n_a:,} items, {names[1]}: {r.n_b:,} items", file=sys.stderr)
     print(
