@@ -20,6 +20,7 @@ from nenya.analysis.pca import PCAResult, pca
 from nenya.analysis.plots import gallery_plot, neighbours_plot, scatter_plot
 from nenya.analysis.search import LatentIndex, build_index, load_index
 from nenya.analysis.shift import CollectionShift, compare_collections
+from nenya.analysis.trends import Trends, region_mask, trends, write_trends
 from nenya.analysis.umap import UMAPResult, fit_umap
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,10 @@ __all__ = [
     "gallery_plot",
     "neighbours_plot",
     "write_explorer",
+    "Trends",
+    "region_mask",
+    "trends",
+    "write_trends",
     "demo_outputs",
 ]
 

@@ -2,7 +2,7 @@
 
 ``extract`` (:mod:`.extract`), ``train``/``reconstruct`` (:mod:`.train`), ``umap``/``pca``/``cluster``
 (:mod:`.embed`), ``index``/``search`` (:mod:`.search`), ``plot`` (:mod:`.plot`), ``explore``
-(:mod:`.explore`), ``compare``/``duplicates`` (:mod:`.compare`), ``serve`` (:mod:`.serve`),
+(:mod:`.explore`), ``compare``/``duplicates`` (:mod:`.compare`), ``trends`` (:mod:`.science`), ``serve`` (:mod:`.serve`),
 ``demo``/``models`` (:mod:`.models`); what the commands over latents files share is in
 :mod:`._latents`. This module only builds the parser, sets up logging and turns errors into
 messages; only the CLI prints.
@@ -17,7 +17,7 @@ import time
 
 from nenya import __version__
 from nenya._errors import NenyaError
-from nenya.cli import compare, embed, explore, extract, models, plot, search, serve, train
+from nenya.cli import compare, embed, explore, extract, models, plot, science, search, serve, train
 from nenya.pipeline import interrupt
 
 log = logging.getLogger("nenya")
@@ -44,7 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"nenya {__version__}")
     parser.add_argument("-v", "--verbose", action="count", default=0, help="more log output (-vv for debug)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for group in (extract, models, train, embed, search, plot, explore, compare, serve):
+    for group in (extract, models, train, embed, search, plot, explore, compare, science, serve):
         group.register(sub)
     return parser
 

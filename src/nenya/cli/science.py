@@ -1,0 +1,94 @@
+"""``nenya trends``: the questions Nenya's scientists ask of latents (where and when a pattern occurs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from nenya.cli._latents import HELP_FORMAT
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    """Add ``trends`` to the ``nenya`` parser."""
+    p = sub.add_parser(
+        "trends",
+        help="a region's share by month, year and place, with its seasonal cycle and trend",
+        description="A region of a collection (a --where query on its table, a --polygon in UMAP coordinates, "
+        "a --label, or the --ids of an explorer export) measured against the collection (or a --within "
+        "subset): its share by month and year fitted with 11 month dummies plus a linear time term (Nenya's "
+        "fit; also a binomial GLM), and on an equal-area grid. Writes monthly/seasonal/yearly/grid CSVs, "
+        "summary.json and trends.png to --output.",
+        formatter_class=HELP_FORMAT,
+    )
+    p.add_argument("table", help="a table with id and a date: nenya umap's output, a Parquet/CSV table, or latents")
+    how = p.add_argument_group("the region (one of)")
+    how.add_argument("--where", help='a pandas query on the table, e.g. "DT40 > 1 and U0 < 2"')
+    how.add_argument("--polygon", help="x0,y0,x1,y1,x2,y2,... in the --xy columns (a lasso in the UMAP)")
+    how.add_argument("--label", help="COLUMN=VALUE, e.g. kmeans=3")
+    how.add_argument("--ids", help="a CSV whose first column holds the region's ids (an explorer export)")
+    p.add_argument("--xy", default="U0,U1", help="the coordinate columns --polygon is in")
+    p.add_argument("--within", help="a pandas query for what the region is measured against (e.g. a DT bin)")
+    p.add_argument("--time", default="datetime", help="the date column")
+    p.add_argument("--lat", help="latitude column (default: lat or latitude, when present)")
+    p.add_argument("--lon", help="longitude column (default: lon or longitude, when present)")
+    p.add_argument("--cell-deg", type=float, default=10.0, help="size of the equal-area grid's cells, degrees")
+    p.add_argument("--min-count", type=int, default=20, help="items a month or a cell needs to be shown and fitted")
+    p.add_argument("--output", "-o", default="trends", help="output folder")
+    p.set_defaults(func=cmd_trends)
+
+
+def _region(args, table):
+    import pandas as pd
+
+    from nenya.analysis.trends import region_mask
+
+    polygon = label = ids = None
+    if args.polygon:
+        v = [float(s) for s in args.polygon.split(",") if s.strip()]
+        if len(v) % 2:
+            raise ValueError("--polygon takes pairs: x0,y0,x1,y1,...")
+        polygon = list(zip(v[0::2], v[1::2]))
+    if args.label:
+        if "=" not in args.label:
+            raise ValueError("--label takes COLUMN=VALUE")
+        col, value = args.label.split("=", 1)
+        label = (col.strip(), value.strip())
+    if args.ids:
+        ids = pd.read_csv(args.ids, usecols=[0], dtype=str, keep_default_na=False).iloc[:, 0].tolist()
+    xy = tuple(s.strip() for s in args.xy.split(","))
+    if len(xy) != 2:
+        raise ValueError("--xy takes two column names: X,Y")
+    return region_mask(table, where=args.where, polygon=polygon, xy=xy, label=label, ids=ids)
+
+
+def cmd_trends(args: argparse.Namespace) -> int:
+    from nenya.analysis.explorer.data import find_lat_lon
+    from nenya.analysis.latents import read_table
+    from nenya.analysis.trends import trends, write_trends
+
+    table = read_table(args.table)
+    mask, description = _region(args, table)
+    r = trends(
+        table,
+        mask,
+        within=args.within,
+        time=args.time,
+        latlon=find_lat_lon(table, args.lat, args.lon),
+        cell_deg=args.cell_deg,
+        min_count=args.min_count,
+        description=description,
+    )
+    paths = write_trends(r, args.output)
+    ols, glm = r.fit["ols"], r.fit["glm"]
+    print(f"{description}: {r.k:,} of {r.n:,} items ({r.k / r.n:.2%}) of {r.within}")
+    print(
+        f"trend {ols['slope_per_decade']:+.5f} ± {ols['se']:.5f} per decade (p = {ols['p']:.3g}; "
+        f"binomial GLM: odds x{glm['odds_ratio_per_decade']:.3f} per decade, p = {glm['p']:.3g}); "
+        f"seasonal amplitude {ols['seasonal_amplitude']:.5f}; {r.fit['months_used']} months fitted"
+    )
+    for note in r.notes:
+        print(f"note: {note}", file=sys.stderr)
+    print(json.dumps({"outputs": [os.path.relpath(p) for p in paths]}))
+    return 0
