@@ -288,8 +288,8 @@ def _grid(lat: np.ndarray, lon: np.ndarray, inside: np.ndarray, cell_deg: float,
 def write_trends(r: Trends, folder: str) -> list[str]:
     """``monthly.csv``, ``seasonal.csv``, ``yearly.csv``, ``grid.csv`` (with positions), ``summary.json``
     and ``trends.png`` in ``folder``; their paths."""
-    from nenya.analysis.trend_plots import plot_trends
     from nenya.analysis.latents import local_target
+    from nenya.analysis.trend_plots import plot_trends
     from nenya.pipeline import storage
 
     if not storage.is_remote(folder):
