@@ -66,7 +66,8 @@ class HDF5RGBDataset(Dataset):
         with open_checked(self.file_path) as f:
             if partition not in f:
                 raise KeyError(f"{file_path} has no partition {partition!r}; it holds {sorted(f.keys())}")
-        self._source = HDF5PreprocSource([self.file_path], partitions=(partition,))
+        # Nenya's dataset gives the metadata as the file stores it: text
+        self._source = HDF5PreprocSource([self.file_path], partitions=(partition,), typed_metadata=False)
         # one shard per partition: only the sizes and metadata columns of the plan are wanted here
         group = self._source.plan(shard_size=2**62).groups[0]
         self._n = group.partitions[partition]

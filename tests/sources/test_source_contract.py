@@ -89,8 +89,18 @@ def make_h5(tmp: Path) -> Case:
         change=lambda: write_preproc(path, n_valid=8, n_train=5, size=16, seed=1),
         run_missing=run_through_stream(lambda: cls([str(gone)])),
         missing=str(gone),
-        metadata={c: list(table[:, j]) for j, c in enumerate(cols)},
+        metadata=_typed(pd.DataFrame(table, columns=cols)),
     )
+
+
+def _typed(text: pd.DataFrame) -> dict[str, list]:
+    """A preproc file's metadata as the source gives it: Nenya's text typed as pandas' CSV reader would."""
+    numbers = {"lat": float, "lon": float, "DT40": float, "pp_idx": int}
+    out = {c: list(text[c].astype(numbers[c])) for c in numbers}
+    out["datetime"] = list(pd.to_datetime(text["datetime"]).to_numpy("datetime64[us]"))
+    out["pattern"] = list(text["pattern"])
+    assert set(out) == set(text.columns)
+    return out
 
 
 def _photo(path: Path, seed: int) -> None:

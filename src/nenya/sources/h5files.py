@@ -1,8 +1,10 @@
-"""HDF5 helpers: safe opening, lazy per-process handles, Nenya metadata tables."""
+"""HDF5 helpers: safe opening, lazy per-process handles, Nenya metadata tables (and their types)."""
 
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import h5py
@@ -105,3 +107,108 @@ def as_strings(arr: np.ndarray) -> np.ndarray:
     if arr.dtype.kind == "S":
         return np.char.decode(arr, "utf-8")
     return arr.astype(str)
+
+
+#: Cells that mean "no value": pandas' CSV reader's default ``na_values``, and ``NaT``.
+MISSING_CELLS = frozenset(
+    ["", "#N/A", "#N/A N/A", "#NA", "-1.#IND", "-1.#QNAN", "-NaN", "-nan", "1.#IND", "1.#QNAN", "<NA>", "N/A"]
+    + ["NA", "NULL", "NaN", "None", "n/a", "nan", "null", "NaT"]
+)
+#: The metadata types: text, numbers, and times (microseconds: what DuckDB, Spark and Lance call a timestamp).
+TEXT, INT, FLOAT, TIME = "str", "int64", "float64", "datetime64[us]"
+# a time is ISO 8601 from its first character (pandas would also read "today" or "March" as dates)
+_ISO_DATE = r"\s*[+-]?\d{4}-\d{2}-\d{2}"
+
+
+@dataclass(frozen=True)
+class _Cells:
+    """What the cells of one text column seen so far hold; ``|`` adds more cells."""
+
+    values: bool = False  # some cell is not missing
+    missing: bool = False  # some cell is missing
+    numbers: bool = True  # every value is a number ...
+    integers: bool = True  # ... an integer that fits int64
+    times: bool = True  # every value is an ISO 8601 date or time
+
+    def __or__(self, other: _Cells) -> _Cells:
+        return _Cells(
+            self.values or other.values,
+            self.missing or other.missing,
+            self.numbers and other.numbers,
+            self.integers and other.integers,
+            self.times and other.times,
+        )
+
+    @property
+    def kind(self) -> str:
+        if not self.values:
+            return TEXT  # nothing to tell a type from
+        if self.numbers:
+            return INT if self.integers and not self.missing else FLOAT  # missing values: NaN, as pandas
+        return TIME if self.times else TEXT
+
+
+def _cells(values: np.ndarray, *, times: bool) -> _Cells:
+    import pandas as pd
+
+    s = pd.Series(values, dtype=object)
+    missing = s.isin(MISSING_CELLS)
+    s = s[~missing]
+    if s.empty:
+        return _Cells(missing=bool(missing.any()))
+    numbers = pd.to_numeric(s, errors="coerce")
+    if numbers.notna().all():
+        return _Cells(True, bool(missing.any()), True, numbers.dtype == np.int64, False)
+    times = times and bool(s.str.match(_ISO_DATE).all()) and bool(_times(s).notna().all())
+    return _Cells(True, bool(missing.any()), False, False, times)
+
+
+def _times(s):
+    import pandas as pd
+
+    # offsets are turned into UTC; times without one are taken as they are
+    return pd.to_datetime(s, format="ISO8601", utc=True, errors="coerce").dt.tz_convert(None)
+
+
+def metadata_kinds(tables: Iterable[tuple[Sequence[str], np.ndarray]]) -> dict[str, str]:
+    """The type of each metadata column, told from every cell of the ``(columns, text table)`` pairs
+    given (all the blocks of every partition of a file, so that one type holds in all its shards).
+
+    As pandas' CSV reader types a column: ``int64`` when every value is an integer, else ``float64``
+    when every value is a number (missing cells, :data:`MISSING_CELLS`, become NaN); ``datetime64[us]``
+    when every value is an ISO 8601 date or time (offsets converted to UTC); else ``str``. A column
+    with no value at all stays text. Convert the cells with :func:`typed_column`.
+
+    Example:
+        >>> metadata_kinds([(["lat", "pp_idx"], np.array([["12.5", "0"], ["-3", "1"]]))])
+        {'lat': 'float64', 'pp_idx': 'int64'}
+    """
+    seen: dict[str, _Cells] = {}
+    for columns, table in tables:
+        for j, c in enumerate(columns):
+            before = seen.get(c, _Cells())
+            seen[c] = before | _cells(table[:, j], times=before.times)
+    return {c: cells.kind for c, cells in seen.items()}
+
+
+def typed_column(values: np.ndarray, kind: str) -> np.ndarray:
+    """Text cells -> an array of ``kind`` (from :func:`metadata_kinds`); missing cells -> NaN / NaT."""
+    import pandas as pd
+
+    if kind == TEXT:
+        return values
+    s = pd.Series(values, dtype=object)
+    if kind == INT:
+        return pd.to_numeric(s).to_numpy(np.int64)
+    s = s.where(~s.isin(MISSING_CELLS))
+    if kind == FLOAT:
+        return pd.to_numeric(s, errors="coerce").to_numpy(np.float64)
+    if kind == TIME:
+        return _times(s).to_numpy(TIME)
+    raise ValueError(f"unknown metadata type {kind!r}; expected one of {TEXT}, {INT}, {FLOAT}, {TIME}")
+
+
+def metadata_blocks(meta: h5py.Dataset, columns: Sequence[str], rows: int = 1 << 16):
+    """``(columns, text table)`` of ``rows`` rows at a time: a big table is never all in memory."""
+    for a in range(0, meta.shape[0], rows):
+        yield columns, as_strings(meta[a : a + rows])

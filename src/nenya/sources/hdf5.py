@@ -12,7 +12,17 @@ from nenya._errors import InputError
 from nenya.pipeline import storage
 from nenya.pipeline.items import Batch, Group, Plan, Shard
 from nenya.sources import Source
-from nenya.sources.h5files import LazyH5, as_strings, check_images, metadata_columns, open_checked, read_rows
+from nenya.sources.h5files import (
+    LazyH5,
+    as_strings,
+    check_images,
+    metadata_blocks,
+    metadata_columns,
+    metadata_kinds,
+    open_checked,
+    read_rows,
+    typed_column,
+)
 
 DEFAULT_PARTITIONS = ("train", "valid")
 
@@ -41,6 +51,9 @@ class HDF5PreprocSource(Source):
         partitions: partitions to read, in this order, where present.
         allowed_indices: rows to read from every partition (sorted; Nenya's ``allowed_indices``).
         limit: read at most this many items per partition (``debug`` runs).
+        typed_metadata: give the ``*_metadata`` columns as numbers and times where every value is
+            one (:func:`~nenya.sources.h5files.metadata_kinds`, told from all the rows of every
+            partition read, so a column has one type in every shard); False: Nenya's text as stored.
     """
 
     def __init__(
@@ -50,6 +63,7 @@ class HDF5PreprocSource(Source):
         partitions: Sequence[str] = DEFAULT_PARTITIONS,
         allowed_indices: Sequence[int] | np.ndarray | None = None,
         limit: int | None = None,
+        typed_metadata: bool = True,
     ) -> None:
         if isinstance(files, (str, os.PathLike)):
             files = [str(files)]
@@ -57,6 +71,8 @@ class HDF5PreprocSource(Source):
         self.partitions = tuple(partitions)
         self.allowed = None if allowed_indices is None else np.unique(np.asarray(allowed_indices, dtype=np.int64))
         self.limit = limit
+        self.typed_metadata = typed_metadata
+        self._kinds: dict[str, dict[str, str]] = {}
         self._local: dict[str, LazyH5] = {}
         self._selection: dict[tuple[str, str], np.ndarray | None] = {}
         self._tmpdir: str | None = None
@@ -107,10 +123,17 @@ class HDF5PreprocSource(Source):
                     shapes.append(f"{p}{dset.shape}{dset.dtype}")
                     for i, start in enumerate(range(0, n, shard_size)):
                         shards.append(Shard(url, p, i, start, min(n, start + shard_size)))
+                self._type_metadata(url, f, meta_cols)
             size = os.path.getsize(lazy.path)
             fp = f"{storage.basename(url)}|{size}|{';'.join(shapes)}|sel={self._sel_digest()}|limit={self.limit}"
             groups.append(Group(url, url, self.output_stem(url), sizes, meta_cols, fp))
         return Plan(groups, shards)
+
+    def _type_metadata(self, url: str, f, columns: dict[str, list[str]]) -> None:
+        """One type per metadata column of the file ``url``, told from every row of the partitions read."""
+        if self.typed_metadata:
+            tables = (t for p, cols in columns.items() if cols for t in metadata_blocks(f[f"{p}_metadata"], cols))
+            self._kinds[url] = metadata_kinds(tables)
 
     def _sel_digest(self) -> str:
         if self.allowed is None:
@@ -125,6 +148,7 @@ class HDF5PreprocSource(Source):
         dset = f[shard.partition]
         meta = f.get(f"{shard.partition}_metadata")
         cols = metadata_columns(f, shard.partition)
+        kinds = self._kinds.get(shard.group, {})
         sel = self._selection.get((shard.group, shard.partition))
         for a in range(shard.start, shard.stop, batch_size):
             b = min(shard.stop, a + batch_size)
@@ -138,7 +162,7 @@ class HDF5PreprocSource(Source):
             metadata = {}
             if cols:
                 table = as_strings(read_rows(meta, rows))
-                metadata = {c: table[:, j] for j, c in enumerate(cols)}
+                metadata = {c: typed_column(table[:, j], kinds.get(c, "str")) for j, c in enumerate(cols)}
             ids = [f"{shard.partition}/{r}" for r in rows.tolist()]
             yield Batch(shard, ids, positions, rows, data, metadata, last=b >= shard.stop)
 
