@@ -1,15 +1,44 @@
-"""What the commands over latents files share: the latents argument, partitions, tables and images."""
+"""What the commands share: the latents argument, partitions, tables and images; the help format."""
 
 from __future__ import annotations
 
 import argparse
+import copy
+import re
 
 LATENTS_HELP = (
     "latents file: X_latents.h5 (Nenya), X.parquet (with a vector column) or X.npy (+ X.parquet); path or URL"
 )
 
-#: Help that shows each option's default.
-HELP_FORMAT = argparse.ArgumentDefaultsHelpFormatter
+
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Help that shows each option's default once: ``(default: X)`` is added unless the help already
+    says its default, there is none (None, an empty list) or the option is a flag; a list default is
+    shown as it is typed (``2,3,4``)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if (
+            default is None
+            or default is argparse.SUPPRESS
+            or (isinstance(default, (list, tuple)) and not default)
+            or action.nargs == 0  # flags: off unless given
+            or re.search(r"\bdefault\b", text, re.IGNORECASE)
+        ):
+            return text
+        return super()._get_help_string(action) or ""
+
+    def _expand_help(self, action: argparse.Action) -> str:
+        if isinstance(action.default, (list, tuple)):
+            sep = " " if action.nargs not in (None, argparse.OPTIONAL) else ","  # nargs="+": space-separated
+            action = copy.copy(action)
+            action.default = sep.join(str(v) for v in action.default)
+        return super()._expand_help(action)
+
+
+#: Help that shows each option's default (once).
+HELP_FORMAT = DefaultsHelpFormatter
 
 
 def add_latents_args(p: argparse.ArgumentParser, *, output_help: str) -> None:

@@ -54,8 +54,8 @@ def _add_compare(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-root", help="folder that relative paths in the 'path' column are relative to")
     p.add_argument("-k", type=int, default=10, help="neighbours per item (--same-items)")
     p.add_argument("--metric", default="l2", choices=["l2", "ip", "cosine"], help="neighbour metric (--same-items)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--seed", type=int, default=0, help="seeds the samples, permutations, k-means and projection")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_compare)
 
 
@@ -188,7 +188,7 @@ def _add_duplicates(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--metric", default="l2", choices=["l2", "cosine"], help="l2: Euclidean; cosine: 1 - cos")
     p.add_argument("--split-column", help="metadata column of each item's split (default: partition, if any)")
     p.add_argument("--nprobe", type=int, default=32, help="IVF cells searched per query (above 200,000 vectors)")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_duplicates)
 
 

@@ -28,9 +28,9 @@ def _add_umap(sub: argparse._SubParsersAction) -> None:
     )
     add_latents_args(p, output_help="output Parquet file or folder")
     p.add_argument("--ntrain", type=int, default=200_000, help="largest sample UMAP is fitted on")
-    p.add_argument("--neighbors", type=int, default=15)
-    p.add_argument("--min-dist", type=float, default=0.1)
-    p.add_argument("--seed", type=int, default=42)
+    p.add_argument("--neighbors", type=int, default=15, help="UMAP n_neighbors: the neighbourhood it preserves")
+    p.add_argument("--min-dist", type=float, default=0.1, help="UMAP min_dist: how tightly points pack")
+    p.add_argument("--seed", type=int, default=42, help="seeds the sample and UMAP (random_state)")
     p.add_argument("--chunk", type=int, default=50_000, help="vectors per transform call (bounds memory)")
     p.add_argument(
         "--transform-all", action="store_true", help="also pass the fitted sample through transform (Nenya's way)"
@@ -54,14 +54,14 @@ def _add_pca(sub: argparse._SubParsersAction) -> None:
         formatter_class=HELP_FORMAT,
     )
     add_latents_args(p, output_help="output Parquet file or folder")
-    p.add_argument("-n", "--components", type=int, default=10)
+    p.add_argument("-n", "--components", type=int, default=10, help="principal components to keep")
     p.add_argument(
         "--incremental",
         action="store_true",
         default=None,
         help="stream the file through IncrementalPCA (default: above 200,000 vectors)",
     )
-    p.add_argument("--batch-size", type=int, default=50_000)
+    p.add_argument("--batch-size", type=int, default=50_000, help="vectors per IncrementalPCA step")
     p.set_defaults(func=cmd_pca)
 
 
@@ -78,7 +78,7 @@ def _add_cluster(sub: argparse._SubParsersAction) -> None:
     p.add_argument("-k", "--clusters", type=int, default=10, help="k-means clusters")
     p.add_argument("--min-cluster-size", type=int, default=15, help="HDBSCAN smallest cluster")
     p.add_argument("--pca", type=int, default=0, help="reduce to this many principal components first (0: no)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seeds k-means")
     p.set_defaults(func=cmd_cluster)
 
 

@@ -21,7 +21,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--coords", help="a table with id and U0/U1 (from `nenya umap`); default: fit UMAP here")
     p.add_argument("--color", help="column coloured at first")
     p.add_argument("-k", type=int, default=10, help="neighbours listed per point")
-    p.add_argument("--metric", default="l2", choices=["l2", "ip", "cosine"])
+    p.add_argument("--metric", default="l2", choices=["l2", "ip", "cosine"], help="neighbour metric")
     p.add_argument(
         "--max-points", type=int, default=250_000, help="beyond this, show (and export from) a stated random sample"
     )
@@ -29,7 +29,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--lon", help="longitude column of the map view (default: lon or longitude when present)")
     p.add_argument("--thumbs", type=int, default=2000, help="points with a thumbnail (spread over the plane)")
     p.add_argument("--ntrain", type=int, default=50_000, help="UMAP sample when there is no --coords")
-    p.add_argument("--title", default=None)
+    p.add_argument("--title", default=None, help="page title (default: nenya explorer: <latents>)")
     add_image_args(p)
     p.set_defaults(func=cmd_explore)
 

@@ -7,6 +7,7 @@ import logging
 import sys
 
 from nenya._errors import NenyaError
+from nenya.cli._latents import HELP_FORMAT
 from nenya.device import PRECISIONS
 from nenya.encoders import encoders
 from nenya.engines import engines
@@ -38,7 +39,7 @@ def register(sub) -> None:
         "(--source) into one Parquet or npy output. Finished outputs are skipped (image collections: "
         "only new ids are added), and an interrupted run resumes where it stopped when given the "
         "same command.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HELP_FORMAT,
     )
     _add_inputs_and_outputs(p)
     _add_photo_options(p)
@@ -48,13 +49,25 @@ def register(sub) -> None:
     p.set_defaults(func=cmd_extract)
 
 
+#: kinds of the source registry that --source cannot name: preproc files are given as arguments,
+#: arrays come from Python
+_NOT_BY_SOURCE = ("h5", "arrays")
+
+
+def _source_help() -> str:
+    """--source's help: every kind of the source registry it takes (without importing them)."""
+    from nenya.sources import sources
+
+    kinds = ", ".join(f"{k}:" for k in sources.names() if k not in _NOT_BY_SOURCE)
+    return (
+        f"an input collection instead of preproc files, local or URL, with KIND one of {kinds} "
+        "(e.g. images:FOLDER, table:FILE.csv|FILE.parquet; `nenya models` says what each kind takes)"
+    )
+
+
 def _add_inputs_and_outputs(p: argparse.ArgumentParser) -> None:
     p.add_argument("inputs", nargs="*", help="preproc .h5 files, globs or URLs (s3://...)")
-    p.add_argument(
-        "--source",
-        help="an image collection instead of preproc files: images:FOLDER or "
-        "table:FILE.csv|FILE.parquet (local or URL)",
-    )
+    p.add_argument("--source", metavar="KIND:WHERE", help=_source_help())
     p.add_argument(
         "--model",
         help=f"model spec: {', '.join(k + ':...' for k in encoders.names())}, or a checkpoint "
@@ -87,7 +100,11 @@ def _add_photo_options(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-crop", action="store_true", help="resize straight to --size instead of resize + center crop")
     g.add_argument("--mean", type=_floats, help="per-channel mean, e.g. 0.485,0.456,0.406")
     g.add_argument("--std", type=_floats, help="per-channel std, e.g. 0.229,0.224,0.225")
-    g.add_argument("--interpolation", choices=["bilinear", "bicubic", "nearest", "lanczos"])
+    g.add_argument(
+        "--interpolation",
+        choices=["bilinear", "bicubic", "nearest", "lanczos"],
+        help="resize filter (default: the model's data config)",
+    )
     g.add_argument(
         "--decode",
         choices=["cpu", "gpu"],
@@ -131,7 +148,7 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
 
 def _add_run_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--partitions", default="train,valid", help="comma-separated partitions to extract, where present")
-    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--batch-size", type=int, default=128, help="items encoded together")
     p.add_argument("--workers", type=int, default=None, help="reader processes (default: 1 when there are 2+ cores)")
     p.add_argument("--shard-size", type=int, default=4096, help="items per unit of commit and resume")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
+from nenya.cli._latents import HELP_FORMAT
 
 
 def register(sub) -> None:
@@ -10,11 +10,16 @@ def register(sub) -> None:
     d = sub.add_parser(
         "demo",
         help="sample SST data -> a briefly trained model -> latents -> UMAP, gallery, explorer",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HELP_FORMAT,
     )
     d.add_argument("folder", nargs="?", default="nenya-demo", help="where to put everything")
     d.add_argument("--n", type=int, default=2000, help="number of synthetic cutouts")
-    d.add_argument("--model", default="resnet18", choices=["resnet18", "resnet34", "resnet50", "resnet101"])
+    d.add_argument(
+        "--model",
+        default="resnet18",
+        choices=["resnet18", "resnet34", "resnet50", "resnet101"],
+        help="backbone of the demo's SupConResNet",
+    )
     d.add_argument("--train-seconds", type=float, default=100.0, help="how long to train the contrastive model")
     d.set_defaults(func=cmd_demo)
     m = sub.add_parser("models", help="list the kinds of model nenya can extract with")

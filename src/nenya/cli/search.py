@@ -26,8 +26,12 @@ def _add_index(sub: argparse._SubParsersAction) -> None:
         formatter_class=HELP_FORMAT,
     )
     add_latents_args(p, output_help="output .faiss file or folder")
-    p.add_argument("--kind", default="auto", choices=["auto", "flat", "hnsw", "ivf"])
-    p.add_argument("--metric", default="l2", choices=["l2", "ip", "cosine"])
+    p.add_argument(
+        "--kind", default="auto", choices=["auto", "flat", "hnsw", "ivf"], help="index type (auto: see above)"
+    )
+    p.add_argument(
+        "--metric", default="l2", choices=["l2", "ip", "cosine"], help="l2: Euclidean; ip: inner product; cosine"
+    )
     p.add_argument("--m", type=int, default=32, help="HNSW links per node")
     p.add_argument("--ef-search", type=int, default=128, help="HNSW search breadth")
     p.add_argument("--nlist", type=int, default=None, help="IVF lists (default ~4 sqrt(N))")
@@ -63,7 +67,7 @@ def _add_search(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--trust-checkpoint", action="store_true", help="allow pickled objects in the checkpoint (trusted files only)"
     )
-    p.add_argument("-k", type=int, default=10)
+    p.add_argument("-k", type=int, default=10, help="neighbours to return")
     p.add_argument(
         "--metric", default="l2", choices=["l2", "ip", "cosine"], help="metric when searching a latents file"
     )

@@ -7,9 +7,7 @@ import os
 import re
 import sys
 
-from nenya.cli._latents import LATENTS_HELP, partitions
-
-_fmt = argparse.ArgumentDefaultsHelpFormatter
+from nenya.cli._latents import HELP_FORMAT, LATENTS_HELP, partitions
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,7 +19,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         "image), filters, selections and CSV exports computed on the server, thumbnails on demand, and "
         "query by image: upload a cutout (.npy) or photo, or give an id, to see its nearest neighbours "
         "and where it lands. Binds 127.0.0.1 unless --host says otherwise; Ctrl-C stops it.",
-        formatter_class=_fmt,
+        formatter_class=HELP_FORMAT,
     )
     p.add_argument("latents", help=LATENTS_HELP)
     p.add_argument("--coords", help="a table with id and U0/U1 (from `nenya umap`) or PC0/PC1; default: fit UMAP")
@@ -61,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", help="encode queries with this model instead of the one the latents record")
     p.add_argument("--opts", help="opts JSON of --model (SupCon models)")
     p.add_argument("--trust-checkpoint", action="store_true", help="allow arbitrary pickled objects (trusted files)")
-    p.add_argument("--title", default=None)
+    p.add_argument("--title", default=None, help="page title (default: nenya serve: <latents>)")
     p.set_defaults(func=cmd_serve)
 
 

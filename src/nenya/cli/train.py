@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from nenya.cli._latents import HELP_FORMAT
+
 TRAIN_EPILOG = """examples:
   nenya train contrastive --opts opts.json                  SimCLR on <data_folder>/<images_file>
   nenya train contrastive --opts opts.json --auto-resume    continue from the model folder's last.pth
@@ -72,7 +74,7 @@ def _add_contrastive(tsub: argparse._SubParsersAction) -> None:
         "override them. Writes ckpt_epoch_<E>.pth, last.pth, learning_curve.csv/.png "
         "into <s3_outdir>/<model_folder> (or --output). Several GPUs: "
         "torchrun --nproc_per_node N -m nenya train contrastive ...",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HELP_FORMAT,
     )
     c.add_argument("--opts", required=True, help="Nenya opts JSON (ssl_model, feat_dim, data_folder, images_file, ...)")
     c.add_argument(
@@ -122,7 +124,7 @@ def _add_autoencoder(tsub: argparse._SubParsersAction) -> None:
         description="Conv + max-pool blocks, a dense embedding of --num-dense numbers, a mirrored "
         "decoder; LogCosh loss, Adam. Options from --opts JSON and/or flags (flags win). "
         "Writes ckpt_epoch_<E>.pth and last.pth every num_steps/num_checkpoints steps.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HELP_FORMAT,
     )
     a.add_argument("--opts", default=None, help="autoencoder options JSON (keys = the flag names with underscores)")
     a.add_argument("--data", default=None, help="file.h5 (with --partition) or file.h5:train, images.npy, or a folder")
@@ -149,7 +151,7 @@ def _add_autoencoder(tsub: argparse._SubParsersAction) -> None:
     a.add_argument("--num-checkpoints", type=int, default=None, help="checkpoints over the run (default 10)")
     a.add_argument("--learning-rate", type=float, default=None, help="Adam learning rate (default 1e-3)")
     a.add_argument("--n-images", type=int, default=None, help="use the first N images only")
-    a.add_argument("--seed", type=int, default=None)
+    a.add_argument("--seed", type=int, default=None, help="seeds the initialisation and the batch order (default 0)")
     a.add_argument("--num-workers", type=int, default=None, help="reader processes for large files")
     a.add_argument("--resume", default=None, help="checkpoint to continue from")
     a.add_argument("--auto-resume", action="store_true", help="continue from the output folder's last.pth")
@@ -164,25 +166,29 @@ def _add_overfit(tsub: argparse._SubParsersAction) -> None:
         help="grid search: the smallest autoencoder that overfits a handful of images",
         description="Train each architecture of the grid on --n-images images and report its final "
         "LogCosh loss; pick the smallest num_dense whose loss reaches --threshold.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HELP_FORMAT,
     )
     o.add_argument("--data", required=True, help="file.h5 (with --partition) or file.h5:train, images.npy, or a folder")
-    o.add_argument("--partition", default="train")
-    o.add_argument("--n-images", type=int, default=4)
-    o.add_argument("--nlayers", type=_ints, default=[2, 3, 4], help="comma-separated grid values")
-    o.add_argument("--poolsize", type=_ints, default=[2, 4])
-    o.add_argument("--numfilters", type=_ints, default=[2, 4])
-    o.add_argument("--num-dense", type=_ints, default=[10, 50, 100])
+    o.add_argument("--partition", default="train", help="HDF5 partition (for a .h5 --data)")
+    o.add_argument("--n-images", type=int, default=4, help="images each setting must overfit")
+    o.add_argument("--nlayers", type=_ints, default=[2, 3, 4], help="conv + pool blocks: comma-separated grid values")
+    o.add_argument("--poolsize", type=_ints, default=[2, 4], help="pool factors: comma-separated grid values")
+    o.add_argument(
+        "--numfilters", type=_ints, default=[2, 4], help="block k has 2**(k+numfilters) channels: grid values"
+    )
+    o.add_argument("--num-dense", type=_ints, default=[10, 50, 100], help="embedding lengths: grid values")
     o.add_argument("--num-steps", type=int, default=300, help="Adam steps per setting")
     o.add_argument("--threshold", type=float, default=0.01, help="final loss a setting must reach")
-    o.add_argument("--learning-rate", type=float, default=1e-3)
+    o.add_argument("--learning-rate", type=float, default=1e-3, help="Adam learning rate")
     o.add_argument("--crop", type=_crop, default=None, help="ROWS,COLS or pool")
-    o.add_argument("--demean", action="store_true")
-    o.add_argument("--no-standardize", dest="standardize", action="store_false")
-    o.add_argument("--seed", type=int, default=0)
+    o.add_argument("--demean", action="store_true", help="subtract each image's mean")
+    o.add_argument(
+        "--no-standardize", dest="standardize", action="store_false", help="do not scale by the images' mean/std"
+    )
+    o.add_argument("--seed", type=int, default=0, help="seeds each setting's initialisation")
     o.add_argument("--output", "-o", default="overfit.csv", help="CSV table to write")
-    o.add_argument("--device", default="auto")
-    o.add_argument("--no-progress", action="store_true")
+    o.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
+    o.add_argument("--no-progress", action="store_true", help="no progress bar")
     o.set_defaults(func=cmd_train_overfit)
 
 
@@ -192,13 +198,13 @@ def _add_reconstruct(sub: argparse._SubParsersAction) -> None:
         "reconstruct",
         help="decode an embedding, or an image through its embedding, with an autoencoder",
         description="Writes OUT.npy and OUT.png (and OUT_compare.png for an image input).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=HELP_FORMAT,
     )
     r.add_argument("checkpoint", help="an autoencoder last.pth (from `nenya train autoencoder`)")
     r.add_argument("input", help="x.npy (embedding (D,)/(N, D) or images), x.npy:ROW, or file.h5:PARTITION:ROW")
     r.add_argument("--output", "-o", default="reconstruction", help="output stem (or .npy path)")
     r.add_argument("--kind", default="auto", choices=["auto", "embedding", "image"], help="what the input is")
-    r.add_argument("--device", default="cpu")
+    r.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
     r.add_argument(
         "--trust-checkpoint", action="store_true", help="allow arbitrary pickled objects (trusted files only)"
     )
