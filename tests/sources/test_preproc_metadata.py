@@ -207,3 +207,15 @@ def test_typed_column_values():
     times = h5files.typed_column(np.array(["2010-01-05", "2010-01-05T10:00:00+02:00", "NaT"]), "datetime64[us]")
     assert times.astype(str).tolist() == ["2010-01-05T00:00:00.000000", "2010-01-05T08:00:00.000000", "NaT"]
     assert h5files.typed_column(np.array(["7", "-1"]), "int64").tolist() == [7, -1]
+
+
+def test_analyses_keep_the_types(encoder, tmp_path):
+    """`nenya umap` & co. read the Parquet latents: times stay times (not nanosecond integers)."""
+    from nenya.analysis import open_latents
+
+    preproc = write_preproc(tmp_path / "MODIS_x_preproc.h5", n_valid=9, n_train=0, size=16, seed=1)
+    with open_latents(_extract(preproc, encoder, tmp_path / "pq", "parquet")) as lat:
+        meta = lat.metadata
+    assert pd.api.types.is_datetime64_any_dtype(meta["datetime"])
+    assert meta["lat"].dtype == np.float64 and meta["pp_idx"].dtype == np.int64
+    assert list(meta["pattern"]) == list(meta["pattern"].astype(str))

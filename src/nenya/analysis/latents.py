@@ -55,9 +55,10 @@ def latents_format(path: str | os.PathLike) -> str:
 
 
 def _to_numeric(df: pd.DataFrame) -> pd.DataFrame:
-    """Nenya stores numbers as text: turn every column that parses fully as numbers into numbers."""
+    """Nenya stores numbers as text: turn every text column that parses fully as numbers into numbers
+    (typed columns keep their type: times would become nanosecond integers)."""
     for c in df.columns:
-        if not pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c]):
+        if pd.api.types.is_object_dtype(df[c]) or pd.api.types.is_string_dtype(df[c]):
             try:
                 df[c] = pd.to_numeric(df[c])
             except (ValueError, TypeError):
