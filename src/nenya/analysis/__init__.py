@@ -14,8 +14,10 @@ from nenya.analysis.cluster import hdbscan, kmeans
 from nenya.analysis.compare import EncodingAgreement, compare_encodings
 from nenya.analysis.duplicates import DuplicateResult, find_duplicates
 from nenya.analysis.explorer import write_explorer
+from nenya.analysis.flow import FlowModel, fit_flow, load_flow
 from nenya.analysis.images import ImageLookup
 from nenya.analysis.latents import Latents, open_latents, output_path, read_about, read_latents, read_table, write_table
+from nenya.analysis.outliers import OutlierResult, outliers, write_outliers
 from nenya.analysis.pca import PCAResult, pca
 from nenya.analysis.plots import gallery_plot, neighbours_plot, scatter_plot
 from nenya.analysis.search import LatentIndex, build_index, load_index
@@ -53,6 +55,12 @@ __all__ = [
     "gallery_plot",
     "neighbours_plot",
     "write_explorer",
+    "FlowModel",
+    "fit_flow",
+    "load_flow",
+    "OutlierResult",
+    "outliers",
+    "write_outliers",
     "Trends",
     "region_mask",
     "trends",

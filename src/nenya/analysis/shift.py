@@ -291,11 +291,22 @@ def cluster_shares(
 _RECORD_KEYS = ("model", "opts", "options", "dim", "grid", "precision", "preprocess")
 
 
+def model_difference(ra: dict, rb: dict) -> str | None:
+    """How two model records differ (None: the same model): the ``vectors`` digest (a hash of the
+    weights, the preprocessing and the precision, so the same checkpoint at another path still
+    agrees), or for records without one, the model, options, dimension, grid, precision and
+    preprocessing."""
+    diff = [key for key in _RECORD_KEYS if ra.get(key) != rb.get(key)]
+    same = ra["vectors"] == rb["vectors"] if "vectors" in ra and "vectors" in rb else not diff
+    if same:
+        return None
+    what = ", ".join(f"{key}: {ra.get(key)!r} vs {rb.get(key)!r}" for key in diff) or "the model weights"
+    return f"{what}; vectors digest {ra.get('vectors')} vs {rb.get('vectors')}"
+
+
 def check_same_model(a: str, b: str) -> None:
     """Raise :class:`~nenya._errors.InputError` unless the records of two latents files say the same
-    model made both: the same ``vectors`` digest (a hash of the weights, the preprocessing and the
-    precision, so the same checkpoint at another path still agrees), or for records without one,
-    the same model, options, dimension, grid, precision and preprocessing."""
+    model made both (:func:`model_difference`)."""
     from nenya.analysis.latents import read_about
 
     ra, rb = read_about(a), read_about(b)
@@ -303,14 +314,11 @@ def check_same_model(a: str, b: str) -> None:
     if ra is None or rb is None:
         which = " and ".join(p for p, r in ((a, ra), (b, rb)) if r is None)
         raise InputError(f"{which} has no record of the model that made it, so nenya cannot check; {force}")
-    diff = [key for key in _RECORD_KEYS if ra.get(key) != rb.get(key)]
-    same = ra["vectors"] == rb["vectors"] if "vectors" in ra and "vectors" in rb else not diff
-    if not same:
-        what = ", ".join(f"{key}: {ra.get(key)!r} vs {rb.get(key)!r}" for key in diff) or "the model weights"
+    what = model_difference(ra, rb)
+    if what is not None:
         raise InputError(
-            f"{a} and {b} were made by different models ({what}; vectors digest {ra.get('vectors')} vs "
-            f"{rb.get('vectors')}); their vectors are not comparable. Compare encodings of the same items "
-            f"with --same-items, or {force}"
+            f"{a} and {b} were made by different models ({what}); their vectors are not comparable. Compare "
+            f"encodings of the same items with --same-items, or {force}"
         )
 
 

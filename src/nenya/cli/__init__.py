@@ -2,7 +2,7 @@
 
 ``extract`` (:mod:`.extract`), ``train``/``reconstruct`` (:mod:`.train`), ``umap``/``pca``/``cluster``
 (:mod:`.embed`), ``index``/``search`` (:mod:`.search`), ``plot`` (:mod:`.plot`), ``explore``
-(:mod:`.explore`), ``compare``/``duplicates`` (:mod:`.compare`), ``trends`` (:mod:`.science`), ``serve`` (:mod:`.serve`),
+(:mod:`.explore`), ``compare``/``duplicates`` (:mod:`.compare`), ``outliers``/``trends`` (:mod:`.science`), ``serve`` (:mod:`.serve`),
 ``demo``/``models`` (:mod:`.models`); what the commands over latents files share is in
 :mod:`._latents`. This module only builds the parser, sets up logging and turns errors into
 messages; only the CLI prints.

@@ -1,4 +1,5 @@
-"""``nenya trends``: the questions Nenya's scientists ask of latents (where and when a pattern occurs)."""
+"""``nenya outliers`` and ``nenya trends``: the questions Nenya's scientists ask of latents (what is
+unusual; where and when a pattern occurs)."""
 
 from __future__ import annotations
 
@@ -7,11 +8,66 @@ import json
 import os
 import sys
 
-from nenya.cli._latents import HELP_FORMAT
+from nenya.cli._latents import HELP_FORMAT, LATENTS_HELP, add_image_args, partitions
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    """Add ``trends`` to the ``nenya`` parser."""
+    """Add ``outliers`` and ``trends`` to the ``nenya`` parser."""
+    _add_outliers(sub)
+    _add_trends(sub)
+
+
+def _add_outliers(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser(
+        "outliers",
+        help="what is unusual: a log-likelihood (normalizing flow, as Ulmo) or kNN score for every vector",
+        description="Fit a normalizing flow on a random sample of the latents (or load one with --flow) and "
+        "score every vector by log-likelihood, streamed; or score by the mean distance to the k nearest "
+        "neighbours (--method knn). The lowest --fraction are the outliers. Writes outliers.parquet (id, "
+        "score, rank, outlier, valid, metadata), record.json, flow.safetensors and pictures (histogram, "
+        "the most unusual images, maps and months when the table has positions and dates) to --output.",
+        formatter_class=HELP_FORMAT,
+    )
+    p.add_argument("latents", help=LATENTS_HELP)
+    p.add_argument("--method", choices=("flow", "knn"), default="flow", help="flow: log-likelihood; knn: distance")
+    p.add_argument("--fraction", type=float, default=0.001, help="the share of valid items called outliers")
+    p.add_argument("--fit-sample", type=int, default=150_000, help="vectors the flow is fitted on (random)")
+    p.add_argument("--epochs", type=int, default=100, help="most epochs of the flow's fit (it stops early)")
+    p.add_argument("--flow", help="score with this saved flow (flow.safetensors of an earlier run) instead of fitting")
+    p.add_argument("--force", action="store_true", help="score with a flow fitted on latents of another model")
+    p.add_argument("-k", type=int, default=10, help="neighbours of the kNN score")
+    p.add_argument("--seed", type=int, default=0, help="the sample and the fit's seed")
+    p.add_argument("--partitions", default=None, help="HDF5 partitions to read, comma-separated (default: valid,train)")
+    add_image_args(p)
+    p.add_argument("--output", "-o", help="output folder (default: <latents stem>_outliers/ next to the input)")
+    p.set_defaults(func=cmd_outliers)
+
+
+def cmd_outliers(args: argparse.Namespace) -> int:
+    from nenya.analysis.images import ImageLookup
+    from nenya.analysis.latents import output_path
+    from nenya.analysis.outliers import outliers, write_outliers
+
+    r = outliers(
+        args.latents, method=args.method, fraction=args.fraction, fit_sample=args.fit_sample, flow=args.flow,
+        force=args.force, k=args.k, epochs=args.epochs, seed=args.seed, partitions=partitions(args),
+    )  # fmt: skip
+    images = None
+    if args.images or args.image_root or "path" in r.table.columns:
+        images = ImageLookup(r.table, images=args.images, image_root=args.image_root)
+    folder = args.output or output_path(args.latents, "_outliers")
+    paths = write_outliers(r, folder, images=images)
+    rec = r.record
+    print(f"{rec['outliers']:,} outliers of {rec['valid']:,} valid vectors (score <= {rec['threshold']:.4g}); "
+          f"{rec['invalid']:,} invalid left out")  # fmt: skip
+    if rec["method"] == "flow":
+        print(f"flow: {rec['flow']['epochs']} epochs on {rec['flow']['sample']:,} vectors, "
+              f"held-out mean log-likelihood {rec['flow']['heldout_ll']:.4f}")  # fmt: skip
+    print(json.dumps({"outputs": [os.path.relpath(p) for p in paths]}))
+    return 0
+
+
+def _add_trends(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "trends",
         help="a region's share by month, year and place, with its seasonal cycle and trend",
