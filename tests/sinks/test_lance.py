@@ -69,3 +69,20 @@ def test_a_new_dataset_is_written_without_lances_warning_that_it_will_be_created
     err = capfd.readouterr().err
     assert "No existing dataset" not in err and "WARN" not in err, err
     assert lancedb.connect(str(tmp_path)).open_table("vectors").count_rows() == 4
+
+
+def test_a_dataset_killed_before_its_first_commit_is_written_anew(tmp_path):
+    """Lance writes in place: a run killed during its first write leaves data files and no version.
+    The next run must not try to read it (as an output that holds ids, or a model record)."""
+    import shutil
+
+    root = tmp_path / "photos"
+    for i in range(3):
+        save(picture(i), str(root / f"p{i}.png"), "PNG")
+    enc = small_encoder()
+    out = tmp_path / "vectors.lance"
+    extract_collection(f"images:{root}", enc, str(out))
+    shutil.rmtree(out / "_versions")  # as if killed before the commit: data files, no manifest
+    (tmp_path / "vectors.lance.status.csv").unlink()
+    extract_collection(f"images:{root}", enc, str(out))
+    assert lancedb.connect(str(tmp_path)).open_table("vectors").count_rows() == 3

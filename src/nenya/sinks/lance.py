@@ -42,6 +42,14 @@ def _lance():
     return lance
 
 
+def _committed(dest: str) -> bool:
+    """Whether ``dest`` holds a Lance dataset with a committed version. Lance writes in place and commits
+    by writing a manifest under ``_versions/``: a run killed during its first write leaves data files
+    and no version, which no reader can open (the next run writes the dataset anew)."""
+    versions = os.path.join(dest, "_versions")
+    return os.path.isdir(versions) and any(os.scandir(versions))
+
+
 class LanceSink(ParquetSink):
     """A Lance dataset per group (see the module docstring); ``dtype`` float32 or float16."""
 
@@ -56,12 +64,14 @@ class LanceSink(ParquetSink):
         super().__init__(output, **kwargs)
 
     def _ids_in_output(self, dest: str) -> set[str]:
+        if not _committed(dest):
+            return set()
         ds = _lance().dataset(dest)
         return set(ds.to_table(columns=["id"]).column("id").to_pylist())
 
     def recorded_model(self, name: str) -> dict | None:
         dest = storage.join(self.output, name)
-        return about_of(_lance().dataset(dest).schema) if os.path.isdir(dest) else None
+        return about_of(_lance().dataset(dest).schema) if _committed(dest) else None
 
     def _rows(self, group: Group):
         """The committed parts of ``group`` as output tables, one at a time."""
@@ -72,7 +82,7 @@ class LanceSink(ParquetSink):
     def _already_in(self, dest: str, group: Group) -> bool:
         """Whether a previous run committed these parts before it was killed: their first id is there."""
         first = next((t.column("id")[0].as_py() for t in self._rows(group) if t.num_rows), None)
-        if first is None or not os.path.isdir(dest):
+        if first is None or not _committed(dest):
             return False
         import pyarrow.compute as pc
 
@@ -93,7 +103,10 @@ class LanceSink(ParquetSink):
             schema, tables = self._with_about(empty.schema), [empty]
         reader = pa.RecordBatchReader.from_batches(schema, (b for t in tables for b in t.cast(schema).to_batches()))
         # "create" for a new dataset: lance warns "No existing dataset ... will be created" on the others
-        mode = ("append" if self.append else "overwrite") if os.path.isdir(dest) else "create"
+        # ("overwrite" also over the data files of a first write that was killed before its commit)
+        mode = ("append" if self.append else "overwrite") if _committed(dest) else "create"
+        if mode == "create" and os.path.isdir(dest):
+            shutil.rmtree(dest)
         _lance().write_dataset(reader, dest, schema=schema, mode=mode)
         faults.point("assemble.write")
 
