@@ -5,8 +5,10 @@ from __future__ import annotations
 import csv
 import dataclasses
 import itertools
+import logging
 import math
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,6 +24,9 @@ from nenya.train import common
 from nenya.train.autoencoder.options import AutoencoderConfig, crop_box
 from nenya.train.data import open_dataset
 from nenya.train.losses import logcosh
+
+log = logging.getLogger(__name__)
+_AXES = ("nlayers", "poolsize", "numfilters", "num_dense")
 
 
 @dataclass
@@ -58,16 +63,17 @@ class OverfitResult:
                 f"{r.num_dense:5d} {r.params:9d} {loss}  {'yes' if r.reaches else 'no'}"
                 + (f"  ({r.note})" if r.note else "")
             )
+        tried = [r for r in self.rows if math.isfinite(r.final_loss)]
         if self.best is None:
+            low = min(tried, key=lambda r: r.final_loss, default=None)
+            lowest = "" if low is None else f" (the lowest loss, {low.final_loss:.5g}, was {_setting(low)})"
             lines.append(
-                f"no setting reached the threshold {self.threshold:g}: train longer (--num-steps) or widen the grid"
+                f"no setting reached the threshold {self.threshold:g}{lowest}: raise --threshold, train longer "
+                "(--num-steps) or widen the grid"
             )
         else:
             b = self.best
-            lines.append(
-                f"smallest embedding reaching {self.threshold:g}: nlayers {b.nlayers}, poolsize {b.poolsize}, "
-                f"numfilters {b.numfilters}, num_dense {b.num_dense} (loss {b.final_loss:.5g})"
-            )
+            lines.append(f"smallest embedding reaching {self.threshold:g}: {_setting(b)} (loss {b.final_loss:.5g})")
         return "\n".join(lines)
 
     def write_csv(self, path: str | os.PathLike) -> None:
@@ -80,6 +86,10 @@ class OverfitResult:
                 w.writeheader()
                 for r in self.rows:
                     w.writerow(dataclasses.asdict(r))
+
+
+def _setting(r: OverfitRow) -> str:
+    return f"nlayers {r.nlayers}, poolsize {r.poolsize}, numfilters {r.numfilters}, num_dense {r.num_dense}"
 
 
 def _overfit_input(raw: torch.Tensor, box: list[int], demean: bool, standardize: bool) -> torch.Tensor:
@@ -96,6 +106,39 @@ def _overfit_input(raw: torch.Tensor, box: list[int], demean: bool, standardize:
         std = x.std(dim=(0, 2, 3), keepdim=True, unbiased=False).clamp_min(1e-12)
         x = (x - mean) / std
     return x
+
+
+def _announce(axes: list[list[int]], raw: torch.Tensor, num_steps: int, threshold: float) -> None:
+    """Log what the search is about to do: how many settings, on what, how long each trains."""
+    grid = " x ".join(f"{name} {','.join(map(str, v))}" for name, v in zip(_AXES, axes))
+    log.info(
+        "overfit search: %d settings (%s) on %d images of %dx%d, %d Adam steps each; "
+        "a setting fits when its loss is at most %g",
+        math.prod(len(v) for v in axes),
+        grid,
+        raw.shape[0],
+        *raw.shape[-2:],
+        num_steps,
+        threshold,
+    )
+
+
+def _setting_input(row: OverfitRow, cfg: AutoencoderConfig, raw: torch.Tensor) -> torch.Tensor | None:
+    """The images as ``row``'s model sees them, or None (and ``row.note`` says why) when the crop does
+    not fit them or they are too small for its pooling."""
+    h, w = raw.shape[-2:]
+    try:
+        box = crop_box(cfg, h, w)
+    except InputError as e:
+        row.note = str(e).split(";")[0]
+        return None
+    if (
+        pooled_size(box[1] - box[0], row.poolsize, row.nlayers) < 1
+        or pooled_size(box[3] - box[2], row.poolsize, row.nlayers) < 1
+    ):
+        row.note = f"image too small for {row.nlayers} layers of pool {row.poolsize}"
+        return None
+    return _overfit_input(raw, box, cfg.demean, cfg.standardize)
 
 
 def _overfit_one(row: OverfitRow, x: torch.Tensor, *, num_steps: int, learning_rate: float, seed: int) -> None:
@@ -156,38 +199,32 @@ def overfit_search(
     raw = ds.__getitems__(np.arange(n))
     raw = raw[0] if isinstance(raw, tuple) else raw
     ds.close()
-    grid = list(
-        itertools.product(sorted(set(nlayers)), sorted(set(poolsize)), sorted(set(numfilters)), sorted(set(num_dense)))
+    axes = [sorted(set(v)) for v in (nlayers, poolsize, numfilters, num_dense)]
+    grid = list(itertools.product(*axes))
+    _announce(axes, raw, num_steps, threshold)
+    base = AutoencoderConfig(
+        data=data,
+        crop=crop,
+        crop_offset=(int(crop_offset[0]), int(crop_offset[1])),
+        demean=demean,
+        standardize=standardize,
     )
     rows: list[OverfitRow] = []
     bar = tqdm(grid, desc="overfit search", unit="setting", disable=not progress, dynamic_ncols=True)
-    for nl, ps, nf, nd in bar:
+    for k, (nl, ps, nf, nd) in enumerate(bar, 1):
         row = OverfitRow(nl, ps, nf, nd)
         rows.append(row)
-        cfg = AutoencoderConfig(
-            data=data,
-            nlayers=nl,
-            poolsize=ps,
-            numfilters=nf,
-            num_dense=nd,
-            crop=crop,
-            crop_offset=(int(crop_offset[0]), int(crop_offset[1])),
-            demean=demean,
-            standardize=standardize,
-        )
-        h, w = raw.shape[-2:]
-        try:
-            box = crop_box(cfg, h, w)
-        except InputError as e:
-            row.note = str(e).split(";")[0]
+        t0 = time.perf_counter()
+        cfg = dataclasses.replace(base, nlayers=nl, poolsize=ps, numfilters=nf, num_dense=nd)
+        x = _setting_input(row, cfg, raw)
+        if x is None:
+            log.info("setting %d/%d (%s): skipped, %s", k, len(grid), _setting(row), row.note)
             continue
-        if pooled_size(box[1] - box[0], ps, nl) < 1 or pooled_size(box[3] - box[2], ps, nl) < 1:
-            row.note = f"image too small for {nl} layers of pool {ps}"
-            continue
-        x = _overfit_input(raw, box, demean, standardize).to(dev)
-        _overfit_one(row, x, num_steps=num_steps, learning_rate=learning_rate, seed=seed)
+        _overfit_one(row, x.to(dev), num_steps=num_steps, learning_rate=learning_rate, seed=seed)
         row.reaches = math.isfinite(row.final_loss) and row.final_loss <= threshold
         bar.set_postfix(loss=f"{row.final_loss:.4g}")
+        outcome = f"loss {row.final_loss:.4g}, {'fits' if row.reaches else 'does not fit'}"
+        log.info("setting %d/%d (%s): %s (%.1f s)", k, len(grid), _setting(row), outcome, time.perf_counter() - t0)
     bar.close()
     fits = [r for r in rows if r.reaches]
     best = min(fits, key=lambda r: (r.num_dense, r.params, r.final_loss)) if fits else None
