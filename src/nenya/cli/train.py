@@ -9,8 +9,8 @@ from nenya.cli._latents import HELP_FORMAT
 TRAIN_EPILOG = """examples:
   nenya train contrastive --opts opts.json                  SimCLR on <data_folder>/<images_file>
   nenya train contrastive --opts opts.json --auto-resume    continue from the model folder's last.pth
-  nenya train autoencoder --data radar.npy --crop 1024,none --nlayers 4 --poolsize 4 --num-dense 50
-  nenya train overfit --data radar.npy --n-images 4 --num-dense 10,50,100 --threshold 0.01
+  nenya train autoencoder --data radar.npy --crop 64,none --nlayers 2 --poolsize 4 --num-dense 16 -o ae
+  nenya train overfit --data radar.npy --crop 64,none --nlayers 1,2 --poolsize 2,4 --num-dense 4,16,64
   nenya reconstruct ae-model/last.pth data_preproc.h5:valid:12 -o recon
 see docs/training.md for every option
 """
