@@ -61,41 +61,29 @@ def _histogram(t: pd.DataFrame, label: str, path: str) -> str:
 
 
 def _map(t: pd.DataFrame, latlon: tuple[str, str], label: str, path: str, cell_deg: float = 10.0) -> str:
-    from matplotlib.collections import PatchCollection
-    from matplotlib.patches import Rectangle
-
-    from nenya.analysis.explorer.coastlines import coastlines
-    from nenya.analysis.trends import grid_cells
+    from nenya.analysis.trend_plots import draw_cells
+    from nenya.analysis.trends import cell_bounds, grid_cells
 
     lat = pd.to_numeric(t[latlon[0]], errors="coerce").to_numpy(np.float64)
     lon = pd.to_numeric(t[latlon[1]], errors="coerce").to_numpy(np.float64)
     band, lbin = grid_cells(lat, lon, cell_deg)
-    nb, nlon = int(round(2.0 / np.radians(cell_deg))), int(round(360.0 / cell_deg))
-    edges = np.degrees(np.arcsin(np.linspace(-1, 1, nb + 1)))
     g = pd.DataFrame({"band": band, "bin": lbin, "score": t["score"].to_numpy(), "out": t["outlier"].to_numpy()})
     g = (
         g[g["band"] >= 0]
         .groupby(["band", "bin"])
         .agg(score=("score", "mean"), share=("out", "mean"), n=("out", "size"))
     )
-    g = g[g["n"] >= 10].reset_index()
+    g = cell_bounds(g[g["n"] >= 10].reset_index(), cell_deg)
     fig = _figure(10, 8)
-    coast = coastlines()
     for i, (col, title) in enumerate(((("score", f"mean {label}")), ("share", "outlier share"))):
-        ax = fig.add_subplot(2, 1, i + 1)
-        boxes = [Rectangle((b * 360.0 / nlon - 180, edges[a]), 360.0 / nlon, edges[a + 1] - edges[a])
-                 for a, b in zip(g["band"], g["bin"])]  # fmt: skip
-        pc = PatchCollection(boxes, cmap="viridis", edgecolor="none")
-        pc.set_array(g[col].to_numpy())
-        ax.add_collection(pc)
-        fig.colorbar(pc, ax=ax, fraction=0.03)
-        if coast is not None:
-            for lo, la in zip(*coast):
-                ax.plot(lo, la, lw=0.4, color="#555555")
-        ax.set_xlim(-180, 180)
-        ax.set_ylim(-90, 90)
-        ax.set_aspect("equal")
-        ax.set_title(f"{title} on an equal-area grid (cells of at least 10 items)", fontsize=9)
+        draw_cells(
+            fig,
+            fig.add_subplot(2, 1, i + 1),
+            g,
+            g[col],
+            title,
+            f"{title} on an equal-area grid (cells of at least 10 items)",
+        )
     return _save(fig, path)
 
 

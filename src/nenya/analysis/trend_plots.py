@@ -12,7 +12,7 @@ from nenya.analysis.plots import _figure, _save
 if TYPE_CHECKING:
     from nenya.analysis.trends import Trends
 
-__all__ = ["plot_trends"]
+__all__ = ["plot_trends", "draw_cells"]
 
 
 def plot_trends(r: Trends, path: str) -> str:
@@ -65,18 +65,27 @@ def _seasonal(ax, r: Trends) -> None:
 
 
 def _map(fig, ax, r: Trends) -> None:
+    g = r.grid[r.grid["used"]] if r.grid is not None else None
+    if g is not None:
+        draw_cells(fig, ax, g, g["share"], "share", "share on an equal-area grid (cells with too few items left blank)")
+
+
+def draw_cells(fig, ax, cells, values, label: str, title: str) -> None:
+    """Grid cells (lat0, lat1, lon0, lon1) coloured by ``values``, over coastlines, on a world map."""
     from matplotlib.collections import PatchCollection
     from matplotlib.patches import Rectangle
 
     from nenya.analysis.explorer.coastlines import coastlines
 
-    g = r.grid[r.grid["used"]] if r.grid is not None else None
-    if g is not None and len(g):
-        boxes = [Rectangle((a, b), c - a, d - b) for a, b, c, d in zip(g["lon0"], g["lat0"], g["lon1"], g["lat1"])]
+    if len(cells):
+        boxes = [
+            Rectangle((a, b), c - a, d - b)
+            for a, b, c, d in zip(cells["lon0"], cells["lat0"], cells["lon1"], cells["lat1"])
+        ]
         pc = PatchCollection(boxes, cmap="viridis", edgecolor="none")
-        pc.set_array(g["share"].to_numpy())
+        pc.set_array(np.asarray(values, np.float64))
         ax.add_collection(pc)
-        fig.colorbar(pc, ax=ax, label="share", fraction=0.03)
+        fig.colorbar(pc, ax=ax, label=label, fraction=0.03)
     coast = coastlines()
     if coast is not None:
         for lo, la in zip(*coast):
@@ -86,4 +95,4 @@ def _map(fig, ax, r: Trends) -> None:
     ax.set_aspect("equal")
     ax.set_xlabel("longitude")
     ax.set_ylabel("latitude")
-    ax.set_title("share on an equal-area grid (cells with too few items left blank)", fontsize=9)
+    ax.set_title(title, fontsize=9)

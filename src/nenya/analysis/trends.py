@@ -25,7 +25,7 @@ import pandas as pd
 
 from nenya._errors import NenyaError
 
-__all__ = ["Trends", "region_mask", "trends", "grid_cells", "write_trends"]
+__all__ = ["Trends", "region_mask", "trends", "grid_cells", "cell_bounds", "write_trends"]
 
 MIN_COUNT = 20  # items a month (or a grid cell) needs for its share to be shown and fitted
 
@@ -163,8 +163,8 @@ def trends(
         n=n,
         k=k,
         monthly=monthly,
-        seasonal=_shares(sub, sub["t"].dt.month.rename("month")),
-        yearly=_shares(sub, sub["t"].dt.year.rename("year")),
+        seasonal=_shares(sub["in"], {"month": sub["t"].dt.month}),
+        yearly=_shares(sub["in"], {"year": sub["t"].dt.year}),
         fit=_fits(monthly),
         grid=grid,
         notes=notes,
@@ -188,18 +188,16 @@ def _times(table: pd.DataFrame, time: str, notes: list[str]) -> tuple[pd.Series,
     return t, dated
 
 
-def _shares(sub: pd.DataFrame, by: pd.Series) -> pd.DataFrame:
-    g = sub.groupby(by.values)["in"]
-    out = pd.DataFrame({"n": g.size(), "k": g.sum().astype(np.int64)})
+def _shares(inside: pd.Series | np.ndarray, keys: dict[str, Any]) -> pd.DataFrame:
+    """Per group of ``keys`` (name -> values): n items, k of them ``inside``, and the share k / n."""
+    g = pd.Series(np.asarray(inside, bool)).groupby([pd.Series(np.asarray(v), name=k) for k, v in keys.items()])
+    out = pd.DataFrame({"n": g.size(), "k": g.sum().astype(np.int64)}).reset_index()
     out["share"] = out["k"] / out["n"]
-    return out.rename_axis(by.name).reset_index()
+    return out
 
 
 def _monthly(sub: pd.DataFrame, min_count: int, notes: list[str]) -> pd.DataFrame:
-    year, month = sub["t"].dt.year.rename("year"), sub["t"].dt.month.rename("month")
-    g = sub.groupby([year, month])["in"]
-    m = pd.DataFrame({"n": g.size(), "k": g.sum().astype(np.int64)}).reset_index()
-    m["share"] = m["k"] / m["n"]
+    m = _shares(sub["in"], {"year": sub["t"].dt.year, "month": sub["t"].dt.month})
     m["t"] = m["year"] + (m["month"] - 0.5) / 12.0  # the middle of the month, in decimal years
     m["used"] = m["n"] >= min_count
     if (~m["used"]).any():
@@ -268,18 +266,20 @@ def _bands(cell_deg: float) -> tuple[int, int]:
     return max(1, int(round(2.0 / np.radians(cell_deg)))), max(1, int(round(360.0 / cell_deg)))
 
 
+def cell_bounds(cells: pd.DataFrame, cell_deg: float) -> pd.DataFrame:
+    """``cells`` (with ``band`` and ``bin`` from :func:`grid_cells`) with each cell's lat0, lat1, lon0, lon1."""
+    nb, nlon = _bands(cell_deg)
+    edges = np.degrees(np.arcsin(np.linspace(-1, 1, nb + 1)))
+    band, lbin = cells["band"].to_numpy(), cells["bin"].to_numpy()
+    return cells.assign(
+        lat0=edges[band], lat1=edges[band + 1], lon0=lbin * 360.0 / nlon - 180.0, lon1=(lbin + 1) * 360.0 / nlon - 180.0
+    )
+
+
 def _grid(lat: np.ndarray, lon: np.ndarray, inside: np.ndarray, cell_deg: float, min_count: int) -> pd.DataFrame:
     band, lbin = grid_cells(lat, lon, cell_deg)
     ok = band >= 0
-    df = pd.DataFrame({"band": band[ok], "bin": lbin[ok], "in": inside[ok]})
-    g = df.groupby(["band", "bin"])["in"]
-    out = pd.DataFrame({"n": g.size(), "k": g.sum().astype(np.int64)}).reset_index()
-    nb, nlon = _bands(cell_deg)
-    edges = np.degrees(np.arcsin(np.linspace(-1, 1, nb + 1)))
-    out["lat0"], out["lat1"] = edges[out["band"]], edges[out["band"] + 1]
-    out["lon0"] = out["bin"] * 360.0 / nlon - 180.0
-    out["lon1"] = (out["bin"] + 1) * 360.0 / nlon - 180.0
-    out["share"] = out["k"] / out["n"]
+    out = cell_bounds(_shares(inside[ok], {"band": band[ok], "bin": lbin[ok]}), cell_deg)
     out["used"] = out["n"] >= min_count
     return out[["band", "bin", "lat0", "lat1", "lon0", "lon1", "n", "k", "share", "used"]]
 
