@@ -207,7 +207,8 @@
     if (!api.ready) return;
     Promise.resolve(host.nearest(view, ev.x, ev.y)).then((id) => (id === null ? null : neighbours(id))).catch(report);
   };
-  api._onSelect = function () { if (api.ready) refreshSelection().catch(report); };
+  // a selection made in the page by Bokeh's own tools (the API's own redraw once: host.quiet)
+  api._onSelect = function () { if (api.ready && !host.quiet) refreshSelection().catch(report); };
   api._note = function (lines) { renderNote(lines); };
 
   // -- the scripting API: the same names and arguments in both hosts, each returns a Promise --------

@@ -91,7 +91,7 @@
     for (let i = 0; i < N; i++) bools[i] = state.mask[i] === 1;
     flt.booleans = bools;
     const sel = src.selected.indices.filter((i) => state.mask[i]);
-    if (sel.length !== src.selected.indices.length) src.selected.indices = sel;
+    if (sel.length !== src.selected.indices.length) setSelected(sel);
     return shownCount();
   }
   function shownCount() { let s = 0; for (let i = 0; i < N; i++) s += state.mask[i]; return s; }
@@ -120,8 +120,14 @@
     const [xf, yf] = fieldsOf(view);
     const xs = src.data[xf], ys = src.data[yf], out = [];
     for (let i = 0; i < N; i++) if (state.mask[i] && pointInPolygon(xs[i], ys[i], polygon)) out.push(i);
-    src.selected.indices = out;
+    setSelected(out);
     return out.length;
+  }
+  // a selection the API makes: nenya.js redraws the panel once after it, so Bokeh's own change
+  // notice (which a mouse lasso also sends) is not answered a second time
+  function setSelected(rows) {
+    host.quiet = true;
+    try { src.selected.indices = rows; } finally { host.quiet = false; }
   }
   function selectedRows() {
     return src.selected.indices.filter((i) => state.mask[i]).sort((a, b) => a - b);
@@ -260,8 +266,9 @@
     return active.length ? [DATA.note, `filters (${active.join(", ")}): ${shownCount().toLocaleString()} of ${N.toLocaleString()} shown`] : [DATA.note];
   }
 
-  window.nenyaHost = {
+  const host = window.nenyaHost = {
     data: DATA,
+    quiet: false,
     start(d) {
       doc = d;
       src = model("nenya-points");
@@ -281,7 +288,7 @@
     shownIds: () => { const out = []; for (let i = 0; i < N; i++) if (state.mask[i]) out.push(ids()[i]); return out; },
     setFilter,
     clearFilters: () => { state.filters = {}; return applyFilters(); },
-    clearSelection: () => { src.selected.indices = []; mark([]); },
+    clearSelection: () => { setSelected([]); mark([]); },
     exportCsv,
     exportUrl,
     download,
