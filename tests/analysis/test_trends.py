@@ -130,6 +130,10 @@ def test_bad_input_is_said_not_hidden():
     undated = table.copy()
     undated.loc[:9, "datetime"] = None
     assert any("10 item(s) without a date" in n for n in trends(undated, front).notes)
+    # too few months for the fit: the shares stand, no fit, and the notes and the figure say why
+    short = trends(table[table["datetime"] < "2010-07"], front[(table["datetime"] < "2010-07").to_numpy()])
+    assert short.fit is None and any(n.startswith("no trend fitted: 6 month(s)") for n in short.notes)
+    assert short.seasonal["n"].sum() == (table["datetime"] < "2010-07").sum()
 
 
 def test_cli_writes_tables_summary_and_figure(tmp_path):

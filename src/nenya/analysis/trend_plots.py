@@ -36,6 +36,12 @@ def _series(ax, r: Trends) -> None:
         ax.plot(
             m.loc[~m["used"], "t"], m.loc[~m["used"], "share"], "x", ms=4, color="#bbbbbb", label="too few (masked)"
         )
+    ax.set_xlabel("year")
+    ax.set_ylabel("share")
+    if r.fit is None:
+        ax.set_title("no trend fitted: too few months with enough items (see summary.json's notes)", fontsize=9)
+        ax.legend(fontsize=7, loc="best")
+        return
     ols = r.fit["ols"]
     effects = np.asarray(ols["month_effects"])
     t = used["t"].to_numpy()
@@ -48,8 +54,6 @@ def _series(ax, r: Trends) -> None:
         f"seasonal amplitude {ols['seasonal_amplitude']:.4f}",
         fontsize=9,
     )
-    ax.set_xlabel("year")
-    ax.set_ylabel("share")
     ax.legend(fontsize=7, loc="best")
 
 

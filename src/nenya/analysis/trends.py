@@ -102,7 +102,7 @@ class Trends:
     monthly: pd.DataFrame
     seasonal: pd.DataFrame
     yearly: pd.DataFrame
-    fit: dict
+    fit: dict | None  # None: too few months for the fit (``notes`` says why); the shares stand
     grid: pd.DataFrame | None = None
     notes: list[str] = field(default_factory=list)
 
@@ -165,7 +165,7 @@ def trends(
         monthly=monthly,
         seasonal=_shares(sub["in"], {"month": sub["t"].dt.month}),
         yearly=_shares(sub["in"], {"year": sub["t"].dt.year}),
-        fit=_fits(monthly),
+        fit=_fit_or_note(monthly, notes),
         grid=grid,
         notes=notes,
     )
@@ -203,6 +203,15 @@ def _monthly(sub: pd.DataFrame, min_count: int, notes: list[str]) -> pd.DataFram
     if (~m["used"]).any():
         notes.append(f"{int((~m['used']).sum())} month(s) with fewer than {min_count} items masked (not fitted)")
     return m[["year", "month", "t", "n", "k", "share", "used"]]
+
+
+def _fit_or_note(monthly: pd.DataFrame, notes: list[str]) -> dict | None:
+    """The fits, or None with the reason in ``notes`` (the shares are written either way)."""
+    try:
+        return _fits(monthly)
+    except ValueError as e:
+        notes.append(f"no trend fitted: {e}")
+        return None
 
 
 def _design(m: pd.DataFrame) -> tuple[np.ndarray, float]:
