@@ -42,3 +42,21 @@ def draw_lasso(page, view: str, pts: list[tuple[float, float]]) -> None:
     for q in [*pts[1:], pts[0]]:
         page.mouse.move(*screen(page, view, *q), steps=5)
     page.mouse.up()
+
+
+def bin_counts(table, shown: np.ndarray, selected: np.ndarray) -> dict[str, tuple[list[int], list[int]]]:
+    """The selection statistics' reference with pandas: points shown and selected per month of year
+    and per year of ``datetime`` (UTC) and per ten-degree band of ``lat``, (shown, selected) by key."""
+    import pandas as pd
+
+    t = pd.to_datetime(table["datetime"], utc=True, format="mixed")
+    lat = pd.to_numeric(table["lat"])
+    lo = np.floor(lat.min() / 10) * 10
+    keys = {"month": t.dt.month - 1, "year": t.dt.year - t.dt.year.min(), "lat": ((lat - lo) // 10).astype(int)}
+    n = {"month": 12, "year": int(t.dt.year.max() - t.dt.year.min() + 1), "lat": int(np.ceil(lat.max() / 10) - lo / 10)}
+    out = {}
+    for key, k in keys.items():
+        a = k[shown].value_counts().reindex(range(n[key]), fill_value=0).tolist()
+        s = k[selected].value_counts().reindex(range(n[key]), fill_value=0).tolist()
+        out[key] = (a, s)
+    return out

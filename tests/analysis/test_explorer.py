@@ -14,7 +14,7 @@ from PIL import Image
 from nenya.analysis import write_explorer
 from nenya.analysis.images import ImageLookup
 from nenya.sample_data import write_preproc
-from pagekit import CHROMIUM, draw_lasso
+from pagekit import CHROMIUM, bin_counts, draw_lasso
 from pagekit import inside as _inside
 from pagekit import screen as _screen
 
@@ -174,6 +174,80 @@ def test_selections_filters_and_export_agree_with_pandas(tmp_path):
             assert errors == []
         finally:
             browser.close()
+
+
+def _counts_of(st: dict) -> dict:
+    """(shown, selected) per bin of the page's statistics, as ``pagekit.bin_counts`` gives them."""
+    return {key: ([r["n"] for r in st[key]], [r["k"] for r in st[key]]) for key in ("month", "year", "lat")}
+
+
+def test_selection_statistics_histograms_and_trends_command_agree_with_pandas(tmp_path):
+    """The selection statistics panel: shares by month, year and latitude of a lasso selection against
+    the points shown (pandas), updated by a filter; the filters' charts (numpy histograms); and the
+    command it writes, which run by `nenya trends` measures the same monthly shares."""
+    import json
+    import subprocess
+    import sys
+
+    from playwright.sync_api import sync_playwright
+
+    xy, vectors, table = _table(3000, 300)
+    source = str(tmp_path / "points.parquet")
+    table.to_parquet(source)
+    path = write_explorer(str(tmp_path / "page.html"), xy[:, 0], xy[:, 1], table, color="label", source=source)
+    x, y = xy[:, 0].astype(np.float64), xy[:, 1].astype(np.float64)
+    poly = [[-2.5, -2.0], [3.0, -1.5], [4.0, 3.0], [0.5, 5.0], [-3.0, 2.0]]
+    want = _inside(x, y, poly)
+    everything = np.ones(len(table), bool)
+    with sync_playwright() as p:
+        browser, page, outside, errors = _open(p, path)
+        try:
+            assert "select points" in page.evaluate("nenya._text('nenya-stats')")
+            page.evaluate("([v, p]) => window.nenya.select(v, p)", ["projection", poly])
+            st = page.evaluate("nenya.stats()")
+            assert st["selected"] == want.sum() and st["shown"] == len(table)
+            assert _counts_of(st) == bin_counts(table, everything, want)
+            shares = [r["share"] for r in st["month"]]
+            ref = (
+                table[want].groupby(table["datetime"].dt.month).size()
+                / table.groupby(table["datetime"].dt.month).size()
+            )
+            np.testing.assert_allclose(shares, ref.sort_index().to_numpy(), rtol=1e-12)
+            # each filter's chart: the points shown and the selected ones per bin (numpy's histogram)
+            dt = table["DT40"].to_numpy()
+            h = np.histogram(dt, bins=24, range=(dt.min(), dt.max()))[0]
+            assert st["hist"]["DT40"]["all"] == h.tolist()
+            assert st["hist"]["DT40"]["sel"] == np.histogram(dt[want], bins=24, range=(dt.min(), dt.max()))[0].tolist()
+            assert st["hist"]["label"]["sel"] == [int(((table["label"] == v) & want).sum()) for v in "abcd"]
+            text = page.evaluate("nenya._text('nenya-stats')")
+            assert f"{want.sum():,} of the {len(table):,} shown" in text
+            # a filter: the panel follows (fewer shown, the selection pruned), still equal to pandas
+            page.evaluate("window.nenya.setFilter('DT40', [1, 3])")
+            keep = table["DT40"].between(1, 3).to_numpy()
+            st = page.evaluate("nenya.stats()")
+            assert (st["shown"], st["selected"]) == (keep.sum(), (want & keep).sum())
+            assert _counts_of(st) == bin_counts(table, keep, want & keep)
+            assert st["hist"]["DT40"]["all"] == np.histogram(dt[keep], bins=24, range=(dt.min(), dt.max()))[0].tolist()
+            assert f"{(want & keep).sum():,} of the {keep.sum():,} shown" in page.evaluate("nenya._text('nenya-stats')")
+            # the button writes the command and downloads the ids it names
+            with page.expect_download() as dl:
+                page.get_by_role("button", name="nenya trends command").click()
+            page.wait_for_function("nenya._text('nenya-trends').includes('nenya trends')")
+            cmd = page.evaluate("nenya.trendsCommand()")
+            assert cmd in page.evaluate("nenya._text('nenya-trends')")
+            assert cmd == (f"nenya trends {source} --ids nenya-selection.csv --within 'DT40 >= 1 and DT40 <= 3' "
+                           "--output trends-selection")  # fmt: skip
+            os.replace(dl.value.path(), tmp_path / "nenya-selection.csv")
+            assert outside == [] and errors == []
+        finally:
+            browser.close()
+    argv = [sys.executable, "-m", "nenya", *__import__("shlex").split(cmd)[1:]]
+    run = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    seasonal = pd.read_csv(tmp_path / "trends-selection" / "seasonal.csv")
+    assert seasonal["n"].tolist() == [r["n"] for r in st["month"]]
+    assert seasonal["k"].tolist() == [r["k"] for r in st["month"]]
+    assert json.loads((tmp_path / "trends-selection" / "summary.json").read_text())["in_region"] == st["selected"]
 
 
 def test_mouse_hover_click_colour_and_hostile_ids(tmp_path):

@@ -18,7 +18,7 @@ from nenya.analysis import build_index
 from nenya.analysis.serve import Collection, is_loopback
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from pagekit import CHROMIUM, draw_lasso, inside  # noqa: E402
+from pagekit import CHROMIUM, bin_counts, draw_lasso, inside  # noqa: E402
 from pagekit import screen as _screen  # noqa: E402
 from servekit import make_collection, start_server, stop_server  # noqa: E402
 
@@ -316,7 +316,7 @@ PUBLIC_API = "Object.keys(window.nenya).filter((k) => !k.startsWith('_')).sort()
 SIDE_PANEL = """() => {
   const layout = Bokeh.documents[0].roots().find((r) => r.children && r.children.length === 2);
   const flat = (m) => (m.children ? m.children.flatMap(flat) : [[m.constructor.__name__, m.name]]);
-  return flat(layout.children[1]).filter(([, name]) => !String(name).startsWith("filter:"));
+  return flat(layout.children[1]).filter(([, name]) => !/^(filter|hist):/.test(String(name)));
 }"""
 
 
@@ -346,6 +346,48 @@ def test_the_page_and_the_server_are_one_explorer(server, data, tmp_path):
         # what only a server can do is refused on the page with a message that says so
         err = offline.evaluate("nenya.query(new Blob(['x']), 'q.npy').then(() => 'no error', (e) => e.message)")
         assert "needs nenya serve" in err
+        browser.close()
+    assert errors == [] and outside == []
+
+
+@pytest.mark.browser
+@pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} not installed")
+def test_selection_statistics_over_every_item(server, data):
+    """The selection statistics panel on the server: a lasso's shares by month, year and latitude
+    against every shown item equal pandas over all 200,000, and follow a filter; the filters' charts
+    count every item; the trends command names the latents and the filter."""
+    from playwright.sync_api import sync_playwright
+
+    t = data.table
+    x, y = t["U0"].to_numpy(), t["U1"].to_numpy()
+    poly = [[-1.0, -1.5], [3.5, -0.5], [4.0, 3.0], [1.0, 4.5], [-2.0, 2.0], [0.5, 1.0]]
+    want = inside(x, y, poly)
+    with sync_playwright() as p:
+        browser, page, errors, outside = _open(p, server.url, server.page)
+        page.evaluate("nenya.clearFilters().then(() => nenya.clearSelection())")
+        page.evaluate("([p]) => nenya.select('projection', p)", [poly])
+        st = page.evaluate("nenya.stats()")
+        assert (st["shown"], st["selected"]) == (N, want.sum())
+        got = {key: ([r["n"] for r in st[key]], [r["k"] for r in st[key]]) for key in ("month", "year", "lat")}
+        assert got == bin_counts(t, np.ones(N, bool), want)
+        month = pd.to_datetime(t["datetime"]).dt.month
+        ref = (t[want].groupby(month[want]).size() / t.groupby(month).size()).sort_index().to_numpy()
+        np.testing.assert_allclose([r["share"] for r in st["month"]], ref, rtol=1e-12)
+        assert f"{want.sum():,} of the {N:,} shown" in page.evaluate("nenya._text('nenya-stats')")
+        dt = t["DT40"].to_numpy(dtype=float)
+        assert st["hist"]["DT40"]["sel"] == np.histogram(dt[want], bins=24, range=(dt.min(), dt.max()))[0].tolist()
+        page.evaluate("nenya.setFilter('DT40', [1, 3])")
+        keep = t["DT40"].between(1, 3).to_numpy()
+        st = page.evaluate("nenya.stats()")
+        got = {key: ([r["n"] for r in st[key]], [r["k"] for r in st[key]]) for key in ("month", "year", "lat")}
+        assert (st["shown"], st["selected"]) == (keep.sum(), (want & keep).sum())
+        assert got == bin_counts(t, keep, want & keep)
+        assert st["hist"]["DT40"]["all"] == np.histogram(dt[keep], bins=24, range=(dt.min(), dt.max()))[0].tolist()
+        assert f"{(want & keep).sum():,} of the {keep.sum():,} shown" in page.evaluate("nenya._text('nenya-stats')")
+        cmd = page.evaluate("nenya.trendsCommand()")
+        assert cmd == (f"nenya trends {data.latents} --ids nenya-selection.csv --within 'DT40 >= 1 and DT40 <= 3' "
+                       "--output trends-selection")  # fmt: skip
+        page.evaluate("nenya.clearFilters().then(() => nenya.clearSelection())")
         browser.close()
     assert errors == [] and outside == []
 

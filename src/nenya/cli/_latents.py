@@ -10,6 +10,11 @@ LATENTS_HELP = (
     "latents file: X_latents.h5 (Nenya), X.parquet (with a vector column) or X.npy (+ X.parquet); path or URL"
 )
 
+JOIN_HELP = (
+    "a table with id and more columns to colour and filter by, matched by id (e.g. nenya outliers' "
+    "outliers.parquet: its score, rank and outlier flag); repeatable"
+)
+
 
 class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
     """Help that shows each option's default once: ``(default: X)`` is added unless the help already

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from nenya.cli._latents import HELP_FORMAT, add_image_args, add_latents_args, partitions
+from nenya.cli._latents import HELP_FORMAT, JOIN_HELP, add_image_args, add_latents_args, partitions
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -20,6 +20,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_latents_args(p, output_help="output HTML file or folder")
     p.add_argument("--coords", help="a table with id and U0/U1 (from `nenya umap`); default: fit UMAP here")
     p.add_argument("--color", help="column coloured at first")
+    p.add_argument("--join", action="append", default=[], metavar="TABLE", help=JOIN_HELP)
     p.add_argument("-k", type=int, default=10, help="neighbours listed per point")
     p.add_argument("--metric", default="l2", choices=["l2", "ip", "cosine"], help="neighbour metric")
     p.add_argument(
@@ -37,7 +38,8 @@ def register(sub: argparse._SubParsersAction) -> None:
 def cmd_explore(args: argparse.Namespace) -> int:
     """Write the self-contained HTML explorer (``<name>_explorer.html``); print its path."""
     from nenya.analysis import ImageLookup, open_latents, output_path, write_explorer
-    from nenya.analysis.explorer import plane_coordinates
+    from nenya.analysis.explorer import join_columns, plane_coordinates
+    from nenya.pipeline.storage import redact
 
     with open_latents(args.latents, partitions=partitions(args)) as lat:
         vectors = lat.vectors()
@@ -46,6 +48,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
     u0, u1, xlab, ylab = plane_coordinates(df, vectors, coords=args.coords, ntrain=args.ntrain)
     if not args.coords:
         df["U0"], df["U1"] = u0, u1
+    df = join_columns(df, args.join)
     lookup = None
     if args.images or "path" in df.columns:
         lookup = ImageLookup(df, images=args.images, image_root=args.image_root)
@@ -66,6 +69,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
         lon=args.lon,
         xlabel=xlab,
         ylabel=ylab,
+        source=redact(args.latents),
     )
     print(out)
     return 0

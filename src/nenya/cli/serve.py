@@ -7,7 +7,7 @@ import os
 import re
 import sys
 
-from nenya.cli._latents import HELP_FORMAT, LATENTS_HELP, partitions
+from nenya.cli._latents import HELP_FORMAT, JOIN_HELP, LATENTS_HELP, partitions
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -52,6 +52,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--points", type=int, default=20_000, help="most points drawn per view (a density image beneath)")
     p.add_argument("--max-upload-mb", type=float, default=16.0, help="largest query upload accepted")
     p.add_argument("--color", help="column coloured at first")
+    p.add_argument("--join", action="append", default=[], metavar="TABLE", help=JOIN_HELP)
     p.add_argument("--lat", help="latitude column of the map view (default: lat or latitude)")
     p.add_argument("--lon", help="longitude column of the map view (default: lon or longitude)")
     p.add_argument("--partitions", default=None, help="HDF5 partitions to read, comma-separated")
@@ -88,6 +89,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         lon=args.lon,
         partitions=partitions(args),
         ntrain=args.ntrain,
+        join=args.join,
     )
     encoder, reason = query_encoder_for(
         collection, model=args.model, opts=args.opts, trust_checkpoint=args.trust_checkpoint
@@ -98,6 +100,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         max_upload=int(args.max_upload_mb * 1024 * 1024),
         title=args.title or f"nenya serve: {shown}",
         colour=args.color,
+        source=shown,
     )
     state = ServeState(collection, options, encoder=encoder, no_query_reason=reason)
 

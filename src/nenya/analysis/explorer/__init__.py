@@ -25,7 +25,7 @@ from nenya.analysis.latents import local_target
 
 log = logging.getLogger(__name__)
 
-__all__ = ["write_explorer", "with_dt", "plane_coordinates", "MAX_POINTS", "MAX_THUMBS"]
+__all__ = ["write_explorer", "with_dt", "plane_coordinates", "join_columns", "MAX_POINTS", "MAX_THUMBS"]
 
 MAX_POINTS = 250_000
 MAX_THUMBS = 2000
@@ -50,12 +50,12 @@ def write_explorer(
     lon: str | None = None,
     xlabel: str = "U0",
     ylabel: str = "U1",
+    source: str | None = None,
 ) -> str:
     """Write the explorer page to ``path`` (local or URL) and return it.
 
     Args:
-        path: the HTML file to write (the only file written).
-        x, y: projection coordinates of every point (e.g. U0, U1).
+        path: the HTML file to write (the only file written); x, y: every point's projection (U0, U1).
         table: one row per point with an ``id`` column; every other column can colour, filter and
             is exported (array columns such as vectors are left out).
         vectors: latent vectors of the points; a click lists the point's ``k`` nearest neighbours in
@@ -65,11 +65,11 @@ def write_explorer(
         k: neighbours per point; metric: ``l2``, ``ip`` or ``cosine``.
         max_points: beyond this, a random sample of this size is shown (and the page says so).
         max_thumbs: thumbnails are made for at most this many points, spread over the plane.
-        title: page title; seed: random choices; xlabel, ylabel: axis names of the projection.
-        lat, lon: the map's latitude/longitude columns (default: lat/lon or latitude/longitude; else no map).
+        title: page title; seed: random choices; xlabel, ylabel: axis names of the projection; source: the
+            table the page's ``nenya trends`` command names (its latents); lat, lon: the map's columns
+            (default: lat/lon or latitude/longitude; else no map).
     """
-    x = np.asarray(x, dtype=np.float32)
-    y = np.asarray(y, dtype=np.float32)
+    x, y = np.asarray(x, dtype=np.float32), np.asarray(y, dtype=np.float32)
     n_all = len(x)
     _check_inputs(n_all, table, vectors)
     latlon = find_lat_lon(table, lat, lon)
@@ -104,6 +104,7 @@ def write_explorer(
         thumb_rows=trows,
         dt_column=dt_column(cols),
         dt_bins=DT_bins,
+        source=source,
     )
     page = build_page(data)
     with local_target(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
@@ -185,3 +186,34 @@ def plane_coordinates(
     if missing:
         raise NenyaError(f"{coords} lacks coordinates for {missing} id(s) of the latents")
     return merged[x].to_numpy(), merged[y].to_numpy(), x, y
+
+
+def join_columns(table: pd.DataFrame, paths: list[str] | tuple[str, ...]) -> pd.DataFrame:
+    """``table`` with the columns of other tables added, matched by ``id`` (``--join``): for example
+    ``nenya outliers``' table, to colour and filter by the log-likelihood. Columns ``table`` already
+    has are kept as they are; ids a joined table lacks get no value (said in the log)."""
+    from nenya._errors import NenyaError
+    from nenya.analysis.latents import read_table
+
+    out = table
+    for path in paths:
+        other = read_table(path)
+        if "id" not in other.columns:
+            raise NenyaError(f"--join {path}: it needs an id column; it has {', '.join(map(str, other.columns[:20]))}")
+        new = [c for c in other.columns if c != "id" and c not in out.columns]
+        if not new:
+            log.warning("--join %s: adds no column (every one is already shown)", path)
+            continue
+        other = other[["id", *new]].assign(id=other["id"].astype(str))
+        dup = int(other["id"].duplicated().sum())
+        if dup:
+            log.warning("--join %s: %d repeated ids; the first row of each is used", path, dup)
+            other = other.drop_duplicates("id")
+        merged = out.assign(id=out["id"].astype(str)).merge(other, on="id", how="left")
+        merged["id"] = out["id"].to_numpy()
+        lacking = int((~out["id"].astype(str).isin(set(other["id"]))).sum())
+        if lacking:
+            log.warning("--join %s: %d of %d ids are not in it (no value there)", path, lacking, len(out))
+        out = merged
+        log.info("--join %s: added %s", path, ", ".join(map(str, new)))
+    return out

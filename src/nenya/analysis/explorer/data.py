@@ -34,6 +34,7 @@ class Column:
     lo: float | None = None
     hi: float | None = None
     filterable: bool = True
+    quoted: bool = True  # a category's levels are text in a pandas query (False: numbers or booleans)
 
     @property
     def filters(self) -> bool:
@@ -50,6 +51,7 @@ class Column:
             "lo": self.lo,
             "hi": self.hi,
             "filter": self.filters,
+            "quoted": self.quoted,
         }
 
 
@@ -80,7 +82,7 @@ def column(name: str, s: pd.Series) -> Column | None:
     filterable = name not in SKIP_COLUMNS
     if pd.api.types.is_bool_dtype(s):
         values = _strings(s)
-        return Column(name, "cat", values, sorted(set(values)), filterable=filterable)
+        return Column(name, "cat", values, sorted(set(values)), filterable=filterable, quoted=False)
     if pd.api.types.is_datetime64_any_dtype(s):
         ms = _as_dates(s)
         assert ms is not None
@@ -88,7 +90,8 @@ def column(name: str, s: pd.Series) -> Column | None:
     if pd.api.types.is_numeric_dtype(s):
         if pd.api.types.is_integer_dtype(s) and s.nunique() <= FEW_INTEGERS:
             values = [str(v) for v in s.tolist()]
-            return Column(name, "cat", values, sorted(set(values), key=_num_key), filterable=filterable)
+            levels = sorted(set(values), key=_num_key)
+            return Column(name, "cat", values, levels, filterable=filterable, quoted=False)
         v = s.to_numpy(dtype=np.float64)
         return Column(name, "num", v, lo=_nanmin(v), hi=_nanmax(v), filterable=filterable)
     values = _strings(s)

@@ -39,9 +39,10 @@ MAX_TABLE = 1000
 MAX_GALLERY = 32
 BACKEND = "webgl"
 SIDE = 430
+HIST_HEIGHT = 34  # a filter's chart (pixels)
 #: the side panel's text boxes, filled by nenya.js
-PANELS = ["nenya-title", "nenya-note", "nenya-legend", "nenya-selinfo", "nenya-gallery", "nenya-nbrs", "nenya-preview",
-          "nenya-query"]  # fmt: skip
+PANELS = ["nenya-title", "nenya-note", "nenya-legend", "nenya-selinfo", "nenya-stats", "nenya-trends", "nenya-gallery",
+          "nenya-nbrs", "nenya-preview", "nenya-query"]  # fmt: skip
 
 
 def ui(action: str):
@@ -125,8 +126,9 @@ def draw_coastlines(fig, coast: tuple[list[np.ndarray], list[np.ndarray]]) -> No
 
 def filter_widgets(cols: list[Column]) -> list:
     """A pick list per category and a range slider per number or date column (named ``filter:c<i>``),
-    each calling the shared script's ``filter`` action."""
-    from bokeh.models import DatetimeRangeSlider, MultiChoice, RangeSlider
+    each calling the shared script's ``filter`` action, under a chart of the column's distribution
+    (``hist:c<i>``: the points shown against the selected ones, drawn by the shared script)."""
+    from bokeh.models import DatetimeRangeSlider, Div, MultiChoice, RangeSlider
 
     out = []
     for i, c in enumerate(cols):
@@ -143,7 +145,7 @@ def filter_widgets(cols: list[Column]) -> list:
             extra = {} if c.kind == "date" else {"step": (hi - lo) / 1000}
             w = cls(title=c.name, start=lo, end=hi, value=(lo, hi), name=name, width=SIDE - 20, **extra)
             w.js_on_change("value_throttled", ui("filter"))
-        out.append(w)
+        out += [Div(text="", name=f"hist:c{i}", width=SIDE - 20, height=HIST_HEIGHT, margin=(4, 5, -6, 5)), w]
     return out
 
 
@@ -231,13 +233,19 @@ def side_panel(cols: list[Column], colour: str | None, dt_column: str | None, dt
         b = Button(label=label, name=name, width=130, button_type="primary" if action == "export" else "default")
         b.js_on_event("button_click", ui(action))
         buttons.append(b)
-    side += [row(*buttons), div["nenya-selinfo"], div["nenya-gallery"], selection_table(cols)]
+    trends = Button(label="nenya trends command", name="nenya-trends-button", width=200)
+    trends.js_on_event("button_click", ui("trends"))
+    side += [row(*buttons), div["nenya-selinfo"], div["nenya-stats"], trends, div["nenya-trends"]]
+    side += [div["nenya-gallery"], selection_table(cols)]
     side += [div["nenya-nbrs"], div["nenya-preview"], div["nenya-query"]]
     return side
 
 
-def script_data(cols: list[Column], colour: str | None, dt_column: str | None, dt_bins: dict) -> dict:
-    """What the shared script reads of the columns, the colour and the DT bins (the hosts add theirs)."""
+def script_data(
+    cols: list[Column], colour: str | None, dt_column: str | None, dt_bins: dict, *, stats: dict, source: str | None
+) -> dict:
+    """What the shared script reads of the columns, the colour, the DT bins, the statistics' bins
+    (``stats.stats_spec``) and the table the trends command reads (``source``; the hosts add theirs)."""
 
     def finite(v: float) -> float | None:
         return float(v) if np.isfinite(v) else None
@@ -249,4 +257,6 @@ def script_data(cols: list[Column], colour: str | None, dt_column: str | None, d
         "dt_bins": {k: [finite(a), finite(b)] for k, (a, b) in dt_bins.items()},
         "max_table": MAX_TABLE,
         "max_gallery": MAX_GALLERY,
+        "stats": stats,
+        "source": source,
     }

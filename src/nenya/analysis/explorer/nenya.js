@@ -44,7 +44,150 @@
     const data = { id: s.ids.map(String) };
     COLS.forEach((c, k) => { data[c.field] = s.cells[k].map((v) => display(c, v)); });
     model("nenya-table-source").data = data;
+    await refreshStats();
     return s.count;
+  }
+
+  // -- the selection's statistics and the filters' charts: counts from the host (bins: stats.py) ------
+  const S = DATA.stats;
+  const MONTHS = "JFMAMJJASOND";
+  const orange = "#e6550d", grey = "#bdbdbd";
+  function shares(all, sel) {
+    return all.map((n, j) => ({ n, k: sel[j], share: n >= S.min_count ? sel[j] / n : null }));
+  }
+  // the trend line over the years shown: least squares of the yearly share on the year, weighted by its count
+  function trendLine(years) {
+    const use = years.filter((y) => y.share !== null);
+    if (use.length < 2) return null;
+    let w = 0, mx = 0, my = 0;
+    for (const y of use) { w += y.n; mx += y.n * y.year; my += y.n * y.share; }
+    mx /= w; my /= w;
+    let sxx = 0, sxy = 0;
+    for (const y of use) { sxx += y.n * (y.year - mx) ** 2; sxy += y.n * (y.year - mx) * (y.share - my); }
+    if (!(sxx > 0)) return null;
+    const slope = sxy / sxx;
+    return { slope, intercept: my - slope * mx, per_decade: slope * 10 };
+  }
+  function computeStats(r) {
+    const out = { shown: r.shown, selected: r.selected, share: r.shown ? r.selected / r.shown : null };
+    if (S.time) {
+      out.month = shares(r.all.month, r.sel.month).map((m, j) => ({ month: j + 1, ...m }));
+      out.year = shares(r.all.year, r.sel.year).map((y, j) => ({ year: S.time.y0 + j, ...y }));
+      out.trend = trendLine(out.year);
+    }
+    if (S.lat_edges && r.all.lat) {
+      out.lat = shares(r.all.lat, r.sel.lat).map((b, j) => ({ lo: S.lat_edges[j], hi: S.lat_edges[j + 1], ...b }));
+    }
+    out.hist = {};
+    S.charts.forEach((ch) => { const c = COLS.find((c) => c.field === ch.field); out.hist[c.name] = { all: r.all[ch.field], sel: r.sel[ch.field] }; });
+    return out;
+  }
+  const fmt = (v, d) => Number(v).toFixed(d === undefined ? 1 : d);
+  // bars of shares (selected over shown per bin), the overall share dashed, bins with too few points hollow
+  function shareChart(rows, label, overall, trend) {
+    const W = 410, H = 58, top = 4, base = 44, n = rows.length, bw = (W - 30) / n;
+    const peak = Math.max(overall || 0, ...rows.map((r) => r.share || 0)) || 1;
+    const y = (v) => base - ((base - top) * v) / peak;
+    let g = "";
+    rows.forEach((r, j) => {
+      const x = 28 + j * bw, tip = `<title>${esc(label(r, j))}: ${r.k.toLocaleString()} of ${r.n.toLocaleString()}` +
+        (r.share === null ? " (too few to show a share)" : ` (${fmt(100 * r.share)}%)`) + "</title>";
+      g += r.share === null
+        ? `<rect x="${x + 1}" y="${base - 2}" width="${Math.max(bw - 2, 1)}" height="2" fill="${grey}">${tip}</rect>`
+        : `<rect x="${x + 1}" y="${y(r.share)}" width="${Math.max(bw - 2, 1)}" height="${base - y(r.share)}" fill="${orange}">${tip}</rect>`;
+    });
+    if (overall !== null) g += `<line x1="28" x2="${W - 2}" y1="${y(overall)}" y2="${y(overall)}" stroke="#333" stroke-dasharray="3,2"/>`;
+    if (trend) {
+      const x0 = rows[0].year, x1 = rows[n - 1].year, at = (t) => trend.intercept + trend.slope * t;
+      g += `<line x1="${28 + bw / 2}" x2="${28 + (n - 0.5) * bw}" y1="${y(Math.max(at(x0), 0))}" y2="${y(Math.max(at(x1), 0))}" stroke="#08519c" stroke-width="2"/>`;
+    }
+    const ticks = rows.map((r, j) => (n <= 18 || j % Math.ceil(n / 12) === 0 ? `<text x="${28 + (j + 0.5) * bw}" y="${H - 2}" font-size="9" text-anchor="middle">${esc(label(r, j, true))}</text>` : "")).join("");
+    return `<svg width="${W}" height="${H}" style="display:block">` +
+      `<text x="0" y="${top + 8}" font-size="9">${fmt(100 * peak, 0)}%</text><text x="0" y="${base}" font-size="9">0</text>${g}${ticks}</svg>`;
+  }
+  function renderStats(st) {
+    if (!S.time && !S.lat_edges) {
+      setText("nenya-stats", `<span class="nenya-note">no date or latitude column: no statistics of the selection</span>`);
+      return;
+    }
+    if (!st.selected) {
+      setText("nenya-stats", `<h3>selection statistics</h3><span class="nenya-note">select points (lasso or box) to see their share ` +
+        `${S.time ? "by month, by year" : ""}${S.time && S.lat_edges ? " and " : ""}${S.lat_edges ? "by latitude" : ""} among the ${st.shown.toLocaleString()} shown</span>`);
+      return;
+    }
+    let h = `<h3>selection statistics</h3><div class="nenya-note">${st.selected.toLocaleString()} of the ${st.shown.toLocaleString()} shown ` +
+      `(${fmt(100 * st.share, 2)}%, dashed); bars: the share of each bin (grey: fewer than ${S.min_count} shown)</div>`;
+    if (st.month) h += `<div class="nenya-note">by month of ${esc(S.time.name)}</div>` + shareChart(st.month, (r, j, short) => (short ? MONTHS[j] : `month ${r.month}`), st.share);
+    if (st.year) {
+      const t = st.trend;
+      h += `<div class="nenya-note">by year${t ? `: trend ${t.per_decade >= 0 ? "+" : ""}${fmt(100 * t.per_decade, 2)} points per decade (blue; least squares over the years, weighted by their counts)` : ""}</div>` +
+        shareChart(st.year, (r, j, short) => (short ? `'${String(r.year).slice(2)}` : String(r.year)), st.share, t);
+    }
+    if (st.lat) h += `<div class="nenya-note">by latitude band</div>` + shareChart(st.lat, (r, j, short) => (short ? `${r.lo}` : `${r.lo} to ${r.hi}`), st.share);
+    setText("nenya-stats", h);
+  }
+  // a filter's chart: the points shown (grey) against the selected (orange), on one scale
+  function renderHistograms(st) {
+    S.charts.forEach((ch) => {
+      const c = COLS.find((c) => c.field === ch.field), all = st.hist[c.name].all, sel = st.hist[c.name].sel;
+      const W = 410, H = 32, n = all.length, bw = W / n, peak = Math.max(...all, 1);
+      const label = (j) => (ch.kind === "cat" ? c.levels[j] : `${display(c, ch.lo + ((ch.hi - ch.lo) * j) / n)} to ${display(c, ch.lo + ((ch.hi - ch.lo) * (j + 1)) / n)}`);
+      let g = "";
+      for (let j = 0; j < n; j++) {
+        const ha = (H * all[j]) / peak, hs = (H * sel[j]) / peak;
+        g += `<g><title>${esc(label(j))}: ${all[j].toLocaleString()} shown, ${sel[j].toLocaleString()} selected</title>` +
+          `<rect x="${j * bw + 0.5}" y="${H - ha}" width="${Math.max(bw - 1, 0.5)}" height="${ha}" fill="${grey}"/>` +
+          (hs > 0 ? `<rect x="${j * bw + 0.5}" y="${H - hs}" width="${Math.max(bw - 1, 0.5)}" height="${hs}" fill="${orange}"/>` : "") + "</g>";
+      }
+      setText("hist:" + ch.field, `<svg width="${W}" height="${H}" style="display:block">${g}</svg>`);
+    });
+  }
+  async function stats() { return computeStats(await host.stats()); }
+  async function refreshStats() {
+    const st = await stats();
+    ui.stats = st;
+    renderStats(st);
+    renderHistograms(st);
+    return st;
+  }
+
+  // -- the `nenya trends` command for the selection (its ids exported as nenya-selection.csv) --------
+  const shellWord = (s) => (/^[\w@%+=:,./-]+$/.test(s) ? s : "'" + String(s).replace(/'/g, "'\\''") + "'");
+  const queryName = (name) => (/^[A-Za-z_][A-Za-z0-9_]*$/.test(name) ? name : "`" + name.replace(/`/g, "") + "`");
+  function queryValue(c, v) {
+    if (c.kind === "date") return JSON.stringify(new Date(v).toISOString().replace(/T00:00:00\.000Z$/, "").replace(/\.000Z$/, ""));
+    return String(v);
+  }
+  function within(filters) {
+    const parts = [];
+    for (const [name, f] of Object.entries(filters)) {
+      const c = byName.get(name), col = queryName(name);
+      if (f.values) {
+        const vals = f.values.filter((v) => v !== "(missing)").map((v) => (c.quoted ? JSON.stringify(v) : v));
+        parts.push(`${col} in [${vals.join(", ")}]`);
+      } else {
+        if (f.range[0] !== null) parts.push(`${col} ${f.leftOpen ? ">" : ">="} ${queryValue(c, f.range[0])}`);
+        if (f.range[1] !== null) parts.push(`${col} <= ${queryValue(c, f.range[1])}`);
+      }
+    }
+    return parts.join(" and ");
+  }
+  async function trendsCommand() {
+    if (!S.time) throw new Error("nenya trends needs a date column; this table has none");
+    const w = within(await host.filters());
+    return ["nenya trends", shellWord(DATA.source || "TABLE"), "--ids nenya-selection.csv"]
+      .concat(w ? [`--within ${shellWord(w)}`] : [])
+      .concat(S.time.name !== "datetime" ? [`--time ${shellWord(S.time.name)}`] : [])
+      .concat(["--output trends-selection"]).join(" ");
+  }
+  async function writeTrends() {
+    const s = await host.state();
+    if (!s.selected) { setText("nenya-trends", `<span class="nenya-note">select points first (lasso or box)</span>`); return null; }
+    const cmd = await trendsCommand();
+    await host.download();
+    setText("nenya-trends", `<div class="nenya-note">the selection's ids are downloading as nenya-selection.csv; in that folder run` +
+      `${DATA.source ? "" : " (TABLE: the latents or nenya umap's table)"}:</div><code style="user-select:all;word-break:break-all">${esc(cmd)}</code>`);
+    return cmd;
   }
   function hits(nb) {
     return `<div class="nenya-note">${esc(nb.label)}</div>` + nb.hits.map((h) =>
@@ -192,6 +335,7 @@
     } else if (action === "clearFilters") done = clearFilters();
     else if (action === "clearSelection") done = clearSelection();
     else if (action === "export") done = host.download();
+    else if (action === "trends") done = writeTrends();
     if (done) Promise.resolve(done).catch(report);
   };
   api._hover = function (cb_data, view) {
@@ -233,6 +377,8 @@
     queryId: call(neighbours), // a stored point as the query: its neighbours, listed and ringed
     setView: call((view, x0, x1, y0, y1) => host.setView(view, x0, x1, y0, y1)),
     state: call(() => host.state()),
+    stats: call(stats),
+    trendsCommand: call(trendsCommand),
   });
   // for tests: the text a panel shows (parsed inertly: nothing in it loads or runs)
   api._text = (name) => new DOMParser().parseFromString(model(name).text, "text/html").body.textContent.trim();
@@ -248,7 +394,7 @@
     host.start(doc);
     setText("nenya-title", `<h2 style="margin:4px 0">${esc(DATA.title)}</h2>`);
     renderNote(host.noteLines());
-    const first = DATA.colour ? setColour(DATA.colour) : Promise.resolve();
+    const first = (DATA.colour ? setColour(DATA.colour) : Promise.resolve()).then(refreshStats);
     first.catch(report).finally(() => {
       api.ready = true;
       document.body.dataset.nenyaReady = "1";

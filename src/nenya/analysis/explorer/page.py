@@ -27,6 +27,7 @@ from nenya.analysis.explorer.layout import (
     view_figure,
     wire_view,
 )
+from nenya.analysis.explorer.stats import stats_spec
 
 CSP = (
     "default-src 'none'; script-src 'unsafe-inline' 'unsafe-eval'; style-src 'unsafe-inline'; "
@@ -57,6 +58,7 @@ class PageData:
     thumb_rows: np.ndarray
     dt_column: str | None
     dt_bins: dict[str, tuple[float, float]]
+    source: str | None = None  # the table `nenya trends` reads (the page's latents or coordinates)
 
 
 def _b64(a: np.ndarray) -> str:
@@ -115,7 +117,14 @@ def _views(d: PageData, source, filt, colour_spec) -> list:
 
 def _script_data(d: PageData, views: list[str]) -> dict:
     return {
-        **script_data(d.columns, d.colour, d.dt_column, d.dt_bins),
+        **script_data(
+            d.columns,
+            d.colour,
+            d.dt_column,
+            d.dt_bins,
+            stats=stats_spec(d.columns, None if d.lonlat is None else d.lonlat[1]),
+            source=d.source,
+        ),  # fmt: skip
         "n": len(d.ids),
         "title": d.title,
         "note": d.note,

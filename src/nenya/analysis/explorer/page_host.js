@@ -142,6 +142,71 @@
     };
   }
 
+  // -- statistics: each point's bin in every chart, by the rule of stats.py (the server counts the same)
+  let codes = null, shownCounts = null;
+  function binNumbers(v, lo, hi, n) {
+    const w = hi > lo ? hi - lo : 1, out = new Int16Array(N);
+    for (let i = 0; i < N; i++) {
+      const x = v[i];
+      out[i] = Number.isFinite(x) && x >= lo && x <= hi ? Math.min(Math.floor(((x - lo) / w) * n), n - 1) : -1;
+    }
+    return out;
+  }
+  function buildCodes() {
+    const S = DATA.stats, out = {};
+    for (const ch of S.charts) {
+      const c = COLS.find((c) => c.field === ch.field), v = src.data[ch.field];
+      if (ch.kind === "cat") {
+        const at = new Map(c.levels.map((l, k) => [l, k])), b = new Int16Array(N);
+        for (let i = 0; i < N; i++) { const k = at.get(v[i]); b[i] = k === undefined ? -1 : k; }
+        out[ch.field] = [b, ch.n];
+      } else out[ch.field] = [binNumbers(v, ch.lo, ch.hi, ch.n), ch.n];
+    }
+    if (S.time) {
+      const v = src.data[S.time.field], month = new Int16Array(N), year = new Int16Array(N);
+      for (let i = 0; i < N; i++) {
+        if (!Number.isFinite(v[i])) { month[i] = year[i] = -1; continue; }
+        const d = new Date(v[i]);
+        month[i] = d.getUTCMonth();
+        year[i] = d.getUTCFullYear() - S.time.y0;
+      }
+      out.month = [month, 12];
+      out.year = [year, S.time.y1 - S.time.y0 + 1];
+    }
+    if (S.lat_edges && src.data.lat) {
+      const e = S.lat_edges;
+      out.lat = [binNumbers(src.data.lat, e[0], e[e.length - 1], e.length - 1), e.length - 1];
+    }
+    return out;
+  }
+  function countRows(rows) {
+    codes = codes || buildCodes();
+    const out = {};
+    for (const [key, [b, n]] of Object.entries(codes)) {
+      const k = new Array(n).fill(0);
+      for (const i of rows) { const j = b[i]; if (j >= 0) k[j]++; }
+      out[key] = k;
+    }
+    return out;
+  }
+  function stats() {
+    const sel = selectedRows();
+    if (!shownCounts || shownCounts[0] !== state.mask) {
+      const rows = [];
+      for (let i = 0; i < N; i++) if (state.mask[i]) rows.push(i);
+      shownCounts = [state.mask, countRows(rows), rows.length];
+    }
+    return { shown: shownCounts[2], selected: sel.length, all: shownCounts[1], sel: countRows(sel) };
+  }
+  function activeFilters() {
+    const out = {};
+    for (const [name, f] of Object.entries(state.filters)) {
+      out[name] = f.values ? { values: f.values.slice() }
+        : { range: f.range.map((v) => (Number.isFinite(v) ? v : null)), leftOpen: !!f.leftOpen };
+    }
+    return out;
+  }
+
   // -- export ---------------------------------------------------------------------------------
   function csvCell(v, isText) {
     let s = v === null || v === undefined ? "" : String(v);
@@ -300,5 +365,7 @@
     pointAt,
     query: notHere("a query by image"),
     state: () => ({ n: N, shown: shownCount(), selected: selectedRows().length, views: DATA.views.slice() }),
+    stats,
+    filters: activeFilters,
   };
 })();

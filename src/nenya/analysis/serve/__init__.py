@@ -45,6 +45,7 @@ def open_collection(
     lon: str | None = None,
     partitions: Sequence[str] | None = None,
     ntrain: int = 50_000,
+    join: Sequence[str] = (),
 ) -> Collection:
     """Read a latents file (any layout nenya writes) into a servable :class:`Collection`.
 
@@ -57,16 +58,18 @@ def open_collection(
             ``transform`` places queries. Default: a query lands at the mean of its neighbours.
         metric: ``l2``, ``ip`` or ``cosine`` for the index built here.
         lat, lon: the map's columns; partitions: HDF5 partitions to read.
+        join: tables whose columns are added by id (``--join``: e.g. ``nenya outliers``' scores).
     """
     from nenya._errors import NenyaError
     from nenya.analysis import ImageLookup, build_index, load_index, open_latents, read_about
-    from nenya.analysis.explorer import plane_coordinates
+    from nenya.analysis.explorer import join_columns, plane_coordinates
 
     with open_latents(latents, partitions=partitions) as lat_file:
         vectors = lat_file.vectors()
         table = lat_file.metadata.copy()
         table.insert(0, "id", [str(i) for i in lat_file.ids])
     x, y, xlabel, ylabel = plane_coordinates(table, vectors, coords=coords, ntrain=ntrain)
+    table = join_columns(table, list(join))
     if index is not None:
         idx = load_index(index)
         if idx.n != len(table) or not (idx.ids.astype(str) == table["id"].to_numpy(dtype=str)).all():

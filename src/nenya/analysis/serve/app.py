@@ -42,6 +42,7 @@ class Session:
         self.filters: dict[str, dict] = {}
         self.keep: np.ndarray = np.ones(self.c.n, dtype=bool)
         self.selected: np.ndarray = np.zeros(0, dtype=np.int64)
+        self.shown_counts: tuple[np.ndarray, dict] | None = None  # (the mask they count, the charts' counts)
         self.colour = first_colour(self.c.columns, state.options.colour)
         self.mappers = colour_mappers(self.c.columns)
         self.channel = Channel(self)
@@ -210,6 +211,7 @@ class Session:
         """Drop the per-session arrays (the session ended; its document may live on a while)."""
         self.keep = np.zeros(0, dtype=bool)
         self.selected = np.zeros(0, dtype=np.int64)
+        self.shown_counts = None
         for view in self.views.values():
             view.shown = np.zeros(0, np.int64)
         self.filters = {}

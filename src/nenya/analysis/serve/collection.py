@@ -21,6 +21,7 @@ import pandas as pd
 
 from nenya.analysis.explorer import with_dt
 from nenya.analysis.explorer.data import MISSING, Column, columns, find_lat_lon
+from nenya.analysis.explorer.stats import Binned, stats_spec
 from nenya.analysis.images import Images, anomaly_rgb
 from nenya.analysis.search import LatentIndex
 
@@ -69,6 +70,7 @@ class Collection:
     columns: list[Column] = field(init=False)
     values: dict[str, np.ndarray] = field(init=False)
     lonlat: tuple[np.ndarray, np.ndarray] | None = field(init=False)
+    binned: Binned = field(init=False)
 
     def __post_init__(self) -> None:
         n = len(self.x)
@@ -101,6 +103,9 @@ class Collection:
                 c.values = []
             else:
                 self.values[c.name] = np.asarray(c.values, dtype=np.float64)
+        by_field = {f"c{i}": self.values[c.name] for i, c in enumerate(self.columns)}
+        lat = None if self.lonlat is None else self.lonlat[1]
+        self.binned = Binned(stats_spec(self.columns, lat), by_field, lat)  # the charts' bins, built on first use
         # a fixed random priority per point: a viewport shows its highest-priority points, so panning
         # and zooming never reshuffle which points are drawn
         self.priority = np.random.default_rng(self.seed).permutation(n).astype(np.int32)

@@ -66,6 +66,35 @@ def export(s: Session, a: dict) -> Offload:
     return Offload(work, lambda r: r)
 
 
+def _stats(s: Session, a: dict) -> Offload:
+    """Points per bin of every chart (``explorer/stats.py``), shown and selected, over all items; the
+    shown counts are kept until the filters change."""
+    keep, rows, cached = s.keep, s.selected, s.shown_counts
+    binned = s.c.binned
+
+    def work() -> tuple:
+        shown = cached[1] if cached is not None and cached[0] is keep else binned.counts(keep)
+        return keep, shown, binned.counts(rows), int(np.count_nonzero(keep)), len(rows)
+
+    def then(r: tuple) -> dict:
+        s.shown_counts = (r[0], r[1])
+        return {"shown": r[3], "selected": r[4], "all": r[1], "sel": r[2]}
+
+    return Offload(work, then)
+
+
+def _filters(s: Session, a: dict) -> dict:
+    """The active filters in the API's form (ranges' open ends as None)."""
+    out: dict[str, dict] = {}
+    for name, f in s.filters.items():
+        if "values" in f:
+            out[name] = {"values": list(f["values"])}
+        else:
+            lo, hi = (float(v) if np.isfinite(v) else None for v in f["range"])
+            out[name] = {"range": [lo, hi], "leftOpen": bool(f.get("left_open"))}
+    return out
+
+
 def _neighbours(s: Session, a: dict) -> Offload | None:
     row = s.c.row_of(str(a["id"]))
     if row is None:
@@ -93,6 +122,8 @@ OPS: dict[str, Callable[[Session, dict], Any]] = {
     "showQuery": lambda s, a: s.show_query(str(a["token"])),
     "setView": lambda s, a: s.set_view(str(a["view"]), a["x0"], a["x1"], a["y0"], a["y1"]),
     "state": lambda s, a: s.status(),
+    "stats": _stats,
+    "filters": _filters,
 }
 
 

@@ -118,5 +118,7 @@
     },
     query,
     state: () => rpc("state"),
+    stats: () => rpc("stats"),
+    filters: () => rpc("filters"),
   };
 })();

@@ -198,7 +198,14 @@ def _page_data(state: ServeState) -> dict:
 
     c = state.collection
     return {
-        **script_data(c.columns, first_colour(c.columns, state.options.colour), dt_column(c.columns), DT_bins),
+        **script_data(
+            c.columns,
+            first_colour(c.columns, state.options.colour),
+            dt_column(c.columns),
+            DT_bins,
+            stats=c.binned.spec,
+            source=state.options.source,
+        ),  # fmt: skip
         "n": c.n,
         "title": state.options.title,
         "note": [f"{c.n:,} points"],

@@ -38,7 +38,8 @@ class ServeOptions:
         points: at most this many points are drawn per view; beyond, a fixed-priority sample over a
             density image of all the points in the viewport.
         max_upload: the largest upload accepted (bytes).
-        title: page title; colour: the column coloured at first.
+        title: page title; colour: the column coloured at first; source: the table the page's
+            ``nenya trends`` command reads (the latents or the coordinates table).
         workers: heavy tasks (uploaded queries, exports) run at once, off the event loop; thumbnail
             reads have twice as many threads of their own. Beyond a short waiting line the server
             answers "busy" (HTTP 503) at once.
@@ -50,6 +51,7 @@ class ServeOptions:
     title: str = "nenya serve"
     colour: str | None = None
     workers: int = 2
+    source: str | None = None  # the table the page's `nenya trends` command names
 
 
 @dataclass
