@@ -94,6 +94,9 @@ def run_demo(
     print(f"gallery:      {pictures['gallery']}")
     print(f"explorer:     {pictures['explorer']} (open it in a browser; works offline)")
     print(f"live app:     nenya serve {latents} --coords {pictures['table']} --images {data}")
+    where = "\"pattern == 'eddy'\""  # the demo's planted trends and outliers: docs/science.md's worked example
+    print(f"trends:       nenya trends {pictures['table']} --where {where} --min-count 5 -o {folder}/trends/eddy")
+    print(f"outliers:     nenya outliers {latents} --images {data} --fraction 0.01 -o {folder}/outliers")
     print(
         f"done in {time.perf_counter() - t0:.0f} s. Next: nenya extract {data} --opts {opts_file} "
         f"--format parquet --output {os.path.join(folder, 'parquet')}"
