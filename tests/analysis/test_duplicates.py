@@ -121,3 +121,29 @@ def test_the_search_shows_items_searched_or_no_bar(capsys):
     assert "near-duplicate search: 100%" in err and "3000/3000" in err and "0/1 " not in err, err
     find_duplicates((ids[:300], x[:300]), threshold=0.01)  # one chunk: no bar that jumps to its end
     assert "near-duplicate search" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("share", [0.56, 0.01])
+def test_auto_finds_near_duplicates_whether_rare_or_most_of_the_collection(share):
+    """--auto cuts at the gap between near-duplicates and the rest of the nearest-neighbour distances:
+    with 56% of the items in planted pairs (where a rule that assumes duplicates are rare finds none) and
+    with 1%, every planted pair is found and at least 95% of the pairs reported are planted."""
+    rng = np.random.default_rng(7)
+    n, d = 8000, 32
+    centres = rng.normal(0, 3, (16, d))
+    x = (centres[rng.integers(0, 16, n)] + rng.normal(size=(n, d))).astype(np.float32)
+    m = int(share * n / 2)
+    perm = rng.permutation(n)[: 2 * m]
+    a, b = perm[:m], perm[m:]
+    noise = np.exp(rng.uniform(np.log(0.005), np.log(0.05), (m, 1)))  # pair distances 0.03 to 0.3
+    x[b] = x[a] + (rng.normal(size=(m, d)) * noise).astype(np.float32)
+    ids = np.array([f"v{i}" for i in range(n)], dtype=object)
+    want = {(f"v{min(i, j)}", f"v{max(i, j)}") for i, j in zip(a, b)}
+    r = find_duplicates((ids, x), auto=True, progress=False)
+    got = {tuple(sorted(p, key=lambda s: int(s[1:]))) for p in zip(r.pairs["id_a"], r.pairs["id_b"])}
+    assert want <= got, f"missed {len(want - got)} of {len(want)} planted pairs ({r.how})"
+    assert len(got & want) >= 0.95 * len(got), r.how
+    assert "widest gap" in r.how and f"{2 * m:,} items below" in r.how
+    # no near-duplicates at all: no gap, the robust rule, and (almost) nothing reported
+    clean = find_duplicates((ids[:4000], np.delete(x, b, axis=0)[:4000]), auto=True, progress=False)
+    assert "no gap" in clean.how and len(clean.pairs) <= 2

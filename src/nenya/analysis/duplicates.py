@@ -1,7 +1,8 @@
 """Near-duplicates in latent space, and leakage between splits.
 
 Every vector is queried against all others with a FAISS range search (exact flat index up to
-``ivf_above`` vectors, an IVF index beyond), ``chunk`` queries at a time, so memory holds the
+``ivf_above`` vectors, an IVF index beyond: near-duplicates fall in the same or a neighbouring cell;
+``exact=True`` searches exhaustively at any size), ``chunk`` queries at a time, so memory holds the
 vectors, the index and the pairs found. Pairs closer than the threshold are joined into groups
 (union-find); each group's representative is its first member in file order. With a split (a
 metadata column, or the HDF5 partition), pairs whose two items are in different splits are leakage.
@@ -25,11 +26,13 @@ log = logging.getLogger(__name__)
 
 __all__ = ["DuplicateResult", "find_duplicates", "auto_threshold"]
 
-IVF_ABOVE = 200_000
-NPROBE = 32
+IVF_ABOVE = 20_000
+NPROBE = 8
 CHUNK = 8192
 AUTO_SAMPLE = 20_000
 AUTO_SIGMAS = 5.0
+AUTO_RATIO = 3.0  # a gap in the nearest-neighbour distances is a cut when its two sides differ this much
+AUTO_BULK = 0.05  # ... and at least this share of the sample lies above it (the bulk, not its far tail)
 
 
 @dataclass
@@ -72,10 +75,13 @@ def _index(x: np.ndarray, ivf_above: int, nprobe: int = NPROBE, seed: int = 0):
     if n <= ivf_above:
         index = faiss.IndexFlatL2(d)
     else:
+        # about 4 sqrt(n) cells, trained on 39 points per cell (FAISS's minimum) in 10 k-means rounds:
+        # the cells only need to keep near-identical vectors together, not to be optimal
         nlist = int(max(1, min(n // 39, 4 * np.sqrt(n))))
         index = faiss.IndexIVFFlat(faiss.IndexFlatL2(d), d, nlist)
+        index.cp.niter = 10
         rng = np.random.default_rng(seed)
-        index.train(x[np.sort(rng.choice(n, min(n, nlist * 64), replace=False))])
+        index.train(x[np.sort(rng.choice(n, min(n, nlist * 39), replace=False))])
         index.nprobe = max(1, min(nlist, nprobe))
     index.add(x)
     return index
@@ -94,26 +100,61 @@ def _from_sq(d2: np.ndarray, metric: str) -> np.ndarray:
 def auto_threshold(x: np.ndarray, metric: str = "l2", *, index=None, seed: int = 0) -> tuple[float, str]:
     """A threshold from the distribution of nearest-neighbour distances, and a sentence saying how.
 
-    Near-duplicates sit far below the bulk of nearest-neighbour distances. On up to 20,000 sampled
-    items, the log of each item's nearest-neighbour distance is taken; the threshold is
-    ``exp(median - 5 * 1.4826 * MAD)`` of those logs (five robust standard deviations below the median).
+    On up to 20,000 sampled items, each item's distance to its nearest other item (exact, float64).
+    Near-duplicates sit far below everything else, whether they are rare or most of the collection: the
+    cut is the widest gap between consecutive sorted distances (in log: a ratio) with at least 5% of
+    the sample above it (so not a gap in the far tail of the bulk), when its two sides differ at least
+    3-fold and by more than twice the spread of the log distances above it; the threshold is the gap's
+    geometric middle (exact copies, at distance 0, are below it whatever it is). Without such a gap
+    (no near-duplicates stand apart), ``exp(median - 5 x 1.4826 x MAD)`` of the log distances: five
+    robust standard deviations below the median.
     """
     xp = _prepare(x, metric)
     index = index if index is not None else _index(xp, IVF_ABOVE)
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.choice(len(xp), min(len(xp), AUTO_SAMPLE), replace=False))
-    d2, nn = index.search(xp[rows], 2)
-    other = np.where(nn[:, 0] == rows, d2[:, 1], d2[:, 0])  # the nearest other item
-    dist = _from_sq(other.astype(np.float64), metric)
+    _, nn = index.search(xp[rows], 2)
+    other = np.where(nn[:, 0] == rows, nn[:, 1], nn[:, 0])  # the nearest other item
+    found = other >= 0
+    rows, other = rows[found], other[found]
+    dist = np.sort(_distance(xp[rows], xp[other], metric))
+    cut = _gap(dist)
+    if cut is not None:
+        i, thr = cut
+        how = (
+            f"auto: the widest gap in the nearest-neighbour {metric} distances of {len(dist):,} sampled items, "
+            f"between {dist[i]:.4g} and {dist[i + 1]:.4g} (x{dist[i + 1] / max(dist[i], 1e-300):.3g}; "
+            f"{i + 1:,} items below, {len(dist) - i - 1:,} above): its geometric middle {thr:.4g}"
+        )
+        return thr, how
     logs = np.log(dist[dist > 0]) if (dist > 0).any() else np.zeros(1)
     med = float(np.median(logs))
     mad = float(np.median(np.abs(logs - med))) * 1.4826
     thr = float(np.exp(med - AUTO_SIGMAS * mad))
     how = (
-        f"auto: exp(median - {AUTO_SIGMAS:g} x 1.4826 x MAD) of the log nearest-neighbour {metric} distances of "
-        f"{len(rows):,} items (median distance {np.exp(med):.4g}) = {thr:.4g}"
+        f"auto: no gap of x{AUTO_RATIO:g} sets near-duplicates apart in the nearest-neighbour {metric} distances of "
+        f"{len(dist):,} sampled items (median {np.exp(med):.4g}); exp(median - {AUTO_SIGMAS:g} x 1.4826 x MAD) of "
+        f"their logs = {thr:.4g}"
     )
     return thr, how
+
+
+def _gap(dist: np.ndarray) -> tuple[int, float] | None:
+    """The cut of :func:`auto_threshold` in sorted distances: (last row below it, threshold), or None.
+    Exact copies (distance 0) are below any cut; the gap is sought among the other distances."""
+    pos = dist[dist > 0]
+    if len(pos) < 3:
+        return None
+    logs = np.log(pos)
+    gaps = np.diff(logs)
+    above = len(pos) - 1 - np.arange(len(pos) - 1)  # items above each gap
+    gaps[above < max(1, int(np.ceil(AUTO_BULK * len(dist))))] = -np.inf
+    i = int(np.argmax(gaps))
+    upper = logs[i + 1 :]
+    spread = float(np.median(np.abs(upper - np.median(upper)))) * 1.4826
+    if gaps[i] < max(np.log(AUTO_RATIO), 2 * spread):
+        return None
+    return len(dist) - len(pos) + i, float(np.exp((logs[i] + logs[i + 1]) / 2))
 
 
 def _pairs(x: np.ndarray, index, radius2: float, metric: str, progress: bool) -> tuple[np.ndarray, ...]:
@@ -142,20 +183,15 @@ def _distance(xa: np.ndarray, xb: np.ndarray, metric: str) -> np.ndarray:
 
 
 def _groups(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """Union-find: the group root (its smallest row) of every row."""
-    parent = np.arange(n)
+    """The group root (its smallest row) of every row: connected components of the pairs' graph."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
 
-    def find(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
-    for i, j in zip(a.tolist(), b.tolist()):
-        ri, rj = find(i), find(j)
-        if ri != rj:
-            parent[max(ri, rj)] = min(ri, rj)
-    return np.array([find(i) for i in range(n)])
+    graph = coo_matrix((np.ones(len(a), np.int8), (a, b)), shape=(n, n))
+    _, label = connected_components(graph, directed=False)
+    first = np.full(label.max() + 1 if n else 0, n, dtype=np.int64)
+    np.minimum.at(first, label, np.arange(n))
+    return first[label]
 
 
 def find_duplicates(
@@ -167,6 +203,7 @@ def find_duplicates(
     split_column: str | None = None,
     ivf_above: int = IVF_ABOVE,
     nprobe: int = NPROBE,
+    exact: bool = False,
     progress: bool = True,
 ) -> DuplicateResult:
     """Near-duplicate groups of a latents file, and the pairs that cross splits.
@@ -181,7 +218,8 @@ def find_duplicates(
             when the file has one (Nenya HDF5: valid/train). Leakage = pairs across splits.
         ivf_above: above this many vectors, an IVF index (approximate, bounded time) instead of flat.
         nprobe: cells of the IVF index searched per query (of about ``4 sqrt(n)``). Near-duplicates
-            lie in the same or a neighbouring cell, so a few dozen find them; raise it for large thresholds.
+            lie in the same or a neighbouring cell, so a few find them; raise it for large thresholds.
+        exact: search exhaustively (a flat index) at any size: every pair, in time growing as n^2.
         progress: a progress bar over the items searched (none for a search done in one chunk).
 
     Example:
@@ -192,7 +230,7 @@ def find_duplicates(
     if (threshold is None) == (not auto):
         raise ValueError("give a threshold or auto=True (not both)")
     xp = _prepare(x, metric)
-    index = _index(xp, ivf_above, nprobe)
+    index = _index(xp, len(xp) if exact else ivf_above, nprobe)
     how = f"given: {threshold}"
     if auto:
         threshold, how = auto_threshold(x, metric, index=index)

@@ -187,7 +187,13 @@ def _add_duplicates(sub: argparse._SubParsersAction) -> None:
     how.add_argument("--auto", action="store_true", help="choose the threshold from the nearest-neighbour distances")
     p.add_argument("--metric", default="l2", choices=["l2", "cosine"], help="l2: Euclidean; cosine: 1 - cos")
     p.add_argument("--split-column", help="metadata column of each item's split (default: partition, if any)")
-    p.add_argument("--nprobe", type=int, default=32, help="IVF cells searched per query (above 200,000 vectors)")
+    p.add_argument(
+        "--nprobe", type=int, default=8, help="IVF cells (of about 4 sqrt(n)) searched per query, above 20,000 vectors"
+    )
+    p.add_argument(
+        "--exact", action="store_true", help="search every pair exhaustively (time grows as n^2; the IVF finds the same "
+        "near-duplicates in the benchmark, bench/duplicates.py)",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_duplicates)
 
@@ -205,6 +211,7 @@ def cmd_duplicates(args: argparse.Namespace) -> int:
         metric=args.metric,
         split_column=args.split_column,
         nprobe=args.nprobe,
+        exact=args.exact,
         progress=not args.no_progress,
     )
     out = output_path(args.latents, "_duplicates.parquet", args.output)
