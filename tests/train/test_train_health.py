@@ -69,6 +69,24 @@ def test_effective_rank_and_collapse_check_on_fixed_embeddings():
     assert msg and "collapsed" in msg and "learning_rate" in msg
 
 
+def test_collapse_is_judged_against_the_untrained_baseline():
+    """Issue 27: an untrained ResNet-18 on 16x16 digits already has a mean cosine of 0.992."""
+    untrained = {"erank_latent": 9.0, "cos_mean": 0.992}
+    slow = {"erank_latent": 8.5, "cos_mean": 0.993}  # learns slowly, near where it started
+    assert collapse_message(slow, baseline=untrained) is None
+    assert collapse_message(slow) is not None  # without a baseline: the absolute rule (over 0.99)
+    lr200 = {"erank_latent": 1.07, "cos_mean": 0.999997}  # learning rate 200
+    msg = collapse_message(lr200, baseline=untrained)
+    assert msg and "0.999997" in msg and "0.992 untrained" in msg
+    flat_but_ranked = {"erank_latent": 5.0, "cos_mean": 0.999997}  # the cosine rule on its own
+    assert collapse_message(flat_but_ranked, baseline=untrained) is not None
+    assert collapse_message({"erank_latent": 5.0, "cos_mean": 0.998}, baseline={"cos_mean": 0.97}) is not None
+    assert collapse_message({"erank_latent": 5.0, "cos_mean": 0.995}, baseline={"cos_mean": 0.97}) is None
+    for unusable in ({}, {"cos_mean": float("nan")}, {"cos_mean": 1.0}):  # the absolute rule
+        assert collapse_message({"erank_latent": 5.0, "cos_mean": 0.993}, baseline=unusable) is not None
+        assert collapse_message({"erank_latent": 5.0, "cos_mean": 0.98}, baseline=unusable) is None
+
+
 def _downsampled(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """8x8 cutouts: the 32x32 synthetic patterns averaged 4x4 (cheap enough to train on a CPU)."""
     x, y = make_cutouts(n, size=32, seed=seed)
@@ -173,6 +191,23 @@ def test_resume_keeps_the_metric_columns_and_the_panels_are_drawn(tmp_path, one_
 
     with Image.open(tmp_path / "r" / "learning_curve.png") as im:
         assert im.size[0] > 1000  # four panels, not the loss alone
+
+
+def test_the_collapse_check_gets_the_untrained_baseline_also_after_a_resume(tmp_path, one_thread, monkeypatch):
+    from nenya.train.contrastive import trainer
+
+    seen = []
+
+    def spy(metrics, baseline=None):
+        seen.append(baseline)
+        return collapse_message(metrics, baseline=baseline)
+
+    monkeypatch.setattr(trainer, "collapse_message", spy)
+    data = _data(tmp_path, n_train=64, n_valid=32)
+    train_run(_opts(tmp_path, data, epochs=1), progress=False, output=str(tmp_path / "b"))
+    train_run(_opts(tmp_path, data, epochs=2), progress=False, output=str(tmp_path / "b"), auto_resume=True)
+    c0 = float(_curve(tmp_path / "b")[0]["cos_mean"])
+    assert [b["cos_mean"] for b in seen] == pytest.approx([c0] * 3)  # epochs 0, 1 and (resumed) 2
 
 
 @pytest.mark.slow

@@ -38,7 +38,7 @@ def _measure(run: _Run, epoch: int, loss: float) -> None:
     run.postfix = (("erank", f"{metrics['erank_latent']:.1f}"),) + (
         (("knn", f"{metrics['knn_accuracy']:.3f}"),) if math.isfinite(metrics["knn_accuracy"]) else ()
     )
-    warning = collapse_message(metrics)
+    warning = collapse_message(metrics, baseline=_untrained(run.curve))
     if warning and epoch > 0:  # an untrained head can look collapsed: the run is what is judged
         log.warning("epoch %d: %s", epoch, warning)
     every = run.health.snapshot_every
@@ -58,6 +58,13 @@ def _measure(run: _Run, epoch: int, loss: float) -> None:
             color_name=run.probe.color_name,
         )
         run.writer.publish(name)
+
+
+def _untrained(curve: common.LearningCurve) -> dict[str, float] | None:
+    """The untrained model's mean cosine (the curve's epoch 0, which ``learning_curve.csv`` keeps
+    for a resumed run), the baseline the collapse check judges against; None without it."""
+    cos = dict(curve.metric("cos_mean")).get(0)
+    return None if cos is None else {"cos_mean": cos}
 
 
 def _fit_epoch(run: _Run, epoch: int) -> tuple[EpochResult, float]:
