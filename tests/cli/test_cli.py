@@ -112,3 +112,27 @@ def test_demo_runs_end_to_end(tmp_path):
         norms = np.linalg.norm(f["valid"][:], axis=1)
     assert np.allclose(norms, 1, atol=1e-5)
     torch.load(next((tmp_path / "demo" / "models").rglob("last.pth")), weights_only=False)
+
+
+@pytest.mark.parametrize(
+    ("precision", "native", "hinted"),
+    [(None, True, True), (None, False, False), ("auto", True, False), ("bf16", True, False), ("fp32", True, False)],
+)
+def test_bf16_hint_only_for_the_default_fp32_on_a_native_bf16_cpu(
+    precision, native, hinted, checkpoint, preproc, tmp_path, monkeypatch, capsys
+):
+    """Issue 27: a CPU that computes bf16 natively is told once that --precision auto would be faster;
+    not one without, not when a precision was asked for (a typed fp32 too), not on a GPU."""
+    import nenya.device
+    from nenya.cli import main
+    from nenya.cli.extract import BF16_HINT, _precision_hint
+
+    monkeypatch.setattr(nenya.device, "cpu_has_native_bf16", lambda: native)
+    args = ["extract", preproc, "--model", f"supcon:{checkpoint[0]}", "-o", tmp_path / "o", "--no-progress"]
+    args += ["--device", "cpu", "--partitions", "valid"] + (["--precision", precision] if precision else [])
+    assert main([str(a) for a in args]) == 0
+    err = capsys.readouterr().err
+    assert err.count(BF16_HINT) == (1 if hinted else 0), err
+    assert "about 2x faster" in BF16_HINT and "not bit-identical" in BF16_HINT
+    _precision_hint(torch.device("cuda"))  # a GPU run: never
+    assert BF16_HINT not in capsys.readouterr().err
