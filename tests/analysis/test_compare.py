@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from nenya.analysis.compare import compare_encodings, knn_overlap, linear_cka
+from nenya.analysis.compare import _neighbours, compare_encodings, knn_overlap, linear_cka
 
 
 def _clustered(n: int = 2000, d: int = 32, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -71,9 +71,37 @@ def test_exact_and_faiss_paths_agree():
     y = x + np.random.default_rng(4).normal(scale=0.8, size=x.shape).astype(np.float32)
     exact = compare_encodings((ids, x), (ids, y), k=10, progress=False)
     approx = compare_encodings((ids, x), (ids, y), k=10, exact_limit=0, progress=False)
-    assert exact.exact and not approx.exact
+    assert exact.exact and not approx.exact and exact.search == "exact" and approx.search.startswith("IVF")
     assert approx.mean_overlap == pytest.approx(exact.mean_overlap, abs=0.02)
     assert approx.cka == exact.cka
+
+
+def test_ivf_path_at_30k_agrees_with_exact_and_reports_its_recall():
+    """The approximate path (exact_limit lowered) on 30,000 vectors: mean overlap within 0.01 of the exact
+    one; the recall it reports (1,000 sampled items) within 0.02 of the recall over all items; the sample's
+    exact overlap is the exact overlap on those items."""
+    rng = np.random.default_rng(7)
+    n, d = 30_000, 32
+    centres = rng.normal(size=(200, d)) * 1.5  # overlapping clusters: neighbourhoods cross the cells
+    x = (centres[rng.integers(0, 200, n)] + rng.normal(size=(n, d))).astype(np.float32)
+    y = x + rng.normal(scale=0.5, size=x.shape).astype(np.float32)
+    ids = np.arange(n).astype(str).astype(object)
+    r = compare_encodings((ids, x), (ids, y), k=10, progress=False, exact_limit=10_000)
+    assert not r.exact and r.recall_queries == 1000 and "IVF" in r.search
+    truth = [_neighbours(v, 10, "l2", True, False, "").rows for v in (x, y)]
+    exact_overlap = knn_overlap(*truth)
+    assert 0.3 < exact_overlap.mean() < 0.95
+    assert r.mean_overlap == pytest.approx(exact_overlap.mean(), abs=0.01)
+    sample = np.sort(np.random.default_rng(0).choice(n, 1000, replace=False))  # the items compare_encodings samples
+    assert r.sample_overlap_exact == pytest.approx(exact_overlap[sample].mean(), abs=1e-9)
+    assert r.sample_overlap == pytest.approx(r.per_item["overlap"].to_numpy()[sample].mean(), abs=1e-9)
+    for v, t, reported in ((x, truth[0], r.recall_a), (y, truth[1], r.recall_b)):
+        found = _neighbours(v, 10, "l2", False, False, "", sample)
+        hits = (found.rows[:, :, None] == t[:, None, :]).any(axis=1).mean()
+        assert found.recall == pytest.approx(reported) and 0.9 <= reported <= 1.0
+        assert reported == pytest.approx(hits, abs=0.02)
+    exact = compare_encodings((ids[:3000], x[:3000]), (ids[:3000], y[:3000]), k=10, progress=False)
+    assert exact.exact and exact.search == "exact" and exact.recall_queries == 0 and np.isnan(exact.sample_overlap)
 
 
 def test_files_joined_on_id_and_items_in_one_only_counted(tmp_path):
