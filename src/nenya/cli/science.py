@@ -43,8 +43,8 @@ def _add_outliers(sub: argparse._SubParsersAction) -> None:
         choices=("fp32", "bf16", "auto"),
         default="fp32",
         help="the flow's scoring precision (the fit is fp32); auto: bf16 on CPUs with native bf16 "
-        "(AVX512-BF16/AMX), else fp32. bf16 LLs are within about 0.05 nats of fp32: the same ranking "
-        "but for items at the outlier cut",
+        "(AVX512-BF16/AMX), else fp32. bf16 LLs are within a fraction of a nat of fp32: the same ranking "
+        "but for items near the outlier cut",
     )
     add_image_args(p)
     p.add_argument("--output", "-o", help="output folder (default: <latents stem>_outliers/ next to the input)")
