@@ -292,6 +292,49 @@ def make_xarray(tmp: Path) -> Case:
     )
 
 
+def make_hf(tmp: Path) -> Case:
+    """A DatasetDict written by the datasets library itself (splits train and test; train is read)."""
+    import datasets
+
+    datasets.disable_progress_bars()
+    root = tmp / "flowers"
+    pics = [picture(i, size=(30 + i, 41)) for i in range(6)]
+
+    def write(n: int) -> None:
+        def split(rows: range) -> datasets.Dataset:
+            data = {"image": [pics[i] for i in rows], "label": list(rows), "caption": [f"pic {i}" for i in rows]}
+            return datasets.Dataset.from_dict(data).cast_column("image", datasets.Image())
+
+        datasets.DatasetDict({"train": split(range(n)), "test": split(range(1))}).save_to_disk(str(root))
+
+    write(5)
+    cls = sources.get("hf")
+    options = SourceOptions(transform=TRANSFORM)
+    png = [_png(p) for p in pics[:5]]  # datasets stores in-memory pictures as PNG: the same pixels
+    arrow = root / "train" / "data-00000-of-00001.arrow"
+    return Case(
+        open=lambda: cls.from_spec(str(root), options),
+        ids=[f"train/{i}" for i in range(5)],
+        arrays=np.stack([decode_image(b, transform=TRANSFORM) for b in png]),
+        change=lambda: write(6),
+        run_missing=run_through_stream(lambda: cls.from_spec(str(tmp / "gone"), options)),
+        missing=str(tmp / "gone"),
+        metadata={
+            "path": [f"{arrow}#{i}" for i in range(5)],
+            "label": list(range(5)),
+            "caption": [f"pic {i}" for i in range(5)],
+        },
+    )
+
+
+def _png(im) -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    im.save(buf, format="PNG")
+    return buf.getvalue()
+
+
 MAKERS: dict[str, Callable[[Path], Case]] = {
     "h5": make_h5,
     "images": make_images,
@@ -300,6 +343,7 @@ MAKERS: dict[str, Callable[[Path], Case]] = {
     "wds": make_wds,
     "tfrecord": make_tfrecord,
     "xarray": make_xarray,
+    "hf": make_hf,
 }
 
 

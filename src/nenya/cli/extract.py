@@ -132,6 +132,11 @@ def _add_table_options(p: argparse.ArgumentParser) -> None:
     r.add_argument("--feature", help="the feature holding the image (a float/int list, or bytes)")
     r.add_argument("--shape", help="H,W or H,W,C of the image, or the name of an int feature holding it (HRRR: size)")
     r.add_argument("--id-feature", help="a one-value feature whose values are the ids (default: <file>/<record>)")
+    h = p.add_argument_group("Hugging Face datasets (--source hf:PATH; --id-column and --columns apply too)")
+    h.add_argument("--split", help="the split to read (default: train, or the only one)")
+    h.add_argument(
+        "--image-column", help="the column of images ({bytes, path} or bytes; default: the first {bytes, path} one)"
+    )
     g = p.add_argument_group("gridded fields (--source xarray:FILE.nc|STORE.zarr)")
     g.add_argument("--var", help="the variable (default: the only one with 2+ dimensions)")
     g.add_argument("--sample-dim", help="the dimension of samples, e.g. time (default: the first of three)")
@@ -388,6 +393,8 @@ def _source_options(args):
         jpeg_on_device=args.decode == "gpu",
         records=RecordOptions(feature=args.feature, shape=args.shape, id_feature=args.id_feature),
         grid=GridOptions(args.var, args.sample_dim, args.tile, args.stride, args.max_nan_fraction),
+        split=args.split,
+        image_column=args.image_column,
     )
 
 

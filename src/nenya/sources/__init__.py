@@ -55,6 +55,8 @@ class SourceOptions:
             job turns it off, with a warning, where the device or the engine cannot decode them.
         records: where a record source (``tfrecord:``) finds the image and the ids.
         grid: how a gridded source (``xarray:``) cuts its field.
+        split, image_column: which split of a Hugging Face dataset (``hf:``) to read (None: ``train``
+            or the only one) and its column of images (None: the first ``{bytes, path}`` column).
     """
 
     transform: ImageTransform | None = None
@@ -66,6 +68,8 @@ class SourceOptions:
     jpeg_on_device: bool = False
     records: RecordOptions = RecordOptions()
     grid: GridOptions = GridOptions()
+    split: str | None = None
+    image_column: str | None = None
 
 
 class Source(ABC):
@@ -164,6 +168,11 @@ sources.register(
     "wds",
     "nenya.sources.webdataset:WebDatasetSource",
     help="WebDataset tar shards (KEY.jpg + KEY.json per sample): wds:shards/{00000..00099}.tar",
+)
+sources.register(
+    "hf",
+    "nenya.sources.hf:HFDatasetSource",
+    help="a Hugging Face dataset: a save_to_disk folder or Parquet files (--split, --image-column): hf:flowers/",
 )
 
 __all__ = ["GridOptions", "RecordOptions", "Source", "SourceOptions", "CollectionSource", "collection_plan", "sources"]
