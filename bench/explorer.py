@@ -1,12 +1,18 @@
 """The explorer page in headless Chromium: file size, write and load times, and how long a polygon
-selection, a filter and a redraw take, at several numbers of points.
+selection, a filter, a change of colour and a redraw take, at several numbers of points.
 
-    python bench/explorer.py [--n 10000,100000,250000,1000000] [--thumbs 1000] [--k 10]
+    python bench/explorer.py [--n 10000,100000,250000,1000000] [--thumbs 1000] [--k 10] [--repeat 3]
+                             [--page OLD.html ...]
 
 Needs playwright (Python) and a Chromium binary. Beyond the page's ``max_points`` (250,000) the page
 shows a random sample, so the 1,000,000 row measures writing a sample of a larger set. Times inside
 the page are measured there (``performance.now()`` around the call, then two animation frames so the
-views have redrawn); the tests check the page's behaviour, this script how fast it is.
+views have redrawn), the median of ``--repeat`` (a change of colour to a number and back to a
+category, a filter on a number and on a category, each cleared, a pan); the tests check the page's
+behaviour, this script how fast it is. ``--page`` measures pages already written by this script (for
+example by an older version of nenya, kept) in the same run, interleaved with the new ones, so that
+a before/after comparison shares the machine's load. "painter": who drew the points on the canvas
+(``nenya``: the page's own square drawing, ``bokeh``: Bokeh's, as pages before 2026-12 did).
 """
 
 from __future__ import annotations
@@ -73,26 +79,34 @@ def _page(folder: Path, n: int, *, n_images: int, thumbs: int, k: int) -> tuple[
     return path, time.perf_counter() - t
 
 
-TIMED = """async () => {
+TIMED = """async (repeat) => {
   const frames = () => new Promise((r) => requestAnimationFrame(() => requestAnimationFrame(r)));
   const time = async (f) => { const t = performance.now(); await f(); await frames(); return performance.now() - t; };
+  const median = (a) => a.slice().sort((x, y) => x - y)[Math.floor(a.length / 2)];
   const fig = Bokeh.documents[0].get_model_by_name("projection");
-  const out = {};
+  const out = {}, runs = {colour: [], colour_cat: [], filter: [], clear: [], filter_cat: [], pan: [], export: []};
   out.select_ms = await time(() => window.nenya.select("projection", [[-2, -2], [3, -1.5], [4, 3], [0.5, 5], [-3, 2]]));
   out.selected = (await window.nenya.selectedIds()).length;
-  out.filter_ms = await time(() => window.nenya.setFilter("DT40", [1, 2.5]));
-  out.export_ms = await time(() => window.nenya.exportCsv());
-  out.clear_ms = await time(() => window.nenya.clearFilters());
-  const w = fig.x_range.end - fig.x_range.start;
-  out.pan_ms = await time(() => fig.x_range.setv({start: fig.x_range.start + w / 10, end: fig.x_range.end + w / 10}));
-  out.colour_ms = await time(() => window.nenya.setColour("DT40"));
+  for (let r = 0; r < repeat; r++) {
+    runs.filter.push(await time(() => window.nenya.setFilter("DT40", [1, 2.5])));
+    runs.export.push(await time(() => window.nenya.exportCsv()));
+    runs.clear.push(await time(() => window.nenya.clearFilters()));
+    runs.filter_cat.push(await time(() => window.nenya.setFilter("label", ["a", "c"])));
+    runs.clear.push(await time(() => window.nenya.clearFilters()));
+    const w = (r % 2 ? -1 : 1) * (fig.x_range.end - fig.x_range.start) / 10;
+    runs.pan.push(await time(() => fig.x_range.setv({start: fig.x_range.start + w, end: fig.x_range.end + w})));
+    runs.colour.push(await time(() => window.nenya.setColour("DT40")));
+    runs.colour_cat.push(await time(() => window.nenya.setColour("label")));
+  }
+  for (const [k, v] of Object.entries(runs)) out[k + "_ms"] = median(v);
+  out.painter = (window.nenyaBackend && window.nenyaBackend.painted) ? "nenya" : "bokeh";
   return out;
 }"""
 
 
-def _measure(path: str, chromium: str) -> dict:
-    """Open the page; its load time and the in-page times of a selection, a filter, an export, a pan and a
-    change of colour."""
+def _measure(path: str, chromium: str, repeat: int) -> dict:
+    """Open the page; its load time and the in-page times of a selection, filters, an export, a pan and
+    changes of colour (medians of ``repeat``)."""
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as p:
@@ -103,7 +117,7 @@ def _measure(path: str, chromium: str) -> dict:
             page.goto("file://" + path)
             page.wait_for_function("window.nenya && window.nenya.ready", timeout=600_000)
             load_s = time.perf_counter() - t
-            m = page.evaluate(TIMED)
+            m = page.evaluate(TIMED, repeat)
             m["shown"] = page.evaluate("window.nenya.shownIds().then((s) => s.length)")
         finally:
             browser.close()
@@ -142,57 +156,73 @@ def main() -> None:
     ap.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     ap.add_argument("--tmpdir", default=None, help="where the pages are written (default: system temp)")
     ap.add_argument("--screenshot", metavar="PNG", help="only write the picture of the page used in docs/explore.md")
+    ap.add_argument("--repeat", type=int, default=3, help="in-page timings: the median of this many")
+    ap.add_argument(
+        "--page",
+        action="append",
+        default=[],
+        metavar="HTML",
+        help="also measure this page, written before by this script (e.g. by an older nenya; kept)",
+    )
     add_save_args(ap, HERE / "RESULTS.md")
     args = ap.parse_args()
     if args.screenshot:
         screenshot(args.screenshot, args.chromium)
         return
-    rows = []
-    for n in [int(v) for v in args.n.split(",")]:
+    rows, kept = [], list(args.page)
+    for n in [int(v) for v in args.n.split(",") if v]:
         folder = Path(tempfile.mkdtemp(prefix="nenya-bench-explorer-", dir=args.tmpdir))
         try:
             path, write_s = _page(folder, n, n_images=args.images, thumbs=args.thumbs, k=args.k)
-            size_mb = os.path.getsize(path) / 1e6
-            m = _measure(path, args.chromium)
+            rows += [_row(Path(old).name, old, None, args) for old in kept]  # right before the first new page
+            kept = []
+            rows.append(_row(f"{n:,}", path, write_s, args))
         finally:
             shutil.rmtree(folder, ignore_errors=True)
-        rows.append(
-            [
-                f"{n:,}",
-                f"{m['shown']:,}",
-                f"{size_mb:.1f}",
-                f"{write_s:.1f}",
-                f"{m['load_s']:.1f}",
-                f"{m['select_ms']:.0f} ({m['selected']:,})",
-                f"{m['filter_ms']:.0f}",
-                f"{m['export_ms']:.0f}",
-                f"{m['pan_ms']:.0f}",
-                f"{m['colour_ms']:.0f}",
-            ]
-        )
-        print(rows[-1], flush=True)
+    rows += [_row(Path(old).name, old, None, args) for old in kept]  # --n "": only the kept pages
     lines = [
         f"Clustered points with lat/lon, {args.thumbs} thumbnails, k={args.k}; headless Chromium 1250x1000 "
-        f"without a GPU (the page then draws with its canvas backend); times in the page include two animation frames (the redraw); load average "
-        f"{load_average()}.",
+        f"without a GPU (the page then draws with its canvas backend); times in the page include two animation "
+        f"frames (the redraw), medians of {args.repeat}; load average {load_average()}.",
         "",
     ]
     lines += markdown_table(
         [
-            "points",
+            "points (page)",
             "shown",
             "page MB",
             "write s",
             "load s",
             "select ms (selected)",
             "filter ms",
+            "filter cat ms",
+            "clear ms",
             "export ms",
             "pan ms",
             "colour ms",
+            "colour cat ms",
+            "painter",
         ],
         rows,
     )
     report(args, f"explorer.py (n={args.n})", lines)
+
+
+def _row(label: str, path: str, write_s: float | None, args) -> list[str]:
+    m = _measure(path, args.chromium, args.repeat)
+    row = [
+        label,
+        f"{m['shown']:,}",
+        f"{os.path.getsize(path) / 1e6:.1f}",
+        "—" if write_s is None else f"{write_s:.1f}",
+        f"{m['load_s']:.1f}",
+        f"{m['select_ms']:.0f} ({m['selected']:,})",
+        *(f"{m[k]:.0f}" for k in ("filter_ms", "filter_cat_ms", "clear_ms", "export_ms", "pan_ms", "colour_ms")),
+        f"{m['colour_cat_ms']:.0f}",
+        m["painter"],
+    ]
+    print(row, flush=True)
+    return row
 
 
 if __name__ == "__main__":
