@@ -34,7 +34,7 @@ EXACT_LIMIT = 20_000
 CHUNK = 8192
 #: IVF cells searched per item: the smallest of these whose recall on the sample reaches RECALL_TARGET.
 NPROBES = (4, 8, 16)
-RECALL_TARGET = 0.98
+RECALL_TARGET = 0.995
 #: Items whose exact neighbours measure the IVF's recall.
 RECALL_QUERIES = 1000
 
