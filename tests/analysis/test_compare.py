@@ -134,3 +134,24 @@ def test_neighbour_searches_show_items_searched_or_no_bar(capsys):
     assert "0/1 " not in err and "chunk" not in err
     compare_encodings((ids[:300], x[:300]), (ids[:300], x[:300]), k=5)  # one chunk: no bar that jumps to its end
     assert "neighbours in" not in capsys.readouterr().err
+
+
+def test_the_report_says_how_neighbours_were_found(tmp_path):
+    """summary.json and report.md name the search: exact, or the approximate one with its measured recall."""
+    import json
+
+    from nenya.analysis.compare_report import write_agreement_report
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=(3000, 8)).astype(np.float32)
+    ids = np.array([f"i{i}" for i in range(3000)], dtype=object)
+    y = x + rng.normal(scale=0.3, size=x.shape).astype(np.float32)
+    for limit, word in ((10_000, "exact"), (1000, "approximate")):
+        r = compare_encodings((ids, x), (ids, y), k=5, exact_limit=limit, progress=False)
+        write_agreement_report(r, str(tmp_path / word), ("a", "b"))
+        summary = json.loads((tmp_path / word / "summary.json").read_text())
+        assert summary["search"] == r.search and summary["recall_a"] == r.recall_a
+        text = (tmp_path / word / "report.md").read_text()
+        assert f"Neighbours: k = 5, l2, {word}" in text and "HNSW" not in text
+        if word == "approximate":
+            assert f"recall@5 {r.recall_a:.3f} (A)" in text and summary["sample_overlap_exact"] is not None

@@ -336,15 +336,26 @@ def write_agreement_report(r: EncodingAgreement, out_dir: str, names: tuple[str,
         "k": r.k,
         "metric": r.metric,
         "exact": r.exact,
+        "search": r.search,
+        "recall_a": r.recall_a,
+        "recall_b": r.recall_b,
+        "recall_queries": r.recall_queries,
+        "sample_overlap": None if np.isnan(r.sample_overlap) else r.sample_overlap,
+        "sample_overlap_exact": None if np.isnan(r.sample_overlap_exact) else r.sample_overlap_exact,
         "mean_overlap": r.mean_overlap,
         "cka": r.cka,
     }
+    how = "exact" if r.exact else (
+        f"approximate: {r.search}; recall@{r.k} {r.recall_a:.3f} (A) and {r.recall_b:.3f} (B) against exact "
+        f"neighbours on {r.recall_queries:,} sampled items, whose mean overlap is {r.sample_overlap:.4f} "
+        f"({r.sample_overlap_exact:.4f} with exact neighbours)"
+    )  # fmt: skip
     blocks: list[Block] = [
         ("h1", f"Agreement of {names[0]} and {names[1]} on the same items"),
         (
             "p",
             f"{r.n:,} items in both ({r.only_a:,} only in {names[0]}, {r.only_b:,} only in {names[1]}: left out). "
-            f"Neighbours: k = {r.k}, {r.metric}, {'exact' if r.exact else 'HNSW (approximate)'}.",
+            f"Neighbours: k = {r.k}, {r.metric}, {how}.",
         ),
         (
             "table",
