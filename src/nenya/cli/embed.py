@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 
 from nenya._errors import NenyaError
-from nenya.cli._latents import HELP_FORMAT, add_latents_args, partitions
+from nenya.cli._latents import HELP_FORMAT, add_image_args, add_latents_args, partitions
+
+log = logging.getLogger(__name__)
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -23,7 +26,10 @@ def _add_umap(sub: argparse._SubParsersAction) -> None:
         "umap",
         help="2-D UMAP of a latents file (fit on a sample, transform the rest)",
         description="Fit UMAP on at most --ntrain random vectors and place every vector; writes "
-        "<name>_umap.parquet (id, metadata, U0, U1) next to the input or to --output.",
+        "<name>_umap.parquet (id, metadata, U0, U1) next to the input or to --output. With --knn K it is "
+        "also the table embedding-atlas opens: a 'neighbors' column (each row's K nearest rows in latent "
+        "space, as zero-based row indices) and, where the collection has images, an 'image' column of PNG "
+        "thumbnails; the embedding-atlas command that opens it is printed.",
         formatter_class=HELP_FORMAT,
     )
     add_latents_args(p, output_help="output Parquet file or folder")
@@ -41,6 +47,21 @@ def _add_umap(sub: argparse._SubParsersAction) -> None:
         help="also keep the fitted UMAP as <UMAP dir>/NAME_UMAP.pkl (for `nenya serve --umap-model` "
         "and nenya.analyze_image); the UMAP dir is $NENYA_UMAP_DIR",
     )
+    p.add_argument(
+        "--knn",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also write each row's K nearest other rows in latent space as embedding-atlas's 'neighbors' "
+        "column (0: none; --neighbors is UMAP's own n_neighbors)",
+    )
+    p.add_argument(
+        "--knn-metric",
+        default="l2",
+        choices=["l2", "cosine"],
+        help="distance of the --knn neighbours: l2 (Euclidean) or cosine (1 - cos)",
+    )
+    add_image_args(p)
     p.set_defaults(func=cmd_umap)
 
 
@@ -93,9 +114,14 @@ def _table_with(lat, extra: dict):
 
 
 def cmd_umap(args: argparse.Namespace) -> int:
-    """Write ``<name>_umap.parquet`` (id, metadata, U0, U1); print its path."""
+    """Write ``<name>_umap.parquet`` (id, metadata, U0, U1; with ``--knn`` embedding-atlas's neighbours
+    and thumbnails); print its path (and, with ``--knn``, the embedding-atlas command to stderr)."""
     from nenya.analysis import fit_umap, open_latents, output_path, write_table
 
+    if args.knn < 0:
+        raise NenyaError(f"--knn must be 0 (no neighbours) or more; got {args.knn}")
+    if (args.images or args.image_root) and not args.knn:
+        raise NenyaError("--images and --image-root add embedding-atlas's thumbnails: they go with --knn K")
     with open_latents(args.latents, partitions=partitions(args)) as lat:
         res = fit_umap(
             lat,
@@ -107,28 +133,49 @@ def cmd_umap(args: argparse.Namespace) -> int:
             seed=args.seed,
         )
         df = _table_with(lat, {"U0": res.embedding[:, 0], "U1": res.embedding[:, 1]})
+        atlas = _atlas_columns(df, lat, args) if args.knn else {}
     if args.save_model:
         from nenya.analysis.umap_files import save_umap, umap_dir
         from nenya.pipeline.storage import safe_name
 
         name = safe_name(args.save_model, what="--save-model")
         print(save_umap(res.reducer, umap_dir() / f"{name}_UMAP.pkl"), file=sys.stderr)
-    out = write_table(
-        df,
-        output_path(args.latents, "_umap.parquet", args.output),
-        metadata={
-            "nenya_umap": json.dumps(
-                {
-                    "ntrain": len(res.train_rows),
-                    "seed": args.seed,
-                    "n_neighbors": args.neighbors,
-                    "min_dist": args.min_dist,
-                }
-            )
-        },
-    )
+    settings = {
+        "ntrain": len(res.train_rows),
+        "seed": args.seed,
+        "n_neighbors": args.neighbors,
+        "min_dist": args.min_dist,
+    }
+    dest = output_path(args.latents, "_umap.parquet", args.output)
+    if not args.knn:
+        print(write_table(df, dest, metadata={"nenya_umap": json.dumps(settings)}))
+        return 0
+    from nenya.analysis.atlas import IMAGE, atlas_command, write_with_columns
+
+    settings |= {"knn": args.knn, "knn_metric": args.knn_metric}
+    out = write_with_columns(df, atlas, dest, metadata={"nenya_umap": json.dumps(settings)})
+    print(f"open it in embedding-atlas: {atlas_command(out, image=IMAGE in atlas)}", file=sys.stderr)
     print(out)
     return 0
+
+
+def _atlas_columns(df, lat, args: argparse.Namespace) -> dict:
+    """embedding-atlas's ``neighbors`` column and, where the rows have images, its ``image`` column (Arrow)."""
+    from nenya.analysis.atlas import IMAGE, NEIGHBORS, knn, neighbors_column, thumbnail_column
+
+    for name in (NEIGHBORS, IMAGE):
+        if name in df.columns:
+            log.warning("the latents' own %r column is replaced by embedding-atlas's", name)
+    rows, dist, counts = knn(lat, args.knn, metric=args.knn_metric, chunk=args.chunk)
+    cols = {NEIGHBORS: neighbors_column(rows, dist, counts)}
+    del rows, dist
+    if args.images or args.image_root or "path" in df.columns:
+        from nenya.analysis import ImageLookup
+
+        lookup = ImageLookup(df, images=args.images, image_root=args.image_root)
+        if lookup.kind is not None:
+            cols[IMAGE] = thumbnail_column(lookup, len(df))
+    return cols
 
 
 def cmd_pca(args: argparse.Namespace) -> int:
