@@ -386,11 +386,12 @@
 
   function start() {
     const Bokeh = window.Bokeh;
-    if (!Bokeh || !Bokeh.documents || !Bokeh.documents.length || !Bokeh.documents[0].get_model_by_name("nenya-table-source")) {
+    const d = host.document ? host.document() : Bokeh && Bokeh.documents && Bokeh.documents[0]; // the page's, or the host's own
+    if (!d || !d.get_model_by_name("nenya-table-source")) {
       setTimeout(start, 20);
       return;
     }
-    doc = Bokeh.documents[0];
+    doc = d;
     host.start(doc);
     setText("nenya-title", `<h2 style="margin:4px 0">${esc(DATA.title)}</h2>`);
     renderNote(host.noteLines());

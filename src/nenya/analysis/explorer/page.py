@@ -263,12 +263,11 @@ def _script_data(d: PageData, views: list[str], extra: dict) -> dict:
     }
 
 
-def build_page(d: PageData) -> str:
-    """The whole HTML page."""
-    from bokeh.embed import file_html
+def build_document(d: PageData) -> tuple[list, dict]:
+    """The document's roots (the layout, the mappers' holder, the neighbour lists) and the script's data:
+    what the page and the notebook (``notebook.py``) show."""
     from bokeh.layouts import column, row
     from bokeh.models import BooleanFilter, ColorBar, ColumnDataSource, CustomJS, LinearColorMapper
-    from bokeh.resources import INLINE
 
     data, extra = _source_data(d)
     source = ColumnDataSource(data, name="nenya-points")
@@ -287,13 +286,22 @@ def build_page(d: PageData) -> str:
     layout = row(column(*figs), column(*side_panel(d.columns, d.colour, d.dt_column, d.dt_bins)))
     # every colour mapper must be in the document for the script to find it by name
     holder = ColumnDataSource({"m": []}, name="nenya-mappers", tags=list(mappers.values()))
-    page = file_html([layout, holder, _neighbour_source(d)], INLINE, d.title)
+    return [layout, holder, _neighbour_source(d)], _script_data(d, [f.name for f in figs], extra)
+
+
+def build_page(d: PageData) -> str:
+    """The whole HTML page."""
+    from bokeh.embed import file_html
+    from bokeh.resources import INLINE
+
+    roots, sdata = build_document(d)
+    page = file_html(roots, INLINE, d.title)
     host = resources.files("nenya.analysis.explorer").joinpath("page_host.js").read_text(encoding="utf-8")
     script = nenya_js(host)
     head = f'<meta http-equiv="Content-Security-Policy" content="{CSP}">\n'
     at = page.index('<meta charset="utf-8">') + len('<meta charset="utf-8">')  # in <head>, before any script
     page = page[:at] + "\n" + head + page[at:]
-    blob = json_in_html(_script_data(d, [f.name for f in figs], extra))
+    blob = json_in_html(sdata)
     tail = f'<script type="application/json" id="nenya-data">{blob}</script>\n<script>\n{script}\n</script>\n'
     at = page.rindex("</body>")  # the last one: BokehJS's own source contains the string too
     return page[:at] + tail + page[at:]

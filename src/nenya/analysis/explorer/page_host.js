@@ -19,6 +19,7 @@
       if (lose) lose.loseContext();
     }
   } catch (e) { backend = "canvas"; }
+  if (window.nenyaEmbed) { window.nenyaBackend = { backend: "webgl", renderer, painted: 0 }; return; } // a notebook: its views are built (WebGL)
   const forced = (location.hash.match(/backend=(webgl|canvas)/) || [])[1];
   if (forced) backend = forced;
   window.nenyaBackend = { backend, renderer, painted: 0 };
@@ -43,7 +44,7 @@
   let View = null;
   try { View = window.Bokeh.Models.get("Scatter").prototype.default_view; } catch (e) { return; }
   const little = new Uint8Array(new Uint32Array([1]).buffer)[0] === 1; // pixels as 32-bit words: a b g r
-  if (!View || typeof View.prototype._paint !== "function" || !little) return;
+  if (!View || typeof View.prototype._paint !== "function" || View.prototype._paint.nenya || !little) return; // once (a notebook runs this at each display)
   const own = View.prototype._paint;
   let image = null, words = null, layer = null;
   const scalar = (p, v) => p && typeof p.is_Scalar === "function" && p.is_Scalar() && (v === undefined || p.value === v);
@@ -114,11 +115,15 @@
     if (data == null && drawn(this, ctx, indices)) window.nenyaBackend.painted++;
     else own.call(this, ctx, indices, data);
   };
+  View.prototype._paint.nenya = true;
 })();
 
 (function () {
   "use strict";
-  const DATA = JSON.parse(document.getElementById("nenya-data").textContent);
+  // in a notebook (notebook.py) the script's data and its document come with the script, not in the page
+  const EMBED = window.nenyaEmbed || null;
+  window.nenyaEmbed = null;
+  const DATA = EMBED ? EMBED.data : JSON.parse(document.getElementById("nenya-data").textContent);
   const N = DATA.n, K = DATA.k, P = DATA.palette;
   const THUMB = new Map();
   DATA.thumb_rows.forEach((r, j) => THUMB.set(r, j));
@@ -461,6 +466,7 @@
       flt = model("nenya-filter");
       marks = model("nenya-marks");
     },
+    document: EMBED ? () => EMBED.document : null,
     backend: () => window.nenyaBackend.backend,
     number: toNumber,
     thumb: (row) => (THUMB.has(row) ? DATA.thumbs[THUMB.get(row)] : null),
