@@ -54,6 +54,7 @@ def extract_preproc(
         log.warning("debug: only the first %d items of each partition, written as *_latents_debug%s", limit, sink.ext)
     todo = _not_done(files, HDF5PreprocSource, sink, output, clobber=clobber, context=write_context(encoder))
     if not todo:
+        sink.tidy()
         return RunSummary()
     source = HDF5PreprocSource(todo, partitions=partitions, limit=limit)
     try:
@@ -190,6 +191,7 @@ def extract_collection(
         log.info("%s exists with %s: encoding only new ones", dest, _accounted_for(dest, len(skip)))
     try:
         if hasattr(source, "__len__") and len(source) == 0:  # everything is in the output already
+            sink.tidy()
             return RunSummary()
         return engine.run(source, encoder, sink, options)
     finally:

@@ -177,6 +177,21 @@ def is_tmp_name(name: str) -> bool:
     return name.startswith(".") and ".tmp-" in name
 
 
+def remove_stale_tmp(dest: str | os.PathLike) -> None:
+    """Remove the temporaries of ``dest`` (``tmp_name``'s siblings) that a killed writer left next to it.
+    Only for a writer that holds ``dest``'s lock: no other process is writing them. URLs: nothing to do
+    (object stores never show a partial upload)."""
+    if is_remote(str(dest)):
+        return
+    head, tail = os.path.split(local_path(str(dest)))
+    prefix = f".{tail}.tmp-"
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir(head or "."):
+            if name.startswith(prefix) and len(name) == len(prefix) + 8:
+                with contextlib.suppress(FileNotFoundError):
+                    os.remove(os.path.join(head, name))
+
+
 def commit_local(tmp: str | os.PathLike, final: str | os.PathLike) -> None:
     """fsync ``tmp``, rename it over ``final`` and fsync the folder: all or nothing."""
     fsync_path(tmp)

@@ -95,6 +95,9 @@ class Sink(ABC):
         """Output names whose publishing was interrupted (they may exist but must be finished again)."""
         return set()
 
+    def tidy(self) -> None:
+        """With nothing left to do: remove what a killed run left that no run needs (nothing by default)."""
+
     def recorded_model(self, name: str) -> dict | None:
         """The model record (:meth:`~nenya.encoders.base.Encoder.about` and its ``vectors`` digest) of the
         existing output ``name``; None when there is none, it records no model, or the format keeps none."""

@@ -122,6 +122,7 @@ class LanceSink(ParquetSink):
                     log.info("%s already holds this run's rows (committed before an interruption)", dest)
                 else:
                     self._write_dataset(g, dest)
+                storage.remove_stale_tmp(self.status_path(g))  # left by a run killed while publishing it
                 storage.publish(status, self.status_path(g))
                 faults.point("publish.after")
         finally:

@@ -103,6 +103,12 @@ class PartSink(Sink):
         """Outputs whose work folder is still there: killed while publishing, to be finished again."""
         return set(os.listdir(self.work)) if os.path.isdir(self.work) else set()
 
+    def tidy(self) -> None:
+        """Remove an empty work folder: a run killed after its last output, before it removed the folder."""
+        if os.path.isdir(self.work) and not os.listdir(self.work):
+            with contextlib.suppress(OSError):  # another run may have just started in it: then it stays
+                os.rmdir(self.work)
+
     def output_path(self, group: Group) -> str:
         return storage.join(self.output, self.output_name(group))
 
@@ -297,6 +303,7 @@ class PartSink(Sink):
                     files.append((local, storage.join(self.output, name)))
                 faults.point("publish.before")
                 for local, final in files[1:] + files[:1]:  # the status table once every output is in place
+                    storage.remove_stale_tmp(final)  # a copy a run killed while publishing left (we hold the lock)
                     storage.publish(local, final)
                 faults.point("publish.after")
         finally:
