@@ -553,6 +553,12 @@ def build_layout(folder: Path) -> None:
         buf = io.BytesIO()
         picture(200 + s).save(buf, "JPEG")
         write_wds(folder / "shards" / f"{s:05d}.tar", [(f"k{s}", {"jpg": buf.getvalue(), "json": {"s": s}})])
+    # a Hugging Face dataset with a test split, written by the datasets library (save_to_disk)
+    import datasets
+
+    flowers = datasets.Dataset.from_dict({"image": [picture(300 + i) for i in range(4)], "label": [0, 1, 0, 1]})
+    flowers = flowers.cast_column("image", datasets.Image())
+    datasets.DatasetDict({"train": flowers, "test": flowers}).save_to_disk(str(folder / "flowers"))
     (folder / "hrrr").mkdir()
     fields = _radar(6, 2)
     for part in range(2):
@@ -601,6 +607,7 @@ PROMISES = [
     ("-o images.npy", "file:images.npy"),
     ("-o images.npy", "file:images.parquet"),
     ("wds:", "file:shards.parquet"),
+    ("hf:", "file:flowers.parquet"),
     ("tfrecord:", "file:radar.parquet"),
     ("xarray:", "file:sst_tiles.parquet"),
     ("-o vectors.lance", "file:vectors.lance"),
