@@ -4,6 +4,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from collections import defaultdict
@@ -130,6 +131,13 @@ def committed_keys(gdir: str) -> set[str]:
         for name in os.listdir(gdir)
         if name.endswith(DONE) and os.path.exists(os.path.join(gdir, name[: -len(DONE)] + PART))
     }
+
+
+def remove_if_empty(folder: str) -> None:
+    """Remove ``folder`` when it exists and is empty (another run may have just started in it: then it stays)."""
+    if os.path.isdir(folder) and not os.listdir(folder):
+        with contextlib.suppress(OSError):
+            os.rmdir(folder)
 
 
 def remove_temporaries(gdir: str) -> None:

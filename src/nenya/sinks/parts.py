@@ -105,9 +105,7 @@ class PartSink(Sink):
 
     def tidy(self) -> None:
         """Remove an empty work folder: a run killed after its last output, before it removed the folder."""
-        if os.path.isdir(self.work) and not os.listdir(self.work):
-            with contextlib.suppress(OSError):  # another run may have just started in it: then it stays
-                os.rmdir(self.work)
+        partfiles.remove_if_empty(self.work)
 
     def output_path(self, group: Group) -> str:
         return storage.join(self.output, self.output_name(group))
@@ -287,8 +285,7 @@ class PartSink(Sink):
                 outputs.append(self._finish_group(g))
         finally:
             self._unlock()
-        if os.path.isdir(self.work) and not os.listdir(self.work):
-            os.rmdir(self.work)
+        partfiles.remove_if_empty(self.work)
         return outputs
 
     def _finish_group(self, g: Group) -> str:
