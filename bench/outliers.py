@@ -52,6 +52,7 @@ DIM, SUB, CLUSTERS, RANK = 256, 32, 40, 8
 NOISE = 0.1  # isotropic, in all 256 dimensions
 ANOMALY = 0.001  # planted share
 SLAB = 100_000
+RESUMED: list[str] = []  # steps whose result an earlier, interrupted invocation left (--resume)
 ABOUT = {"model": "bench:synthetic-mixture", "dim": DIM, "vectors": "bench-outliers-seed0"}
 
 
@@ -228,14 +229,20 @@ def run_child(step: str, n: int, args, timeout: float | None = None, sample_only
     cmd = [sys.executable, os.path.abspath(__file__), "--child", step, str(n), "--work", args.work]
     cmd += ["--fit-sample", str(args.fit_sample), "--epochs", str(args.epochs)]
     cmd += ["--sample-only"] if sample_only else []
-    print(f"\n== {step} at {n:,} vectors ==", file=sys.stderr, flush=True)
+    done = Path(args.work) / f"result_{step}_{n}.json"
+    if args.resume and done.exists():
+        RESUMED.append(f"{step} at {n:,}")
+        return json.loads(done.read_text())
+    done.unlink(missing_ok=True)
+    print(f"\n== {step} at {n:,} vectors, {time.strftime('%H:%M:%S')} ==", file=sys.stderr, flush=True)
     try:  # progress bars (stderr) show as the step runs; the result is stdout's last line
         out = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return f"not finished in {timeout / 60:.0f} min (stopped)"
     if out.returncode:
         return f"failed (exit {out.returncode}; see the log)"
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    done.write_text(out.stdout.strip().splitlines()[-1])
+    return json.loads(done.read_text())
 
 
 # -- the table ---------------------------------------------------------------------------------------
@@ -263,11 +270,12 @@ def rows_for(n: int, args, fitted: Path | None) -> list[list[str]]:
     """The table's rows of one size; ``fitted``: the flow of a smaller size to score with (no new fit)."""
     work, rows, big = Path(args.work), [], f"{n:,}"
     rec = make_latents(work, n)
-    for old in work.glob(f"scores_{n}_*.npy"):  # no figure of an earlier run is taken for this one's
-        old.unlink()
-    for old in work.glob(f"out_{n}_*"):
-        shutil.rmtree(old)
-    (work / f"flow_{n}.safetensors").unlink(missing_ok=True)
+    if not args.resume:  # no figure of an earlier run is taken for this one's
+        for old in [*work.glob(f"scores_{n}_*.npy"), *work.glob(f"result_*_{n}.json")]:
+            old.unlink()
+        for old in work.glob(f"out_{n}_*"):
+            shutil.rmtree(old)
+        (work / f"flow_{n}.safetensors").unlink(missing_ok=True)
     print(f"{big} vectors: {rec['gb']:.1f} GB, made in {rec['seconds']:.0f} s", file=sys.stderr, flush=True)
     fit = run_child("fit", n, args, sample_only=fitted is not None)
     if isinstance(fit, str):
@@ -331,6 +339,9 @@ def main() -> None:
         action="store_true",
         help="fit a flow at every size (default: at the first; the others read the sample and score with it)",
     )
+    ap.add_argument(
+        "--resume", action="store_true", help="keep the results of steps an interrupted run finished (in --work)"
+    )
     ap.add_argument("--sample-only", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--clean", action="store_true", help="delete --work at the end")
     ap.add_argument("--child", nargs=2, metavar=("STEP", "N"), help=argparse.SUPPRESS)
@@ -360,6 +371,8 @@ def main() -> None:
         "own memory; peak RSS: with the pages of the memory-mapped vectors it touched (reclaimable page cache). "
         f"Whole run {(time.perf_counter() - t0) / 60:.0f} min; {load.summary()}.",
     ]
+    if RESUMED:
+        lines[-1] += f" Results of an earlier, interrupted invocation (--resume): {', '.join(RESUMED)}."
     report(args, f"outliers.py (sizes {args.sizes})", lines)
     if args.clean:
         shutil.rmtree(args.work, ignore_errors=True)
