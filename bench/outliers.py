@@ -47,6 +47,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from _report import HERE, add_save_args, load_average, markdown_table, report  # noqa: E402
+from nenya.analysis.flow import EPOCHS  # noqa: E402
 
 DIM, SUB, CLUSTERS, RANK = 256, 32, 40, 8
 NOISE = 0.1  # isotropic, in all 256 dimensions
@@ -282,8 +283,8 @@ def rows_for(n: int, args, fitted: Path | None) -> list[list[str]]:
         return [[big, "fit", "-", "-", "-", "-", "-", fit]]
     if fitted is None:
         rows.append([big, f"fit ({fit['sample']:,} sample)", f"{fit['seconds']:.0f}", f"{fit['cpu_s']:.0f}",
-                     f"{fit['epochs']} epochs", *_mem(fit), f"held-out LL {fit['heldout_ll']:.1f}; reading the "
-                     f"sample {fit['read_s']:.1f} s"])  # fmt: skip
+                     f"{fit['epochs']} epochs", *_mem(fit), f"held-out LL {fit['heldout_ll']:.1f}; {fit.get('precision', 'fp32')}, "
+                     f"batch {fit.get('batch', 1024):,}; reading the sample {fit['read_s']:.1f} s"])  # fmt: skip
     else:  # the same collection's flow: this file's first rows are the smaller one's
         shutil.copyfile(fitted, work / f"flow_{n}.safetensors")
         rows.append([big, f"sample ({fit['sample']:,})", f"{fit['seconds']:.1f}", f"{fit['cpu_s']:.1f}", "-",
@@ -331,7 +332,7 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000000,8000000", help="vectors per collection, comma-separated")
     ap.add_argument("--work", default=os.path.join("/tmp", "nenya-bench-outliers"), help="cache and outputs")
     ap.add_argument("--fit-sample", type=int, default=150_000, help="the flow's fit sample (outliers' default)")
-    ap.add_argument("--epochs", type=int, default=100, help="most epochs of the fit (outliers' default)")
+    ap.add_argument("--epochs", type=int, default=EPOCHS, help="most epochs of the fit (outliers' default)")
     ap.add_argument("--knn-max", type=int, default=1_000_000, help="the kNN score runs up to this many vectors")
     ap.add_argument("--knn-timeout", type=float, default=1800, help="seconds the kNN score may take")
     ap.add_argument(

@@ -7,9 +7,9 @@ other collections (another year, another sensor, model output) on one scale, and
 another model unless forced. ``method="knn"`` is a quick score without fitting: minus the mean
 distance to the k nearest neighbours (FAISS).
 
-The fit is fp32; scoring runs at ``precision`` (fp32, bf16 or auto: bf16 where the CPU computes it
-natively, :mod:`nenya.device`'s policy); bf16 LLs are within a fraction of a nat of fp32 and rank
-the same but near the cut (see :mod:`nenya.analysis.flow`). The record says which precision scored and how long the fit and the
+The fit runs at ``fit_precision`` (default auto) and scoring at ``precision`` (default fp32): fp32,
+bf16 or auto (bf16 where the CPU computes it natively, :mod:`nenya.device`'s policy); bf16 LLs are
+within a fraction of a nat of fp32 and rank the same but near the cut (see :mod:`nenya.analysis.flow`). The record says which precision scored and how long the fit and the
 scoring took.
 
 Vectors that are zero or not finite (Nenya writes zeros for cutouts with NaN) are left out of the
@@ -32,7 +32,7 @@ import numpy as np
 import pandas as pd
 
 from nenya._errors import InputError, NenyaError
-from nenya.analysis.flow import FlowModel, fit_flow, load_flow, scoring_precision
+from nenya.analysis.flow import EPOCHS, FlowModel, fit_flow, load_flow, scoring_precision
 from nenya.analysis.latents import Latents, open_latents, read_about
 
 log = logging.getLogger(__name__)
@@ -66,19 +66,21 @@ def outliers(
     flow: str | FlowModel | None = None,
     force: bool = False,
     k: int = 10,
-    epochs: int = 100,
+    epochs: int = EPOCHS,
     seed: int = 0,
     partitions: list[str] | None = None,
     precision: str = "fp32",
+    fit_precision: str = "auto",
     progress: bool = True,
 ) -> OutlierResult:
     """Score every vector of a latents file and flag the lowest ``fraction`` (see the module).
-    ``precision`` (fp32, bf16, auto) is the flow's scoring precision; the fit is always fp32."""
+    ``precision`` (fp32, bf16, auto) is the flow's scoring precision, ``fit_precision`` its fit's."""
     if method not in ("flow", "knn"):
         raise ValueError(f"method must be flow or knn; got {method!r}")
     if not 0 < fraction < 1:
         raise ValueError(f"--fraction must be between 0 and 1; got {fraction}")
     used = scoring_precision(precision)  # checked before anything is read
+    scoring_precision(fit_precision)
     lat = latents if isinstance(latents, Latents) else open_latents(latents, partitions=partitions)
     about = read_about(lat.path)
     try:
@@ -86,7 +88,7 @@ def outliers(
             score, valid, record = _knn(lat, k, progress)
             model = None
         else:
-            model = _flow_for(lat, about, flow, force, fit_sample, epochs, seed, progress)
+            model = _flow_for(lat, about, flow, force, (fit_sample, epochs, fit_precision), seed, progress)
             started = time.perf_counter()
             score, valid = _score(lat, model, used, progress)
             record = {
@@ -111,9 +113,11 @@ def outliers(
     return OutlierResult(table, record, model)
 
 
-def _flow_for(lat, about, flow, force, fit_sample, epochs, seed, progress) -> FlowModel:
+def _flow_for(lat, about, flow, force, fit: tuple[int, int, str], seed, progress) -> FlowModel:
     if flow is None:
-        return fit_flow(_sample(lat, fit_sample, seed), epochs=epochs, seed=seed, about=about, progress=progress)
+        sample, epochs, precision = fit
+        v = _sample(lat, sample, seed)
+        return fit_flow(v, epochs=epochs, seed=seed, precision=precision, about=about, progress=progress)
     model = load_flow(str(flow)) if isinstance(flow, (str, os.PathLike)) else flow
     if model.dim != lat.dim:
         raise InputError(f"the flow was fitted on {model.dim}-d latents; {lat.path} holds {lat.dim}-d vectors")

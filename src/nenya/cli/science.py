@@ -32,7 +32,7 @@ def _add_outliers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--method", choices=("flow", "knn"), default="flow", help="flow: log-likelihood; knn: distance")
     p.add_argument("--fraction", type=float, default=0.001, help="the share of valid items called outliers")
     p.add_argument("--fit-sample", type=int, default=150_000, help="vectors the flow is fitted on (random)")
-    p.add_argument("--epochs", type=int, default=100, help="most epochs of the flow's fit (it stops early)")
+    p.add_argument("--epochs", type=int, default=30, help="most epochs of the flow's fit (it stops early)")
     p.add_argument("--flow", help="score with this saved flow (flow.safetensors of an earlier run) instead of fitting")
     p.add_argument("--force", action="store_true", help="score with a flow fitted on latents of another model")
     p.add_argument("-k", type=int, default=10, help="neighbours of the kNN score")
@@ -42,9 +42,14 @@ def _add_outliers(sub: argparse._SubParsersAction) -> None:
         "--precision",
         choices=("fp32", "bf16", "auto"),
         default="fp32",
-        help="the flow's scoring precision (the fit is fp32); auto: bf16 on CPUs with native bf16 "
-        "(AVX512-BF16/AMX), else fp32. bf16 LLs are within a fraction of a nat of fp32: the same ranking "
-        "but for items near the outlier cut",
+        help="the flow's scoring precision; auto: bf16 on CPUs with native bf16 (AVX512-BF16/AMX), else "
+        "fp32. bf16 LLs are within a fraction of a nat of fp32: the same ranking but for items near the cut",
+    )
+    p.add_argument(
+        "--fit-precision",
+        choices=("fp32", "bf16", "auto"),
+        default="auto",
+        help="the flow's fit: auto is bf16 where native (2.4x faster than fp32 at 256-d, the same held-out LL)",
     )
     add_image_args(p)
     p.add_argument("--output", "-o", help="output folder (default: <latents stem>_outliers/ next to the input)")
@@ -59,7 +64,7 @@ def cmd_outliers(args: argparse.Namespace) -> int:
     r = outliers(
         args.latents, method=args.method, fraction=args.fraction, fit_sample=args.fit_sample, flow=args.flow,
         force=args.force, k=args.k, epochs=args.epochs, seed=args.seed, partitions=partitions(args),
-        precision=args.precision,
+        precision=args.precision, fit_precision=args.fit_precision,
     )  # fmt: skip
     images = None
     if args.images or args.image_root or "path" in r.table.columns:
@@ -70,7 +75,8 @@ def cmd_outliers(args: argparse.Namespace) -> int:
     print(f"{rec['outliers']:,} outliers of {rec['valid']:,} valid vectors (score <= {rec['threshold']:.4g}); "
           f"{rec['invalid']:,} invalid left out")  # fmt: skip
     if rec["method"] == "flow":
-        print(f"flow: {rec['flow']['epochs']} epochs on {rec['flow']['sample']:,} vectors, "
+        print(f"flow: {rec['flow']['epochs']} epochs on {rec['flow']['sample']:,} vectors "
+              f"({rec['flow'].get('precision', 'fp32')}, {rec['flow'].get('seconds', 0):.0f} s), "
               f"held-out mean log-likelihood {rec['flow']['heldout_ll']:.4f}")  # fmt: skip
     print(json.dumps({"outputs": [os.path.relpath(p) for p in paths]}))
     return 0
