@@ -16,10 +16,11 @@ tens): the ranking agrees to a Spearman correlation above 0.9998, but an item ne
 can cross it (bench/outliers.py measures both on its collection).
 
 The fit's defaults are sized for Ulmo's sample (150,000 vectors of 256 dimensions on a 2-core CPU in
-minutes): batches of up to 4,096 (about 32 a pass, at least 256 vectors each), a one-cycle learning
-rate peaking at 3e-3 over at most 30 passes, and bf16 where native, 2.4x faster than fp32 at the same
-held-out LL. Against the former defaults (batches of 1,024, a constant 1e-3, up to 100 passes in fp32:
-22 minutes there) it gives up a few nats of held-out LL for a ninefold shorter fit (bench/outliers.py).
+minutes): batches of a 32nd of the training part (256 to 1,024 vectors), a one-cycle learning rate
+peaking at 2e-3 over at most 30 passes, and bf16 where native (2.4x faster than fp32 at the same
+held-out LL). The former defaults (a constant 1e-3, up to 100 passes, fp32) took 22 minutes there
+(84 passes) for the same held-out LL, which 30 one-cycle passes in bf16 reach in about 3; batches of
+4,096 were no faster to a given LL (bench/outliers.py, bench/RESULTS.md).
 """
 
 from __future__ import annotations
@@ -183,6 +184,23 @@ def load_flow(path: str) -> FlowModel:
     )
 
 
+def _one_pass(flow, opt, schedule, train, batch: int, dtype) -> None:
+    """One epoch of maximum likelihood over ``train`` in random batches (bf16 autocast when ``dtype``)."""
+    import torch
+
+    from nenya.device import autocast
+
+    flow.train()
+    with _networks_in(flow, dtype):
+        for idx in torch.randperm(len(train)).split(batch):
+            with autocast(torch.device("cpu"), dtype):
+                loss = -flow().log_prob(train[idx]).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+            schedule.step()
+
+
 def fit_flow(
     sample: np.ndarray,
     *,
@@ -190,7 +208,7 @@ def fit_flow(
     hidden: tuple[int, ...] | None = None,
     epochs: int = EPOCHS,
     batch: int | None = None,
-    lr: float = 3e-3,
+    lr: float = 2e-3,
     patience: int = 5,
     heldout: float = 0.1,
     seed: int = 0,
@@ -201,12 +219,10 @@ def fit_flow(
     """Fit a flow by maximum likelihood on ``sample`` (finite rows), stopping when the held-out part's
     LL has not improved for ``patience`` epochs; the best epoch's weights are kept. ``hidden``: the
     layers of each transform's network (default: two of twice the dimension, at least 64); ``batch``:
-    vectors a step (default: a 32nd of the training part, between 256 and 4,096); ``lr``: the peak of
+    vectors a step (default: a 32nd of the training part, between 256 and 1,024); ``lr``: the peak of
     a one-cycle schedule over ``epochs``; ``precision``: fp32, bf16 or auto (see the module)."""
     import torch
     from tqdm.auto import tqdm
-
-    from nenya.device import autocast
 
     sample = np.asarray(sample, np.float32)
     if len(sample) < 50:
@@ -222,7 +238,7 @@ def fit_flow(
     held, train = z[order[:n_held]], z[order[n_held:]]
     d = int(sample.shape[1])
     hidden = hidden or (max(64, 2 * d),) * 2
-    batch = batch or min(4096, max(256, len(train) // 32))
+    batch = batch or min(1024, max(256, len(train) // 32))
     dtype = _autocast_dtype(precision)
     config = {"kind": "maf", "features": d, "transforms": transforms, "hidden": list(hidden)}
     flow = _make(config)
@@ -233,15 +249,7 @@ def fit_flow(
     bar = tqdm(range(epochs), desc="fitting the flow", unit="epoch", disable=not progress)
     epoch = 0
     for epoch in bar:  # noqa: B007 (the last epoch run is recorded)
-        flow.train()
-        with _networks_in(flow, dtype):
-            for idx in torch.randperm(len(train)).split(batch):
-                with autocast(torch.device("cpu"), dtype):
-                    loss = -flow().log_prob(train[idx]).mean()
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-                schedule.step()
+        _one_pass(flow, opt, schedule, train, batch, dtype)
         flow.eval()
         with torch.no_grad():
             ll = float(flow().log_prob(held).mean()) - shift
