@@ -13,7 +13,7 @@ import time
 
 import numpy as np
 
-from _report import HERE, append_results, machine_line, markdown_table
+from _report import HERE, append_results, load_average, markdown_table
 from nenya.analysis.duplicates import find_duplicates
 
 
@@ -94,14 +94,14 @@ def main() -> None:
             print(" | ".join(rows[-1]), flush=True)
     head = ["n", "run", "threshold", "s", "FAISS IVF s", "ratio", "recall", "FAISS recall", "reported planted"]
     table = markdown_table(head, rows)
-    print(table)
+    print("\n".join(table))
     if not args.no_write:
         append_results(
             HERE / "RESULTS.md",
             "Near-duplicates against a plain FAISS IVF range search (bench/duplicates.py)",
-            [machine_line(), "", f"{args.dim}-d clustered vectors, 1% in planted pairs (noise 0.02/dim), "
+            [*table, "", f"{args.dim}-d clustered vectors, 1% in planted pairs (noise 0.02/dim), "
              f"threshold {args.threshold} (L2); baseline: IVFFlat (nlist 1024 up to 300k, else 4096) trained on "
-             "all vectors, nprobe 8, in the same run.", "", table],
+             f"all vectors, nprobe 8, in the same run; load average {load_average()}."],
         )  # fmt: skip
 
 
