@@ -225,3 +225,48 @@ def test_report_and_explorer_pages_in_chromium(two_collections, capsys):
         assert shown == points.loc[points["collection"] == "b_latents", "id"].tolist()
         browser.close()
     assert not errors
+
+
+def _npy_latents(path, ids, vectors) -> str:
+    """A memory-mapped ``.npy`` + ``.parquet`` latents pair, as open_latents reads them."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    np.save(path, vectors)
+    pq.write_table(pa.table({"id": [str(i) for i in ids]}), str(path).replace(".npy", ".parquet"))
+    return str(path)
+
+
+def test_streamed_cluster_shares_equal_the_in_memory_ones_and_a_sample_fit_finds_the_planted_cluster(
+    tmp_path, monkeypatch
+):
+    """Collections too large for memory: the clusters are streamed from the files. With the k-means sample
+    holding every item they are cluster_shares' own (labels, counts, z, examples); above
+    KMEANS_SAMPLE (made small here) compare_collections fits on a sample of the union, reads the files
+    slab by slab (slabs of 700: many) and still finds the cluster planted in B alone."""
+    import nenya.analysis.shift as shift
+    from nenya.analysis.latents import open_latents
+    from nenya.analysis.shift import streamed_shares
+
+    both = _collection(5700, d=32, seed=2)
+    rng = np.random.default_rng(3)
+    planted = (rng.normal(size=32) * 6 + rng.normal(size=(300, 32))).astype(np.float32)
+    a, b = both[:3000], np.concatenate([both[3000:], planted])
+    ids_a = np.array([f"a{i}" for i in range(3000)], dtype=object)
+    ids_b = np.array([f"b{i}" for i in range(2700)] + [f"planted{i}" for i in range(300)], dtype=object)
+    la_path = _npy_latents(tmp_path / "a.npy", ids_a, a)
+    lb_path = _npy_latents(tmp_path / "b.npy", ids_b, b)
+    monkeypatch.setattr(shift, "SLAB", 700)
+    want, wa, wb = cluster_shares(a, b, k=12, ids_a=ids_a, ids_b=ids_b)
+    lat_a, lat_b = open_latents(la_path, metadata=False), open_latents(lb_path, metadata=False)
+    got, ga, gb = streamed_shares(lat_a, lat_b, k=12, ids_a=lat_a.ids, ids_b=lat_b.ids)
+    assert np.array_equal(ga, wa) and np.array_equal(gb, wb)
+    pd.testing.assert_frame_equal(got, want)  # counts, shares, z, p, q and the examples nearest each centre
+
+    monkeypatch.setattr(shift, "KMEANS_SAMPLE", 2000)  # a third of the union
+    r = compare_collections(la_path, lb_path, clusters=12, permutations=200, force=True, progress=False)
+    top = r.over_represented(1).iloc[0]
+    assert top.n_b >= 290 and top.n_a == 0 and all(i.startswith("planted") for i in top.examples_b)
+    assert r.clusters["n_a"].sum() == 3000 and r.clusters["n_b"].sum() == 3000
+    members = ids_b[r.labels_b == top.cluster]
+    assert np.char.startswith(members.astype(str), "planted").mean() > 0.9

@@ -176,7 +176,7 @@ def write_shift_report(
     r: CollectionShift,
     out_dir: str,
     *,
-    vectors: tuple[np.ndarray, np.ndarray],
+    vectors: tuple,  # arrays or opened Latents
     metas: tuple[pd.DataFrame, pd.DataFrame],
     projection: str = "umap",
     images: JointImages | None = None,
@@ -227,7 +227,7 @@ def write_shift_report(
 
 def _projection(
     r: CollectionShift,
-    vectors: tuple[np.ndarray, np.ndarray],
+    vectors: tuple,  # arrays or opened Latents
     metas: tuple[pd.DataFrame, pd.DataFrame],
     projection: str,
     seed: int,
@@ -237,9 +237,10 @@ def _projection(
     """Project the sample; write ``points.parquet`` and ``projection.png`` (into ``paths``); return the
     points table, the coordinates, the sample's vectors and the axes' names."""
     from nenya.analysis.plots import scatter_plot
+    from nenya.analysis.shift import rows_of
 
     table = _points(r, metas)
-    z = np.concatenate([vectors[0][r.rows_a], vectors[1][r.rows_b]])
+    z = np.concatenate([rows_of(vectors[0], r.rows_a), rows_of(vectors[1], r.rows_b)])
     xy, (xl, yl) = _project(z, projection, seed)
     table[xl], table[yl] = xy[:, 0], xy[:, 1]
     paths["points"] = os.path.join(out_dir, "points.parquet")

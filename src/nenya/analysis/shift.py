@@ -15,7 +15,9 @@ Three views of the same question, on vectors made by the same model:
   (``P[Binomial(n, 1/2) >= correct]``).
 - **Cluster shares**: k-means on the union; each cluster's share of A and of B, a two-proportion
   z-test per cluster (with Benjamini-Hochberg q-values), sorted by the size of the difference, with
-  the ids nearest each centre as examples.
+  the ids nearest each centre as examples. Above ``KMEANS_SAMPLE`` items in the union, k-means is
+  fitted on that many drawn from the union and every item is then given its nearest centre, slab by
+  slab from the files (memory-mapped or read in slabs): collections of millions never sit in memory.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ __all__ = [
     "mmd_test",
     "classifier_test",
     "cluster_shares",
+    "streamed_shares",
     "check_same_model",
 ]
 
@@ -48,6 +51,9 @@ CLUSTERS = 20
 EXAMPLES = 6
 BANDWIDTH_SAMPLE = 1000
 BLOCK = 1024
+#: Above this many items in the union, k-means is fitted on this many of them (and all are assigned).
+KMEANS_SAMPLE = 500_000
+SLAB = 65_536
 
 
 @dataclass
@@ -251,14 +257,23 @@ def cluster_shares(
 
     Returns ``(table, labels_a, labels_b)``; the table is sorted by absolute share difference.
     """
-    from scipy.stats import norm
-
     from nenya.analysis.cluster import kmeans
 
     na, nb = len(xa), len(xb)
     k = max(1, min(int(k), na + nb))
     labels, centres = kmeans(np.concatenate([xa, xb]), k, seed=seed)
     la, lb = labels[:na], labels[na:]
+    ids_a = np.arange(na).astype(str) if ids_a is None else np.asarray(ids_a)
+    ids_b = np.arange(nb).astype(str) if ids_b is None else np.asarray(ids_b)
+    ex = (_examples(xa, la, centres, ids_a, examples), _examples(xb, lb, centres, ids_b, examples))
+    return _share_table(la, lb, k, ex), la, lb
+
+
+def _share_table(la: np.ndarray, lb: np.ndarray, k: int, examples: tuple[list, list]) -> pd.DataFrame:
+    """Each cluster's counts and shares in A and B, their z-test and q-value, sorted by |difference|."""
+    from scipy.stats import norm
+
+    na, nb = len(la), len(lb)
     ca = np.bincount(la, minlength=k).astype(np.float64)
     cb = np.bincount(lb, minlength=k).astype(np.float64)
     pa, pb = ca / na, cb / nb
@@ -266,8 +281,6 @@ def cluster_shares(
     se = np.sqrt(pooled * (1 - pooled) * (1 / na + 1 / nb))
     z = np.divide(pb - pa, se, out=np.zeros(k), where=se > 0)
     p = 2 * norm.sf(np.abs(z))
-    ids_a = np.arange(na).astype(str) if ids_a is None else np.asarray(ids_a)
-    ids_b = np.arange(nb).astype(str) if ids_b is None else np.asarray(ids_b)
     table = pd.DataFrame(
         {
             "cluster": np.arange(k, dtype=np.int32),
@@ -280,12 +293,75 @@ def cluster_shares(
             "z": z,
             "p_value": p,
             "q_value": _bh(p),
-            "examples_a": _examples(xa, la, centres, ids_a, examples),
-            "examples_b": _examples(xb, lb, centres, ids_b, examples),
+            "examples_a": examples[0],
+            "examples_b": examples[1],
         }
     )
     order = np.argsort(-np.abs(table["difference"].to_numpy()), kind="stable")
-    return table.iloc[order].reset_index(drop=True), la, lb
+    return table.iloc[order].reset_index(drop=True)
+
+
+def streamed_shares(
+    a, b, *, k: int = CLUSTERS, seed: int = 0, ids_a=None, ids_b=None, examples: int = EXAMPLES,
+    fit_sample: int = KMEANS_SAMPLE, progress: bool = False,
+) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:  # fmt: skip
+    """:func:`cluster_shares` for collections of any size: ``a`` and ``b`` are arrays or opened
+    :class:`~nenya.analysis.latents.Latents`; k-means is fitted on ``fit_sample`` items drawn from the
+    union (all of them, in order, when it holds fewer: then the clusters are cluster_shares'), and every
+    item is given its nearest centre slab by slab, keeping each cluster's ``examples`` nearest items."""
+    from nenya.analysis.cluster import kmeans
+
+    na, nb = len(ids_a), len(ids_b)
+    k = max(1, min(int(k), na + nb))
+    rng = np.random.default_rng(seed)
+    rows = np.arange(na + nb) if na + nb <= fit_sample else np.sort(rng.choice(na + nb, fit_sample, replace=False))
+    fit = np.concatenate([rows_of(a, rows[rows < na]), rows_of(b, rows[rows >= na] - na)])
+    _, centres = kmeans(fit, k, seed=seed)
+    del fit
+    (la, ea), (lb, eb) = (_assign(x, ids, centres, examples, progress) for x, ids in ((a, ids_a), (b, ids_b)))
+    return _share_table(la, lb, k, (ea, eb)), la, lb
+
+
+def rows_of(x, rows: np.ndarray) -> np.ndarray:
+    """The vectors of ``rows`` (float32) of an array or an opened Latents (memory-mapped or in slabs)."""
+    from nenya.analysis.latents import Latents
+
+    return x.vectors(rows) if isinstance(x, Latents) else np.asarray(x[rows], dtype=np.float32)
+
+
+def _slabs(x):
+    from nenya.analysis.latents import Latents
+
+    if isinstance(x, Latents):
+        yield from x.iter_vectors(SLAB)
+    else:
+        for a in range(0, len(x), SLAB):
+            yield a, np.asarray(x[a : a + SLAB], dtype=np.float32)
+
+
+def _assign(x, ids: np.ndarray, centres: np.ndarray, m: int, progress: bool) -> tuple[np.ndarray, list[list]]:
+    """Each item's nearest centre, slab by slab, and per cluster the ids of the ``m`` items nearest it
+    (ties in file order, as :func:`_examples`)."""
+    labels = np.empty(len(ids), np.int32)
+    best = (np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64))  # label, distance, row
+    c2 = (centres.astype(np.float64) ** 2).sum(axis=1)
+    with tqdm(total=len(ids), desc="assigning clusters", unit="vec", disable=not progress) as bar:
+        for a, v in _slabs(x):
+            lab = np.argmin(c2[None, :] - 2.0 * (v.astype(np.float64) @ centres.T.astype(np.float64)), axis=1)
+            labels[a : a + len(v)] = lab
+            d = ((v - centres[lab]) ** 2).sum(axis=1)
+            lab_all, d_all = np.concatenate([best[0], lab]), np.concatenate([best[1], d])
+            row_all = np.concatenate([best[2], np.arange(a, a + len(v))])
+            order = np.lexsort((row_all, d_all, lab_all))
+            lab_s = lab_all[order]
+            first = np.searchsorted(lab_s, lab_s, side="left")
+            keep = order[np.arange(len(order)) - first < m]
+            best = (lab_all[keep], d_all[keep], row_all[keep])
+            bar.update(len(v))
+    out: list[list] = [[] for _ in range(len(centres))]
+    for lab, row in zip(best[0], best[2]):
+        out[int(lab)].append(str(ids[row]))
+    return labels, out
 
 
 _RECORD_KEYS = ("model", "opts", "options", "dim", "grid", "precision", "preprocess")
@@ -322,14 +398,20 @@ def check_same_model(a: str, b: str) -> None:
         )
 
 
-def _load(x, name: str) -> tuple[str, np.ndarray, np.ndarray]:
-    if isinstance(x, (str, os.PathLike)):
-        from nenya.analysis.latents import output_path, read_latents
+def _load(x, name: str) -> tuple[str, np.ndarray, object]:
+    """(name, ids, vectors): a file is opened, its vectors read only as needed (an opened Latents)."""
+    from nenya.analysis.latents import Latents, open_latents, output_path
 
-        ids, vectors, _ = read_latents(str(x))
-        return os.path.basename(output_path(str(x), "")), np.asarray(ids, dtype=object), vectors
+    if isinstance(x, (str, os.PathLike)):
+        x = open_latents(str(x), metadata=False)
+    if isinstance(x, Latents):
+        return os.path.basename(output_path(x.path, "")), np.asarray(x.ids, dtype=object), x
     ids, vectors = x
     return name, np.asarray(ids).astype(str).astype(object), np.asarray(vectors, dtype=np.float32)
+
+
+def _dim(x) -> int:
+    return int(x.dim) if hasattr(x, "dim") and not isinstance(x, np.ndarray) else int(x.shape[1])
 
 
 def _sample(n: int, m: int, rng: np.random.Generator) -> np.ndarray:
@@ -353,7 +435,9 @@ def compare_collections(
 
     Args:
         a, b: latents files of any layout nenya writes (made by the same model: their records are
-            checked unless ``force``), or ``(ids, vectors)`` pairs (not checked).
+            checked unless ``force``), opened :class:`~nenya.analysis.latents.Latents`, or
+            ``(ids, vectors)`` pairs (not checked). Files are read only as needed: the samples, then
+            slab by slab for the clusters (see the module).
         sample: items per side for the MMD and classifier tests (drawn at random; memory for the
             MMD grows as ``(sample_a + sample_b) x (permutations + 1024)`` doubles).
         permutations: permutations for the MMD p-value. clusters: k for the k-means on the union.
@@ -371,26 +455,31 @@ def compare_collections(
         check_same_model(str(a), str(b))
     name_a, ids_a, xa = _load(a, "A")
     name_b, ids_b, xb = _load(b, "B")
-    if xa.shape[1] != xb.shape[1]:
-        raise InputError(f"the collections' vectors differ in dimension: {xa.shape[1]} and {xb.shape[1]}")
+    if _dim(xa) != _dim(xb):
+        raise InputError(f"the collections' vectors differ in dimension: {_dim(xa)} and {_dim(xb)}")
     if names is None:
         names = (name_a, name_b) if name_a != name_b else ("A", "B")
     rng = np.random.default_rng(seed)
-    sa, sb = _sample(len(xa), sample, rng), _sample(len(xb), sample, rng)
+    sa, sb = _sample(len(ids_a), sample, rng), _sample(len(ids_b), sample, rng)
     with Stages("compare", ["MMD² test", "classifier test", "k-means clusters"], progress=progress) as stages:
         stages.start("MMD² test")
-        mmd2, mmd_p, sigma = mmd_test(xa[sa], xb[sb], permutations=permutations, seed=seed, progress=progress)
+        va, vb = rows_of(xa, sa), rows_of(xb, sb)
+        mmd2, mmd_p, sigma = mmd_test(va, vb, permutations=permutations, seed=seed, progress=progress)
         stages.start("classifier test")
-        acc, clf_p, clf_n = classifier_test(xa[sa], xb[sb], holdout=holdout, seed=seed)
+        acc, clf_p, clf_n = classifier_test(va, vb, holdout=holdout, seed=seed)
         stages.start("k-means clusters")
-        table, la, lb = cluster_shares(xa, xb, k=clusters, seed=seed, ids_a=ids_a, ids_b=ids_b)
+        if len(ids_a) + len(ids_b) <= KMEANS_SAMPLE:  # in memory, k-means on every item
+            fa, fb = (x if isinstance(x, np.ndarray) else x.vectors() for x in (xa, xb))  # type: ignore[attr-defined]
+            table, la, lb = cluster_shares(fa, fb, k=clusters, seed=seed, ids_a=ids_a, ids_b=ids_b)
+        else:
+            table, la, lb = streamed_shares(xa, xb, k=clusters, seed=seed, ids_a=ids_a, ids_b=ids_b, progress=progress)
     log.info(
         "%s vs %s: MMD² %.3g (p %.3g), classifier accuracy %.3f (p %.3g)", names[0], names[1], mmd2, mmd_p, acc, clf_p
     )
     return CollectionShift(
         names=(str(names[0]), str(names[1])),
-        n_a=len(xa),
-        n_b=len(xb),
+        n_a=len(ids_a),
+        n_b=len(ids_b),
         sample_a=len(sa),
         sample_b=len(sb),
         mmd2=mmd2,

@@ -103,7 +103,7 @@ def _images(args, r, metas):
 
 def cmd_compare(args: argparse.Namespace) -> int:
     """Compare two latents files; write the report folder and print its page's path."""
-    from nenya.analysis import read_latents
+    from nenya.analysis import open_latents
 
     out = _out_dir(args)
     names = _names(args)
@@ -114,16 +114,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
     if not args.force:
         check_same_model(args.a, args.b)
-    ids_a, xa, meta_a = read_latents(args.a, partitions=partitions(args))
-    ids_b, xb, meta_b = read_latents(args.b, partitions=partitions(args))
+    # opened, not read: the tests read samples, the clusters stream the vectors (memory-mapped .npy)
+    xa = open_latents(args.a, partitions=partitions(args))
+    xb = open_latents(args.b, partitions=partitions(args))
+    meta_a, meta_b = xa.metadata, xb.metadata
     if names is None:
         from nenya.analysis import output_path
 
         stems = (os.path.basename(output_path(args.a, "")), os.path.basename(output_path(args.b, "")))
         names = stems if stems[0] != stems[1] else ("A", "B")
     r = compare_collections(
-        (ids_a, xa),
-        (ids_b, xb),
+        xa,
+        xb,
         sample=args.sample,
         permutations=args.permutations,
         clusters=args.clusters,
