@@ -8,6 +8,14 @@ vectors, the index and the pairs found. Pairs closer than the threshold are join
 metadata column, or the HDF5 partition), pairs whose two items are in different splits are leakage.
 
 Distances are Euclidean (``l2``) or ``1 - cosine similarity`` (``cosine``).
+
+Memory: this search holds the vectors twice (float32) plus the index's copy. When ``n x dim x 4``
+bytes exceed ``budget`` (default 1 GiB) or with ``codes="sq8"``, the vectors stay on disk instead (a
+memory-mapped ``.npy``, or HDF5/Parquet read in slabs) and the index keeps 8-bit codes (one byte per
+dimension); the range search is widened by the codes' bound on their error and every candidate pair is
+measured again exactly (:mod:`nenya.analysis.duplicates_index`): the pairs and distances of the in-memory
+search (which selects by FAISS's float32 distance: they may differ only by rounding at the threshold).
+``codes="flat"`` keeps the vectors in memory at any size (faster, more memory).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from nenya.analysis.duplicates_index import Rows, _distance, _prepare, nearest_distances, sq8_index, sq8_pairs
 from nenya.analysis.progress import chunk_bar, query_chunks
 
 log = logging.getLogger(__name__)
@@ -32,6 +41,7 @@ CHUNK = 8192
 AUTO_SAMPLE = 20_000
 AUTO_SIGMAS = 5.0
 AUTO_RATIO = 3.0  # a gap in the nearest-neighbour distances is a cut when its two sides differ this much
+BUDGET = 1 << 30  # bytes of float32 vectors above which codes="auto" takes the 8-bit codes
 AUTO_BULK = 0.05  # ... and at least this share of the sample lies above it (the bulk, not its far tail)
 
 
@@ -55,15 +65,6 @@ class DuplicateResult:
     groups: pd.DataFrame
     pairs: pd.DataFrame
     leakage: pd.DataFrame | None
-
-
-def _prepare(x: np.ndarray, metric: str) -> np.ndarray:
-    x = np.ascontiguousarray(x, dtype=np.float32)
-    if metric == "cosine":
-        x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
-    elif metric != "l2":
-        raise ValueError(f"unknown metric {metric!r}; expected l2 or cosine")
-    return np.ascontiguousarray(x)
 
 
 def _index(x: np.ndarray, ivf_above: int, nprobe: int = NPROBE, seed: int = 0):
@@ -117,7 +118,11 @@ def auto_threshold(x: np.ndarray, metric: str = "l2", *, index=None, seed: int =
     other = np.where(nn[:, 0] == rows, nn[:, 1], nn[:, 0])  # the nearest other item
     found = other >= 0
     rows, other = rows[found], other[found]
-    dist = np.sort(_distance(xp[rows], xp[other], metric))
+    return _threshold_of(np.sort(_distance(xp[rows], xp[other], metric)), metric)
+
+
+def _threshold_of(dist: np.ndarray, metric: str) -> tuple[float, str]:
+    """:func:`auto_threshold`'s choice from sorted nearest-neighbour distances."""
     cut = _gap(dist)
     if cut is not None:
         i, thr = cut
@@ -175,13 +180,6 @@ def _pairs(x: np.ndarray, index, radius2: float, metric: str, progress: bool) ->
     return a, b, _distance(x[a], x[b], metric)
 
 
-def _distance(xa: np.ndarray, xb: np.ndarray, metric: str) -> np.ndarray:
-    """Exact distances in float64 (FAISS's float32 |a|^2 + |b|^2 - 2ab loses tiny distances to rounding)."""
-    diff = xa.astype(np.float64) - xb.astype(np.float64)
-    d2 = (diff**2).sum(axis=1)
-    return np.sqrt(d2) if metric == "l2" else d2 / 2.0
-
-
 def _groups(n: int, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """The group root (its smallest row) of every row: connected components of the pairs' graph."""
     from scipy.sparse import coo_matrix
@@ -204,13 +202,16 @@ def find_duplicates(
     ivf_above: int = IVF_ABOVE,
     nprobe: int = NPROBE,
     exact: bool = False,
+    codes: str = "auto",
+    budget: int = BUDGET,
     progress: bool = True,
 ) -> DuplicateResult:
     """Near-duplicate groups of a latents file, and the pairs that cross splits.
 
     Args:
-        latents: a latents file of any layout nenya writes, or ``(ids, vectors)`` or
-            ``(ids, vectors, metadata DataFrame)``.
+        latents: a latents file of any layout nenya writes, an open
+            :class:`~nenya.analysis.latents.Latents`, or ``(ids, vectors)`` or
+            ``(ids, vectors, metadata DataFrame)`` (vectors may be a memory map).
         threshold: distance under which two items are near-duplicates; or ``auto=True`` to choose it
             (:func:`auto_threshold`).
         metric: ``l2`` (Euclidean) or ``cosine`` (1 - cosine similarity).
@@ -220,28 +221,39 @@ def find_duplicates(
         nprobe: cells of the IVF index searched per query (of about ``4 sqrt(n)``). Near-duplicates
             lie in the same or a neighbouring cell, so a few find them; raise it for large thresholds.
         exact: search exhaustively (a flat index) at any size: every pair, in time growing as n^2.
+        codes: ``flat``: the vectors in memory, float32 (today's search); ``sq8``: the vectors left on
+            disk (or where the caller holds them), an index of 8-bit codes and an exact re-check of every
+            candidate pair (same pairs, less memory, more time); ``auto``: ``sq8`` when the vectors'
+            float32 bytes (n x dim x 4) exceed ``budget``.
+        budget: bytes of float32 vectors ``codes="auto"`` holds in memory (default 1 GiB).
         progress: a progress bar over the items searched (none for a search done in one chunk).
 
     Example:
         >>> r = find_duplicates("vectors.parquet", auto=True, split_column="split")   # doctest: +SKIP
         >>> r.threshold, len(r.groups), r.leakage.head()                               # doctest: +SKIP
     """
-    ids, x, meta = _read(latents)
     if (threshold is None) == (not auto):
         raise ValueError("give a threshold or auto=True (not both)")
-    xp = _prepare(x, metric)
-    index = _index(xp, len(xp) if exact else ivf_above, nprobe)
-    how = f"given: {threshold}"
-    if auto:
-        threshold, how = auto_threshold(x, metric, index=index)
-    assert threshold is not None
-    log.info("near-duplicates of %d vectors: %s distance < %.4g (%s)", len(ids), metric, threshold, how)
-    a, b, d = _pairs(xp, index, _to_l2(threshold, metric), metric, progress)
+    ids, source, meta, close = _open(latents)
+    try:
+        n, dim = (source.n, source.dim) if hasattr(source, "iter_vectors") else source.shape
+        search = _search_flat if _choose(codes, n, dim, budget) == "flat" else _search_sq8
+        threshold, how, a, b, d, measure = search(
+            source, threshold, metric, ivf_above=len(ids) if exact else ivf_above, nprobe=nprobe, progress=progress
+        )
+        return _result(ids, meta, split_column, metric, float(threshold), how, a, b, d, measure)
+    finally:
+        if close:
+            source.close()
+
+
+def _result(ids, meta, split_column, metric, threshold, how, a, b, d, measure) -> DuplicateResult:
+    """Pairs, groups (``measure(members, representatives)``: their exact distances) and leakage."""
     pairs = pd.DataFrame({"id_a": ids[a], "id_b": ids[b], "distance": d}).sort_values(["id_a", "id_b"], kind="stable")
     root = _groups(len(ids), a, b)
     members = np.flatnonzero(np.bincount(root, minlength=len(ids))[root] > 1)
     rep = root[members]
-    dist = _distance(xp[members], xp[rep], metric)
+    dist = measure(members, rep)
     groups = pd.DataFrame(
         {"id": ids[members], "group": pd.factorize(rep)[0], "representative": ids[rep], "distance": dist}
     ).sort_values(["group", "distance"], kind="stable")
@@ -264,19 +276,73 @@ def find_duplicates(
         groups["group"].nunique(),
         "n/a" if leakage is None else len(leakage),
     )
-    return DuplicateResult(
-        float(threshold), how, metric, groups.reset_index(drop=True), pairs.reset_index(drop=True), leakage
-    )
+    return DuplicateResult(threshold, how, metric, groups.reset_index(drop=True), pairs.reset_index(drop=True), leakage)
 
 
-def _read(latents) -> tuple[np.ndarray, np.ndarray, pd.DataFrame | None]:
+def _open(latents) -> tuple[np.ndarray, Any, pd.DataFrame | None, bool]:
+    """(ids, vectors source: an array or a Latents, metadata, whether to close the source)."""
     if isinstance(latents, (str, os.PathLike)):
-        from nenya.analysis.latents import read_latents
+        from nenya.analysis.latents import open_latents
 
-        ids, vectors, meta = read_latents(latents)
-        return np.asarray(ids, dtype=object), vectors, meta
+        lat = open_latents(latents)
+        return np.asarray(lat.ids, dtype=object), lat, lat.metadata, True
+    if hasattr(latents, "iter_vectors"):
+        return np.asarray(latents.ids, dtype=object), latents, latents.metadata, False
     ids, vectors, *rest = latents
-    return np.asarray(ids, dtype=object), np.asarray(vectors, dtype=np.float32), (rest[0] if rest else None)
+    vectors = vectors if isinstance(vectors, np.ndarray) else np.asarray(vectors, dtype=np.float32)
+    return np.asarray(ids, dtype=object), vectors, (rest[0] if rest else None), False
+
+
+def _choose(codes: str, n: int, dim: int, budget: int) -> str:
+    """``flat`` or ``sq8`` (see :func:`find_duplicates`), saying why when ``auto`` picks the codes."""
+    if codes not in ("auto", "flat", "sq8"):
+        raise ValueError(f"unknown codes {codes!r}; expected auto, flat or sq8")
+    if codes != "auto" or n * dim * 4 <= budget:
+        return "flat" if codes == "auto" else codes
+    log.info(
+        "near-duplicates: %d x %d float32 vectors take %.2f GB, over the budget of %.2f GB: an index of 8-bit "
+        "codes over the vectors left on disk, candidates re-checked exactly; codes='flat' (--codes flat) holds "
+        "them in memory instead (about 3x their size, faster)",
+        n,
+        dim,
+        n * dim * 4 / 1e9,
+        budget / 1e9,
+    )
+    return "sq8"
+
+
+def _search_flat(source, threshold, metric, *, ivf_above, nprobe, progress):
+    """The in-memory search: float32 vectors, a flat or IVFFlat index."""
+    x = np.asarray(source.vectors() if hasattr(source, "iter_vectors") else source, dtype=np.float32)
+    xp = _prepare(x, metric)
+    index = _index(xp, ivf_above, nprobe)
+    how = f"given: {threshold}"
+    if threshold is None:
+        threshold, how = auto_threshold(x, metric, index=index)
+    del x
+    log.info("near-duplicates of %d vectors: %s distance < %.4g (%s)", len(xp), metric, threshold, how)
+    a, b, d = _pairs(xp, index, _to_l2(threshold, metric), metric, progress)
+    return threshold, how, a, b, d, lambda m, r: _distance(xp[m], xp[r], metric)
+
+
+def _search_sq8(source, threshold, metric, *, ivf_above, nprobe, progress):
+    """The memory-bounded search: 8-bit codes, vectors read in slabs, candidates re-checked exactly."""
+    rows = Rows(source, metric)
+    index, bound = sq8_index(rows, flat=rows.n <= ivf_above, nprobe=nprobe)
+    how = f"given: {threshold}"
+    if threshold is None:
+        sample = np.sort(np.random.default_rng(0).choice(rows.n, min(rows.n, AUTO_SAMPLE), replace=False))
+        threshold, how = _threshold_of(nearest_distances(rows, index, sample, k=8), metric)
+    log.info(
+        "near-duplicates of %d vectors (8-bit codes, error bound %.3g): %s distance < %.4g (%s)",
+        rows.n,
+        bound,
+        metric,
+        threshold,
+        how,
+    )
+    a, b, d = sq8_pairs(rows, index, bound, threshold, _to_l2(threshold, metric), progress)
+    return threshold, how, a, b, d, rows.distance
 
 
 def _split(meta: pd.DataFrame | None, column: str | None) -> np.ndarray | None:

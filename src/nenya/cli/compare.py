@@ -198,7 +198,8 @@ def _add_duplicates(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "duplicates",
         help="near-duplicate groups of a latents file, and leakage between splits",
-        description="Range search with FAISS (exact up to 200,000 vectors, IVF above), groups by union-find, "
+        description="Range search with FAISS (exact up to 20,000 vectors, IVF above; 8-bit codes and an exact "
+        "re-check when the vectors pass 1 GiB, see --codes), groups by union-find, "
         "one representative each. Writes <name>_duplicates.parquet (id, group, representative, distance) and, "
         "with a split (--split-column, or the partition column), <name>_leakage.parquet (pairs across splits).",
         formatter_class=HELP_FORMAT,
@@ -216,31 +217,39 @@ def _add_duplicates(sub: argparse._SubParsersAction) -> None:
         "--exact", action="store_true", help="search every pair exhaustively (time grows as n^2; the IVF finds the same "
         "near-duplicates in the benchmark, bench/duplicates.py)",
     )  # fmt: skip
+    p.add_argument(
+        "--codes", default="auto", choices=["auto", "flat", "sq8"], help="flat: the vectors in memory (float32); "
+        "sq8: the vectors left on disk, an index of 8-bit codes, candidates re-checked exactly (same pairs, less "
+        "memory, slower); auto: sq8 when the vectors take over 1 GiB as float32",
+    )  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(func=cmd_duplicates)
 
 
 def cmd_duplicates(args: argparse.Namespace) -> int:
     """Write the duplicate groups (and leakage) tables; print their paths."""
-    from nenya.analysis import output_path, read_latents, write_table
+    from nenya.analysis import output_path, write_table
     from nenya.analysis.duplicates import find_duplicates
+    from nenya.analysis.latents import open_latents
 
-    ids, vectors, meta = read_latents(args.latents, partitions=partitions(args))
-    r = find_duplicates(
-        (ids, vectors, meta),
-        threshold=args.threshold,
-        auto=args.auto,
-        metric=args.metric,
-        split_column=args.split_column,
-        nprobe=args.nprobe,
-        exact=args.exact,
-        progress=not args.no_progress,
-    )
+    with open_latents(args.latents, partitions=partitions(args)) as lat:
+        n = lat.n
+        r = find_duplicates(
+            lat,
+            threshold=args.threshold,
+            auto=args.auto,
+            metric=args.metric,
+            split_column=args.split_column,
+            nprobe=args.nprobe,
+            exact=args.exact,
+            codes=args.codes,
+            progress=not args.no_progress,
+        )
     out = output_path(args.latents, "_duplicates.parquet", args.output)
     write_table(r.groups, out)
     print(f"threshold {r.threshold:.4g} ({r.how})", file=sys.stderr)
     print(
-        f"{len(r.pairs):,} near-duplicate pairs in {r.groups['group'].nunique():,} groups of {len(ids):,} items",
+        f"{len(r.pairs):,} near-duplicate pairs in {r.groups['group'].nunique():,} groups of {n:,} items",
         file=sys.stderr,
     )
     print(out)
