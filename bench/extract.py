@@ -212,7 +212,8 @@ def main(argv: list[str] | None = None) -> int:
                 source.close()
 
         def net(prec: str) -> torch.nn.Module:  # what Encoder.encode runs: the compiled model when there is one
-            return getattr(encoders[prec], "_compiled_model", None) or encoders[prec].model
+            compiled = getattr(encoders[prec], "_compiled_model", None)  # not `or`: a compiled module has no len()
+            return compiled if compiled is not None else encoders[prec].model
 
         def ceiling_on(prec: str) -> torch.Tensor:
             out = ceiling(net(prec), batches, autocast_for(prec))
