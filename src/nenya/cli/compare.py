@@ -109,14 +109,22 @@ def cmd_compare(args: argparse.Namespace) -> int:
     names = _names(args)
     if args.same_items:
         return _compare_same_items(args, out, names)
-    from nenya.analysis.compare_report import write_shift_report
-    from nenya.analysis.shift import check_same_model, compare_collections
+    from nenya.analysis.shift import check_same_model
 
     if not args.force:
         check_same_model(args.a, args.b)
     # opened, not read: the tests read samples, the clusters stream the vectors (memory-mapped .npy)
-    xa = open_latents(args.a, partitions=partitions(args))
-    xb = open_latents(args.b, partitions=partitions(args))
+    with (
+        open_latents(args.a, partitions=partitions(args)) as xa,
+        open_latents(args.b, partitions=partitions(args)) as xb,
+    ):
+        return _compare_collections(args, out, names, xa, xb)
+
+
+def _compare_collections(args, out: str, names, xa, xb) -> int:
+    from nenya.analysis.compare_report import write_shift_report
+    from nenya.analysis.shift import compare_collections
+
     meta_a, meta_b = xa.metadata, xb.metadata
     if names is None:
         from nenya.analysis import output_path
