@@ -328,7 +328,7 @@ def _search_flat(source, threshold, metric, *, ivf_above, nprobe, progress):
 def _search_sq8(source, threshold, metric, *, ivf_above, nprobe, progress):
     """The memory-bounded search: 8-bit codes, vectors read in slabs, candidates re-checked exactly."""
     rows = Rows(source, metric)
-    index, bound = sq8_index(rows, flat=rows.n <= ivf_above, nprobe=nprobe)
+    index, bound = sq8_index(rows, flat=rows.n <= ivf_above, nprobe=nprobe, progress=progress)
     how = f"given: {threshold}"
     if threshold is None:
         sample = np.sort(np.random.default_rng(0).choice(rows.n, min(rows.n, AUTO_SAMPLE), replace=False))

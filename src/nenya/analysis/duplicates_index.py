@@ -87,10 +87,12 @@ class Rows:
         return np.concatenate(out)
 
 
-def sq8_index(rows: Rows, *, flat: bool, nprobe: int, seed: int = 0):
+def sq8_index(rows: Rows, *, flat: bool, nprobe: int, seed: int = 0, progress: bool = False):
     """An 8-bit scalar-quantised FAISS L2 index over every row (flat or IVF), added slab by slab, and ``H``:
-    the bound on how far a reconstructed vector lies from its original (see the module docstring)."""
+    the bound on how far a reconstructed vector lies from its original (see the module docstring).
+    ``progress``: a bar over each pass (the ranges, then the codes)."""
     import faiss
+    from tqdm.auto import tqdm
 
     n, d = rows.n, rows.dim
     qt = faiss.ScalarQuantizer.QT_8bit
@@ -106,12 +108,16 @@ def sq8_index(rows: Rows, *, flat: bool, nprobe: int, seed: int = 0):
     index.train(rows.get(sample))
     lo = np.full(d, np.inf, np.float32)
     hi = np.full(d, -np.inf, np.float32)
-    for _, v in rows.slabs():
-        lo, hi = np.minimum(lo, v.min(axis=0)), np.maximum(hi, v.max(axis=0))
+    with tqdm(total=n, desc="8-bit codes: ranges", unit="vec", disable=not progress) as bar:
+        for _, v in rows.slabs():
+            lo, hi = np.minimum(lo, v.min(axis=0)), np.maximum(hi, v.max(axis=0))
+            bar.update(len(v))
     span = np.maximum(hi - lo, 1e-30).astype(np.float32)
     faiss.copy_array_to_vector(np.concatenate([lo, span]).astype(np.float32), index.sq.trained)
-    for _, v in rows.slabs():
-        index.add(v)
+    with tqdm(total=n, desc="8-bit codes: coding", unit="vec", disable=not progress) as bar:
+        for _, v in rows.slabs():
+            index.add(v)
+            bar.update(len(v))
     bound = float(np.sqrt(((span.astype(np.float64) / 510.0) ** 2).sum()))
     return index, bound
 
