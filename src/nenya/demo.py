@@ -15,6 +15,13 @@ from nenya.sample_data import CLASSES, make_cutouts, write_preproc
 __all__ = ["CLASSES", "demo_opts", "make_cutouts", "run_demo", "write_preproc"]
 
 
+def science_missing() -> list[str]:
+    """The science extra's packages that are not installed (``nenya trends`` and ``nenya outliers`` need them)."""
+    import importlib.util
+
+    return [m for m in ("statsmodels", "zuko", "safetensors") if importlib.util.find_spec(m) is None]
+
+
 def demo_opts(folder: str, model: str = "resnet18") -> dict:
     """Nenya-style opts of the demo model (also used by the tests to make small checkpoints)."""
     return {
@@ -97,6 +104,9 @@ def run_demo(
     where = "\"pattern == 'eddy'\""  # the demo's planted trends and outliers: docs/science.md's worked example
     print(f"trends:       nenya trends {pictures['table']} --where {where} --min-count 5 -o {folder}/trends/eddy")
     print(f"outliers:     nenya outliers {latents} --images {data} --fraction 0.01 -o {folder}/outliers")
+    if science_missing():
+        print(f"              (trends and outliers need the science extra, without {', '.join(science_missing())} "
+              'here: pip install -c constraints.txt -e ".[science]" in this clone)')  # fmt: skip
     print(
         f"done in {time.perf_counter() - t0:.0f} s. Next: nenya extract {data} --opts {opts_file} "
         f"--format parquet --output {os.path.join(folder, 'parquet')}"

@@ -114,6 +114,19 @@ def test_demo_runs_end_to_end(tmp_path):
     torch.load(next((tmp_path / "demo" / "models").rglob("last.pth")), weights_only=False)
 
 
+def test_the_demo_names_the_science_extra_only_when_it_is_missing(monkeypatch):
+    """The demo prints `nenya trends` and `nenya outliers` commands; on the README's plain install (no
+    science extra) it says which packages they need and how to install them."""
+    import importlib.util
+
+    from nenya import demo
+
+    assert demo.science_missing() == []  # the test extra holds every extra
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "zuko" else real(name, *a))
+    assert demo.science_missing() == ["zuko"]
+
+
 @pytest.mark.parametrize(
     ("precision", "native", "hinted"),
     [(None, True, True), (None, False, False), ("auto", True, False), ("bf16", True, False), ("fp32", True, False)],
