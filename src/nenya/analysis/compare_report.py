@@ -236,11 +236,11 @@ def _projection(
 ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray, tuple[str, str]]:
     """Project the sample; write ``points.parquet`` and ``projection.png`` (into ``paths``); return the
     points table, the coordinates, the sample's vectors and the axes' names."""
+    from nenya.analysis.duplicates_index import Rows
     from nenya.analysis.plots import scatter_plot
-    from nenya.analysis.shift import rows_of
 
     table = _points(r, metas)
-    z = np.concatenate([rows_of(vectors[0], r.rows_a), rows_of(vectors[1], r.rows_b)])
+    z = np.concatenate([Rows(vectors[0], "l2").get(r.rows_a), Rows(vectors[1], "l2").get(r.rows_b)])
     xy, (xl, yl) = _project(z, projection, seed)
     table[xl], table[yl] = xy[:, 0], xy[:, 1]
     paths["points"] = os.path.join(out_dir, "points.parquet")

@@ -44,7 +44,8 @@ def _distance(xa: np.ndarray, xb: np.ndarray, metric: str) -> np.ndarray:
 
 
 class Rows:
-    """Prepared (cosine: unit) float32 rows of an array or a :class:`~nenya.analysis.latents.Latents`,
+    """(Shared with :mod:`nenya.analysis.shift`: collections of any size read as arrays or opened files.)
+    Prepared (cosine: unit) float32 rows of an array or a :class:`~nenya.analysis.latents.Latents`,
     read on demand: ``slabs()`` in order, ``get(rows)`` any rows (a memory map or array: direct; an
     HDF5 or Parquet file: one pass over it)."""
 

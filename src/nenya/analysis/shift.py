@@ -31,6 +31,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from nenya._errors import InputError
+from nenya.analysis.duplicates_index import Rows
 from nenya.analysis.progress import Stages
 
 log = logging.getLogger(__name__)
@@ -315,28 +316,11 @@ def streamed_shares(
     k = max(1, min(int(k), na + nb))
     rng = np.random.default_rng(seed)
     rows = np.arange(na + nb) if na + nb <= fit_sample else np.sort(rng.choice(na + nb, fit_sample, replace=False))
-    fit = np.concatenate([rows_of(a, rows[rows < na]), rows_of(b, rows[rows >= na] - na)])
+    fit = np.concatenate([Rows(a, "l2").get(rows[rows < na]), Rows(b, "l2").get(rows[rows >= na] - na)])
     _, centres = kmeans(fit, k, seed=seed)
     del fit
     (la, ea), (lb, eb) = (_assign(x, ids, centres, examples, progress) for x, ids in ((a, ids_a), (b, ids_b)))
     return _share_table(la, lb, k, (ea, eb)), la, lb
-
-
-def rows_of(x, rows: np.ndarray) -> np.ndarray:
-    """The vectors of ``rows`` (float32) of an array or an opened Latents (memory-mapped or in slabs)."""
-    from nenya.analysis.latents import Latents
-
-    return x.vectors(rows) if isinstance(x, Latents) else np.asarray(x[rows], dtype=np.float32)
-
-
-def _slabs(x):
-    from nenya.analysis.latents import Latents
-
-    if isinstance(x, Latents):
-        yield from x.iter_vectors(SLAB)
-    else:
-        for a in range(0, len(x), SLAB):
-            yield a, np.asarray(x[a : a + SLAB], dtype=np.float32)
 
 
 def _assign(x, ids: np.ndarray, centres: np.ndarray, m: int, progress: bool) -> tuple[np.ndarray, list[list]]:
@@ -346,7 +330,7 @@ def _assign(x, ids: np.ndarray, centres: np.ndarray, m: int, progress: bool) -> 
     best = (np.zeros(0, np.int64), np.zeros(0, np.float32), np.zeros(0, np.int64))  # label, distance, row
     c2 = (centres.astype(np.float64) ** 2).sum(axis=1)
     with tqdm(total=len(ids), desc="assigning clusters", unit="vec", disable=not progress) as bar:
-        for a, v in _slabs(x):
+        for a, v in Rows(x, "l2").slabs(SLAB):
             lab = np.argmin(c2[None, :] - 2.0 * (v.astype(np.float64) @ centres.T.astype(np.float64)), axis=1)
             labels[a : a + len(v)] = lab
             d = ((v - centres[lab]) ** 2).sum(axis=1)
@@ -463,7 +447,7 @@ def compare_collections(
     sa, sb = _sample(len(ids_a), sample, rng), _sample(len(ids_b), sample, rng)
     with Stages("compare", ["MMD² test", "classifier test", "k-means clusters"], progress=progress) as stages:
         stages.start("MMD² test")
-        va, vb = rows_of(xa, sa), rows_of(xb, sb)
+        va, vb = Rows(xa, "l2").get(sa), Rows(xb, "l2").get(sb)
         mmd2, mmd_p, sigma = mmd_test(va, vb, permutations=permutations, seed=seed, progress=progress)
         stages.start("classifier test")
         acc, clf_p, clf_n = classifier_test(va, vb, holdout=holdout, seed=seed)
